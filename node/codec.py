@@ -1,0 +1,36 @@
+"""Encode and decode peer messages; anything malformed raises `DecodeError`.
+
+Bad bytes never reach the core: the size limit is checked before parsing and
+every parsing failure becomes one exception type.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from node.config import MAX_MESSAGE_BYTES
+from node.messages import PeerMessage
+
+
+class DecodeError(Exception):
+    """The bytes are not one valid peer message."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[PeerMessage] = msgspec.msgpack.Decoder(PeerMessage)
+
+
+def encode(msg: PeerMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> PeerMessage:
+    if len(data) > max_bytes:
+        raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        msg = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise DecodeError(str(e)) from None
+    except Exception as e:  # the contract: only DecodeError escapes
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    return msg

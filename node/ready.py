@@ -1,0 +1,55 @@
+"""`Ready`: what the core asks its caller to do, in one batch.
+
+The caller must handle a `Ready` in this order and only then call
+`RaftCore.advance(ready)`:
+
+1. persist `snapshot` (if any), then `entries` (truncating the stored log from
+   `entries[0].index`), then `hard_state` (if any), and make them durable;
+2. send `messages` -- only now: a vote or an acknowledgement promises state
+   that must already be on disk (§5.1, "persist before send");
+3. restore the state machine from `snapshot` (if any), then apply
+   `committed_entries` in order;
+4. serve each of `read_states` once the state machine has applied
+   `read_state.index` (thesis §6.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.messages import Entry, HardState, PeerMessage, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read identified by `ctx` may be served once `index` is applied."""
+
+    ctx: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state that the caller shows and logs; never persisted."""
+
+    role: str
+    leader: str | None
+    term: int
+
+
+@dataclass(slots=True)
+class Ready:
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    messages: list[PeerMessage] = field(default_factory=list)
+    committed_entries: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    dropped_reads: list[bytes] = field(default_factory=list)
+    soft_state: SoftState | None = None
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def must_sync(self) -> bool:
+        """True when something must reach disk before messages leave."""
+        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None

@@ -1,0 +1,5 @@
+"""`python -m raftctl` runs the CLI."""
+
+from raftctl.cli import main
+
+main()
