@@ -25,8 +25,11 @@ def encode(msg: PeerMessage) -> bytes:
 
 
 def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> PeerMessage:
-    if len(data) > max_bytes:
-        raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    # len() of a memoryview counts items, not bytes: a view of 8-byte items
+    # would pass eight times the limit.
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_bytes:
+        raise DecodeError(f"message of {size} bytes exceeds the limit of {max_bytes}")
     try:
         msg = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:

@@ -5,6 +5,8 @@ Nothing here does I/O; the runner and the CLI read these values.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 
 # Protocol timing, in ticks of the core's logical clock.
@@ -21,6 +23,45 @@ MAX_APPLY_BYTES = 4 * 1024 * 1024
 
 # The largest wire message a node accepts; anything bigger is a bad message.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# Peer transport (node/transport/zmq.py). A cut link must lose messages rather
+# than deliver them late in a burst: queues are short, and a silent connection
+# is dropped after PEER_HEARTBEAT_TIMEOUT_MS, losing what it still held.
+PEER_HEARTBEAT_IVL_MS = 100
+PEER_HEARTBEAT_TIMEOUT_MS = 300
+PEER_HEARTBEAT_TTL_MS = 300
+PEER_RECONNECT_IVL_MS = 50
+PEER_RECONNECT_IVL_MAX_MS = 500
+PEER_CONNECT_TIMEOUT_MS = 1000
+# A CURVE handshake waits for the ZAP handler, which runs in the node's loop.
+PEER_HANDSHAKE_TIMEOUT_MS = 2000
+PEER_QUEUE_MSGS = 1000
+# At most this many messages leave one receive() call, so a flooding peer
+# cannot hold the loop; the rest wait for the next iteration.
+PEER_RECV_BATCH_MSGS = 4096
+# CURVE sends each frame as a MESSAGE command: 8 bytes of name, 8 of nonce,
+# 16 of MAC and 1 of flags. The receive limit must allow for them.
+CURVE_FRAME_OVERHEAD_BYTES = 33
+# ZAP: every CURVE server socket names this domain, and a ZAP answer for a key
+# already rejected from the same address is not reported again (bounded memory).
+ZAP_DOMAIN = "raftctl"
+ZAP_REJECTS_REMEMBERED = 1024
+ZAP_BATCH_REQUESTS = 256
+# Link faults (node/transport/links.py): a reordered message is held back by
+# between one and two times this long, so that later messages pass it.
+LINK_REORDER_HOLD_MS = 20
+
+# The key-value state machine (node/kv.py). Changing any of these changes what
+# replicas accept or keep, so every node of a cluster must use the same values.
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_CLIENT_ID_CHARS = 64
+# Client sessions kept for exactly-once commands; each caches its last result,
+# which may hold a previous value of up to MAX_VALUE_BYTES.
+MAX_SESSIONS = 1024
+# A snapshot image is encoded in chunks of about this size so that a thread
+# encoding it releases the interpreter lock between chunks.
+KV_IMAGE_CHUNK_BYTES = 256 * 1024
 
 
 class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,3 +88,114 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_inflight_appends must be at least 1")
         if self.snapshot_chunk_bytes < 1:
             raise ValueError("snapshot_chunk_bytes must be positive")
+
+
+# --- a cluster as the node process and the supervisor see it ----------------
+
+FSYNC_POLICIES = ("always", "never")
+TRANSPORTS = ("zmq", "udp")
+SNAPSHOT_ENTRIES = 10_000
+STATUS_LOG_INTERVAL_MS = 5_000
+
+
+class NodeSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One node's identity and addresses."""
+
+    id: str
+    host: str = "127.0.0.1"
+    peer_port: int
+    client_port: int
+    control_port: int
+
+    def peer_addr(self) -> str:
+        return f"tcp://{self.host}:{self.peer_port}"
+
+    def client_addr(self) -> str:
+        return f"tcp://{self.host}:{self.client_port}"
+
+    def control_addr(self) -> str:
+        return f"tcp://{self.host}:{self.control_port}"
+
+
+class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a node needs to join its cluster (the run directory's
+    `cluster.json` holds it under the key `config`)."""
+
+    name: str = "default"
+    transport: str = "zmq"
+    nodes: list[NodeSpec]
+    tick_ms: int = TICK_MS
+    election_ticks: int = ELECTION_TICKS
+    heartbeat_ticks: int = HEARTBEAT_TICKS
+    fsync: str = "always"
+    snapshot_entries: int = SNAPSHOT_ENTRIES
+    max_append_entries: int = MAX_APPEND_ENTRIES
+    max_inflight_appends: int = MAX_INFLIGHT_APPENDS
+
+    def node(self, node_id: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        names = ", ".join(n.id for n in self.nodes)
+        raise KeyError(f"node {node_id} is not in cluster {self.name} (nodes: {names})")
+
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+            max_append_entries=self.max_append_entries,
+            max_inflight_appends=self.max_inflight_appends,
+        )
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot run, as `field: message` lines."""
+        out: list[str] = []
+        if not self.nodes:
+            out.append("nodes: a cluster needs at least one node")
+        if self.transport not in TRANSPORTS:
+            out.append(f"transport: {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if self.fsync not in FSYNC_POLICIES:
+            out.append(f"fsync: {self.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+        if self.tick_ms < 1:
+            out.append("tick_ms: must be at least 1")
+        if self.election_ticks <= self.heartbeat_ticks:
+            out.append("election_ticks: must be greater than heartbeat_ticks")
+        if self.heartbeat_ticks < 1:
+            out.append("heartbeat_ticks: must be at least 1")
+        if self.snapshot_entries < 1:
+            out.append("snapshot_entries: must be at least 1")
+        seen_ids: dict[str, int] = {}
+        seen_ports: dict[tuple[str, int], str] = {}
+        for i, n in enumerate(self.nodes):
+            where = f"nodes[{i}]"
+            if not n.id or not n.id.replace("-", "").replace("_", "").isalnum():
+                out.append(f"{where}.id: {n.id!r} must be letters, digits, '-' or '_'")
+            if n.id in seen_ids:
+                out.append(f"{where}.id: {n.id} is already used by nodes[{seen_ids[n.id]}]")
+            seen_ids.setdefault(n.id, i)
+            for fname in ("peer_port", "client_port", "control_port"):
+                port = getattr(n, fname)
+                if not 1 <= port <= 65535:
+                    out.append(f"{where}.{fname}: {port} is not a port number (1-65535)")
+                    continue
+                key = (n.host, port)
+                if key in seen_ports:
+                    out.append(f"{where}.{fname}: port {port} is already used by {seen_ports[key]}")
+                seen_ports.setdefault(key, where)
+        return out
+
+
+# Durable storage (node/wal.py): a WAL segment is closed before a write would
+# take it past this size; a single larger record gets a segment of its own.
+WAL_SEGMENT_BYTES = 64 * 1024 * 1024
+
+# The deterministic simulator (chaos/sim.py), in ticks of its virtual clock.
+SIM_FAULT_TICKS = 300  # the fault phase of one run
+SIM_LIVENESS_TICKS = 150  # after healing, a fresh entry must commit within this
+SIM_CLIENT_ATTEMPT_TICKS = 12  # a client waits this long for one node to answer
+SIM_CLIENT_OP_TICKS = 60  # and this long for an operation before giving up
+
+
+def node_dir(run_dir: Path, node_id: str) -> Path:
+    """Where one node keeps its data, log file and link rules."""
+    return run_dir / "nodes" / node_id

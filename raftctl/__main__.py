@@ -1,5 +1,5 @@
 """`python -m raftctl` runs the CLI."""
 
-from raftctl.cli import main
+from raftctl.cli import run
 
-main()
+run()

@@ -1,0 +1,41 @@
+"""`python -m node --run-dir DIR --id n1`: run one node of the cluster whose
+`cluster.json` is in DIR, until SIGTERM or the control command `shutdown`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from node.config import node_dir
+from node.runner import NodeRunner
+from node.storage import StorageError
+from node.transport.zmq import KeysError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m node", description=__doc__)
+    ap.add_argument("--run-dir", required=True, type=Path, help="the cluster's run directory")
+    ap.add_argument("--id", required=True, help="this node's id in cluster.json")
+    args = ap.parse_args(argv)
+    run_dir: Path = args.run_dir.resolve()
+    log_path = node_dir(run_dir, args.id) / "node.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", buffering=1, encoding="utf-8") as log_stream:
+        try:
+            runner = NodeRunner(run_dir, args.id, log_stream)
+        except KeyError as e:
+            print(f"node: {e.args[0]}", file=sys.stderr)
+            return 2
+        except KeysError as e:
+            print(f"node {args.id}: cannot start: {e}", file=sys.stderr)
+            return 1
+        except StorageError as e:
+            print(f"node {args.id}: cannot start: {e}", file=sys.stderr)
+            return 1
+        runner.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

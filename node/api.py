@@ -1,0 +1,281 @@
+"""The client protocol: request and response messages (msgpack maps, see
+docs/PROTOCOL.md) and `ClientApi`, which turns requests into proposals and
+reads and answers them once applied. It does no socket I/O of its own: it is
+handed a `reply` function by the runner.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+
+from node.config import MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
+from node.core import NotLeader, ProposalDropped, RaftCore
+from node.kv import Cas, Command, Delete, KVStore, Put, Result, encode_command
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
+Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+    id: ReqId = 0
+
+
+class PutRequest(_Req, tag="put", frozen=True):
+    client: ClientId
+    seq: Seq
+    key: Key
+    value: Value
+
+
+class DeleteRequest(_Req, tag="delete", frozen=True):
+    client: ClientId
+    seq: Seq
+    key: Key
+
+
+class CasRequest(_Req, tag="cas", frozen=True):
+    client: ClientId
+    seq: Seq
+    key: Key
+    expected: Value | None
+    value: Value
+
+
+class GetRequest(_Req, tag="get", frozen=True):
+    key: Key
+    stale: bool = False
+
+
+class PingRequest(_Req, tag="ping", frozen=True):
+    """Who leads? Answered by any node without touching the log."""
+
+
+ClientRequest = PutRequest | DeleteRequest | CasRequest | GetRequest | PingRequest
+WriteRequest = PutRequest | DeleteRequest | CasRequest
+
+
+class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """`ok` false always comes with an `error` code (docs/PROTOCOL.md)."""
+
+    id: int = 0
+    ok: bool
+    value: bytes | None = None
+    error: str | None = None
+    message: str | None = None
+    leader: str | None = None
+    leader_addr: str | None = None
+    index: int | None = None
+    node: str | None = None
+
+
+_req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
+_resp_encoder = msgspec.msgpack.Encoder()
+
+Route = list[bytes]  # the ROUTER envelope to send the reply back along
+ReplyFn = Callable[[Route, bytes], None]
+
+
+def decode_request(data: bytes) -> ClientRequest:
+    """Parse one request; raises ValueError with a message for the client."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return _req_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(str(e)) from None
+    except Exception as e:  # any other parse failure is still the client's bad input
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def encode_response(resp: ClientResponse) -> bytes:
+    return _resp_encoder.encode(resp)
+
+
+def _request_id(data: bytes) -> int:
+    """Best effort: the `id` of a request we could not parse, to echo it."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except Exception:  # garbage: no id to echo
+        return 0
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        if isinstance(rid, int) and 0 <= rid < 2**63:
+            return rid
+    return 0
+
+
+@dataclass
+class _Waiter:
+    route: Route
+    req_id: int
+
+
+@dataclass
+class ApiCounters:
+    requests: int = 0
+    bad_requests: int = 0
+    writes_acked: int = 0
+    reads_served: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+
+
+class ClientApi:
+    """Client requests in, proposals and reads to the core, replies out."""
+
+    def __init__(
+        self,
+        node_id: str,
+        core: RaftCore,
+        kv: KVStore,
+        reply: ReplyFn,
+        client_addrs: dict[str, str],
+        on_bad_request: Callable[[str], None],
+    ) -> None:
+        self.node_id = node_id
+        self.core = core
+        self.kv = kv
+        self._reply = reply
+        self._client_addrs = client_addrs
+        self._on_bad = on_bad_request
+        self.counters = ApiCounters()
+        self._writes: dict[tuple[str, int], list[_Waiter]] = {}
+        self._read_seq = 0
+        self._reads: dict[bytes, tuple[_Waiter, str]] = {}
+        self._ready_reads: deque[tuple[int, bytes]] = deque()
+
+    # --- requests -----------------------------------------------------------
+
+    def handle(self, route: Route, data: bytes) -> None:
+        self.counters.requests += 1
+        try:
+            req = decode_request(data)
+        except ValueError as e:
+            self.counters.bad_requests += 1
+            self._on_bad(str(e))
+            self._send(route, ClientResponse(
+                id=_request_id(data), ok=False, error="bad_request", message=str(e)))
+            return
+        if isinstance(req, PingRequest):
+            self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
+        elif isinstance(req, GetRequest):
+            self._get(route, req)
+        else:
+            self._write(route, req)
+
+    def _write(self, route: Route, req: WriteRequest) -> None:
+        if isinstance(req, PutRequest):
+            op: Put | Delete | Cas = Put(key=req.key, value=req.value)
+        elif isinstance(req, DeleteRequest):
+            op = Delete(key=req.key)
+        else:
+            op = Cas(key=req.key, expected=req.expected, value=req.value)
+        waiter = _Waiter(route, req.id)
+        key = (req.client, req.seq)
+        if key in self._writes:
+            # A retry of a write still in flight: answer both when it applies.
+            self._writes[key].append(waiter)
+            return
+        try:
+            self.core.propose(encode_command(Command(client=req.client, seq=req.seq, op=op)))
+        except NotLeader:
+            self._not_leader(waiter)
+            return
+        except ProposalDropped as e:
+            self._fail(waiter, "busy", str(e))
+            return
+        self._writes[key] = [waiter]
+
+    def _get(self, route: Route, req: GetRequest) -> None:
+        waiter = _Waiter(route, req.id)
+        if req.stale:
+            self._answer_read(waiter, req.key)
+            return
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        try:
+            self.core.read_index(ctx)
+        except NotLeader:
+            self._not_leader(waiter)
+            return
+        self._reads[ctx] = (waiter, req.key)
+
+    # --- what the runner reports back ---------------------------------------
+
+    def applied(self, cmd: Command | None, result: Result, index: int) -> None:
+        """An entry was applied; answer whoever waits for it here."""
+        if cmd is None:
+            return
+        waiters = self._writes.pop((cmd.client, cmd.seq), None)
+        if not waiters:
+            return
+        for w in waiters:
+            self.counters.writes_acked += result.ok
+            if result.ok:
+                self._send(w.route, ClientResponse(
+                    id=w.req_id, ok=True, value=result.value, index=index, node=self.node_id))
+            else:
+                self._fail(w, result.error or "failed", None, value=result.value, index=index)
+
+    def read_ready(self, ctx: bytes, index: int) -> None:
+        self._ready_reads.append((index, ctx))
+        self.serve_reads()
+
+    def read_dropped(self, ctx: bytes) -> None:
+        item = self._reads.pop(ctx, None)
+        if item is not None:
+            self._not_leader(item[0])
+
+    def serve_reads(self) -> None:
+        """Answer reads whose read index the state machine has reached (§6.4)."""
+        while self._ready_reads and self._ready_reads[0][0] <= self.kv.applied_index:
+            _, ctx = self._ready_reads.popleft()
+            item = self._reads.pop(ctx, None)
+            if item is not None:
+                self._answer_read(item[0], item[1])
+
+    def lost_leadership(self) -> None:
+        """This node stopped leading: nothing it proposed is known to commit.
+        The outcome is unknown to the client, who retries with the same seq."""
+        writes, self._writes = self._writes, {}
+        for waiters in writes.values():
+            for w in waiters:
+                self._fail(w, "leader_changed", "leadership changed; retry with the same seq",
+                           **self._leader_hint())
+        reads, self._reads = self._reads, {}
+        self._ready_reads.clear()
+        for w, _ in reads.values():
+            self._not_leader(w)
+
+    def pending(self) -> int:
+        return sum(len(v) for v in self._writes.values()) + len(self._reads)
+
+    # --- replies ------------------------------------------------------------
+
+    def _answer_read(self, w: _Waiter, key: str) -> None:
+        self.counters.reads_served += 1
+        self._send(w.route, ClientResponse(
+            id=w.req_id, ok=True, value=self.kv.get(key), index=self.kv.applied_index,
+            node=self.node_id))
+
+    def _leader_hint(self) -> dict[str, Any]:
+        leader = self.core.leader
+        return {"leader": leader, "leader_addr": self._client_addrs.get(leader or "")}
+
+    def _not_leader(self, w: _Waiter) -> None:
+        self._fail(w, "not_leader", None, **self._leader_hint())
+
+    def _fail(self, w: _Waiter, error: str, message: str | None, **kw: Any) -> None:
+        self.counters.by_error[error] = self.counters.by_error.get(error, 0) + 1
+        self._send(w.route, ClientResponse(
+            id=w.req_id, ok=False, error=error, message=message, node=self.node_id, **kw))
+
+    def _send(self, route: Route, resp: ClientResponse) -> None:
+        self._reply(route, encode_response(resp))

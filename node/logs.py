@@ -1,0 +1,64 @@
+"""structlog set-up for a node: one JSON object a line in the node's log file.
+
+Every line has `ts` (UTC, microseconds), `level`, `node`, `term`, `role` and
+`event`; event names are the fixed vocabulary listed in docs/LOGS.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+# The fixed vocabulary (docs/LOGS.md lists and explains each).
+EVENTS = frozenset(
+    {
+        "node_started", "node_stopping", "node_stopped", "durability_off",
+        "election_started", "prevote_started", "vote_granted", "vote_rejected",
+        "vote_ignored", "became_leader", "became_follower", "stepped_down",
+        "append_rejected", "snapshot_sent", "snapshot_installed", "snapshot_created",
+        "transfer_started", "transfer_aborted", "leadership_transferred",
+        "timeout_now_received", "link_faults_set", "bad_message", "auth_rejected",
+        "bad_request", "commit_progress", "wal_tail_truncated", "send_dropped",
+        "storage_recovered", "snapshot_failed",
+    }
+)
+
+
+def _utc_ts(_: Any, __: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    ev["ts"] = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return ev
+
+
+def make_logger(
+    stream: TextIO, node_id: str, state: Callable[[], tuple[int, str]]
+) -> structlog.typing.FilteringBoundLogger:
+    """A logger writing JSON lines to `stream`; `state()` gives (term, role)
+    at the moment of each event."""
+
+    def add_state(_: Any, __: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        term, role = state()
+        ev.setdefault("term", term)
+        ev.setdefault("role", role)
+        return ev
+
+    def order(_: Any, __: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        head = {k: ev.pop(k) for k in ("ts", "level", "node", "term", "role", "event") if k in ev}
+        head.update(ev)
+        return head
+
+    return structlog.wrap_logger(  # type: ignore[no-any-return]  # wrap_logger is untyped
+        structlog.WriteLogger(stream),
+        processors=[
+            structlog.processors.add_log_level,
+            _utc_ts,
+            add_state,
+            order,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(20),
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    ).bind(node=node_id)

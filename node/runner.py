@@ -1,0 +1,427 @@
+"""`NodeRunner`: the node's one event loop, and the only caller of the core
+that does I/O. Poll sockets up to the next tick, step in what arrived, tick,
+then handle `Ready`: persist (one sync), send, apply, reply, advance.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import zmq
+
+from node import codec
+from node.api import ClientApi
+from node.config import STATUS_LOG_INTERVAL_MS, ClusterConfig, node_dir
+from node.control import ControlError, handle_control
+from node.core import NotLeader, RaftCore, Role
+from node.kv import KVStore, encode_image
+from node.logs import make_logger
+from node.messages import EntryKind, SnapshotMeta
+from node.ready import Ready
+from node.storage import FileStorage
+from node.transport.auth import ZapHandler
+from node.transport.base import PeerTransport
+from node.transport.links import FaultyTransport, LinkFilter, LinkRule
+from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read_keys
+
+# At most this many messages are taken from one socket per loop iteration, so
+# ticks and heartbeats keep their rhythm under load.
+_DRAIN_LIMIT = 2048
+# After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
+_MAX_CATCHUP_TICKS = 5
+# Bad input is logged at most once a second per kind; the rest is counted.
+_BAD_LOG_INTERVAL_S = 1.0
+
+
+class RunDir(msgspec.Struct, frozen=True):
+    """The part of `cluster.json` a node reads."""
+
+    config: ClusterConfig
+
+
+def load_cluster(run_dir: Path) -> ClusterConfig:
+    path = run_dir / "cluster.json"
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"cannot read {path}: {e.strerror}") from None
+    try:
+        cfg = msgspec.json.decode(raw, type=RunDir).config
+    except msgspec.DecodeError as e:
+        raise SystemExit(f"{path} is not a valid cluster file: {e}") from None
+    problems = cfg.problems()
+    if problems:
+        raise SystemExit(f"{path}: " + "; ".join(problems))
+    return cfg
+
+
+def load_links(path: Path) -> dict[str, LinkRule]:
+    if not path.exists():
+        return {}
+    return msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
+
+
+class NodeRunner:
+    """One node: storage, core, state machine, sockets, and the loop."""
+
+    def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO) -> None:
+        self.run_dir = run_dir
+        self.cfg = load_cluster(run_dir)
+        self.spec = self.cfg.node(node_id)
+        self.id = node_id
+        self.started = time.monotonic()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._bad_logged: dict[str, float] = {}
+        self.counters: dict[str, int] = {"bad_messages": 0, "spoofed_messages": 0,
+                                          "auth_rejected": 0, "bad_requests": 0}
+        self._core: RaftCore | None = None
+        self.log = make_logger(log_stream, node_id, self._log_state)
+        ndir = node_dir(run_dir, node_id)
+        (ndir / "data").mkdir(parents=True, exist_ok=True)
+
+        self.storage = FileStorage(ndir / "data", fsync=self.cfg.fsync)
+        if self.cfg.fsync == "never":
+            self.log.warning("durability_off", fsync="never",
+                             detail="acknowledged writes can be lost on a crash")
+        if self.storage.recovery.truncated_bytes:
+            self.log.warning("wal_tail_truncated", bytes=self.storage.recovery.truncated_bytes,
+                             file=str(self.storage.recovery.file))
+        self.kv = KVStore()
+        snap = self.storage.snapshot()
+        if snap.meta.index > 0:
+            self.kv.restore(snap.data)
+        peers = [n.id for n in self.cfg.nodes if n.id != node_id]
+        seed = int.from_bytes(os.urandom(8), "big")
+        self.core = RaftCore(node_id, peers, self.storage, self.cfg.core_config(),
+                             random.Random(seed))
+        self._core = self.core
+        self._last_role = self.core.role
+
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.keys: CurveKeys = read_keys(run_dir / "keys")
+        self.zap = ZapHandler(self.ctx, {self.keys.public}, self._auth_rejected)
+        self.links = LinkFilter(random.Random(seed ^ 0x5EED))
+        self.links.set_rules(load_links(ndir / "links.json"))
+        inner = ZmqTransport(
+            self.ctx, node_id, self.spec.peer_addr(),
+            {n.id: n.peer_addr() for n in self.cfg.nodes if n.id != node_id}, self.keys)
+        self.transport: PeerTransport = FaultyTransport(inner, self.links)
+        self.client_sock = make_server_socket(self.ctx, self.spec.client_addr(), self.keys)
+        self.control_sock = make_server_socket(self.ctx, self.spec.control_addr(), self.keys)
+        self.api = ClientApi(
+            node_id, self.core, self.kv, self._reply_client,
+            {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request)
+        self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
+        self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
+        self._last_progress_log = time.monotonic()
+        self._logged_commit = self.core.log.commit
+        self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
+                      client_addr=self.spec.client_addr(), transport=self.cfg.transport,
+                      fsync=self.cfg.fsync, commit=self.core.log.commit,
+                      last_index=self.core.log.last_index(), snapshot_index=snap.meta.index)
+
+    def _log_state(self) -> tuple[int, str]:
+        c = self._core
+        return (c.term, c.role.value) if c is not None else (0, "follower")
+
+    # --- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.shutdown())
+        signal.signal(signal.SIGINT, lambda *_: self.shutdown())
+        poller = zmq.Poller()
+        peer_socks = self.transport.poll_sockets()
+        for s in peer_socks:
+            poller.register(s, zmq.POLLIN)
+        poller.register(self.client_sock, zmq.POLLIN)
+        poller.register(self.control_sock, zmq.POLLIN)
+        poller.register(self.zap.socket, zmq.POLLIN)
+        tick_s = self.cfg.tick_ms / 1000.0
+        next_tick = time.monotonic() + tick_s
+        try:
+            while True:
+                now = time.monotonic()
+                wake = next_tick
+                due = self.transport.next_deadline_ms()
+                if due is not None:
+                    wake = min(wake, due / 1000.0)
+                timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
+                events = dict(poller.poll(timeout_ms))
+                if self.zap.socket in events:
+                    self.zap.handle()
+                if any(s in events for s in peer_socks) or due is not None:
+                    self._receive_peers()
+                if self.client_sock in events:
+                    self._receive_clients()
+                if self.control_sock in events:
+                    self._receive_control()
+                now = time.monotonic()
+                if now >= next_tick:
+                    behind = int((now - next_tick) / tick_s) + 1
+                    for _ in range(min(behind, _MAX_CATCHUP_TICKS)):
+                        self.core.tick()
+                    next_tick += behind * tick_s
+                self._handle_ready()
+                self._check_snapshot_job()
+                self._maybe_log_progress(now)
+                if self._stopping and self._may_exit(now):
+                    break
+        finally:
+            self._close()
+
+    def _receive_peers(self) -> None:
+        for src, data in self.transport.receive():
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as e:
+                self.counters["bad_messages"] += 1
+                self._log_bad("bad_message", source=src, reason=str(e)[:200])
+                continue
+            if msg.src != src:
+                self.counters["spoofed_messages"] += 1
+                self._log_bad("bad_message", source=src, reason=f"claims to be from {msg.src}")
+                continue
+            self.core.step(msg)
+
+    def _receive_clients(self) -> None:
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = self.client_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            route, payload = _split_envelope(frames)
+            if route is None:
+                self._bad_request("request without an envelope")
+                continue
+            self.api.handle(route, payload)
+
+    def _receive_control(self) -> None:
+        for _ in range(64):
+            try:
+                frames = self.control_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            route, payload = _split_envelope(frames)
+            if route is None:
+                continue
+            reply, bad = handle_control(self, payload)
+            if bad is not None:
+                self._bad_request(bad)
+            self.control_sock.send_multipart([*route, reply], zmq.NOBLOCK)
+
+    # --- Ready ----------------------------------------------------------------
+
+    def _handle_ready(self) -> None:
+        while self.core.has_ready():
+            rd = self.core.ready()
+            self._persist(rd)
+            for m in rd.messages:
+                self.transport.send(m.dst, codec.encode(m))
+            self._apply(rd)
+            for name, kw in rd.events:
+                self.log.info(name, **kw)
+            if rd.soft_state is not None:
+                self._role_changed()
+            self.core.advance(rd)
+
+    def _persist(self, rd: Ready) -> None:
+        # Persist before send (§5.1): one sync covers the whole batch.
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+        if rd.must_sync():
+            self.storage.sync()
+
+    def _apply(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.kv.restore(rd.snapshot.data)
+        for e in rd.committed_entries:
+            # A no-op entry (empty data) only advances the applied index.
+            cmd, result = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
+            self.api.applied(cmd, result, e.index)
+        for rs in rd.read_states:
+            self.api.read_ready(rs.ctx, rs.index)
+        for ctx in rd.dropped_reads:
+            self.api.read_dropped(ctx)
+        self.api.serve_reads()
+        self._maybe_snapshot()
+
+    def _role_changed(self) -> None:
+        role = self.core.role
+        if self._last_role is Role.LEADER and role is not Role.LEADER:
+            self.api.lost_leadership()
+        self._last_role = role
+
+    # --- snapshots ------------------------------------------------------------
+
+    def _maybe_snapshot(self, force: bool = False) -> bool:
+        if self._snap_job is not None:
+            return False
+        applied = self.kv.applied_index
+        since = applied - self.core.log.snapshot.index
+        if since <= 0 or (not force and since < self.cfg.snapshot_entries):
+            return False
+        term = self.core.log.term(applied)
+        if term is None:
+            return False
+        meta = SnapshotMeta(applied, term)
+        # Freeze on the loop thread (cheap); encode and write on another, so
+        # the loop keeps ticking while a large image reaches the disk.
+        image = self.kv.freeze()
+        storage = self.storage
+        fut = self._snapshotter.submit(
+            lambda: storage.write_snapshot_file(meta, encode_image(image)))
+        self._snap_job = (meta, fut)
+        return True
+
+    def _check_snapshot_job(self) -> None:
+        if self._snap_job is None or not self._snap_job[1].done():
+            return
+        meta, fut = self._snap_job
+        self._snap_job = None
+        started = time.monotonic()
+        try:
+            fut.result()
+        except OSError as e:
+            self.log.error("snapshot_failed", index=meta.index, error=str(e))
+            return
+        if meta.index <= self.core.log.snapshot.index:
+            return  # a leader's snapshot overtook ours
+        self.storage.install_local_snapshot(meta)
+        self.core.compact(meta)
+        self.log.info("snapshot_created", index=meta.index, snapshot_term=meta.term,
+                      install_ms=round((time.monotonic() - started) * 1000, 3))
+
+    # --- Controlled -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        c = self.core
+        peers = {
+            p: {"match": pr.match, "next": pr.next, "state": pr.state.value,
+                "active": pr.recent_active}
+            for p, pr in c.progress.items()
+        } if c.role is Role.LEADER else {}
+        tstats = dict(self.transport.stats)
+        return {
+            "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
+            "vote": c.vote, "commit": c.log.commit, "applied": self.kv.applied_index,
+            "log_first": c.log.first_index(), "log_last": c.log.last_index(),
+            "snapshot_index": c.log.snapshot.index, "peers": peers,
+            "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
+            "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
+            "transport": self.cfg.transport, "fsync": self.cfg.fsync,
+            "keys": len(self.kv), "pending_requests": self.api.pending(),
+            "counters": {
+                **self.counters,
+                "dropped_messages": c.counters.dropped_messages
+                + tstats.get("dropped_send", 0) + tstats.get("dropped_by_filter", 0),
+                "stale_messages": c.counters.stale_messages,
+                "client_requests": self.api.counters.requests,
+                "writes_acked": self.api.counters.writes_acked,
+                "reads_served": self.api.counters.reads_served,
+                "transport": tstats,
+            },
+        }
+
+    def set_links(self, rules: dict[str, LinkRule]) -> None:
+        unknown = sorted(set(rules) - set(self.core.peers))
+        if unknown:
+            raise ControlError("unknown_peer", f"not peers of {self.id}: {', '.join(unknown)}")
+        self.links.set_rules(rules)
+        self.log.info("link_faults_set",
+                      rules={p: msgspec.to_builtins(r) for p, r in rules.items()})
+
+    def transfer_leader(self, to: str) -> None:
+        try:
+            self.core.transfer_leader(to)
+        except NotLeader as e:
+            raise ControlError("not_leader", f"{self.id} is not the leader "
+                               f"(leader: {e.leader or 'unknown'})") from None
+        except ValueError as e:
+            raise ControlError("unknown_peer", str(e)) from None
+
+    def compact(self) -> dict[str, Any]:
+        started = self._maybe_snapshot(force=True)
+        return {"started": started, "applied": self.kv.applied_index,
+                "snapshot_index": self.core.log.snapshot.index}
+
+    def digest(self) -> dict[str, Any]:
+        return {"applied": self.kv.applied_index, "digest": self.kv.digest(), "keys": len(self.kv)}
+
+    def shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        budget = 2 * self.cfg.election_ticks * self.cfg.tick_ms / 1000.0
+        self._stop_deadline = time.monotonic() + budget
+        target = self._best_successor()
+        self.log.info("node_stopping", handing_to=target)
+        if target is not None:
+            self.core.transfer_leader(target)
+
+    def _best_successor(self) -> str | None:
+        if self.core.role is not Role.LEADER or not self.core.peers:
+            return None
+        return max(self.core.progress.items(), key=lambda kv: kv[1].match)[0]
+
+    def _may_exit(self, now: float) -> bool:
+        return self.core.role is not Role.LEADER or now >= self._stop_deadline
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _maybe_log_progress(self, now: float) -> None:
+        if now - self._last_progress_log < STATUS_LOG_INTERVAL_MS / 1000.0:
+            return
+        self._last_progress_log = now
+        commit = self.core.log.commit
+        if commit != self._logged_commit:
+            self.log.info("commit_progress", commit=commit, applied=self.kv.applied_index,
+                          committed_since=commit - self._logged_commit)
+            self._logged_commit = commit
+
+    def _reply_client(self, route: list[bytes], data: bytes) -> None:
+        # A ROUTER drops a reply to a client that went away; that is fine.
+        self.client_sock.send_multipart([*route, data], zmq.NOBLOCK)
+
+    def _bad_request(self, reason: str) -> None:
+        self.counters["bad_requests"] += 1
+        self._log_bad("bad_request", reason=reason[:200])
+
+    def _auth_rejected(self, address: str, key: bytes) -> None:
+        self.counters["auth_rejected"] += 1
+        self.log.warning("auth_rejected", address=address, key=key.hex()[:16])
+
+    def _log_bad(self, event: str, **kw: Any) -> None:
+        now = time.monotonic()
+        if now - self._bad_logged.get(event, 0.0) >= _BAD_LOG_INTERVAL_S:
+            self._bad_logged[event] = now
+            self.log.warning(event, **kw)
+
+    def _close(self) -> None:
+        self._snapshotter.shutdown(wait=True)
+        self._check_snapshot_job()
+        self.storage.sync()
+        self.storage.close()
+        self.transport.close()
+        for s in (self.client_sock, self.control_sock, self.zap.socket):
+            s.close(linger=0)
+        self.log.info("node_stopped", commit=self.core.log.commit, applied=self.kv.applied_index)
+
+
+def _split_envelope(frames: list[bytes]) -> tuple[list[bytes] | None, bytes]:
+    """ROUTER frames are [identity, (empty delimiter from REQ clients), payload]."""
+    if len(frames) < 2:
+        return None, b""
+    return frames[:-1], frames[-1]
+

@@ -1,0 +1,245 @@
+"""The ZeroMQ peer transport: one bound ROUTER per node, one DEALER per peer,
+and the socket factories the node's client and control sockets share.
+
+Nothing here blocks: every send is NOBLOCK and a full or cut link loses the
+message instead of holding it for a late burst.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from node.config import (
+    CURVE_FRAME_OVERHEAD_BYTES,
+    MAX_MESSAGE_BYTES,
+    PEER_CONNECT_TIMEOUT_MS,
+    PEER_HANDSHAKE_TIMEOUT_MS,
+    PEER_HEARTBEAT_IVL_MS,
+    PEER_HEARTBEAT_TIMEOUT_MS,
+    PEER_HEARTBEAT_TTL_MS,
+    PEER_QUEUE_MSGS,
+    PEER_RECONNECT_IVL_MAX_MS,
+    PEER_RECONNECT_IVL_MS,
+    PEER_RECV_BATCH_MSGS,
+)
+from node.transport.auth import (
+    CurveKeys,
+    KeysError,
+    generate_keys,
+    read_keys,
+    set_curve_client,
+    set_curve_server,
+    write_keys,
+)
+
+__all__ = [
+    "CurveKeys",
+    "KeysError",
+    "ZmqTransport",
+    "generate_keys",
+    "make_client_socket",
+    "make_server_socket",
+    "read_keys",
+    "set_common_options",
+    "write_keys",
+]
+
+
+def set_common_options(sock: zmq.Socket[Any]) -> None:
+    """Options every socket of a node shares: no linger on close, short
+    queues, heartbeats that drop a silent connection (and what it queued)
+    within PEER_HEARTBEAT_TIMEOUT_MS, and quick reconnects."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, PEER_QUEUE_MSGS)
+    sock.setsockopt(zmq.RCVHWM, PEER_QUEUE_MSGS)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, PEER_HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, PEER_HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, PEER_HEARTBEAT_TTL_MS)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, PEER_HANDSHAKE_TIMEOUT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL, PEER_RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, PEER_RECONNECT_IVL_MAX_MS)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, PEER_CONNECT_TIMEOUT_MS)
+
+
+def _max_frame_bytes(keys: CurveKeys | None) -> int:
+    # libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE
+    # makes larger than the payload; a payload of exactly MAX_MESSAGE_BYTES
+    # must still pass.
+    return MAX_MESSAGE_BYTES + (CURVE_FRAME_OVERHEAD_BYTES if keys is not None else 0)
+
+
+def make_server_socket(
+    ctx: zmq.Context[Any], bind_addr: str, keys: CurveKeys | None
+) -> zmq.Socket[bytes]:
+    """A ROUTER bound to `bind_addr` ("tcp://host:port"): a CURVE server with
+    the cluster keys (None: no security, for tests only), frames above
+    MAX_MESSAGE_BYTES dropped with their connection, and a reconnecting
+    client taking over its identity at once (ROUTER_HANDOVER).
+
+    Requires a `ZapHandler` on `ctx` when `keys` is given, or no client is
+    admitted."""
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    try:
+        set_common_options(sock)
+        sock.setsockopt(zmq.MAXMSGSIZE, _max_frame_bytes(keys))
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if keys is not None:
+            set_curve_server(sock, keys)
+        sock.bind(bind_addr)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def make_client_socket(
+    ctx: zmq.Context[Any],
+    connect_addr: str,
+    keys: CurveKeys | None,
+    *,
+    routing_id: bytes | None = None,
+    immediate: bool = False,
+) -> zmq.Socket[bytes]:
+    """A DEALER connected to a node's ROUTER at `connect_addr`, a CURVE
+    client with the cluster keys (None: no security, for tests only).
+
+    `immediate=False` (clients) queues a request until the connection is up,
+    so the first send after creating the socket does not fail; the caller's
+    timeout bounds how long it waits. Peers use `immediate=True`, so a message
+    to a peer that is not connected fails at once instead of arriving late.
+    """
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    try:
+        set_common_options(sock)
+        sock.setsockopt(zmq.MAXMSGSIZE, _max_frame_bytes(keys))
+        if routing_id is not None:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        if immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        if keys is not None:
+            set_curve_client(sock, keys)
+        sock.connect(connect_addr)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def _routing_id(node_id: str) -> bytes:
+    rid = node_id.encode()
+    # libzmq reserves identities starting with a zero byte for ones it makes up.
+    if not 1 <= len(rid) <= 255 or rid[0] == 0:
+        raise ValueError(f"node id {node_id!r} cannot be a ZeroMQ routing id")
+    return rid
+
+
+class ZmqTransport:
+    """`PeerTransport` over ZeroMQ.
+
+    Binds one ROUTER at `bind_addr` ("tcp://host:port") for every peer's
+    DEALER and connects one DEALER per peer (`peers`: node id ->
+    "tcp://host:port"; this node's own id is ignored), whose ROUTING_ID is
+    this node's id, so the receiving ROUTER sees frames [sender id, payload].
+    With `keys` every socket speaks CURVE with the cluster keypair and the
+    context needs a `ZapHandler`; `keys=None` is for tests only.
+
+    DEALERs use IMMEDIATE: while a peer is not connected (down, or its
+    connection dropped by the heartbeat after PEER_HEARTBEAT_TIMEOUT_MS of
+    silence) `send` returns False at once, and nothing queued meanwhile is
+    delivered when it comes back. Frames from an identity that is not a peer
+    are dropped (`stats["bad_peer"]`), as are multi-part messages
+    (`stats["bad_frame"]`); a frame over MAX_MESSAGE_BYTES is dropped by
+    libzmq together with the connection that sent it.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        node_id: str,
+        bind_addr: str,
+        peers: dict[str, str],
+        keys: CurveKeys | None,
+    ) -> None:
+        own = _routing_id(node_id)
+        self.node_id = node_id
+        self.stats: dict[str, int] = {
+            "sent": 0, "received": 0, "dropped_send": 0, "unknown_dst": 0,
+            "oversize": 0, "bad_peer": 0, "bad_frame": 0,
+        }
+        self._peer_of: dict[bytes, str] = {
+            _routing_id(p): p for p in peers if p != node_id
+        }
+        self._router = make_server_socket(ctx, bind_addr, keys)
+        self._dealers: dict[str, zmq.Socket[bytes]] = {}
+        try:
+            for peer, addr in peers.items():
+                if peer != node_id:
+                    self._dealers[peer] = make_client_socket(
+                        ctx, addr, keys, routing_id=own, immediate=True)
+        except zmq.ZMQError:
+            self.close()
+            raise
+
+    @property
+    def address(self) -> str:
+        """The endpoint the ROUTER is bound to (resolves a port given as *)."""
+        return self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def poll_sockets(self) -> list[Any]:
+        """The ROUTER: DEALERs only send, so nothing else becomes readable."""
+        return [self._router]
+
+    def send(self, dst: str, data: bytes) -> bool:
+        """Queue `data` for `dst`; False (counted in `dropped_send`) when
+        `dst` is not a peer, is not connected, its queue of PEER_QUEUE_MSGS
+        is full, or `data` exceeds MAX_MESSAGE_BYTES (`oversize`; the peer
+        would drop it and the connection with it)."""
+        sock = self._dealers.get(dst)
+        if sock is None:
+            self.stats["unknown_dst"] += 1
+            self.stats["dropped_send"] += 1
+            return False
+        if len(data) > MAX_MESSAGE_BYTES:
+            self.stats["oversize"] += 1
+            self.stats["dropped_send"] += 1
+            return False
+        try:
+            sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["dropped_send"] += 1
+            return False
+        self.stats["sent"] += 1
+        return True
+
+    def receive(self) -> list[tuple[str, bytes]]:
+        """Everything ready now (at most PEER_RECV_BATCH_MSGS messages; the
+        ROUTER stays readable if more wait), as (sender id, payload)."""
+        out: list[tuple[str, bytes]] = []
+        router = self._router
+        for _ in range(PEER_RECV_BATCH_MSGS):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) != 2:
+                self.stats["bad_frame"] += 1
+                continue
+            peer = self._peer_of.get(frames[0])
+            if peer is None:
+                self.stats["bad_peer"] += 1
+                continue
+            out.append((peer, frames[1]))
+        self.stats["received"] += len(out)
+        return out
+
+    def next_deadline_ms(self) -> float | None:
+        """Always None: nothing is held back here."""
+        return None
+
+    def close(self) -> None:
+        for sock in self._dealers.values():
+            sock.close(linger=0)
+        self._dealers.clear()
+        self._router.close(linger=0)

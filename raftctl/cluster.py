@@ -1,0 +1,447 @@
+"""The supervisor: a cluster's run directory, and starting, stopping, killing
+and pausing its node processes. It talks to nodes only through their control
+sockets and signals; it never prints (the CLI renders).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import zmq
+
+from chaos.faults import FaultState, compile_rules
+from node.config import ClusterConfig, NodeSpec, node_dir
+from node.control import (
+    ControlRequest,
+    ControlResponse,
+    DigestRequest,
+    SetLinksRequest,
+    ShutdownRequest,
+    StatusRequest,
+    TransferRequest,
+    decode_response,
+    encode_request,
+)
+from node.transport.links import LinkRule
+from node.transport.zmq import (
+    CurveKeys,
+    KeysError,
+    generate_keys,
+    make_client_socket,
+    read_keys,
+    write_keys,
+)
+
+DEFAULT_CLUSTER = "default"
+RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
+CLUSTER_ENV = "RAFTCTL_CLUSTER"
+CONTROL_TIMEOUT_S = 1.0
+
+
+class ClusterError(Exception):
+    """Something the operator asked for cannot be done; the message says why
+    and, where there is one, what to do."""
+
+
+class ProcessInfo(msgspec.Struct, frozen=True):
+    pid: int
+    create_time: float
+
+
+class ClusterFile(msgspec.Struct):
+    """`cluster.json`: the config the nodes read and the processes we started."""
+
+    config: ClusterConfig
+    processes: dict[str, ProcessInfo] = {}
+
+
+def default_run_dir(name: str) -> Path:
+    """`./.raftctl/NAME`; the option `--run-dir` or RAFTCTL_RUN_DIR overrides it."""
+    return Path.cwd() / ".raftctl" / name
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports that are free right now on `host`."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def make_config(n: int, name: str = DEFAULT_CLUSTER, transport: str = "zmq",
+                **settings: Any) -> ClusterConfig:
+    if n < 1:
+        raise ClusterError("a cluster needs at least 1 node (-n)")
+    if n > 15:
+        raise ClusterError(f"{n} nodes is more than this tool runs on one machine (at most 15)")
+    ports = free_ports(3 * n)
+    nodes = [
+        NodeSpec(id=f"n{i + 1}", peer_port=ports[3 * i], client_port=ports[3 * i + 1],
+                 control_port=ports[3 * i + 2])
+        for i in range(n)
+    ]
+    cfg = ClusterConfig(name=name, transport=transport, nodes=nodes, **settings)
+    _validate(cfg, "generated config")
+    return cfg
+
+
+def load_config_file(path: Path, name: str | None = None) -> ClusterConfig:
+    """Read a TOML cluster file, with a clear message for each problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ClusterError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ClusterError(f"{path} is not valid TOML: {e}") from None
+    if name is not None:
+        raw["name"] = name
+    try:
+        cfg = msgspec.convert(raw, ClusterConfig)
+    except msgspec.ValidationError as e:
+        raise ClusterError(f"{path}: {e}") from None
+    _validate(cfg, str(path))
+    return cfg
+
+
+def _validate(cfg: ClusterConfig, where: str) -> None:
+    problems = cfg.problems()
+    if problems:
+        raise ClusterError(f"{where}: " + "; ".join(problems))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class NodeState:
+    """What the supervisor can tell of one node."""
+
+    id: str
+    pid: int | None
+    process: str  # running | paused | down
+    status: dict[str, Any] | None  # the node's own status, if it answered
+
+
+class Cluster:
+    """One cluster's run directory and processes."""
+
+    def __init__(self, run_dir: Path, name: str = DEFAULT_CLUSTER) -> None:
+        self.run_dir = run_dir
+        self.name = name
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+
+    # --- files ----------------------------------------------------------------
+
+    @property
+    def file(self) -> Path:
+        return self.run_dir / "cluster.json"
+
+    def exists(self) -> bool:
+        return self.file.exists()
+
+    def load(self) -> ClusterFile:
+        try:
+            return msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+        except FileNotFoundError:
+            raise ClusterError(
+                f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`"
+            ) from None
+        except msgspec.DecodeError as e:
+            raise ClusterError(f"{self.file} is damaged ({e}); `raftctl down --purge` "
+                               "removes the run directory") from None
+
+    def _save(self, cf: ClusterFile) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(cf)))
+        os.replace(tmp, self.file)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise changes to the run directory between raftctl commands."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def config(self) -> ClusterConfig:
+        return self.load().config
+
+    def keys(self) -> CurveKeys:
+        try:
+            return read_keys(self.run_dir / "keys")
+        except KeysError as e:
+            raise ClusterError(str(e)) from None
+
+    def node_ids(self) -> list[str]:
+        return [n.id for n in self.config().nodes]
+
+    def check_nodes(self, names: list[str]) -> list[str]:
+        ids = self.node_ids()
+        for n in names:
+            if n not in ids:
+                raise ClusterError(
+                    f"node {n} is not in cluster {self.name} (nodes: {', '.join(ids)})")
+        return names
+
+    def log_path(self, node_id: str) -> Path:
+        return node_dir(self.run_dir, node_id) / "node.log"
+
+    # --- setting up -------------------------------------------------------------
+
+    def create(self, cfg: ClusterConfig) -> None:
+        """Write a new run directory for `cfg` (refuses if one is there)."""
+        with self.locked():
+            if self.exists():
+                raise ClusterError(f"cluster {self.name} already exists in {self.run_dir}")
+            for n in cfg.nodes:
+                (node_dir(self.run_dir, n.id) / "data").mkdir(parents=True, exist_ok=True)
+            write_keys(self.run_dir / "keys", generate_keys())
+            self._save(ClusterFile(config=cfg))
+
+    def purge(self) -> None:
+        import shutil
+
+        if self.running_nodes():
+            raise ClusterError(f"cluster {self.name} is running; `raftctl down` first")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # --- processes -------------------------------------------------------------
+
+    def _process(self, info: ProcessInfo | None) -> psutil.Process | None:
+        """The node's process, if it is alive and is the one we started (a
+        reused pid has another start time)."""
+        if info is None:
+            return None
+        try:
+            p = psutil.Process(info.pid)
+            if abs(p.create_time() - info.create_time) > 0.05:
+                return None
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return p
+
+    def process_state(self, node_id: str) -> tuple[int | None, str]:
+        info = self.load().processes.get(node_id)
+        p = self._process(info)
+        if p is None:
+            return None, "down"
+        try:
+            stopped = p.status() == psutil.STATUS_STOPPED
+        except psutil.Error:
+            return None, "down"
+        return p.pid, "paused" if stopped else "running"
+
+    def running_nodes(self) -> list[str]:
+        if not self.exists():
+            return []
+        cf = self.load()
+        return [n for n, info in cf.processes.items() if self._process(info) is not None]
+
+    def start(self, node_id: str) -> int:
+        """Start one node detached (own session); returns its pid."""
+        with self.locked():
+            cf = self.load()
+            spec = cf.config.node(node_id)
+            if self._process(cf.processes.get(node_id)) is not None:
+                raise ClusterError(f"node {node_id} is already running "
+                                   f"(pid {cf.processes[node_id].pid})")
+            for port_name in ("peer_port", "client_port", "control_port"):
+                port = getattr(spec, port_name)
+                if spec.host.startswith("127.") and port_in_use(spec.host, port):
+                    raise ClusterError(
+                        f"port {port} ({node_id} {port_name}) on {spec.host} is already in use "
+                        "by another program; free it or choose other ports")
+            ndir = node_dir(self.run_dir, node_id)
+            ndir.mkdir(parents=True, exist_ok=True)
+            with open(ndir / "stdout.log", "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "node", "--run-dir", str(self.run_dir),
+                     "--id", node_id],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            create_time = psutil.Process(proc.pid).create_time()
+            cf.processes[node_id] = ProcessInfo(proc.pid, create_time)
+            self._save(cf)
+            return proc.pid
+
+    def signal(self, node_id: str, sig: int) -> int:
+        """Send `sig` to a node's process; raises if it is not running."""
+        cf = self.load()
+        cf.config.node(node_id)
+        p = self._process(cf.processes.get(node_id))
+        if p is None:
+            raise ClusterError(f"node {node_id} is not running")
+        p.send_signal(sig)
+        return int(p.pid)
+
+    def kill(self, node_id: str) -> int:
+        pid = self.signal(node_id, signal.SIGKILL)
+        self._wait_gone(node_id, 5.0)
+        return pid
+
+    def stop(self, node_id: str, timeout_s: float = 10.0) -> int:
+        """SIGTERM (the node hands over leadership and flushes), then wait;
+        SIGKILL if it has not exited by `timeout_s`."""
+        _, state = self.process_state(node_id)
+        if state == "paused":
+            self.signal(node_id, signal.SIGCONT)
+        pid = self.signal(node_id, signal.SIGTERM)
+        if not self._wait_gone(node_id, timeout_s):
+            self.signal(node_id, signal.SIGKILL)
+            self._wait_gone(node_id, 5.0)
+        return pid
+
+    def pause(self, node_id: str) -> int:
+        return self.signal(node_id, signal.SIGSTOP)
+
+    def resume(self, node_id: str) -> int:
+        return self.signal(node_id, signal.SIGCONT)
+
+    def _wait_gone(self, node_id: str, timeout_s: float) -> bool:
+        info = self.load().processes.get(node_id)
+        deadline = time.monotonic() + timeout_s
+        # A dead node stays a zombie until its parent (often init) reaps it:
+        # that counts as gone.
+        while self._process(info) is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # --- control socket ------------------------------------------------------------
+
+    def control(self, node_id: str, req: ControlRequest,
+                timeout_s: float = CONTROL_TIMEOUT_S) -> ControlResponse | None:
+        """One request to a node's control socket; None if it did not answer."""
+        spec = self.config().node(node_id)
+        sock = make_client_socket(self._ctx, spec.control_addr(), self.keys())
+        try:
+            try:
+                sock.send(encode_request(req), zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            if not sock.poll(max(1, int(timeout_s * 1000))):
+                return None
+            return decode_response(sock.recv())
+        finally:
+            sock.close(linger=0)
+
+    def node_status(self, node_id: str, timeout_s: float = CONTROL_TIMEOUT_S) -> NodeState:
+        pid, proc = self.process_state(node_id)
+        status = None
+        if proc == "running":
+            r = self.control(node_id, StatusRequest(), timeout_s)
+            status = r.data if r is not None and r.ok else None
+        return NodeState(node_id, pid, proc, status)
+
+    def status(self, timeout_s: float = CONTROL_TIMEOUT_S) -> list[NodeState]:
+        return [self.node_status(n, timeout_s) for n in self.node_ids()]
+
+    def leader(self, states: list[NodeState] | None = None) -> str | None:
+        """The leader of the highest term that a live node reports."""
+        best: tuple[int, str] | None = None
+        for s in states if states is not None else self.status():
+            st = s.status
+            if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
+                best = (st["term"], s.id)
+        return best[1] if best else None
+
+    def wait_for_leader(self, timeout_s: float, exclude: set[str] | None = None) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lead = self.leader()
+            if lead is not None and lead not in (exclude or set()):
+                return lead
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"no leader was elected within {timeout_s:.1f}s; "
+                                   "see `raftctl logs` and `raftctl status`")
+            time.sleep(0.05)
+
+    def transfer(self, to: str) -> str:
+        lead = self.leader()
+        if lead is None:
+            raise ClusterError("there is no leader right now; try again in a moment")
+        r = self.control(lead, TransferRequest(to=to))
+        if r is None:
+            raise ClusterError(f"leader {lead} did not answer")
+        if not r.ok:
+            raise ClusterError(r.message or r.error or "transfer refused")
+        return lead
+
+    def digest(self, node_id: str) -> dict[str, Any] | None:
+        r = self.control(node_id, DigestRequest())
+        return r.data if r is not None and r.ok else None
+
+    def set_links(self, node_id: str, rules: dict[str, LinkRule]) -> bool:
+        """Record the node's link rules (a node started later loads them) and
+        push them to the node if it runs; True if it confirmed."""
+        path = node_dir(self.run_dir, node_id) / "links.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(rules))
+        os.replace(tmp, path)
+        if self.process_state(node_id)[1] != "running":
+            return False
+        r = self.control(node_id, SetLinksRequest(rules=rules))
+        return r is not None and r.ok
+
+    def load_faults(self) -> FaultState:
+        path = self.run_dir / "faults.json"
+        if not path.exists():
+            return FaultState()
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=FaultState)
+        except msgspec.DecodeError as e:
+            raise ClusterError(f"{path} is damaged ({e}); `raftctl heal` resets it") from None
+
+    def apply_faults(self, state: FaultState) -> list[str]:
+        """Record `state` and push each node's rules; returns the nodes that
+        did not confirm (not running: they load the rules when started)."""
+        with self.locked():
+            nodes = self.node_ids()
+            path = self.run_dir / "faults.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+            os.replace(tmp, path)
+            rules = compile_rules(state, nodes)
+            return [n for n in nodes if not self.set_links(n, rules[n])]
+
+    def shutdown_node(self, node_id: str) -> bool:
+        r = self.control(node_id, ShutdownRequest())
+        return r is not None and r.ok
+
+    def client_addrs(self) -> dict[str, str]:
+        return {n.id: n.client_addr() for n in self.config().nodes}

@@ -1,0 +1,87 @@
+"""Fixtures for tests that run real node processes: a cluster in a temporary
+run directory on free loopback ports, every process it started killed by pid
+at the end (pass or fail), and `wait_until` for conditions with deadlines."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from node.client import Client
+from raftctl.cluster import Cluster, make_config
+
+T = TypeVar("T")
+
+
+def wait_until(cond: Callable[[], T | None], timeout_s: float, what: str,
+               interval_s: float = 0.02) -> T:
+    """Poll `cond` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval_s)  # polling cadence; the condition is what we wait for
+    pytest.fail(f"timed out after {timeout_s:.1f}s waiting for: {what} (last: {last!r})")
+
+
+class TestCluster(Cluster):
+    """A Cluster that remembers every process it started, to reap them."""
+
+    __test__ = False  # not a test class for pytest
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir, "test")
+        self.started: list[tuple[int, float]] = []
+
+    def start(self, node_id: str) -> int:
+        pid = super().start(node_id)
+        self.started.append((pid, psutil.Process(pid).create_time()))
+        return pid
+
+    def start_all(self) -> None:
+        for n in self.node_ids():
+            self.start(n)
+
+    def reap(self) -> None:
+        for pid, ctime in self.started:
+            try:
+                p = psutil.Process(pid)
+                if abs(p.create_time() - ctime) > 0.05:
+                    continue
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait(5)
+            except psutil.Error:
+                continue
+
+    def client(self, **kw: Any) -> Client:
+        return Client(self.client_addrs(), self.keys(), **kw)
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        return {s.id: s.status for s in self.status(timeout_s=0.5) if s.status is not None}
+
+
+def make_cluster(tmp_path: Path, n: int = 3, **settings: Any) -> Iterator[TestCluster]:
+    c = TestCluster(tmp_path / "run")
+    c.create(make_config(n, name="test", **settings))
+    try:
+        yield c
+    finally:
+        c.reap()
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[TestCluster]:
+    """A running 3-node cluster with a leader."""
+    for c in make_cluster(tmp_path, 3):
+        c.start_all()
+        c.wait_for_leader(10.0)
+        yield c
