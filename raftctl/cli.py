@@ -136,6 +136,7 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
         if cfg.fsync == "never":
             render.console(stderr=True).print(
                 "[bold red]warning:[/] fsync = never: acknowledged writes can be lost on a crash")
+        c.check_ports()
         for n in cfg.nodes:
             c.start(n.id)
         with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
@@ -358,8 +359,9 @@ def transfer(ctx: click.Context, node: str, wait_s: float) -> None:
 
 def _client(c: Cluster, timeout_s: float) -> Client:
     try:
+        c.load()  # says so if the cluster is not set up at all
         if not c.running_nodes():
-            _fail(f"cluster {c.name} is not up; start it with `raftctl up`")
+            _fail(f"cluster {c.name} is not up (no node is running); start it with `raftctl up`")
         return Client(c.client_addrs(), c.keys(), timeout_s=timeout_s,
                       attempt_timeout_s=min(1.0, timeout_s))
     except ClusterError as e:

@@ -269,6 +269,19 @@ class Cluster:
         cf = self.load()
         return [n for n, info in cf.processes.items() if self._process(info) is not None]
 
+    def check_ports(self) -> None:
+        """Refuse, naming the first one, if any node's port is taken."""
+        for spec in self.config().nodes:
+            self._check_node_ports(spec)
+
+    def _check_node_ports(self, spec: NodeSpec) -> None:
+        for port_name in ("peer_port", "client_port", "control_port"):
+            port = getattr(spec, port_name)
+            if spec.host.startswith("127.") and port_in_use(spec.host, port):
+                raise ClusterError(
+                    f"port {port} ({spec.id} {port_name}) on {spec.host} is already in use "
+                    "by another program; free it or choose other ports")
+
     def start(self, node_id: str) -> int:
         """Start one node detached (own session); returns its pid."""
         with self.locked():
@@ -277,12 +290,7 @@ class Cluster:
             if self._process(cf.processes.get(node_id)) is not None:
                 raise ClusterError(f"node {node_id} is already running "
                                    f"(pid {cf.processes[node_id].pid})")
-            for port_name in ("peer_port", "client_port", "control_port"):
-                port = getattr(spec, port_name)
-                if spec.host.startswith("127.") and port_in_use(spec.host, port):
-                    raise ClusterError(
-                        f"port {port} ({node_id} {port_name}) on {spec.host} is already in use "
-                        "by another program; free it or choose other ports")
+            self._check_node_ports(spec)
             ndir = node_dir(self.run_dir, node_id)
             ndir.mkdir(parents=True, exist_ok=True)
             with open(ndir / "stdout.log", "ab") as out:
