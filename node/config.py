@@ -199,3 +199,21 @@ SIM_CLIENT_OP_TICKS = 60  # and this long for an operation before giving up
 def node_dir(run_dir: Path, node_id: str) -> Path:
     """Where one node keeps its data, log file and link rules."""
     return run_dir / "nodes" / node_id
+
+
+# The load generator (node/loadgen.py) and `raftctl bench`.
+LOADGEN_ATTEMPT_TIMEOUT_MS = 500  # no answer from one node this long: try the next, same seq
+LOADGEN_OP_TIMEOUT_MS = 5_000  # an operation still unanswered then is unknown (write) or failed
+LOADGEN_BACKOFF_MS = 20  # after an error without a usable leader hint: an election is on
+LOADGEN_CONNECT_TIMEOUT_MS = 5_000  # every node should answer a ping by then
+LOADGEN_PROGRESS_INTERVAL_MS = 250
+LOADGEN_MAX_CLIENTS = 1_000  # below MAX_SESSIONS, so no session is evicted mid-run
+# A load generator whose loop thread is busy this fraction of the wall time is
+# the bottleneck itself: its figures are a lower bound on the cluster's.
+LOADGEN_SATURATED_CPU_FRACTION = 0.9
+BENCH_STATUS_POLL_MS = 200  # leader changes during `bench write` are sampled this often
+BENCH_FAILOVER_POLL_MS = 5  # how often `bench failover` asks the survivors who leads
+BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS = 50  # the failover writer moves on from a silent node
+BENCH_FAILOVER_BACKOFF_MS = 5
+BENCH_TRIAL_TIMEOUT_MS = 15_000  # a new leader, a write, a catch-up must happen within this
+BENCH_UP_TIMEOUT_MS = 20_000  # a fresh cluster must acknowledge a write within this

@@ -292,8 +292,8 @@ class RaftCore:
         self.leader = self.id
         self._tick_fn = self._tick_heartbeat
         self._step_fn = self._step_leader
-        for pr in self.progress.values():
-            pr.recent_active = True
+        # Peers start inactive (thesis §6.2): a leader that hears from no
+        # majority in its first election timeout steps down at its end.
         # A no-op of the new term lets the leader commit (§5.4.2, §8).
         self._append_entries([Entry(self.term, self.log.last_index() + 1, EntryKind.NOOP)])
         self._event("became_leader", last_index=self.log.last_index())

@@ -79,8 +79,11 @@ class Progress:
     def sent(self, last_index: int) -> None:
         """An append ending at `last_index` left for this follower."""
         if self.state is FlowState.REPLICATE:
-            self.next = last_index + 1
-            self.inflight.append(last_index)
+            # An append without entries (it spreads the commit index) takes no
+            # pipeline slot: its ack would not raise `match`, so never free it.
+            if last_index >= self.next:
+                self.next = last_index + 1
+                self.inflight.append(last_index)
         elif self.state is FlowState.PROBE:
             self.probe_sent = True
 

@@ -1,4 +1,5 @@
-"""The `Storage` protocol and `MemoryStorage`, its in-memory implementation.
+"""The `Storage` protocol, `MemoryStorage` (in memory) and `FileStorage` (a
+WAL and snapshot files in a directory, see docs/STORAGE.md).
 
 Storage keeps what a node must not forget: hard state, log entries and the
 latest snapshot. The core only reads it; the runner writes through it.
@@ -6,15 +7,33 @@ latest snapshot. The core only reads it; the runner writes through it.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
+from node.config import FSYNC_POLICIES, WAL_SEGMENT_BYTES
 from node.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.wal import (
+    RecordKind,
+    Recovery,
+    Replay,
+    SnapshotMark,
+    StorageError,
+    Truncate,
+    Wal,
+    corruption,
+    fsync_dir,
+    lock_directory,
+    read_snapshot,
+    remove_temp_files,
+    snapshot_files,
+    snapshot_name,
+    write_snapshot,
+)
 
-
-class StorageError(Exception):
-    """Storage cannot be used: corrupt, unreadable or inconsistent."""
+__all__ = ["FileStorage", "InitialState", "MemoryStorage", "Storage", "StorageError"]
 
 
 class InitialState(msgspec.Struct, frozen=True):
@@ -54,6 +73,18 @@ class Storage(Protocol):
         drop those entries from the log."""
         ...
 
+    def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
+        """First half of `create_snapshot`, the slow one: store the image for
+        `meta` durably and return where it is. Thread-safe: it touches no log
+        state, so it may run off the event loop while the node goes on."""
+        ...
+
+    def install_local_snapshot(self, meta: SnapshotMeta) -> None:
+        """Second half of `create_snapshot`, fast, on the loop thread: the image
+        written by `write_snapshot_file(meta, ...)` becomes the snapshot and the
+        entries it covers are dropped, as `create_snapshot` says."""
+        ...
+
     def snapshot(self) -> Snapshot:
         """The latest snapshot (an empty one at index 0 if there is none)."""
         ...
@@ -72,6 +103,7 @@ class MemoryStorage:
         self._hs = HardState()
         self._snap = Snapshot(SnapshotMeta(), b"")
         self._entries: list[Entry] = []
+        self._staged: dict[SnapshotMeta, bytes] = {}
 
     def initial_state(self) -> InitialState:
         return InitialState(self._hs, self._snap.meta, list(self._entries))
@@ -114,6 +146,16 @@ class MemoryStorage:
         self._entries = self._entries[pos + 1 :]
         self._snap = Snapshot(meta, data)
 
+    def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
+        self._staged[meta] = data
+        return f"memory:{snapshot_name(meta)}"
+
+    def install_local_snapshot(self, meta: SnapshotMeta) -> None:
+        data = self._staged.pop(meta, None)
+        if data is None:
+            raise StorageError(f"no snapshot image was written for {meta}")
+        self.create_snapshot(meta, data)
+
     def snapshot(self) -> Snapshot:
         return self._snap
 
@@ -122,3 +164,239 @@ class MemoryStorage:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class FileStorage:
+    """Storage in a directory: a WAL of framed records and snapshot files.
+
+    The entries after the snapshot are also kept in memory, as in
+    `MemoryStorage`; the WAL is read only when the storage is opened. Not
+    thread-safe, except `write_snapshot_file`. With `fsync="never"` nothing is
+    fsynced: a crash of the machine (not of the process) can lose acknowledged
+    writes. `recovery` says what opening found (a torn tail cut, and where).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        fsync: str = "always",
+        segment_bytes: int = WAL_SEGMENT_BYTES,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+        self.directory = Path(directory)
+        self._sync = fsync == "always"
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True)
+            if self._sync:
+                fsync_dir(self.directory.parent)
+        self._lock_fd = lock_directory(self.directory)
+        self._hs = HardState()
+        self._meta = SnapshotMeta()
+        self._entries: list[Entry] = []
+        self._snap: Snapshot | None = None
+        self._snap_path: Path | None = None
+        # A snapshot was installed: old files go once its mark is durable.
+        self._cleanup_due = False
+        try:
+            self._wal, replay = Wal.open(
+                self.directory, sync=self._sync, segment_bytes=segment_bytes)
+            self.recovery: Recovery = self._wal.recovery
+            try:
+                self._replay(replay)
+                self._wal.collect()
+                self._remove_stale_snapshots()
+            except BaseException:
+                self._wal.abandon()
+                raise
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        fsync: str = "always",
+        segment_bytes: int = WAL_SEGMENT_BYTES,
+    ) -> FileStorage:
+        """Open (or create) the storage in `directory` and recover its state."""
+        return cls(directory, fsync, segment_bytes)
+
+    # --- recovery -------------------------------------------------------------
+
+    def _replay(self, replay: Replay) -> None:
+        """Rebuild the state from the records. The log starts after the last
+        snapshot mark: entries at or below it are covered by its image (and may
+        sit in segments already deleted), everything after it is replayed."""
+        mark = replay.last_mark
+        base = mark.meta.index if mark is not None else 0
+        hs = HardState()
+        entries: list[Entry] = []
+        for k, rec in enumerate(replay.records):
+            if isinstance(rec, Entry):
+                pos = rec.index - base - 1
+                if pos < 0:
+                    continue
+                if pos < len(entries):
+                    del entries[pos:]
+                elif pos > len(entries):
+                    path, off = replay.where(k)
+                    raise corruption(path, off, f"entry {rec.index} follows a gap after "
+                                                f"{base + len(entries)} (a segment is missing)")
+                entries.append(rec)
+            elif isinstance(rec, HardState):
+                hs = rec
+            elif isinstance(rec, Truncate):
+                del entries[max(0, rec.index - base - 1) :]
+            else:
+                lo = max(rec.meta.index, base) - base
+                entries = entries[lo : max(lo, rec.last - base)]
+                hs = rec.hard_state
+        self._hs = hs
+        self._entries = entries
+        if mark is not None:
+            self._meta = mark.meta
+            self._snap_path = self.directory / snapshot_name(mark.meta)
+            self._snap = Snapshot(mark.meta, read_snapshot(self._snap_path, mark.meta))
+
+    def _remove_stale_snapshots(self) -> None:
+        """At open, remove every snapshot file but the current one: older ones,
+        and newer ones whose mark never became durable (a crash between the two
+        phases of a snapshot), and half-written temporary files."""
+        removed = remove_temp_files(self.directory)
+        for path in snapshot_files(self.directory):
+            if path != self._snap_path:
+                path.unlink()
+                removed = True
+        if removed and self._sync:
+            fsync_dir(self.directory)
+
+    # --- the Storage protocol -------------------------------------------------------
+
+    def initial_state(self) -> InitialState:
+        return InitialState(self._hs, self._meta, list(self._entries))
+
+    def append(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        first = entries[0].index
+        base = self._meta.index + 1
+        last = base + len(self._entries) - 1
+        if first < base:
+            raise StorageError(f"append at {first} is below the snapshot at {base - 1}")
+        if first > last + 1:
+            raise StorageError(f"append at {first} leaves a gap after {last}")
+        if entries[-1].index != first + len(entries) - 1:
+            raise StorageError(f"entries {first}..{entries[-1].index} are not contiguous")
+        if first <= last:
+            # §5.3: a conflicting suffix goes; the marker reaches disk in the same
+            # sync() as the new entries, before they are acknowledged.
+            self._wal.add(RecordKind.TRUNCATE, Truncate(first))
+            del self._entries[first - base :]
+        self._wal.add_entries(entries)
+        self._entries.extend(entries)
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self._wal.add(RecordKind.HARD_STATE, hs)
+        self._hs = hs
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """As the protocol says; a snapshot older than the stored one is refused
+        (the entries it would need back may be gone with their segments)."""
+        meta = snap.meta
+        if meta.index < self._meta.index:
+            raise StorageError(
+                f"snapshot at {meta.index} is older than the stored one at {self._meta.index}")
+        pos = meta.index - self._meta.index - 1
+        if 0 <= pos < len(self._entries) and self._entries[pos].term == meta.term:
+            kept = self._entries[pos + 1 :]
+        else:
+            kept = []
+        self.write_snapshot_file(meta, snap.data)
+        self._install(meta, kept, snap)
+
+    def create_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        kept = self._entries_after_local(meta)
+        self.write_snapshot_file(meta, data)
+        self._install(meta, kept, Snapshot(meta, data))
+
+    def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
+        return str(write_snapshot(self.directory, meta, data, sync=self._sync))
+
+    def install_local_snapshot(self, meta: SnapshotMeta) -> None:
+        kept = self._entries_after_local(meta)
+        if not (self.directory / snapshot_name(meta)).is_file():
+            raise StorageError(f"no snapshot file was written for {meta}")
+        self._install(meta, kept, None)
+
+    def snapshot(self) -> Snapshot:
+        if self._snap is None:
+            if self._snap_path is None:
+                return Snapshot(SnapshotMeta(), b"")
+            self._snap = Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
+        return self._snap
+
+    def sync(self) -> None:
+        self._wal.sync()
+        if self._cleanup_due:
+            self._remove_replaced_snapshots()
+
+    def _remove_replaced_snapshots(self) -> None:
+        """Once the mark of a new snapshot is durable, the files it replaced can
+        go, and so can images written for snapshots at or below it that were
+        never installed (a leader's snapshot overtook a local one). Newer
+        images may still be waiting for `install_local_snapshot`."""
+        self._cleanup_due = False
+        removed = False
+        for path, meta in snapshot_files(self.directory).items():
+            if path != self._snap_path and meta.index <= self._meta.index:
+                path.unlink(missing_ok=True)
+                removed = True
+        if removed and self._sync:
+            fsync_dir(self.directory)
+
+    def close(self) -> None:
+        """Sync what is buffered and release the directory."""
+        if self._lock_fd < 0:
+            return
+        try:
+            self.sync()
+        finally:
+            self.abandon()
+
+    # --- beyond the protocol ------------------------------------------------------
+
+    def abandon(self) -> None:
+        """Release the directory without writing what is buffered, as a crash
+        would: for tests of recovery."""
+        self._wal.abandon()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def segment_paths(self) -> list[Path]:
+        """The WAL segment files, oldest first."""
+        return self._wal.segment_paths()
+
+    def _entries_after_local(self, meta: SnapshotMeta) -> list[Entry]:
+        """The entries a local snapshot at `meta` keeps; the checks of
+        `MemoryStorage.create_snapshot`."""
+        base = self._meta.index + 1
+        if meta.index < base - 1:
+            raise StorageError(f"snapshot at {meta.index} is older than {base - 1}")
+        pos = meta.index - base
+        if pos >= len(self._entries):
+            raise StorageError(f"snapshot at {meta.index} is beyond the log")
+        if pos >= 0 and self._entries[pos].term != meta.term:
+            raise StorageError(f"snapshot term {meta.term} disagrees with the log at {meta.index}")
+        return self._entries[pos + 1 :]
+
+    def _install(self, meta: SnapshotMeta, kept: list[Entry], snap: Snapshot | None) -> None:
+        self._wal.add(
+            RecordKind.SNAPSHOT, SnapshotMark(meta, meta.index + len(kept), self._hs))
+        self._cleanup_due = True
+        self._snap_path = self.directory / snapshot_name(meta)
+        self._meta = meta
+        self._entries = kept
+        self._snap = snap

@@ -31,7 +31,9 @@ class Cli:
         self.env = {**os.environ, "RAFTCTL_RUN_DIR": str(self.run_dir), "COLUMNS": "200"}
         self.pids: set[tuple[int, float]] = set()
 
-    def __call__(self, *args: str, ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, ok: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         p = subprocess.run([sys.executable, "-m", "raftctl", *args], env=self.env,
                            capture_output=True, text=True, timeout=timeout)
         self._remember()
