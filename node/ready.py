@@ -6,7 +6,12 @@ The caller must handle a `Ready` in this order and only then call
 1. persist `snapshot` (if any), then `entries` (truncating the stored log from
    `entries[0].index`), then `hard_state` (if any), and make them durable;
 2. send `messages` -- only now: a vote or an acknowledgement promises state
-   that must already be on disk (§5.1, "persist before send");
+   that must already be on disk (§5.1, "persist before send"). One exception
+   is allowed: a leader's own replication traffic (`may_send_early()`:
+   AppendEntries, Heartbeat, InstallSnapshot) promises nothing about the
+   leader's disk, so it may leave before step 1 and the leader's fsync
+   overlaps its followers' (thesis §10.2.1). The leader still counts itself
+   towards a commit only through acknowledgements that arrive after step 1;
 3. restore the state machine from `snapshot` (if any), then apply
    `committed_entries` in order;
 4. serve each of `read_states` once the state machine has applied
@@ -18,7 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.messages import Entry, HardState, PeerMessage, Snapshot
+from node.messages import (
+    AppendEntries,
+    Entry,
+    HardState,
+    Heartbeat,
+    InstallSnapshot,
+    PeerMessage,
+    Snapshot,
+)
+
+_EARLY = (AppendEntries, Heartbeat, InstallSnapshot)
+
+
+def may_send_early(m: PeerMessage) -> bool:
+    """A leader's replication message, which may leave before persisting."""
+    return isinstance(m, _EARLY)
 
 
 @dataclass(frozen=True, slots=True)

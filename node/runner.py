@@ -24,7 +24,7 @@ from node.core import NotLeader, RaftCore, Role
 from node.kv import KVStore, encode_image
 from node.logs import make_logger
 from node.messages import EntryKind, SnapshotMeta
-from node.ready import Ready
+from node.ready import Ready, may_send_early
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -222,8 +222,14 @@ class NodeRunner:
     def _handle_ready(self) -> None:
         while self.core.has_ready():
             rd = self.core.ready()
-            self._persist(rd)
+            late = []
             for m in rd.messages:
+                if may_send_early(m):
+                    self.transport.send(m.dst, codec.encode(m))
+                else:
+                    late.append(m)
+            self._persist(rd)
+            for m in late:
                 self.transport.send(m.dst, codec.encode(m))
             self._apply(rd)
             for name, kw in rd.events:
