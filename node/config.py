@@ -50,6 +50,26 @@ ZAP_BATCH_REQUESTS = 256
 # Link faults (node/transport/links.py): a reordered message is held back by
 # between one and two times this long, so that later messages pass it.
 LINK_REORDER_HOLD_MS = 20
+# UDP peer transport (node/transport/udp.py): one message per datagram, never
+# more than the cluster's datagram limit, which every node must share. The
+# default is never fragmented on loopback (MTU 64 KiB); the leader's batches
+# and snapshot chunks are sized from the limit by `udp_core_limits`.
+UDP_MAX_DATAGRAM_BYTES = 60_000
+# The limit for a real network path with an MTU of 1,400 bytes: 1,400 minus an
+# IPv6 header (40) and a UDP header (8), so no datagram is ever fragmented.
+UDP_SMALL_PATH_DATAGRAM_BYTES = 1_352
+# The smallest limit accepted (every message except a batch of entries or a
+# snapshot chunk is far smaller) and the largest UDP payload over IPv4.
+UDP_MIN_DATAGRAM_BYTES = 512
+UDP_MAX_IPV4_DATAGRAM_BYTES = 65_507
+# A node id travels in every datagram header, preceded by a one-byte length.
+UDP_MAX_NODE_ID_BYTES = 64
+# Kernel buffers asked for (Linux grants at most net.core.rmem_max/wmem_max):
+# a follower's receive buffer must hold the leader's pipeline of appends, or
+# it overflows and the batches are lost.
+UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+# A bad datagram is reported (`on_bad`) at most once per reason this often.
+UDP_BAD_REPORT_INTERVAL_MS = 1_000
 
 # The key-value state machine (node/kv.py). Changing any of these changes what
 # replicas accept or keep, so every node of a cluster must use the same values.
@@ -212,8 +232,20 @@ LOADGEN_MAX_CLIENTS = 1_000  # below MAX_SESSIONS, so no session is evicted mid-
 # the bottleneck itself: its figures are a lower bound on the cluster's.
 LOADGEN_SATURATED_CPU_FRACTION = 0.9
 BENCH_STATUS_POLL_MS = 200  # leader changes during `bench write` are sampled this often
+BENCH_STATUS_TIMEOUT_MS = 500  # a node that does not answer a status request by then is down
+BENCH_STATUS_RESEND_MS = 5  # a status request to a node not yet connected is tried this often
+BENCH_LEADER_WAIT_MS = 10_000  # the cluster must have a leader before a benchmark starts
+BENCH_STOP_WAIT_MS = 10_000  # a throwaway node stopped with SIGTERM, then SIGKILL
 BENCH_FAILOVER_POLL_MS = 5  # how often `bench failover` asks the survivors who leads
 BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS = 50  # the failover writer moves on from a silent node
-BENCH_FAILOVER_BACKOFF_MS = 5
+BENCH_FAILOVER_BACKOFF_MS = 10
 BENCH_TRIAL_TIMEOUT_MS = 15_000  # a new leader, a write, a catch-up must happen within this
 BENCH_UP_TIMEOUT_MS = 20_000  # a fresh cluster must acknowledge a write within this
+
+# Nemesis runs against real processes (chaos/nemesis.py, `raftctl chaos run`).
+CHAOS_OP_TIMEOUT_MS = 3_000  # a workload operation gives up (unknown or failed) after this
+CHAOS_ATTEMPT_TIMEOUT_MS = 500  # one node gets this long to answer before the next is tried
+CHAOS_STATUS_POLL_MS = 250  # every node's status is sampled this often
+CHAOS_STATUS_TIMEOUT_MS = 300  # a node that has not answered a status request by then is "?"
+CHAOS_DIGEST_EVERY_POLLS = 2  # state-machine digests are taken every this many status polls
+CHAOS_CLIENT_OPS_PER_S = 20.0  # each workload client starts at most this many operations a second

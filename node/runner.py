@@ -92,8 +92,9 @@ class NodeRunner:
             self.log.warning("durability_off", fsync="never",
                              detail="acknowledged writes can be lost on a crash")
         if self.storage.recovery.truncated_bytes:
-            self.log.warning("wal_tail_truncated", bytes=self.storage.recovery.truncated_bytes,
-                             file=str(self.storage.recovery.file))
+            rec = self.storage.recovery
+            self.log.warning("wal_tail_truncated", bytes=rec.truncated_bytes, file=rec.file,
+                             offset=rec.offset)
         self.kv = KVStore()
         snap = self.storage.snapshot()
         if snap.meta.index > 0:

@@ -3,6 +3,7 @@ comes back with every write it acknowledged (fsync = always)."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(single: TestCluster) -> 
         stop = threading.Event()
         this_round: list[str] = []
 
-        def writer(round_no: int = rnd) -> None:
+        def writer(stop: threading.Event, this_round: list[str], round_no: int) -> None:
             nonlocal seq
             with single.client(timeout_s=2.0, attempt_timeout_s=0.5) as cl:
                 while not stop.is_set():
@@ -53,11 +54,11 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(single: TestCluster) -> 
                         maybe.setdefault(key, set()).add(val)
                         return  # the node died under us: not acknowledged
 
-        t = threading.Thread(target=writer)
+        t = threading.Thread(target=writer, args=(stop, this_round, rnd))
         t.start()
         target = rng.randint(1, 80)
         try:
-            wait_until(lambda n=target: len(this_round) >= n, 20.0,
+            wait_until(lambda n=target, done=this_round: len(done) >= n, 20.0,
                        f"round {rnd}: {target} writes acknowledged")
             single.kill("n1")
         finally:
@@ -69,3 +70,26 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(single: TestCluster) -> 
             lost = {k: v for k, v in acked.items()
                     if cl.get(k) not in {v, *maybe.get(k, set())}}
         assert not lost, f"round {rnd}: acknowledged writes lost after SIGKILL: {list(lost)[:5]}"
+
+
+def test_torn_tail_is_cut_and_logged_by_the_node(tmp_path: Path) -> None:
+    """A node whose WAL ends in a torn record starts, cuts it, keeps every
+    whole record, and logs `wal_tail_truncated` with the byte count."""
+    for c in make_cluster(tmp_path, 1):
+        c.start_all()
+        c.wait_for_leader(10.0)
+        with c.client() as cl:
+            for i in range(20):
+                assert cl.put(f"k{i}", b"v").ok
+        c.stop("n1")
+        segs = sorted((c.run_dir / "nodes" / "n1" / "data").rglob("wal-*.log"))
+        assert segs, "no WAL segment found"
+        with open(segs[-1], "ab") as f:
+            f.write(b"\x40\x00\x00\x00torn")  # a length promising more than follows
+        c.start("n1")
+        c.wait_for_leader(10.0)
+        with c.client() as cl:
+            assert all(cl.get(f"k{i}") == b"v" for i in range(20))
+        lines = [json.loads(x) for x in c.log_path("n1").read_text().splitlines()]
+        cut = [e for e in lines if e["event"] == "wal_tail_truncated"]
+        assert cut and cut[0]["bytes"] == 8, cut

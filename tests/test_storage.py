@@ -1,0 +1,300 @@
+"""FileStorage keeps the meaning of the Storage protocol: it agrees with
+MemoryStorage on every sequence of calls, across reopens and crashes, and
+its two-phase snapshot API works off the loop thread."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from node import storage_bench
+from node.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.storage import FileStorage, InitialState, MemoryStorage, Storage, StorageError
+
+
+def _image(meta: SnapshotMeta) -> bytes:
+    """Raft: one (index, term) names one state, so one image per meta."""
+    return b"image-%d-%d" % (meta.index, meta.term)
+
+
+def _memory_from(state: InitialState, snap: Snapshot) -> MemoryStorage:
+    ms = MemoryStorage()
+    ms.apply_snapshot(snap)
+    ms.append(state.entries)
+    ms.set_hard_state(state.hard_state)
+    return ms
+
+
+def _same_outcome(fs: Storage, ms: Storage, method: str, *args: object) -> None:
+    """Both storages accept the call, or both refuse it with StorageError."""
+    errors = []
+    for s in (ms, fs):
+        try:
+            getattr(s, method)(*args)
+            errors.append(False)
+        except StorageError:
+            errors.append(True)
+    assert errors[0] == errors[1], f"memory raised: {errors[0]}, file raised: {errors[1]}"
+
+
+OPS = ["append", "append", "append", "hard_state", "apply_snapshot", "create_snapshot",
+       "two_phase", "orphan", "sync", "reopen", "crash"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_file_storage_agrees_with_memory_storage(data: st.DataObject) -> None:
+    """After any sequence of appends (with conflicting suffixes), hard states,
+    leader and local snapshots, reopens and crashes, FileStorage and
+    MemoryStorage give the same initial_state() and snapshot(); a crash loses
+    exactly what was not synced."""
+    seg = data.draw(st.sampled_from([48, 160, 1 << 20]), label="segment_bytes")
+    with tempfile.TemporaryDirectory() as d:
+        fs = FileStorage(d, fsync="never", segment_bytes=seg)
+        ms = MemoryStorage()
+        synced = (ms.initial_state(), ms.snapshot())
+        try:
+            for _ in range(data.draw(st.integers(1, 40), label="steps")):
+                init = ms.initial_state()
+                base = init.snapshot.index
+                last = base + len(init.entries)
+
+                def term_at(i: int, init: InitialState = init, base: int = base) -> int:
+                    return init.entries[i - base - 1].term if i > base else init.snapshot.term
+
+                op = data.draw(st.sampled_from(OPS))
+                if op == "append":
+                    first = data.draw(st.integers(base + 1, last + 1), label="first")
+                    n = data.draw(st.integers(1, 4), label="n")
+                    term = data.draw(st.integers(1, 4), label="term")
+                    ents = [Entry(term, first + k, data=b"%d.%d" % (term, first + k))
+                            for k in range(n)]
+                    _same_outcome(fs, ms, "append", ents)
+                elif op == "hard_state":
+                    hs = HardState(data.draw(st.integers(0, 5)),
+                                   data.draw(st.sampled_from([None, "n1", "n2"])),
+                                   data.draw(st.integers(0, last)))
+                    _same_outcome(fs, ms, "set_hard_state", hs)
+                elif op == "apply_snapshot":
+                    index = data.draw(st.integers(base, last + 3), label="snap_index")
+                    match = index <= last and data.draw(st.booleans(), label="match")
+                    term = term_at(index) if match else data.draw(st.integers(1, 5))
+                    snap = Snapshot(SnapshotMeta(index, term), _image(SnapshotMeta(index, term)))
+                    _same_outcome(fs, ms, "apply_snapshot", snap)
+                elif op in ("create_snapshot", "two_phase", "orphan"):
+                    index = data.draw(st.integers(max(0, base - 1), last + 1), label="snap_index")
+                    valid = base <= index <= last and data.draw(st.integers(0, 5)) > 0
+                    term = term_at(index) if valid else data.draw(st.integers(0, 5))
+                    meta = SnapshotMeta(index, term)
+                    if op == "create_snapshot":
+                        _same_outcome(fs, ms, "create_snapshot", meta, _image(meta))
+                    elif op == "two_phase":
+                        fs.write_snapshot_file(meta, _image(meta))
+                        ms.write_snapshot_file(meta, _image(meta))
+                        _same_outcome(fs, ms, "install_local_snapshot", meta)
+                    else:
+                        # Written off the loop, never installed: must change nothing.
+                        fs.write_snapshot_file(meta, _image(meta))
+                elif op == "sync":
+                    fs.sync()
+                    synced = (ms.initial_state(), ms.snapshot())
+                elif op == "reopen":
+                    fs.close()
+                    fs = FileStorage(d, fsync="never", segment_bytes=seg)
+                    synced = (ms.initial_state(), ms.snapshot())
+                else:
+                    fs.abandon()
+                    fs = FileStorage(d, fsync="never", segment_bytes=seg)
+                    ms = _memory_from(*synced)
+                    snaps = list(Path(d).glob("snap-*"))
+                    assert len(snaps) == (1 if synced[1] != Snapshot(SnapshotMeta(), b"") else 0)
+                assert fs.initial_state() == ms.initial_state(), f"after {op}"
+                assert fs.snapshot() == ms.snapshot(), f"after {op}"
+        finally:
+            fs.close()
+        fs = FileStorage(d, fsync="never", segment_bytes=seg)
+        assert fs.initial_state() == ms.initial_state(), "after the final reopen"
+        assert fs.snapshot() == ms.snapshot(), "after the final reopen"
+        fs.close()
+
+
+def test_write_snapshot_file_runs_on_another_thread_while_the_log_grows(
+    tmp_path: Path,
+) -> None:
+    """The slow half writes the image while the loop appends; the fast half then
+    compacts, keeping the entries appended meanwhile."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, i, data=b"e%d" % i) for i in range(1, 101)])
+    fs.sync()
+    meta = SnapshotMeta(80, 1)
+    image = bytes(range(256)) * 4096
+    written: list[str] = []
+    writer = threading.Thread(target=lambda: written.append(fs.write_snapshot_file(meta, image)))
+    writer.start()
+    for i in range(101, 201):
+        fs.append([Entry(1, i)])
+        fs.sync()
+    writer.join(timeout=60)
+    assert written, "write_snapshot_file did not finish within 60 s"
+    assert Path(written[0]).is_file()
+    assert fs.snapshot() == Snapshot(SnapshotMeta(), b""), "the image is not the snapshot yet"
+    fs.install_local_snapshot(meta)
+    fs.sync()
+    assert fs.snapshot() == Snapshot(meta, image)
+    assert [e.index for e in fs.initial_state().entries] == list(range(81, 201))
+    fs.close()
+    fs = FileStorage(tmp_path)
+    assert fs.snapshot() == Snapshot(meta, image)
+    assert [e.index for e in fs.initial_state().entries] == list(range(81, 201))
+    fs.close()
+
+
+def test_install_without_a_written_image_is_refused(tmp_path: Path) -> None:
+    """install_local_snapshot needs the image from write_snapshot_file first."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1), Entry(1, 2)])
+    with pytest.raises(StorageError, match="no snapshot file"):
+        fs.install_local_snapshot(SnapshotMeta(2, 1))
+    ms = MemoryStorage()
+    ms.append([Entry(1, 1), Entry(1, 2)])
+    with pytest.raises(StorageError, match="no snapshot image"):
+        ms.install_local_snapshot(SnapshotMeta(2, 1))
+    fs.close()
+
+
+def test_memory_storage_two_phase_equals_create_snapshot() -> None:
+    """MemoryStorage's two phases end where create_snapshot ends."""
+    a, b = MemoryStorage(), MemoryStorage()
+    for s in (a, b):
+        s.append([Entry(1, i) for i in range(1, 6)])
+    meta = SnapshotMeta(3, 1)
+    a.create_snapshot(meta, b"img")
+    b.write_snapshot_file(meta, b"img")
+    b.install_local_snapshot(meta)
+    assert (a.initial_state(), a.snapshot()) == (b.initial_state(), b.snapshot())
+
+
+def test_snapshot_is_read_from_its_file_once(tmp_path: Path) -> None:
+    """After a reopen the image comes from the file, and later calls reuse it."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1), Entry(1, 2)])
+    fs.create_snapshot(SnapshotMeta(2, 1), b"state")
+    fs.close()
+    fs = FileStorage(tmp_path)
+    first = fs.snapshot()
+    assert first == Snapshot(SnapshotMeta(2, 1), b"state")
+    assert fs.snapshot() is first
+    fs.close()
+
+
+def test_corrupt_snapshot_file_stops_the_start(tmp_path: Path) -> None:
+    """A damaged image is never loaded: the error names the file and the remedy."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1)])
+    fs.create_snapshot(SnapshotMeta(1, 1), b"state" * 100)
+    fs.close()
+    (path,) = tmp_path.glob("snap-*")
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(raw)
+    with pytest.raises(StorageError, match=path.name) as err:
+        FileStorage(tmp_path)
+    assert "data directory" in str(err.value)
+
+
+def test_older_leader_snapshot_is_refused(tmp_path: Path) -> None:
+    """FileStorage refuses to go back to a snapshot older than the stored one."""
+    fs = FileStorage(tmp_path)
+    fs.apply_snapshot(Snapshot(SnapshotMeta(10, 2), b"new"))
+    with pytest.raises(StorageError, match="older"):
+        fs.apply_snapshot(Snapshot(SnapshotMeta(5, 1), b"old"))
+    fs.close()
+
+
+def test_a_directory_is_used_by_one_storage_at_a_time(tmp_path: Path) -> None:
+    """A second open of the same directory fails until the first is closed."""
+    fs = FileStorage(tmp_path)
+    with pytest.raises(StorageError, match="in use"):
+        FileStorage(tmp_path)
+    fs.close()
+    FileStorage(tmp_path).close()
+
+
+def test_unknown_fsync_policy_is_refused(tmp_path: Path) -> None:
+    """Only "always" and "never" are fsync policies."""
+    with pytest.raises(ValueError, match="fsync"):
+        FileStorage(tmp_path, fsync="sometimes")
+
+
+def test_non_contiguous_append_is_refused(tmp_path: Path) -> None:
+    """A batch with a hole in its indices never reaches the WAL."""
+    fs = FileStorage(tmp_path)
+    with pytest.raises(StorageError, match="contiguous"):
+        fs.append([Entry(1, 1), Entry(1, 3)])
+    assert fs.initial_state().entries == []
+    fs.close()
+
+
+def test_tens_of_thousands_of_entries_reopen(tmp_path: Path) -> None:
+    """30 000 entries over several segments come back in order after a reopen."""
+    fs = FileStorage(tmp_path, segment_bytes=1 << 20)
+    for lo in range(1, 30_001, 500):
+        fs.append([Entry(1, i, data=b"v" * 64) for i in range(lo, lo + 500)])
+        fs.sync()
+    assert len(fs.segment_paths()) > 1
+    fs.close()
+    fs = FileStorage(tmp_path, segment_bytes=1 << 20)
+    ents = fs.initial_state().entries
+    assert len(ents) == 30_000 and ents[-1].index == 30_000
+    assert all(e.index == i for i, e in enumerate(ents, 1))
+    fs.close()
+
+
+def test_storage_bench_runs_and_reports_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The benchmark runs with tiny counts and prints every figure as JSON."""
+    code = storage_bench.main(["--dir", str(tmp_path), "--syncs", "6", "--rounds", "2",
+                               "--batch", "4", "--snapshot-mb", "0.01", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("raw_syncs_per_s", "one_per_sync_entries_per_s", "batch_entries_per_s",
+                "one_per_sync_ratio", "batch_ratio", "snapshot_write_s"):
+        assert out[key] > 0, key
+    assert out["syncs"] == 6 and out["batch"] == 4
+    assert list(tmp_path.iterdir()) == [], "the bench must remove its files"
+
+
+def test_snapshot_named_again_keeps_its_file(tmp_path: Path) -> None:
+    """Snapshots (5,1), (5,2), (5,1) in turn: the current file is never removed."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, i) for i in range(1, 6)])
+    for term in (1, 2, 1):
+        fs.create_snapshot(SnapshotMeta(5, term), b"t%d" % term)
+    fs.sync()
+    fs.close()
+    fs = FileStorage(tmp_path)
+    assert fs.snapshot() == Snapshot(SnapshotMeta(5, 1), b"t1")
+    assert len(list(tmp_path.glob("snap-*"))) == 1
+    fs.close()
+
+
+def test_overtaken_local_image_is_removed_and_a_newer_one_kept(tmp_path: Path) -> None:
+    """Once a leader's snapshot is durable, an image written for an older local
+    snapshot that was never installed is removed; one for a newer index stays
+    for its install."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, i) for i in range(1, 6)])
+    older = Path(fs.write_snapshot_file(SnapshotMeta(3, 1), b"local"))
+    newer = Path(fs.write_snapshot_file(SnapshotMeta(20, 2), b"later"))
+    fs.apply_snapshot(Snapshot(SnapshotMeta(10, 2), b"leader"))
+    assert older.exists(), "nothing may go before the new mark is durable"
+    fs.sync()
+    assert not older.exists() and newer.exists()
+    fs.close()
