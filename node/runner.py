@@ -123,6 +123,7 @@ class NodeRunner:
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
         self._last_progress_log = time.monotonic()
+        self._max_busy_s = 0.0
         self._logged_commit = self.core.log.commit
         self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
@@ -156,6 +157,7 @@ class NodeRunner:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
                 events = dict(poller.poll(timeout_ms))
+                busy_from = time.monotonic()
                 if self.zap.socket in events:
                     self.zap.handle()
                 if any(s in events for s in peer_socks) or due is not None:
@@ -173,6 +175,11 @@ class NodeRunner:
                 self._handle_ready()
                 self._check_snapshot_job()
                 self._maybe_log_progress(now)
+                # How long the loop went without polling: what a stall costs
+                # heartbeats and clients (shown in status, reset when read).
+                busy = time.monotonic() - busy_from
+                if busy > self._max_busy_s:
+                    self._max_busy_s = busy
                 if self._stopping and self._may_exit(now):
                     break
         finally:
@@ -320,7 +327,9 @@ class NodeRunner:
             for p, pr in c.progress.items()
         } if c.role is Role.LEADER else {}
         tstats = dict(self.transport.stats)
+        max_busy_ms, self._max_busy_s = round(self._max_busy_s * 1000, 3), 0.0
         return {
+            "loop_max_busy_ms": max_busy_ms,
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
             "vote": c.vote, "commit": c.log.commit, "applied": self.kv.applied_index,
             "log_first": c.log.first_index(), "log_last": c.log.last_index(),
