@@ -7,10 +7,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from node.config import node_dir
-from node.runner import NodeRunner
-from node.storage import StorageError
-from node.transport.zmq import KeysError
+# structlog imports rich for pretty tracebacks whenever it is installed; a
+# node only writes JSON, and rich adds a few hundred ms to every node start
+# (what `raftctl up` and every restart wait for). An absent module makes
+# structlog fall back to plain tracebacks.
+sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None marks "not importable"
+
+from node.config import node_dir  # noqa: E402 - must come after the line above
+from node.runner import NodeRunner  # noqa: E402
+from node.storage import StorageError  # noqa: E402
+from node.transport.zmq import KeysError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,6 +193,7 @@ class RaftCore:
         hs = self._hard_state()
         if hs != self._prev_hs:
             rd.hard_state = hs
+            rd.term_or_vote_changed = (hs.term, hs.vote) != (self._prev_hs.term, self._prev_hs.vote)
         rd.entries = self.log.unstable()
         rd.snapshot = self._pending_snapshot
         rd.messages, self._msgs = self._msgs, []

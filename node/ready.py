@@ -69,7 +69,11 @@ class Ready:
     dropped_reads: list[bytes] = field(default_factory=list)
     soft_state: SoftState | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The term or the vote changed: a promise that must be durable. A change
+    # of the commit index alone need not be synced (it is written, and it is
+    # recomputed from a quorum after a crash), as in etcd's MustSync.
+    term_or_vote_changed: bool = False
 
     def must_sync(self) -> bool:
         """True when something must reach disk before messages leave."""
-        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+        return bool(self.entries) or self.term_or_vote_changed or self.snapshot is not None

@@ -23,7 +23,7 @@ from node.control import ControlError, handle_control
 from node.core import NotLeader, RaftCore, Role
 from node.kv import KVStore, encode_image
 from node.logs import make_logger
-from node.messages import EntryKind, SnapshotMeta
+from node.messages import Entry, EntryKind, SnapshotMeta
 from node.ready import Ready, may_send_early
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
@@ -236,10 +236,21 @@ class NodeRunner:
                     self.transport.send(m.dst, codec.encode(m))
                 else:
                     late.append(m)
+            # Committed entries already on our disk need not wait for this
+            # batch's sync: apply them and answer their clients first.
+            durable = self.core.log.stable_index if rd.snapshot is None else 0
+            n_early = 0
+            while n_early < len(rd.committed_entries) and \
+                    rd.committed_entries[n_early].index <= durable:
+                n_early += 1
+            self._apply_entries(rd.committed_entries[:n_early])
             self._persist(rd)
             for m in late:
                 self.transport.send(m.dst, codec.encode(m))
-            self._apply(rd)
+            if rd.snapshot is not None:
+                self.kv.restore(rd.snapshot.data)
+            self._apply_entries(rd.committed_entries[n_early:])
+            self._apply_reads(rd)
             for name, kw in rd.events:
                 self.log.info(name, **kw)
             if rd.soft_state is not None:
@@ -257,13 +268,13 @@ class NodeRunner:
         if rd.must_sync():
             self.storage.sync()
 
-    def _apply(self, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            self.kv.restore(rd.snapshot.data)
-        for e in rd.committed_entries:
+    def _apply_entries(self, entries: list[Entry]) -> None:
+        for e in entries:
             # A no-op entry (empty data) only advances the applied index.
             cmd, result = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
             self.api.applied(cmd, result, e.index)
+
+    def _apply_reads(self, rd: Ready) -> None:
         for rs in rd.read_states:
             self.api.read_ready(rs.ctx, rs.index)
         for ctx in rd.dropped_reads:

@@ -17,7 +17,7 @@ from click.shell_completion import CompletionItem
 from rich.live import Live
 
 from node.client import Client, ClientError
-from raftctl import faults_cmd, render
+from raftctl import bench_cmd, faults_cmd, render
 from raftctl.cluster import (
     CLUSTER_ENV,
     DEFAULT_CLUSTER,
@@ -516,6 +516,7 @@ def logs(ctx: click.Context, nodes: tuple[str, ...], follow_: bool, events: tupl
 
 
 faults_cmd.register(main)
+bench_cmd.register(main)
 
 
 def run() -> None:

@@ -1,0 +1,284 @@
+"""CLI commands `raftctl bench write|failover|up`: thin; they parse, call one
+function of `raftctl.bench`, and render its report as a table or as JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from raftctl import render
+from raftctl.bench import (
+    FailoverReport,
+    FailoverTrial,
+    Summary,
+    UpReport,
+    UpTrial,
+    WriteReport,
+    bench_failover,
+    bench_up,
+    bench_write,
+    to_json,
+)
+from raftctl.cluster import Cluster, ClusterError
+
+T = TypeVar("T")
+SATURATED = "load generator saturated: figures are a lower bound"
+
+
+def _cluster(ctx: click.Context) -> Cluster:
+    c = ctx.find_object(Cluster)
+    assert c is not None, "the raftctl group always sets up a Cluster"
+    return c
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ClusterError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@contextmanager
+def _progress(con: Console, text: str, total: float) -> Iterator[Progress | None]:
+    """A transient progress bar, only when stdout is a terminal."""
+    if not con.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn(), console=con, transient=True) as p:
+        p.add_task(text, total=total, info="")
+        yield p
+
+
+def _fmt(v: float | None, unit: str = " ms") -> str:
+    return "—" if v is None else f"{v:,.1f}{unit}"
+
+
+def _summary_row(t: Table, what: str, s: Summary) -> None:
+    t.add_row(what, _fmt(s.median), _fmt(s.worst))
+
+
+@click.group("bench")
+def bench() -> None:
+    """Measure the cluster: write throughput and latency, failover, start-up."""
+
+
+@bench.command("write")
+@click.option("--clients", type=click.IntRange(1, 1000), default=64, show_default=True,
+              help="Virtual clients, each with one request in flight.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds of load.")
+@click.option("--value-size", type=click.IntRange(0, 1024 * 1024), default=100,
+              show_default=True, help="Bytes per value.")
+@click.option("--keys", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Distinct keys, chosen at random per operation.")
+@click.option("--read-ratio", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Fraction of operations that are linearizable reads.")
+@click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Load generator processes sharing the clients.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema above).")
+@click.pass_context
+def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, keys: int,
+          read_ratio: float, procs: int, as_json: bool) -> None:
+    """Closed-loop load on the running cluster: acknowledged operations/s,
+    latency, errors, leader changes and CPU.
+
+    Each virtual client has its own session and sends its next put (or get)
+    as soon as the previous one is answered; the requests of all clients are
+    pipelined over one connection per node. A write that got no answer by
+    its deadline is counted as unknown, never as failed.
+
+    \b
+    --json prints one object:
+      mode ("write"), cluster, nodes, fsync, clients, procs,
+      duration_s (asked), elapsed_s (measured), value_size, keys, read_ratio,
+      ops = writes + reads (acknowledged), ops_per_s = ops / elapsed_s,
+      latency_ms {p50, p90, p99, max, mean},
+      errors, errors_by_code {code: count}, unknown, retries,
+      leader_changes, leaders_seen [{term, leader}],
+      node_cpu [{node, pid, cpu_s, percent}]  (percent of one core),
+      loadgen_cpu_s, loadgen_cpu_percent, loadgen_saturated (bool).
+    """
+    c = _cluster(ctx)
+    con = render.console()
+    with _progress(con, f"bench write, {clients} clients", duration_s) as bar:
+
+        def progress(elapsed_s: float, ops: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=min(elapsed_s, duration_s),
+                           info=f"{ops:,} ops")
+
+        report = _run(lambda: bench_write(
+            c, clients=clients, duration_s=duration_s, value_size=value_size, keys=keys,
+            read_ratio=read_ratio, procs=procs, on_progress=progress))
+    if as_json:
+        click.echo(render.dumps(to_json(report)))
+    else:
+        con.print(write_table(report))
+        if report.loadgen_saturated:
+            con.print(f"[bold yellow]{SATURATED}[/] (try --procs 2)")
+    if report.ops == 0:
+        raise click.ClickException("no operation was acknowledged; see `raftctl status`")
+
+
+def write_table(r: WriteReport) -> Table:
+    t = Table(title=f"bench write: cluster {r.cluster}, {r.nodes} nodes, fsync {r.fsync}, "
+              f"{r.clients} clients, {r.value_size}-byte values", title_justify="left",
+              show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value", justify="right")
+    lat = r.latency_ms
+    rows: list[tuple[str, str]] = [
+        ("operations/s", f"{r.ops_per_s:,.0f}"),
+        ("acknowledged", f"{r.ops:,} in {r.elapsed_s:.1f} s"
+         + (f" ({r.writes:,} writes, {r.reads:,} reads)" if r.reads else "")),
+        ("latency p50 / p90 / p99", f"{lat.p50:.2f} / {lat.p90:.2f} / {lat.p99:.2f} ms"),
+        ("latency max / mean", f"{lat.max:.2f} / {lat.mean:.2f} ms"),
+        ("errors", f"{r.errors:,}" + (" (" + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.errors_by_code.items())) + ")" if r.errors else "")),
+        ("unknown outcomes", f"{r.unknown:,}"),
+        ("retries", f"{r.retries:,}"),
+        ("leader changes", f"{r.leader_changes}"
+         + (" (" + ", ".join(f"{x.leader}@{x.term}" for x in r.leaders_seen) + ")"
+            if r.leader_changes else "")),
+    ]
+    for n in r.node_cpu:
+        rows.append((f"CPU {n.node}", "—" if n.percent is None else
+                     f"{n.percent:.0f}% ({n.cpu_s:.1f} s)"))
+    rows.append(("CPU load generator", f"{r.loadgen_cpu_percent:.0f}% ({r.loadgen_cpu_s:.1f} s, "
+                 f"{r.procs} process{'es' if r.procs > 1 else ''})"))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+@bench.command("failover")
+@click.option("--trials", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema above).")
+@click.pass_context
+def failover(ctx: click.Context, trials: int, as_json: bool) -> None:
+    """SIGKILL the leader, time the recovery, restart it; TRIALS times.
+
+    While a few clients write without pause, each trial kills the leader and
+    measures the time from the kill to a survivor reporting itself leader of
+    a later term, and to the first write acknowledged by a survivor; then it
+    restarts the victim and waits until it has applied the leader's commit
+    index. Needs every node of a cluster of 3 or more running.
+
+    \b
+    --json prints one object:
+      mode ("failover"), cluster, nodes, trials, completed,
+      leader_ms {median, worst}, write_ms {median, worst},
+      writes, unknown, errors  (of the writer, over all trials),
+      results [{trial, victim, old_term, new_leader, new_term,
+                leader_ms, write_ms, catch_up_ms}]  (null: not seen in time).
+    """
+    c = _cluster(ctx)
+    con = render.console()
+    with _progress(con, "bench failover", trials) as bar:
+
+        def step(r: FailoverTrial) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=r.trial,
+                           info=f"write {_fmt(r.write_ms)}")
+
+        report = _run(lambda: bench_failover(c, trials=trials, on_trial=step))
+    if as_json:
+        click.echo(render.dumps(to_json(report)))
+    else:
+        con.print(failover_table(report))
+    if report.completed < report.trials:
+        raise click.ClickException(
+            f"{report.trials - report.completed} of {report.trials} trials saw no new leader "
+            "or no acknowledged write in time; see `raftctl logs`")
+
+
+def failover_table(r: FailoverReport) -> Table:
+    t = Table(title=f"bench failover: cluster {r.cluster}, {r.nodes} nodes, {r.trials} trials "
+              "(times from the SIGKILL of the leader; catch-up from the restart)",
+              title_justify="left", header_style="bold")
+    for col in ("TRIAL", "KILLED", "TERM", "LEADER", "TERM", "LEADER ms", "WRITE ms",
+                "CATCH-UP ms"):
+        t.add_column(col, justify="left" if col in {"KILLED", "LEADER"} else "right")
+    for x in r.results:
+        t.add_row(str(x.trial), x.victim, str(x.old_term), x.new_leader or "—",
+                  "—" if x.new_term is None else str(x.new_term), _fmt(x.leader_ms, ""),
+                  _fmt(x.write_ms, ""), _fmt(x.catch_up_ms, ""))
+    s = Table(show_header=True, header_style="bold", title_justify="left")
+    s.add_column("")
+    s.add_column("MEDIAN", justify="right")
+    s.add_column("WORST", justify="right")
+    _summary_row(s, "kill -> new leader", r.leader_ms)
+    _summary_row(s, "kill -> acknowledged write", r.write_ms)
+    outer = Table.grid()
+    outer.add_row(t)
+    outer.add_row(s)
+    outer.add_row(f"writer: {r.writes:,} writes acknowledged, {r.unknown} unknown, "
+                  f"{r.errors} errors")
+    return outer
+
+
+@bench.command("up")
+@click.option("--trials", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("-n", "--nodes", type=click.IntRange(1, 15), default=3, show_default=True)
+@click.option("--fsync", type=click.Choice(["always", "never"]), default="always",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema above).")
+def up(trials: int, nodes: int, fsync: str, as_json: bool) -> None:
+    """Time from `up` to the first acknowledged write, on throwaway clusters.
+
+    Each trial makes a fresh cluster in a temporary run directory on free
+    ports (never the cluster named by --cluster/--run-dir), starts its nodes,
+    writes until a write is acknowledged, then stops the nodes and removes
+    the directory.
+
+    \b
+    --json prints one object:
+      mode ("up"), nodes, fsync, trials, completed,
+      first_write_ms {median, worst},
+      results [{trial, spawned_ms, first_write_ms}]  (from the start of `up`:
+      config and keys written, processes spawned; null: no write in time).
+    """
+    con = render.console()
+    with _progress(con, "bench up", trials) as bar:
+
+        def step(r: UpTrial) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=r.trial,
+                           info=f"first write {_fmt(r.first_write_ms)}")
+
+        report = _run(lambda: bench_up(trials=trials, nodes=nodes, fsync=fsync, on_trial=step))
+    if as_json:
+        click.echo(render.dumps(to_json(report)))
+    else:
+        con.print(up_table(report))
+    if report.completed < report.trials:
+        raise click.ClickException(
+            f"{report.trials - report.completed} of {report.trials} fresh clusters acknowledged "
+            "no write in time")
+
+
+def up_table(r: UpReport) -> Table:
+    t = Table(title=f"bench up: {r.nodes} nodes, fsync {r.fsync}, {r.trials} trials "
+              "(times from the start of `up`)",
+              title_justify="left", header_style="bold")
+    for col in ("TRIAL", "SPAWNED ms", "FIRST WRITE ms"):
+        t.add_column(col, justify="right")
+    for x in r.results:
+        t.add_row(str(x.trial), _fmt(x.spawned_ms, ""), _fmt(x.first_write_ms, ""))
+    t.add_section()
+    t.add_row("median", "", _fmt(r.first_write_ms.median, ""))
+    t.add_row("worst", "", _fmt(r.first_write_ms.worst, ""))
+    return t
+
+
+def register(group: click.Group) -> None:
+    """Add `bench` to the raftctl command group."""
+    group.add_command(bench)
+
