@@ -138,6 +138,7 @@ class ClientApi:
         reply: ReplyFn,
         client_addrs: dict[str, str],
         on_bad_request: Callable[[str], None],
+        max_command_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -145,6 +146,7 @@ class ClientApi:
         self._reply = reply
         self._client_addrs = client_addrs
         self._on_bad = on_bad_request
+        self._max_command = max_command_bytes
         self.counters = ApiCounters()
         self._writes: dict[tuple[str, int], list[_Waiter]] = {}
         self._read_seq = 0
@@ -183,8 +185,15 @@ class ClientApi:
             # A retry of a write still in flight: answer both when it applies.
             self._writes[key].append(waiter)
             return
+        data = encode_command(Command(client=req.client, seq=req.seq, op=op))
+        if len(data) > self._max_command:
+            # It could never be replicated (a UDP cluster sends one entry
+            # per datagram at most), so it must not enter the log.
+            self._fail(waiter, "too_large", f"the command is {len(data)} bytes; this cluster "
+                       f"takes at most {self._max_command}")
+            return
         try:
-            self.core.propose(encode_command(Command(client=req.client, seq=req.seq, op=op)))
+            self.core.propose(data)
         except NotLeader:
             self._not_leader(waiter)
             return

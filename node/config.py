@@ -151,6 +151,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_entries: int = SNAPSHOT_ENTRIES
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
+    udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -184,12 +185,16 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("heartbeat_ticks: must be at least 1")
         if self.snapshot_entries < 1:
             out.append("snapshot_entries: must be at least 1")
+        if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
+            out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
+                       f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")
         seen_ids: dict[str, int] = {}
         seen_ports: dict[tuple[str, int], str] = {}
         for i, n in enumerate(self.nodes):
             where = f"nodes[{i}]"
-            if not n.id or not n.id.replace("-", "").replace("_", "").isalnum():
-                out.append(f"{where}.id: {n.id!r} must be letters, digits, '-' or '_'")
+            if not n.id or not n.id.replace("-", "").replace("_", "").isalnum() \
+                    or not n.id.isascii() or len(n.id) > UDP_MAX_NODE_ID_BYTES:
+                out.append(f"{where}.id: {n.id!r} must be 1-64 ASCII letters, digits, '-' or '_'")
             if n.id in seen_ids:
                 out.append(f"{where}.id: {n.id} is already used by nodes[{seen_ids[n.id]}]")
             seen_ids.setdefault(n.id, i)

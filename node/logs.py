@@ -22,7 +22,7 @@ EVENTS = frozenset(
         "transfer_started", "transfer_aborted", "leadership_transferred",
         "timeout_now_received", "link_faults_set", "bad_message", "auth_rejected",
         "bad_request", "commit_progress", "wal_tail_truncated", "send_dropped",
-        "storage_recovered", "snapshot_failed",
+        "storage_recovered", "snapshot_failed", "bad_datagram", "message_oversize",
     }
 )
 

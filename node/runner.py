@@ -18,7 +18,7 @@ import zmq
 
 from node import codec
 from node.api import ClientApi
-from node.config import STATUS_LOG_INTERVAL_MS, ClusterConfig, node_dir
+from node.config import MAX_MESSAGE_BYTES, STATUS_LOG_INTERVAL_MS, ClusterConfig, node_dir
 from node.control import ControlError, handle_control
 from node.core import NotLeader, RaftCore, Role
 from node.kv import KVStore, encode_image
@@ -29,6 +29,7 @@ from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
+from node.transport.udp import UdpTransport, udp_core_limits, udp_mac_key
 from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read_keys
 
 # At most this many messages are taken from one socket per loop iteration, so
@@ -101,8 +102,17 @@ class NodeRunner:
             self.kv.restore(snap.data)
         peers = [n.id for n in self.cfg.nodes if n.id != node_id]
         seed = int.from_bytes(os.urandom(8), "big")
-        self.core = RaftCore(node_id, peers, self.storage, self.cfg.core_config(),
-                             random.Random(seed))
+        core_cfg = self.cfg.core_config()
+        max_command = MAX_MESSAGE_BYTES
+        if self.cfg.transport == "udp":
+            # Every append and snapshot chunk must fit one datagram; a command
+            # too big for any append is refused when it arrives.
+            lim = udp_core_limits(self.cfg.udp_max_datagram_bytes, core_cfg.max_append_entries)
+            core_cfg = msgspec.structs.replace(
+                core_cfg, max_append_bytes=lim.max_append_bytes,
+                snapshot_chunk_bytes=lim.snapshot_chunk_bytes)
+            max_command = lim.max_entry_data_bytes
+        self.core = RaftCore(node_id, peers, self.storage, core_cfg, random.Random(seed))
         self._core = self.core
         self._last_role = self.core.role
 
@@ -111,15 +121,12 @@ class NodeRunner:
         self.zap = ZapHandler(self.ctx, {self.keys.public}, self._auth_rejected)
         self.links = LinkFilter(random.Random(seed ^ 0x5EED))
         self.links.set_rules(load_links(ndir / "links.json"))
-        inner = ZmqTransport(
-            self.ctx, node_id, self.spec.peer_addr(),
-            {n.id: n.peer_addr() for n in self.cfg.nodes if n.id != node_id}, self.keys)
-        self.transport: PeerTransport = FaultyTransport(inner, self.links)
+        self.transport: PeerTransport = FaultyTransport(self._make_transport(), self.links)
         self.client_sock = make_server_socket(self.ctx, self.spec.client_addr(), self.keys)
         self.control_sock = make_server_socket(self.ctx, self.spec.control_addr(), self.keys)
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
-            {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request)
+            {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request, max_command)
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
         self._last_progress_log = time.monotonic()
@@ -129,6 +136,21 @@ class NodeRunner:
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
                       fsync=self.cfg.fsync, commit=self.core.log.commit,
                       last_index=self.core.log.last_index(), snapshot_index=snap.meta.index)
+
+    def _make_transport(self) -> PeerTransport:
+        others = [n for n in self.cfg.nodes if n.id != self.id]
+        if self.cfg.transport == "udp":
+            return UdpTransport(
+                self.id, (self.spec.host, self.spec.peer_port),
+                {n.id: (n.host, n.peer_port) for n in others}, udp_mac_key(self.keys),
+                self.cfg.udp_max_datagram_bytes,
+                on_bad=lambda reason, detail: self.log.warning(
+                    "bad_datagram", reason=reason, detail=detail[:200]),
+                on_oversize=lambda dst, size: self.log.error(
+                    "message_oversize", to=dst, bytes=size,
+                    limit=self.cfg.udp_max_datagram_bytes))
+        return ZmqTransport(self.ctx, self.id, self.spec.peer_addr(),
+                            {n.id: n.peer_addr() for n in others}, self.keys)
 
     def _log_state(self) -> tuple[int, str]:
         c = self._core

@@ -93,8 +93,8 @@ def version_cmd() -> None:
 @click.option("-n", "--nodes", type=click.IntRange(1, 15), help="Number of nodes [default: 3].")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A TOML cluster file (see configs/).")
-@click.option("--transport", type=click.Choice(["zmq"]), default=None,
-              help="Peer transport [default: zmq].")
+@click.option("--transport", type=click.Choice(["zmq", "udp"]), default=None,
+              help="Peer transport: ZeroMQ over TCP, or plain UDP datagrams [default: zmq].")
 @click.option("--fsync", type=click.Choice(["always", "never"]), default=None,
               help="WAL durability [default: always]; `never` can lose acknowledged writes.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,

@@ -129,8 +129,8 @@ def _validate(cfg: ClusterConfig, where: str) -> None:
         raise ClusterError(f"{where}: " + "; ".join(problems))
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def port_in_use(host: str, port: int, udp: bool = False) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -275,9 +275,11 @@ class Cluster:
             self._check_node_ports(spec)
 
     def _check_node_ports(self, spec: NodeSpec) -> None:
+        udp = self.config().transport == "udp"
         for port_name in ("peer_port", "client_port", "control_port"):
             port = getattr(spec, port_name)
-            if spec.host.startswith("127.") and port_in_use(spec.host, port):
+            if spec.host.startswith("127.") and port_in_use(
+                    spec.host, port, udp=udp and port_name == "peer_port"):
                 raise ClusterError(
                     f"port {port} ({spec.id} {port_name}) on {spec.host} is already in use "
                     "by another program; free it or choose other ports")
@@ -337,7 +339,14 @@ class Cluster:
         return self.signal(node_id, signal.SIGSTOP)
 
     def resume(self, node_id: str) -> int:
-        return self.signal(node_id, signal.SIGCONT)
+        """SIGCONT, then push the node's recorded link rules: a fault change
+        made while it was paused never reached it."""
+        pid = self.signal(node_id, signal.SIGCONT)
+        path = node_dir(self.run_dir, node_id) / "links.json"
+        rules = (msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
+                 if path.exists() else {})
+        self.control(node_id, SetLinksRequest(rules=rules))
+        return pid
 
     def _wait_gone(self, node_id: str, timeout_s: float) -> bool:
         info = self.load().processes.get(node_id)

@@ -4,6 +4,7 @@ besides `cli.py` that prints."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from rich.console import Console
@@ -78,14 +79,15 @@ def status_table(states: list[NodeState], title: str | None = None) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in ("NODE", "PID", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG", "FAULTS"):
         t.add_column(col, justify="right" if col in {"PID", "TERM", "COMMIT", "APPLIED"}
-                     else "left")
+                     else "left", no_wrap=col != "FAULTS")
     for s in states:
         st = s.status or {}
         state = node_state(s)
         log = ""
         if st:
-            size = st["log_last"] - st["log_first"] + 1
-            log = f"{size} ({st['log_first']}..{st['log_last']})" if size else "0"
+            log = f"{st['log_first']}..{st['log_last']}"
+            if st.get("snapshot_index"):
+                log += f" snap {st['snapshot_index']}"
         t.add_row(
             s.id, str(s.pid or "-"), Text(state, style=STATE_STYLES.get(state, "")),
             _s(st.get("term")), _s(st.get("leader")), _s(st.get("commit")),
@@ -126,4 +128,8 @@ def _compact(v: Any) -> str:
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    con = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        # Piped output: rich would assume 80 columns and wrap the tables.
+        con = Console(stderr=stderr, highlight=False, soft_wrap=True, width=160)
+    return con

@@ -13,3 +13,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite the expected output in tests/scenarios/*.txt from the current code",
     )
+
+
+@pytest.fixture(params=["zmq", "udp"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The peer transport of a real-process test: every such test runs on
+    both (tests/procs.py's cluster fixtures take it)."""
+    return str(request.param)

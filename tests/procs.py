@@ -79,9 +79,9 @@ def make_cluster(tmp_path: Path, n: int = 3, **settings: Any) -> Iterator[TestCl
 
 
 @pytest.fixture
-def cluster3(tmp_path: Path) -> Iterator[TestCluster]:
-    """A running 3-node cluster with a leader."""
-    for c in make_cluster(tmp_path, 3):
+def cluster3(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
+    """A running 3-node cluster with a leader, on each peer transport."""
+    for c in make_cluster(tmp_path, 3, transport=transport):
         c.start_all()
         c.wait_for_leader(10.0)
         yield c

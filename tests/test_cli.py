@@ -91,9 +91,9 @@ def _leader(st: dict[str, dict[str, Any]]) -> str | None:
     return leaders[0] if len(leaders) == 1 else None
 
 
-def test_operators_day(cli: Cli) -> None:
+def test_operators_day(cli: Cli, transport: str) -> None:
     """up, status, put/get, kill the leader, restart it, pause/resume, down."""
-    out = cli("up").stdout
+    out = cli("up", "--transport", transport).stdout
     assert "leader" in out and "NODE" in out
     st = cli.status()
     assert sorted(st) == ["n1", "n2", "n3"]

@@ -127,8 +127,8 @@ def test_restarted_node_catches_up_by_log(cluster3: TestCluster) -> None:
 
 
 @pytest.fixture
-def small_snapshots(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, snapshot_entries=50):
+def small_snapshots(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
+    for c in make_cluster(tmp_path, 3, snapshot_entries=50, transport=transport):
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
