@@ -160,7 +160,9 @@ class Client:
                 maybe_applied = maybe_applied or write
                 resp = self._wait(attempt_ids, min(deadline, now + self.attempt_timeout_s))
             if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
-                if resp.node and write:
+                if resp.node and (write or (isinstance(req, GetRequest) and not req.stale)):
+                    # Only the leader acknowledges writes and linearizable
+                    # reads: remember it, so the next request goes straight there.
                     self.leader = resp.node
                 if resp.error == "bad_request":
                     raise ClientError("bad_request", resp.message or "bad request")
@@ -174,7 +176,7 @@ class Client:
                 if resp.error == "leader_changed":
                     maybe_applied = True
                 if resp.leader and resp.leader in self.nodes and resp.leader != target:
-                    target = resp.leader
+                    target = self.leader = resp.leader
                     continue
                 # No usable hint (an election is on): back off a little, still
                 # listening for a late answer to an earlier attempt.

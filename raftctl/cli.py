@@ -17,7 +17,7 @@ from click.shell_completion import CompletionItem
 from rich.live import Live
 
 from node.client import Client, ClientError
-from raftctl import bench_cmd, faults_cmd, render
+from raftctl import bench_cmd, chaos_cmd, faults_cmd, render
 from raftctl.cluster import (
     CLUSTER_ENV,
     DEFAULT_CLUSTER,
@@ -517,6 +517,7 @@ def logs(ctx: click.Context, nodes: tuple[str, ...], follow_: bool, events: tupl
 
 faults_cmd.register(main)
 bench_cmd.register(main)
+chaos_cmd.register(main)
 
 
 def run() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -50,6 +51,7 @@ DEFAULT_CLUSTER = "default"
 RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
 CLUSTER_ENV = "RAFTCTL_CLUSTER"
 CONTROL_TIMEOUT_S = 1.0
+PORT_RANGE_LOW = 20000
 
 
 class ClusterError(Exception):
@@ -74,18 +76,34 @@ def default_run_dir(name: str) -> Path:
     return Path.cwd() / ".raftctl" / name
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports that are free right now on `host`."""
-    socks: list[socket.socket] = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports, free right now for TCP and UDP on `host`, chosen
+    below the kernel's ephemeral range. A port from that range can be taken
+    while its node is down: as the source port of any outgoing connection,
+    or by a peer's reconnect attempt to it connecting to itself (TCP
+    simultaneous open), and then the node cannot start again."""
+    lo = PORT_RANGE_LOW
+    hi = min(_ephemeral_range()[0], 65536)
+    if hi - lo < 4 * n:
+        lo, hi = 1024, 65536
+    rng = random.Random()
+    out: list[int] = []
+    for _ in range(200 * n):
+        if len(out) == n:
+            return out
+        port = rng.randrange(lo, hi)
+        if port not in out and not port_in_use(host, port) \
+                and not port_in_use(host, port, udp=True):
+            out.append(port)
+    raise ClusterError(f"could not find {n} free ports on {host} between {lo} and {hi}")
 
 
 def make_config(n: int, name: str = DEFAULT_CLUSTER, transport: str = "zmq",
