@@ -396,7 +396,13 @@ class RaftCore:
                                 prevote=m.prevote)
                     return
                 if not m.prevote:
+                    # Figure 2: only a leader's append or a granted vote resets
+                    # the election timer. A candidate we may turn down must not
+                    # postpone our own campaign, or a stale node timing out
+                    # again and again keeps an up-to-date one from starting.
+                    elapsed = self.election_elapsed
                     self._become_follower(m.term, None)
+                    self.election_elapsed = elapsed
             elif isinstance(m, RequestVoteResponse) and m.prevote and m.granted:
                 pass  # a granted pre-vote carries the proposed term, not a real one
             else:

@@ -29,6 +29,7 @@ from raftctl.cluster import (
     make_config,
 )
 from raftctl.logview import LogFilter, follow, merged, parse_duration_s, since_ts
+from raftctl.sim_cmd import sim
 
 LEADER_WAIT_S = 10.0
 
@@ -518,6 +519,7 @@ def logs(ctx: click.Context, nodes: tuple[str, ...], follow_: bool, events: tupl
 faults_cmd.register(main)
 bench_cmd.register(main)
 chaos_cmd.register(main)
+main.add_command(sim)
 
 
 def run() -> None:

@@ -11,11 +11,13 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import click
 
-from chaos.sim import RunSummary, Simulation, format_faults, parse_faults, run_seed
+from chaos.sim import COVERAGE_STATS, RunSummary, Simulation, run_seed
+from chaos.sim_nemesis import format_faults, parse_faults
 from node.config import SIM_FAULT_TICKS, SIM_LIVENESS_TICKS
 
 
@@ -110,6 +112,7 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
             "violations": total, "failing_seeds": len(failing),
             "liveness_max_ticks": max(live, default=None),
             "liveness_bound_ticks": SIM_LIVENESS_TICKS,
+            "exercised": dict(sum((Counter(r.stats) for r in results), Counter())),
             "failures": [{
                 "seed": r.seed,
                 "violations": [{"property": p, "tick": t, "detail": d}
@@ -123,6 +126,10 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
     if live:
         click.echo(f"after healing, a fresh entry committed within {max(live)} ticks at worst "
                    f"(bound {SIM_LIVENESS_TICKS})")
+    sums: Counter[str] = Counter()
+    for r in results:
+        sums.update(r.stats)
+    click.echo("exercised: " + ", ".join(f"{sums[k]} {k}" for k in COVERAGE_STATS))
     click.echo(f"violations: {total} in {len(failing)} run(s)")
     for r in failing:
         prop, tick, detail = r.violations[0]

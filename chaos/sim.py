@@ -1,0 +1,691 @@
+"""The deterministic simulator: `RaftCore`s on a seeded virtual network and
+disk, with faults, clients, and the Raft invariants checked after every step.
+No sockets, threads, sleeps or wall clock: one seed decides the whole run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from chaos.invariants import (
+    CORE_ERROR,
+    LIVENESS,
+    NodeState,
+    RaftInvariants,
+    Violation,
+    check_linearizable,
+)
+from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
+from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
+from chaos.sim_network import SimNetwork, describe
+from node.config import (
+    SIM_CLIENT_ATTEMPT_TICKS,
+    SIM_CLIENT_OP_TICKS,
+    SIM_FAULT_TICKS,
+    SIM_LIVENESS_TICKS,
+    CoreConfig,
+)
+from node.core import NotLeader, ProposalDropped, RaftCore, Role
+from node.messages import Entry, HardState, PeerMessage, SnapshotMeta
+from node.ready import ReadState, may_send_early
+from node.storage import MemoryStorage
+
+
+def sim_core_config(rng: random.Random | None = None) -> CoreConfig:
+    """Short timeouts keep runs short; small batches, pipelines and snapshot
+    chunks make the flow-control and chunked-snapshot paths run often. With
+    `rng`, a seed also picks its variant of the settings a user may change."""
+    if rng is None:
+        return CoreConfig(election_ticks=10, heartbeat_ticks=2, max_append_entries=4,
+                          max_inflight_appends=4, snapshot_chunk_bytes=64)
+    return CoreConfig(
+        election_ticks=10,
+        heartbeat_ticks=2,
+        max_append_entries=rng.choice((1, 4, 64)),
+        max_inflight_appends=rng.choice((1, 4, 64)),
+        snapshot_chunk_bytes=rng.choice((16, 64, 4096)),
+        prevote=rng.random() < 0.8,
+        check_quorum=rng.random() < 0.8,
+    )
+
+
+# --- nodes, their state machine and clients ----------------------------------
+
+
+class _KV:
+    """The key-value state machine with client sessions (thesis §6.3): a
+    retried write is applied once."""
+
+    __slots__ = ("data", "sessions")
+
+    def __init__(self, data: dict[str, str] | None = None,
+                 sessions: dict[str, int] | None = None) -> None:
+        self.data = data or {}
+        self.sessions = sessions or {}
+
+    def apply(self, payload: bytes) -> tuple[str, int] | None:
+        """Apply a write; (client, seq) it answers, or None for other entries."""
+        if not payload.startswith(b"w|"):
+            return None
+        _, client, seq_text, key, value = payload.decode().split("|")
+        seq = int(seq_text)
+        if self.sessions.get(client, 0) < seq:
+            self.data[key] = value
+            self.sessions[client] = seq
+        return client, seq
+
+    def image(self) -> bytes:
+        return msgspec.msgpack.encode((self.data, self.sessions))
+
+    @classmethod
+    def from_image(cls, image: bytes) -> _KV:
+        if not image:
+            return cls()
+        data, sessions = msgspec.msgpack.decode(image, type=tuple[dict[str, str], dict[str, int]])
+        return cls(data, sessions)
+
+
+@dataclass(slots=True)
+class _Node:
+    """One simulated node: its disk (survives crashes), its core and state
+    machine (do not), and the clients waiting on it."""
+
+    id: str
+    peers: list[str]
+    storage: MemoryStorage = field(default_factory=MemoryStorage)
+    core: RaftCore | None = None
+    kv: _KV = field(default_factory=_KV)
+    applied: int = 0
+    waiting_writes: dict[tuple[str, int], _Client] = field(default_factory=dict)
+    waiting_reads: dict[bytes, tuple[_Client, int]] = field(default_factory=dict)
+    read_states: list[ReadState] = field(default_factory=list)
+    crash_after_persist: bool = False  # crash inside the next Ready (either side of the persist)
+    unsynced_hs: HardState | None = None
+
+
+@dataclass(slots=True)
+class _Client:
+    """A client with one operation at a time: whom it believes leads, its
+    session sequence number, and where its current operation stands."""
+
+    id: str
+    target: str
+    seq: int = 0
+    ops: int = 0
+    kind: str = ""
+    key: str = ""
+    value: str | None = None
+    invoke: int = 0
+    invoke_tick: int = 0
+    busy: bool = False
+    waiting: bool = False
+    accepted: bool = False
+    deadline: int = 0
+    retry_at: int = 0
+    next_at: int = 0
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class SimResult:
+    """What one run did: its violations (empty when all held), the client
+    history, counters, and the trace when asked for."""
+
+    seed: int
+    violations: list[Violation]
+    ticks: int
+    live_after_ticks: int | None
+    history: list[Operation]
+    stats: dict[str, int]
+    trace: list[str]
+
+
+def _reading(c: _Client, op: int) -> bool:
+    """The client still waits for the read it numbered `op`: an answer to an
+    older read of its may predate the current one's invocation."""
+    return c.busy and c.kind == READ and c.ops == op
+
+
+class _Stop(Exception):
+    """A step broke an invariant; the run ends there."""
+
+
+# With `snapshot` on: per node and tick, the chance it compacts its log, and
+# the fewest newly applied entries worth a snapshot.
+_COMPACT_CHANCE = 0.1
+_COMPACT_MIN_ENTRIES = 3
+# A core still asking for a Ready after this many rounds in one step is stuck.
+_READY_LOOP_LIMIT = 200
+
+
+class Simulation:
+    """One seeded run: a fault phase, then everything healed, then a check
+    that a leader commits a fresh entry on a majority within a bound."""
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int = 5,
+        faults: frozenset[str] = frozenset(FAULT_KINDS),
+        config: CoreConfig | None = None,
+        *,
+        ticks: int = SIM_FAULT_TICKS,
+        liveness_ticks: int = SIM_LIVENESS_TICKS,
+        clients: int = 3,
+        keys: int = 3,
+        workload: bool = True,
+        trace: bool = False,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.seed = seed
+        self.faults = faults
+        self._rng = random.Random(seed)
+        self.config = config or sim_core_config(self._rng)
+        self.ticks = ticks
+        self.liveness_ticks = liveness_ticks
+        self._workload = workload
+        self._net = SimNetwork(self._rng)
+        ids = [f"n{i}" for i in range(1, nodes + 1)]
+        self._ids = ids
+        self._nodes = {i: _Node(i, [p for p in ids if p != i]) for i in ids}
+        self._quorum = nodes // 2 + 1
+        self._keys = [f"k{i}" for i in range(keys)]
+        self._clients = [_Client(f"c{i}", self._rng.choice(ids)) for i in range(clients)]
+        self._checker = RaftInvariants()
+        self._violations: list[Violation] = []
+        self._history: list[Operation] = []
+        self._stats: Counter[str] = Counter()
+        self._trace: list[str] | None = [] if trace else None
+        self._nemesis = Nemesis(self._rng, ids, faults)
+        self._faulty = True
+        self._clock = 0
+        self.now = 0
+        self._probe: tuple[str, int, int] | None = None
+        self._stopped = False
+        self._in_tick = False
+        self._sent = self._delivered = self._dropped = 0
+        self._log("--", f"seed {seed}, {nodes} nodes, faults {format_faults(faults)}, "
+                        f"{self.config}")
+        for n in self._nodes.values():
+            self._start(n)
+
+    # --- the run ------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        live_after: int | None = None
+        self._in_tick = True
+        try:
+            for _ in range(self.ticks):
+                self._tick(faulty=True)
+            self._faulty = False
+            self._log("--", "heal: every link restored, every node up")
+            self._nemesis.heal(self)
+            heal_tick = self.now
+            for _ in range(self.liveness_ticks):
+                self._tick(faulty=False)
+                if self._live():
+                    live_after = self.now - heal_tick
+                    break
+            else:
+                self._violations.append(Violation(
+                    LIVENESS, self.now,
+                    f"no fresh entry committed on a majority within {self.liveness_ticks} "
+                    f"ticks of healing ({self._roles()})"))
+        except _Stop:
+            pass
+        except Exception as exc:  # whatever the core raises is a finding to report
+            self._core_error(exc)
+        finally:
+            self._in_tick = False
+        return self.finish(live_after)
+
+    def finish(self, live_after: int | None = None) -> SimResult:
+        """End the run: open operations become unknown (writes that a leader
+        took) or failed, and the history is checked for linearizability."""
+        self._finish_clients()
+        self._stats.update({f"fault_{k}": v for k, v in self._nemesis.started.items()})
+        self._stats["messages_sent"] = self._sent
+        self._stats["messages_delivered"] = self._delivered
+        self._stats["messages_dropped"] = self._dropped
+        if not self._violations:
+            self._violations.extend(check_linearizable(self._history))
+        return SimResult(self.seed, self._violations, self.now, live_after, self._history,
+                         dict(sorted(self._stats.items())), self._trace or [])
+
+    def _core_error(self, exc: Exception) -> None:
+        self._violations.append(Violation(CORE_ERROR, self.now, f"{type(exc).__name__}: {exc}"))
+        self._log("--", f"VIOLATION {CORE_ERROR}: {exc!r}")
+
+    # --- scripting: tests drive a scenario tick by tick -------------------------
+
+    @property
+    def network(self) -> SimNetwork:
+        return self._net
+
+    @property
+    def violations(self) -> list[Violation]:
+        return self._violations
+
+    def core(self, node: str) -> RaftCore | None:
+        """The node's core, or None while it is down."""
+        return self._nodes[node].core
+
+    def leader(self) -> str | None:
+        """The live leader of the highest term, if any."""
+        lead = self._leader()
+        return None if lead is None else lead.id
+
+    def tick(self) -> bool:
+        """Advance one tick (no nemesis); False once an invariant has failed."""
+        if self._stopped:
+            return False
+        try:
+            self._tick(faulty=False)
+        except _Stop:
+            self._stopped = True
+        except Exception as exc:  # whatever the core raises is a finding to report
+            self._core_error(exc)
+            self._stopped = True
+        return not self._stopped
+
+    def propose(self, node: str, data: bytes) -> int:
+        """Propose `data` at `node` directly (raises `NotLeader`)."""
+        n = self._nodes[node]
+        if n.core is None:
+            raise NotLeader(None)
+        index = n.core.propose(data)
+        self._guard(lambda: self._handle(n))
+        return index
+
+    def invoke(self, client: int, kind: str, key: str, node: str) -> None:
+        """Start a recorded client operation (`read` or `write`) at `node`."""
+        c = self._clients[client]
+        if c.busy:
+            raise RuntimeError(f"{c.id} is still busy")
+        c.target = node
+        self._guard(lambda: self._invoke(c, kind, key))
+
+    def busy(self, client: int) -> bool:
+        return self._clients[client].busy
+
+    def crash(self, node: str, after_persist: bool = False) -> None:
+        """Crash `node` now, or (`after_persist`) at its next Ready, after
+        persisting it and before sending its messages."""
+        n = self._nodes[node]
+        if after_persist:
+            n.crash_after_persist = True
+        elif n.core is not None:
+            self._crash(n, "by the script")
+
+    def restart(self, node: str) -> None:
+        """Start a crashed node again from its disk (and cancel a pending
+        crash-after-persist)."""
+        n = self._nodes[node]
+        n.crash_after_persist = False
+        if n.core is None:
+            self._log(node, "restarted")
+            self._guard(lambda: self._start(n))
+
+    def alive(self) -> list[str]:
+        return [n.id for n in self._nodes.values() if n.core is not None]
+
+    def transfer(self, to: str) -> None:
+        """Ask the current leader, if any, to hand leadership to `to`."""
+        lead = self._leader()
+        if lead is not None and lead.core is not None and lead.id != to:
+            lead.core.transfer_leader(to)
+            self._guard(lambda: self._handle(lead))
+
+    def note(self, who: str, text: str) -> None:
+        """Add a line to the trace (if there is one)."""
+        self._log(who, text)
+
+    def storage(self, node: str) -> MemoryStorage:
+        """The node's disk: what survives its crashes."""
+        return self._nodes[node].storage
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        """Run a step for a script; inside a tick (the nemesis) a broken
+        invariant still ends the tick at once."""
+        if self._in_tick:
+            step()
+            return
+        try:
+            step()
+        except _Stop:
+            self._stopped = True
+
+    def _tick(self, faulty: bool) -> None:
+        self.now += 1
+        outer, self._in_tick = self._in_tick, True
+        try:
+            if faulty:
+                self._nemesis.step(self)
+            for n in self._nodes.values():
+                if n.core is not None:
+                    n.core.tick()
+                    self._handle(n)
+            for m in self._net.due(self.now):
+                self._deliver(m)
+            for c in self._clients:
+                self._client_step(c)
+            if faulty and "snapshot" in self.faults:
+                for n in self._nodes.values():
+                    if n.core is not None and self._rng.random() < _COMPACT_CHANCE:
+                        self._compact(n)
+        finally:
+            self._in_tick = outer
+
+    def _deliver(self, m: PeerMessage) -> None:
+        n = self._nodes[m.dst]
+        if n.core is None or self._net.blocked(m.src, m.dst):
+            self._dropped += 1
+            if self._trace is not None:
+                why = "down" if n.core is None else "blocked"
+                self._log(m.dst, f"drop({why}) {describe(m)}")
+            return
+        self._delivered += 1
+        if self._trace is not None:
+            self._log(m.dst, f"recv {describe(m)}")
+        n.core.step(m)
+        self._handle(n)
+
+    # --- one node: handling its Ready -----------------------------------------
+
+    def _handle(self, n: _Node) -> None:
+        """Persist, send, apply, serve reads, advance (see `node/ready.py`)."""
+        core = n.core
+        assert core is not None
+        loops = 0
+        changed = False
+        while core.has_ready():
+            loops += 1
+            if loops > _READY_LOOP_LIMIT:
+                raise RuntimeError(f"{n.id} still has a Ready after {loops - 1} rounds")
+            rd = core.ready()
+            # Term, vote, commit, role, log and applied index change only
+            # through these fields; a Ready of messages alone changes nothing
+            # the invariants look at.
+            changed = changed or bool(rd.entries or rd.committed_entries) or (
+                rd.hard_state is not None or rd.snapshot is not None
+                or rd.soft_state is not None)
+            # As the runner does: a leader's replication traffic leaves before
+            # the persist (thesis §10.2.1), everything else after it.
+            early = [m for m in rd.messages if may_send_early(m)]
+            late = [m for m in rd.messages if not may_send_early(m)]
+            self._send_all(n, early)
+            if n.crash_after_persist and self._rng.random() < 0.5:
+                self._crash(n, "after sending replication traffic, before persisting")
+                return
+            st = n.storage
+            if rd.snapshot is not None:
+                st.apply_snapshot(rd.snapshot)
+            if rd.entries:
+                st.append(rd.entries)
+            # A hard state whose term and vote are unchanged is written but not
+            # synced (node/ready.py): it reaches the disk with the next sync,
+            # and a crash before that loses it.
+            if rd.hard_state is not None:
+                n.unsynced_hs = rd.hard_state
+            if rd.must_sync() and n.unsynced_hs is not None:
+                st.set_hard_state(n.unsynced_hs)
+                n.unsynced_hs = None
+            for name, kw in rd.events:
+                self._stats[name] += 1
+                if name == "became_leader" and self._faulty:
+                    self._nemesis.new_leader(self.now, n.id)
+                if self._trace is not None:
+                    self._log(n.id, " ".join([name, f"term={core.term}",
+                                              *(f"{k}={v}" for k, v in kw.items())]))
+            if n.crash_after_persist:
+                self._crash(n, "after persisting, before sending")
+                return
+            self._send_all(n, late)
+            if rd.snapshot is not None:
+                n.kv = _KV.from_image(rd.snapshot.data)
+                n.applied = rd.snapshot.meta.index
+            for e in rd.committed_entries:
+                self._apply(n, e)
+            n.read_states.extend(rd.read_states)
+            if n.read_states:
+                self._serve_reads(n)
+            for ctx in rd.dropped_reads:
+                waiter = n.waiting_reads.pop(ctx, None)
+                if waiter is not None and _reading(*waiter):
+                    waiter[0].target = core.leader or waiter[0].target
+                    waiter[0].retry_at = self.now + 1
+                    waiter[0].waiting = False
+            core.advance(rd)
+        if changed:
+            self._observe(n)
+
+    def _send_all(self, n: _Node, msgs: list[PeerMessage]) -> None:
+        self._sent += len(msgs)
+        for m in msgs:
+            lost = self._net.send(self.now, m)
+            if lost is not None:
+                self._dropped += 1
+                if self._trace is not None:
+                    self._log(n.id, f"drop({lost}) {describe(m)}")
+
+    def _apply(self, n: _Node, e: Entry) -> None:
+        if e.index != n.applied + 1:
+            raise AssertionError(f"{n.id} was handed entry {e.index} after applying {n.applied}")
+        n.applied = e.index
+        done = n.kv.apply(e.data)
+        if done is not None:
+            c = n.waiting_writes.pop(done, None)
+            if c is not None and c.busy and c.kind == WRITE and c.seq == done[1]:
+                self._complete(c, OK, c.value)
+
+    def _serve_reads(self, n: _Node) -> None:
+        keep: list[ReadState] = []
+        for rs in n.read_states:
+            if rs.index > n.applied:
+                keep.append(rs)
+                continue
+            waiter = n.waiting_reads.pop(rs.ctx, None)
+            if waiter is not None and _reading(*waiter):
+                self._complete(waiter[0], OK, n.kv.data.get(waiter[0].key))
+        n.read_states = keep
+
+    def _observe(self, n: _Node) -> None:
+        core = n.core
+        assert core is not None
+        log = core.log
+        found = self._checker.observe(self.now, NodeState(
+            n.id, core.term, core.role.value, log.commit, n.applied,
+            log.snapshot.index, log.snapshot.term, log.entries))
+        if found:
+            self._violations.extend(found)
+            if self._trace is not None:
+                for v in found:
+                    self._log(n.id, f"VIOLATION {v.prop}: {v.detail}")
+            raise _Stop
+
+    def _start(self, n: _Node) -> None:
+        """Start (or restart) a node from what its disk holds."""
+        snap = n.storage.snapshot()
+        n.kv = _KV.from_image(snap.data)
+        n.applied = snap.meta.index
+        n.core = RaftCore(n.id, n.peers, n.storage, self.config,
+                          random.Random(self._rng.getrandbits(64)))
+        self._observe(n)
+        self._handle(n)
+
+    def _crash(self, n: _Node, how: str) -> None:
+        n.core = None
+        n.kv = _KV()
+        n.applied = 0
+        n.waiting_writes.clear()
+        n.waiting_reads.clear()
+        n.read_states.clear()
+        n.crash_after_persist = False
+        n.unsynced_hs = None
+        self._checker.node_down(n.id)
+        self._stats["crashes"] += 1
+        self._log(n.id, f"crashed {how}")
+
+    def _compact(self, n: _Node) -> None:
+        core = n.core
+        assert core is not None
+        if n.applied - core.log.snapshot.index < _COMPACT_MIN_ENTRIES:
+            return
+        term = core.log.term(n.applied)
+        assert term is not None
+        meta = SnapshotMeta(n.applied, term)
+        n.storage.create_snapshot(meta, n.kv.image())
+        core.compact(meta)
+        self._stats["compactions"] += 1
+        self._log(n.id, f"compacted through {meta.index} (term {meta.term})")
+        self._observe(n)
+
+    # --- faults ------------------------------------------------------------------
+
+    def _leader(self) -> _Node | None:
+        best: _Node | None = None
+        for n in self._nodes.values():
+            if n.core is not None and n.core.role is Role.LEADER and (
+                    best is None or best.core is None or n.core.term > best.core.term):
+                best = n
+        return best
+
+    def _live(self) -> bool:
+        """A leader exists and a fresh entry of its term is committed on a
+        majority (what a client needs from a healed cluster)."""
+        lead = self._leader()
+        if lead is None or lead.core is None:
+            return False
+        core = lead.core
+        if self._probe is None or self._probe[0] != lead.id or self._probe[2] != core.term:
+            try:
+                index = core.propose(b"probe")
+            except (NotLeader, ProposalDropped):
+                return False
+            self._probe = (lead.id, index, core.term)
+            self._log(lead.id, f"liveness probe proposed at {index}")
+            self._handle(lead)
+        _, index, term = self._probe
+        holders = sum(1 for n in self._nodes.values() if n.core is not None
+                      and n.core.log.commit >= index and n.core.log.term(index) == term)
+        return holders >= self._quorum
+
+    def _roles(self) -> str:
+        return ", ".join(f"{n.id}:{'down' if n.core is None else n.core.role.value}"
+                         f"@{0 if n.core is None else n.core.term}"
+                         for n in self._nodes.values())
+
+    # --- clients ------------------------------------------------------------------
+
+    def _client_step(self, c: _Client) -> None:
+        if not c.busy:
+            if self._workload and self.now >= c.next_at:
+                self._invoke(c)
+        elif self.now >= c.deadline:
+            self._complete(c, UNKNOWN if c.kind == WRITE and c.accepted else FAIL, None)
+        elif self.now >= c.retry_at:
+            if c.waiting:
+                # No answer in time: the node may be cut off; try another.
+                c.target = self._rng.choice([p for p in self._ids if p != c.target] or self._ids)
+            self._attempt(c)
+
+    def _invoke(self, c: _Client, kind: str | None = None, key: str | None = None) -> None:
+        rng = self._rng
+        c.busy, c.accepted = True, False
+        c.ops += 1
+        c.key = key if key is not None else rng.choice(self._keys)
+        if kind is None:
+            kind = WRITE if rng.random() < 0.5 else READ
+        if kind == WRITE:
+            c.kind = WRITE
+            c.seq += 1
+            c.value = f"{c.id}.{c.seq}"
+        else:
+            c.kind, c.value = READ, None
+        self._clock += 1
+        c.invoke, c.invoke_tick = self._clock, self.now
+        c.deadline = self.now + SIM_CLIENT_OP_TICKS
+        self._log(c.id, f"invoke {c.kind} {c.key}" + (f"={c.value}" if c.value else ""))
+        self._attempt(c)
+
+    def _attempt(self, c: _Client) -> None:
+        n = self._nodes[c.target]
+        c.retry_at = self.now + 1
+        c.waiting = False
+        if n.core is None:
+            c.target = self._rng.choice(self._ids)
+            return
+        try:
+            if c.kind == WRITE:
+                n.core.propose(f"w|{c.id}|{c.seq}|{c.key}|{c.value}".encode())
+                c.accepted = True
+                n.waiting_writes[(c.id, c.seq)] = c
+            else:
+                c.attempt += 1
+                ctx = f"{c.id}/{c.ops}/{c.attempt}".encode()
+                n.core.read_index(ctx)
+                n.waiting_reads[ctx] = (c, c.ops)
+        except NotLeader as exc:
+            c.target = exc.leader or self._rng.choice(self._ids)
+            return
+        except ProposalDropped:
+            return
+        c.retry_at = self.now + SIM_CLIENT_ATTEMPT_TICKS
+        c.waiting = True
+        self._handle(n)
+
+    def _complete(self, c: _Client, outcome: str, value: str | None) -> None:
+        self._clock += 1
+        done = outcome != UNKNOWN
+        self._history.append(Operation(
+            c.id, c.kind, c.key, c.value if c.kind == WRITE else value, c.invoke,
+            self._clock if done else None, outcome, c.invoke_tick,
+            self.now if done else None))
+        self._stats[f"ops_{outcome}"] += 1
+        self._log(c.id, f"{outcome} {c.kind} {c.key}"
+                  + (f" -> {value!r}" if c.kind == READ and outcome == OK else ""))
+        c.busy = False
+        c.next_at = self.now + self._rng.randrange(4)
+
+    def _finish_clients(self) -> None:
+        for c in self._clients:
+            if c.busy:
+                self._complete(c, UNKNOWN if c.kind == WRITE and c.accepted else FAIL, None)
+
+    def _log(self, who: str, text: str) -> None:
+        if self._trace is not None:
+            self._trace.append(f"{self.now:>5} {who:<4} {text}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a sweep keeps of one run (small, so it crosses processes cheaply)."""
+
+    seed: int
+    violations: tuple[tuple[str, int, str], ...]
+    live_after_ticks: int | None
+    ticks: int
+    stats: dict[str, int]
+
+
+def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> RunSummary:
+    """Run one seed without a trace; for worker processes."""
+    r = Simulation(seed, nodes, faults, ticks=ticks).run()
+    stats = {k: v for k, v in r.stats.items() if k in COVERAGE_STATS}
+    stats["operations"] = len(r.history)
+    return RunSummary(seed, tuple((v.prop, v.tick, v.detail) for v in r.violations),
+                      r.live_after_ticks, r.ticks, stats)
+
+
+# The counters a sweep adds up to show which paths its runs went through.
+COVERAGE_STATS = (
+    "became_leader", "crashes", "compactions", "snapshot_installed", "leadership_transferred",
+    "append_rejected", "messages_delivered", "messages_dropped", "ops_ok", "ops_unknown",
+    "ops_fail",
+)

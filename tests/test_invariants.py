@@ -1,0 +1,335 @@
+"""The Raft invariant checks: each fires on hand-made states that break its
+property and stays quiet on legal ones; and each catches a bug planted in the
+core (monkeypatched) when the simulator runs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.invariants import (
+    ELECTION_SAFETY,
+    LEADER_APPEND_ONLY,
+    LEADER_COMPLETENESS,
+    LINEARIZABILITY,
+    LOG_MATCHING,
+    STATE_MACHINE_SAFETY,
+    NodeState,
+    RaftInvariants,
+    Violation,
+)
+from chaos.sim import Simulation
+from node.config import CoreConfig
+from node.core import RaftCore
+from node.messages import Entry, RequestVote
+from node.raft_log import RaftLog
+from node.ready import ReadState
+
+
+def log(*terms: int, start: int = 1, data: bytes = b"") -> list[Entry]:
+    """Entries start, start+1, ... with the given terms."""
+    return [Entry(t, start + i, data=data) for i, t in enumerate(terms)]
+
+
+def state(node: str, term: int, entries: list[Entry], role: str = "follower", commit: int = 0,
+          applied: int = 0, snap: tuple[int, int] = (0, 0)) -> NodeState:
+    return NodeState(node, term, role, commit, applied, snap[0], snap[1], entries)
+
+
+def props(found: list[Violation]) -> set[str]:
+    return {v.prop for v in found}
+
+
+# --- the checks on hand-made states --------------------------------------------
+
+
+def test_two_leaders_of_one_term_break_election_safety() -> None:
+    """A second node leading a term that already has a leader is reported."""
+    inv = RaftInvariants()
+    assert inv.observe(1, state("a", 2, log(1, 2), "leader")) == []
+    found = inv.observe(5, state("b", 2, log(1, 2), "leader"))
+    assert props(found) == {ELECTION_SAFETY}
+    assert found[0].tick == 5 and "a" in found[0].detail and "b" in found[0].detail
+
+
+def test_leaders_of_different_terms_are_fine() -> None:
+    """One leader per term, over the whole run, is the rule; new terms may differ."""
+    inv = RaftInvariants()
+    assert inv.observe(1, state("a", 2, log(1, 2), "leader")) == []
+    assert inv.observe(2, state("a", 2, log(1, 2, 2), "leader")) == []
+    assert inv.observe(3, state("b", 3, log(1, 2, 3), "leader")) == []
+
+
+def test_election_safety_remembers_past_terms() -> None:
+    """A leader of an old term, long gone, still forbids another leader of that term."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2), "leader"))
+    inv.observe(2, state("a", 3, log(1, 2), "follower"))
+    assert props(inv.observe(3, state("b", 2, log(1, 2), "leader"))) == {ELECTION_SAFETY}
+
+
+def test_leader_that_truncates_its_log_breaks_append_only() -> None:
+    """A leader dropping its own last entry within its term is reported."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2, 2), "leader"))
+    assert props(inv.observe(2, state("a", 2, log(1, 2), "leader"))) == {LEADER_APPEND_ONLY}
+
+
+def test_leader_that_rewrites_an_entry_breaks_append_only() -> None:
+    """A leader replacing an entry in the middle of its log is reported."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 3, log(1, 2, 3), "leader"))
+    found = inv.observe(2, state("a", 3, log(1, 3, 3), "leader"))
+    assert LEADER_APPEND_ONLY in props(found)
+
+
+def test_leader_compaction_and_appends_are_fine() -> None:
+    """Compacting a prefix into a snapshot and appending are not changes."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2), "leader", commit=2, applied=2))
+    assert inv.observe(2, state("a", 2, log(2, 2, start=2), "leader", commit=2, applied=2,
+                                snap=(1, 1))) == []
+
+
+def test_follower_may_drop_uncommitted_entries() -> None:
+    """A follower truncating a conflicting, uncommitted suffix is legal (§5.3)."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2, 2), commit=1))
+    assert inv.observe(2, state("a", 3, log(1, 3), commit=1)) == []
+
+
+def test_same_entry_with_different_history_breaks_log_matching() -> None:
+    """Two logs with an equal (index, term) must agree on everything before it."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 3, log(1, 1, 3)))
+    found = inv.observe(2, state("b", 3, log(1, 2, 3)))
+    assert props(found) == {LOG_MATCHING} and "entry 3 of term 3" in found[0].detail
+
+
+def test_same_entry_with_different_data_breaks_log_matching() -> None:
+    """An (index, term) names one entry: different data there is reported."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 1, log(1, 1, data=b"x")))
+    assert props(inv.observe(2, state("b", 1, log(1, 1, data=b"y")))) == {LOG_MATCHING}
+
+
+def test_log_matching_holds_across_a_snapshot_boundary() -> None:
+    """An entry after a snapshot has the snapshot's term before it."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2, 2)))
+    assert inv.observe(2, state("b", 2, log(2, start=3), snap=(2, 2))) == []
+    found = inv.observe(3, state("c", 2, log(2, start=3), snap=(2, 1)))
+    assert props(found) == {LOG_MATCHING}
+
+
+def test_new_leader_without_a_committed_entry_breaks_completeness() -> None:
+    """A leader of a later term must hold every entry committed before (§5.4)."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2), "leader", commit=2))
+    found = inv.observe(2, state("b", 3, log(1, 1, 3), "leader"))
+    assert LEADER_COMPLETENESS in props(found)
+    assert "entry 2 of term 2" in found[0].detail
+
+
+def test_entry_committed_later_must_be_held_by_current_later_leaders() -> None:
+    """An entry committed while a leader of a later term exists must be in its log."""
+    inv = RaftInvariants()
+    inv.observe(1, state("b", 4, log(1, 3), "leader"))
+    found = inv.observe(2, state("a", 2, log(1, 2), "follower", commit=2))
+    assert LEADER_COMPLETENESS in props(found)
+
+
+def test_stale_leader_of_an_earlier_term_need_not_hold_later_commits() -> None:
+    """Completeness speaks of the term an entry was committed in: a deposed
+    leader of term 3 need not hold an entry of term 2 committed in term 4."""
+    inv = RaftInvariants()
+    inv.observe(1, state("s", 3, log(1, 3), "leader"))
+    assert inv.observe(2, state("n", 4, log(1, 2, 4), "leader", commit=3)) == []
+
+
+def test_different_entries_applied_at_one_index_break_state_machine_safety() -> None:
+    """No two nodes may apply different entries at the same index."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2, data=b"x"), commit=2, applied=2))
+    found = inv.observe(2, state("b", 3, log(1, 3, data=b"y"), commit=2, applied=2))
+    assert STATE_MACHINE_SAFETY in props(found)
+
+
+def test_snapshot_disagreeing_with_a_committed_entry_breaks_state_machine_safety() -> None:
+    """A snapshot ending at a committed index must carry that entry's term."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2), commit=2, applied=2))
+    found = inv.observe(2, state("b", 3, [], commit=2, applied=2, snap=(2, 3)))
+    assert props(found) == {STATE_MACHINE_SAFETY}
+
+
+def test_restarted_node_is_seen_afresh() -> None:
+    """After a crash a node may come back with less (unsynced state is gone)."""
+    inv = RaftInvariants()
+    inv.observe(1, state("a", 2, log(1, 2, 2), "leader", commit=2, applied=2))
+    inv.node_down("a")
+    assert inv.observe(2, state("a", 2, log(1, 2), commit=1, applied=0)) == []
+
+
+# --- bugs planted in the core --------------------------------------------------
+
+
+def _first_violation(seeds: range) -> tuple[int, Violation]:
+    for seed in seeds:
+        r = Simulation(seed).run()
+        if r.violations:
+            return seed, r.violations[0]
+    pytest.fail(f"no seed in {seeds} broke any invariant")
+
+
+def test_votes_without_the_up_to_date_check_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Granting votes to stale logs (§5.4.1 removed) elects a leader without
+    committed entries: leader completeness or state machine safety fires."""
+    monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, index, term: True)
+    _, v = _first_violation(range(40))
+    assert v.prop in (LEADER_COMPLETENESS, STATE_MACHINE_SAFETY), v
+
+
+def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that forgets its vote votes twice in a term: two leaders of one
+    term, which election safety reports (§5.2)."""
+    original = RaftCore._handle_vote
+
+    def forgetful(self: RaftCore, m: RequestVote) -> None:
+        if not m.prevote:
+            self.vote = None
+        original(self, m)
+
+    monkeypatch.setattr(RaftCore, "_handle_vote", forgetful)
+    _, v = _first_violation(range(40))
+    assert v.prop == ELECTION_SAFETY, v
+
+
+def test_appends_without_the_consistency_check_are_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower that appends after any prev_index, matching or not (§5.3
+    removed), ends up with logs that disagree below equal entries."""
+    def careless(self: RaftLog, prev_index: int, prev_term: int, commit: int,
+                 entries: list[Entry]) -> int | None:
+        if prev_index > self.last_index():
+            return None
+        conflict = self._find_conflict(entries)
+        if conflict and conflict > self.commit:
+            self.append(entries[conflict - entries[0].index :])
+        last_new = prev_index + len(entries)
+        self.commit_to(min(commit, last_new, self.last_index()))
+        return last_new
+
+    monkeypatch.setattr(RaftLog, "maybe_append", careless)
+    _, v = _first_violation(range(60))
+    assert v.prop == LOG_MATCHING, v
+
+
+def _commit_by_counting(self: RaftCore) -> bool:
+    """`_maybe_commit` without "only entries of the current term" (§5.4.2)."""
+    matches = sorted([self.log.last_index(), *(pr.match for pr in self.progress.values())],
+                     reverse=True)
+    index = matches[self.quorum() - 1]
+    if index <= self.log.commit:
+        return False
+    self.log.commit_to(index)
+    return True
+
+
+def _figure_8(seed: int) -> Simulation:
+    """Figure 8 of the paper on three nodes: A leads, is cut off with three
+    new entries; B wins the next term and is cut off at once with its own
+    entry at the same index; A comes back, wins, replicates an old entry and
+    is cut off the moment it counts it committed; then B comes back."""
+    cfg = CoreConfig(election_ticks=10, heartbeat_ticks=2, max_append_entries=1)
+    sim = Simulation(seed, nodes=3, faults=frozenset(), config=cfg, clients=0, workload=False)
+    ids = ["n1", "n2", "n3"]
+
+    def until(cond: object, limit: int = 300) -> None:
+        for _ in range(limit):
+            if cond() or not sim.tick():  # type: ignore[operator]
+                return
+
+    def core(n: str) -> RaftCore:
+        c = sim.core(n)
+        assert c is not None
+        return c
+
+    until(lambda: sim.leader() is not None
+          and all(core(i).log.commit == core(i).log.last_index() for i in ids))
+    a = sim.leader()
+    assert a is not None
+    cut_a = sim.network.isolate(a, ids)
+    for k in range(3):
+        sim.propose(a, b"x%d" % k)
+    old = core(a).log.last_index() - 2
+    until(lambda: sim.leader() not in (None, a))
+    cut_b = sim.network.isolate(sim.leader() or "", ids)
+    sim.network.recover(cut_a)
+    until(lambda: core(a).role == "leader" and core(a).log.commit >= old)
+    sim.network.isolate(a, ids)
+    sim.network.recover(cut_b)
+    until(lambda: False, 150)
+    return sim
+
+
+def test_figure_8_commit_of_an_old_term_entry_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Committing a previous term's entry by counting replicas lets it be
+    overwritten (Figure 8); leader completeness fires when B wins."""
+    monkeypatch.setattr(RaftCore, "_maybe_commit", _commit_by_counting)
+    for seed in range(3):
+        found = _figure_8(seed).violations
+        assert [v.prop for v in found][:1] == [LEADER_COMPLETENESS], (seed, found)
+
+
+def test_figure_8_is_safe_with_the_current_term_rule() -> None:
+    """The same schedule with the real commit rule breaks nothing."""
+    for seed in range(3):
+        sim = _figure_8(seed)
+        assert sim.violations == [] and sim.finish().violations == []
+
+
+def _read_without_quorum(self: RaftCore, ctx: bytes) -> None:
+    """ReadIndex that skips the heartbeat round (thesis §6.4 step 3)."""
+    self._ready_reads.append(ReadState(ctx, self.log.commit))
+
+
+def _stale_leader_read(seed: int) -> list[Violation]:
+    """Write through leader A, cut A off, write through the new leader B, then
+    read at A. Without CheckQuorum nothing but the ReadIndex round stops a
+    deposed leader from answering, so this is where skipping it shows."""
+    cfg = CoreConfig(election_ticks=10, heartbeat_ticks=2, check_quorum=False)
+    sim = Simulation(seed, nodes=3, faults=frozenset(), config=cfg, clients=3, workload=False)
+
+    def until(cond: object, limit: int = 300) -> None:
+        for _ in range(limit):
+            if cond() or not sim.tick():  # type: ignore[operator]
+                return
+
+    until(lambda: sim.leader() is not None)
+    a = sim.leader() or ""
+    sim.invoke(0, "write", "k", a)
+    until(lambda: not sim.busy(0))
+    sim.network.isolate(a, ["n1", "n2", "n3"])
+    until(lambda: sim.leader() not in (None, a))
+    sim.invoke(1, "write", "k", sim.leader() or "")
+    until(lambda: not sim.busy(1))
+    sim.invoke(2, "read", "k", a)
+    until(lambda: not sim.busy(2), 40)
+    r = sim.finish()
+    assert [o.outcome for o in r.history[:2]] == ["ok", "ok"], r.history
+    return r.violations
+
+
+def test_reads_without_the_quorum_round_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deposed leader that serves reads at once returns stale values, which
+    the linearizability check reports."""
+    monkeypatch.setattr(RaftCore, "_start_read", _read_without_quorum)
+    for seed in range(3):
+        found = _stale_leader_read(seed)
+        assert [v.prop for v in found] == [LINEARIZABILITY], (seed, found)
+
+
+def test_reads_with_the_quorum_round_stay_linearizable() -> None:
+    """The same schedule with the real ReadIndex breaks nothing."""
+    for seed in range(3):
+        assert _stale_leader_read(seed) == []
