@@ -52,6 +52,7 @@ RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
 CLUSTER_ENV = "RAFTCTL_CLUSTER"
 CONTROL_TIMEOUT_S = 1.0
 PORT_RANGE_LOW = 20000
+PORT_GRACE_S = 2.0
 
 
 class ClusterError(Exception):
@@ -290,14 +291,22 @@ class Cluster:
     def check_ports(self) -> None:
         """Refuse, naming the first one, if any node's port is taken."""
         for spec in self.config().nodes:
-            self._check_node_ports(spec)
+            self._check_node_ports(spec, grace_s=0.5)
 
-    def _check_node_ports(self, spec: NodeSpec) -> None:
+    def _check_node_ports(self, spec: NodeSpec, grace_s: float = PORT_GRACE_S) -> None:
         udp = self.config().transport == "udp"
         for port_name in ("peer_port", "client_port", "control_port"):
             port = getattr(spec, port_name)
-            if spec.host.startswith("127.") and port_in_use(
-                    spec.host, port, udp=udp and port_name == "peer_port"):
+            if not spec.host.startswith("127."):
+                continue
+            deadline = time.monotonic() + grace_s
+            # A node killed a moment ago may still hold its ports: its main
+            # thread is already a zombie while its other threads (ZeroMQ's)
+            # are still exiting and the sockets are not yet closed.
+            while port_in_use(spec.host, port, udp=udp and port_name == "peer_port") \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if port_in_use(spec.host, port, udp=udp and port_name == "peer_port"):
                 raise ClusterError(
                     f"port {port} ({spec.id} {port_name}) on {spec.host} is already in use "
                     "by another program; free it or choose other ports")
