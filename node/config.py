@@ -152,6 +152,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
+    # Kernel mode: each node in its own network namespace (raftctl/netns.py).
+    netns: bool = False
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:

@@ -29,6 +29,7 @@ from raftctl.cluster import (
     make_config,
 )
 from raftctl.logview import LogFilter, follow, merged, parse_duration_s, since_ts
+from raftctl.netns import unavailable as netns_unavailable
 from raftctl.sim_cmd import sim
 
 LEADER_WAIT_S = 10.0
@@ -98,23 +99,28 @@ def version_cmd() -> None:
               help="Peer transport: ZeroMQ over TCP, or plain UDP datagrams [default: zmq].")
 @click.option("--fsync", type=click.Choice(["always", "never"]), default=None,
               help="WAL durability [default: always]; `never` can lose acknowledged writes.")
+@click.option("--netns", "netns_mode", is_flag=True,
+              help="Kernel mode (root): each node in its own network namespace; cuts and loss "
+                   "become iptables rules. Delay, duplicate and reorder stay in the transport.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,
               help="Seconds to wait for a leader.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, wait_s: float, as_json: bool) -> None:
+       fsync: str | None, netns_mode: bool, wait_s: float, as_json: bool) -> None:
     """Start the cluster's nodes and wait for a leader."""
     c = _cluster(ctx)
     if nodes is not None and config_file is not None:
         _fail("give either -n or -c, not both")
+    if netns_mode and (why := netns_unavailable()) is not None:
+        _fail(why)
     try:
         running = c.running_nodes()
         if running:
             _fail(f"cluster {c.name} is already up ({', '.join(running)} running); "
                   "`raftctl status` shows it, `raftctl down` stops it")
         if c.exists():
-            if nodes is not None or config_file is not None or transport or fsync:
+            if nodes is not None or config_file is not None or transport or fsync or netns_mode:
                 _fail(f"cluster {c.name} already exists in {c.run_dir} with "
                       f"{len(c.node_ids())} nodes; `raftctl up` restarts it as it is, "
                       "`raftctl down --purge` removes it to make a new one")
@@ -132,12 +138,15 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
             else:
                 cfg = make_config(nodes or 3, name=c.name, transport=transport or "zmq",
                                   **settings)
+            if netns_mode:
+                cfg = c.with_netns_addresses(cfg)
             c.create(cfg)
         cfg = c.config()
         if cfg.fsync == "never":
             render.console(stderr=True).print(
                 "[bold red]warning:[/] fsync = never: acknowledged writes can be lost on a crash")
         c.check_ports()
+        c.prepare_kernel()
         for n in cfg.nodes:
             c.start(n.id)
         with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
@@ -159,28 +168,14 @@ def down(ctx: click.Context, purge: bool) -> None:
             return
         _fail(f"cluster {c.name} is not set up in {c.run_dir}")
     try:
-        stopped = _stop_all(c)
+        stopped = c.stop_all()
+        c.teardown_kernel()
         if purge:
             c.purge()
     except ClusterError as e:
         _fail(str(e))
     what = f"stopped {', '.join(stopped)}" if stopped else "no node was running"
     click.echo(f"cluster {c.name}: {what}" + ("; run directory removed" if purge else ""))
-
-
-def _stop_all(c: Cluster) -> list[str]:
-    import signal as sig
-
-    running = c.running_nodes()
-    for n in running:
-        if c.process_state(n)[1] == "paused":
-            c.signal(n, sig.SIGCONT)
-        c.signal(n, sig.SIGTERM)
-    for n in running:
-        if not c._wait_gone(n, 10.0):
-            c.signal(n, sig.SIGKILL)
-            c._wait_gone(n, 5.0)
-    return running
 
 
 @main.command("status")

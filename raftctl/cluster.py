@@ -46,6 +46,7 @@ from node.transport.zmq import (
     read_keys,
     write_keys,
 )
+from raftctl import netns
 
 DEFAULT_CLUSTER = "default"
 RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
@@ -252,6 +253,7 @@ class Cluster:
 
         if self.running_nodes():
             raise ClusterError(f"cluster {self.name} is running; `raftctl down` first")
+        self.teardown_kernel()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # --- processes -------------------------------------------------------------
@@ -323,8 +325,10 @@ class Cluster:
             ndir = node_dir(self.run_dir, node_id)
             ndir.mkdir(parents=True, exist_ok=True)
             with open(ndir / "stdout.log", "ab") as out:
+                prefix = (netns.exec_prefix(self.netns_plan(), node_id)
+                          if cf.config.netns else [])
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "node", "--run-dir", str(self.run_dir),
+                    [*prefix, sys.executable, "-m", "node", "--run-dir", str(self.run_dir),
                      "--id", node_id],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True,
@@ -410,6 +414,10 @@ class Cluster:
         if proc == "running":
             r = self.control(node_id, StatusRequest(), timeout_s)
             status = r.data if r is not None and r.ok else None
+        if status is not None and self.config().netns:
+            # The node knows only the transport's share; show all of it.
+            rules = compile_rules(self.load_faults(), self.node_ids())[node_id]
+            status["links"] = {p: msgspec.to_builtins(r) for p, r in rules.items()}
         return NodeState(node_id, pid, proc, status)
 
     def status(self, timeout_s: float = CONTROL_TIMEOUT_S) -> list[NodeState]:
@@ -450,6 +458,49 @@ class Cluster:
         r = self.control(node_id, DigestRequest())
         return r.data if r is not None and r.ok else None
 
+    def netns_plan(self) -> netns.NetnsPlan:
+        return netns.plan(self.run_dir, self.node_ids())
+
+    def with_netns_addresses(self, cfg: ClusterConfig) -> ClusterConfig:
+        """`cfg` in kernel mode: each node at its namespace's address."""
+        p = netns.plan(self.run_dir, [n.id for n in cfg.nodes])
+        nodes = [msgspec.structs.replace(n, host=p.addresses[n.id]) for n in cfg.nodes]
+        return msgspec.structs.replace(cfg, nodes=nodes, netns=True)
+
+    def prepare_kernel(self) -> None:
+        """Kernel mode: (re)create the namespaces and bridge, and re-apply
+        the recorded faults to them, before any node starts."""
+        if not self.config().netns:
+            return
+        why = netns.unavailable()
+        if why is not None:
+            raise ClusterError(why)
+        try:
+            netns.setup(self.netns_plan())
+        except netns.NetnsError as e:
+            raise ClusterError(str(e)) from None
+        self.apply_faults(self.load_faults())
+
+    def teardown_kernel(self) -> list[str]:
+        """Remove the namespaces and the bridge (also after a crash)."""
+        if not self.exists() or not self.config().netns or netns.unavailable():
+            return []
+        return netns.teardown(self.netns_plan())
+
+    def stop_all(self) -> list[str]:
+        """SIGTERM every running node (resuming paused ones first), SIGKILL
+        those still there after 10 s; returns the nodes that were running."""
+        running = self.running_nodes()
+        for n in running:
+            if self.process_state(n)[1] == "paused":
+                self.signal(n, signal.SIGCONT)
+            self.signal(n, signal.SIGTERM)
+        for n in running:
+            if not self._wait_gone(n, 10.0):
+                self.signal(n, signal.SIGKILL)
+                self._wait_gone(n, 5.0)
+        return running
+
     def set_links(self, node_id: str, rules: dict[str, LinkRule]) -> bool:
         """Record the node's link rules (a node started later loads them) and
         push them to the node if it runs; True if it confirmed."""
@@ -481,6 +532,15 @@ class Cluster:
             tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
             os.replace(tmp, path)
             rules = compile_rules(state, nodes)
+            if self.config().netns:
+                # Cuts and loss in the kernel; the rest stays in the transport.
+                try:
+                    netns.apply_rules(self.netns_plan(), rules)
+                except netns.NetnsError as e:
+                    raise ClusterError(str(e)) from None
+                rules = {n: {p: r for p, r in ((p, netns.transport_part(r))
+                                               for p, r in rules[n].items()) if r != LinkRule()}
+                         for n in nodes}
             return [n for n in nodes if not self.set_links(n, rules[n])]
 
     def shutdown_node(self, node_id: str) -> bool:

@@ -41,6 +41,14 @@ def _apply(c: Cluster, state: FaultState) -> None:
         click.echo("healed: every link is up")
     else:
         click.echo("faults: " + "; ".join(state.description))
+    try:
+        kernel = c.config().netns
+    except ClusterError:
+        kernel = False
+    if kernel and not state.is_clear():
+        click.echo("(kernel mode: cuts and loss are iptables rules in the nodes' namespaces; "
+                   "delay, duplicate and reorder stay in the nodes' transports, as this kernel "
+                   "has no netem)")
     if unconfirmed:
         click.echo(f"(not running, will get the faults when started: {', '.join(unconfirmed)})")
 
