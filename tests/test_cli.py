@@ -215,3 +215,13 @@ def test_port_taken_is_refused(cli: Cli, tmp_path: Path) -> None:
     assert p.returncode == 1
     assert f"port {ports[4]} (n2 client_port)" in p.stderr and "in use" in p.stderr
     cli("down")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    """Every ready cluster file in configs/ loads and validates."""
+    from raftctl.cluster import load_config_file
+
+    cfg = load_config_file(path)
+    assert len(cfg.nodes) >= 3 and not cfg.problems()
