@@ -1,0 +1,154 @@
+"""A real node facing bad input on every socket: malformed, unknown-op,
+wrong-type and oversized requests get an error reply and change nothing;
+garbage peer messages are counted; a socket without the cluster's key gets
+nothing at all; and the node keeps serving throughout."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+import msgspec
+import zmq
+
+from node import codec
+from node.messages import AppendEntries, Entry
+from node.transport.auth import generate_keys
+from node.transport.zmq import make_client_socket
+from tests.procs import TestCluster, cluster3, wait_until
+
+__all__ = ["cluster3"]
+
+
+def _ask(
+    sock: zmq.Socket[bytes], payload: bytes, timeout_ms: int = 3000
+) -> dict[str, Any] | None:
+    sock.send(payload)
+    if not sock.poll(timeout_ms):
+        return None
+    reply = msgspec.msgpack.decode(sock.recv())
+    assert isinstance(reply, dict)
+    return reply
+
+
+def _counters(c: TestCluster, node: str) -> dict[str, Any]:
+    st = c.statuses()[node]
+    return dict(st["counters"])
+
+
+def test_bad_client_requests_get_errors_and_change_nothing(cluster3: TestCluster) -> None:
+    """Garbage, unknown op, wrong types and a too-long key: each answered
+    with bad_request, counted, no state change; good requests still work."""
+    c = cluster3
+    lead = c.leader()
+    assert lead is not None
+    before = _counters(c, lead)["bad_requests"]
+    applied = c.statuses()[lead]["applied"]
+    sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
+    try:
+        bad = [
+            b"\xff\x00garbage",
+            msgspec.msgpack.encode({"op": "explode", "id": 7}),
+            msgspec.msgpack.encode({"op": "put", "id": 8, "client": "c", "seq": "one",
+                                    "key": "k", "value": b"v"}),
+            msgspec.msgpack.encode({"op": "put", "id": 9, "client": "c", "seq": 1,
+                                    "key": "k" * 5000, "value": b"v"}),
+            msgspec.msgpack.encode([1, 2, 3]),
+        ]
+        for payload in bad:
+            reply = _ask(sock, payload)
+            assert reply is not None, f"no reply to {payload[:20]!r}"
+            assert reply["ok"] is False and reply["error"] == "bad_request", reply
+        echoed = _ask(sock, msgspec.msgpack.encode({"op": "explode", "id": 7}))
+        assert echoed is not None and echoed["id"] == 7, "the request id is echoed"
+        good = _ask(sock, msgspec.msgpack.encode(
+            {"op": "put", "id": 10, "client": "c1", "seq": 1, "key": "k", "value": b"v"}))
+        assert good is not None and good["ok"] is True
+    finally:
+        sock.close(linger=0)
+    after = c.statuses()[lead]
+    assert after["counters"]["bad_requests"] >= before + len(bad)
+    assert after["applied"] == applied + 1, "only the one good write was applied"
+
+
+def test_bad_control_request_gets_an_error(cluster3: TestCluster) -> None:
+    """The control socket answers garbage and unknown ops with bad_request."""
+    c = cluster3
+    node = c.node_ids()[0]
+    spec = c.config().node(node)
+    sock = make_client_socket(zmq.Context.instance(), spec.control_addr(), c.keys())
+    try:
+        for payload in (b"\x00\x01", msgspec.msgpack.encode({"op": "format_disk"})):
+            reply = _ask(sock, payload)
+            assert reply is not None and reply["ok"] is False
+            assert reply["error"] == "bad_request"
+    finally:
+        sock.close(linger=0)
+    assert c.statuses()[node]["role"] in ("leader", "follower")
+
+
+def test_garbage_and_spoofed_peer_messages_are_counted(cluster3: TestCluster) -> None:
+    """Peer frames that do not decode, or that claim another sender, are
+    dropped and counted; the cluster keeps committing."""
+    c = cluster3
+    target, other = c.node_ids()[0], c.node_ids()[1]
+    before = _counters(c, target)
+    if c.config().transport == "udp":
+        spec = c.config().node(target)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for payload in (b"", b"\x00" * 40, b"garbage" * 100):
+                s.sendto(payload, (spec.host, spec.peer_port))
+        wait_until(lambda: sum(_counters(c, target)["transport"].get(k, 0) for k in
+                               ("bad_datagram", "bad_mac", "bad_peer", "bad_source"))
+                   >= 3, 5.0, "three bad datagrams counted")
+    else:
+        spec = c.config().node(target)
+        sock = make_client_socket(zmq.Context.instance(), spec.peer_addr(), c.keys(),
+                                  routing_id=other.encode())
+        try:
+            sock.send(b"\x93\xa2hb")  # truncated msgpack
+            spoof = AppendEntries(term=10**6, src="n9", dst=target, prev_index=0, prev_term=0,
+                                  entries=[Entry(10**6, 1)], commit=0)
+            sock.send(codec.encode(spoof))
+            wait_until(lambda: _counters(c, target)["bad_messages"] > before["bad_messages"]
+                       and _counters(c, target)["spoofed_messages"]
+                       > before["spoofed_messages"], 5.0, "bad and spoofed peer frames counted")
+        finally:
+            sock.close(linger=0)
+    st = c.statuses()[target]
+    assert st["term"] < 10**6, "a spoofed message changed the term"
+    with c.client() as cl:
+        assert cl.put("still", b"serving").ok
+
+
+def test_socket_with_another_key_gets_nothing(cluster3: TestCluster) -> None:
+    """A client that knows the node's public key but holds another keypair
+    cannot read status, write a key or send Raft messages; it is logged."""
+    c = cluster3
+    node = c.leader()
+    assert node is not None
+    spec = c.config().node(node)
+    cluster_keys = c.keys()
+    intruder = generate_keys()
+    ctx = zmq.Context.instance()
+    addrs = [spec.client_addr(), spec.control_addr()]
+    if c.config().transport == "zmq":
+        addrs.append(spec.peer_addr())
+    for addr in addrs:
+        s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.curve_serverkey = cluster_keys.public
+        s.curve_publickey = intruder.public
+        s.curve_secretkey = intruder.secret
+        s.connect(addr)
+        with contextlib.suppress(zmq.Again):  # not even queued: nothing can arrive
+            s.send(msgspec.msgpack.encode({"op": "status"}), zmq.NOBLOCK)
+        s.send(msgspec.msgpack.encode(
+            {"op": "put", "id": 1, "client": "x", "seq": 1, "key": "intruder", "value": b"x"}))
+        assert not s.poll(1000), f"{addr} answered a socket with another key"
+        s.close(linger=0)
+    wait_until(lambda: _counters(c, node)["auth_rejected"] >= 1, 5.0, "auth_rejected counted")
+    with c.client() as cl:
+        assert cl.get("intruder") is None
+    assert '"auth_rejected"' in c.log_path(node).read_text()
