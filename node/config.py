@@ -115,6 +115,7 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
 FSYNC_POLICIES = ("always", "never")
 TRANSPORTS = ("zmq", "udp")
 SNAPSHOT_ENTRIES = 10_000
+SNAPSHOT_BYTES = 64 * 1024 * 1024
 STATUS_LOG_INTERVAL_MS = 5_000
 
 
@@ -149,6 +150,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_ticks: int = HEARTBEAT_TICKS
     fsync: str = "always"
     snapshot_entries: int = SNAPSHOT_ENTRIES
+    snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
@@ -187,6 +189,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("heartbeat_ticks: must be at least 1")
         if self.snapshot_entries < 1:
             out.append("snapshot_entries: must be at least 1")
+        if self.snapshot_bytes < 1:
+            out.append("snapshot_bytes: must be at least 1")
         if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
             out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
                        f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")

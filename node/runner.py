@@ -131,6 +131,7 @@ class NodeRunner:
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
+        self._bytes_since_snapshot = 0
         self._logged_commit = self.core.log.commit
         self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
@@ -271,6 +272,7 @@ class NodeRunner:
                 self.transport.send(m.dst, codec.encode(m))
             if rd.snapshot is not None:
                 self.kv.restore(rd.snapshot.data)
+                self._bytes_since_snapshot = 0
             self._apply_entries(rd.committed_entries[n_early:])
             self._apply_reads(rd)
             for name, kw in rd.events:
@@ -292,6 +294,7 @@ class NodeRunner:
 
     def _apply_entries(self, entries: list[Entry]) -> None:
         for e in entries:
+            self._bytes_since_snapshot += len(e.data)
             # A no-op entry (empty data) only advances the applied index.
             cmd, result = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
             self.api.applied(cmd, result, e.index)
@@ -317,7 +320,9 @@ class NodeRunner:
             return False
         applied = self.kv.applied_index
         since = applied - self.core.log.snapshot.index
-        if since <= 0 or (not force and since < self.cfg.snapshot_entries):
+        due = (since >= self.cfg.snapshot_entries
+               or self._bytes_since_snapshot >= self.cfg.snapshot_bytes)
+        if since <= 0 or not (force or due):
             return False
         term = self.core.log.term(applied)
         if term is None:
@@ -330,6 +335,7 @@ class NodeRunner:
         fut = self._snapshotter.submit(
             lambda: storage.write_snapshot_file(meta, encode_image(image)))
         self._snap_job = (meta, fut)
+        self._bytes_since_snapshot = 0
         return True
 
     def _check_snapshot_job(self) -> None:

@@ -94,3 +94,16 @@ def test_torn_tail_is_cut_and_logged_by_the_node(tmp_path: Path) -> None:
         lines = [json.loads(x) for x in c.log_path("n1").read_text().splitlines()]
         cut = [e for e in lines if e["event"] == "wal_tail_truncated"]
         assert cut and cut[0]["bytes"] == 8, cut
+
+
+def test_compaction_triggers_on_bytes_as_well_as_entries(tmp_path: Path) -> None:
+    """A node compacts once the commands applied since its last snapshot
+    pass `snapshot_bytes`, even far below `snapshot_entries`."""
+    for c in make_cluster(tmp_path, 1, snapshot_entries=1_000_000, snapshot_bytes=50_000):
+        c.start_all()
+        c.wait_for_leader(10.0)
+        with c.client() as cl:
+            for i in range(60):
+                assert cl.put(f"k{i}", b"x" * 1000).ok
+        wait_until(lambda c=c: (c.statuses().get("n1") or {}).get("snapshot_index", 0) > 0, 10.0,
+                   "a snapshot after 60 KB of commands")

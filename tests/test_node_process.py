@@ -3,6 +3,7 @@ reads, failover, catch-up by log and by snapshot."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,24 @@ def test_node_behind_compaction_gets_snapshot(small_snapshots: TestCluster) -> N
     wait_until(lambda: _converged(c, c.node_ids(), last), 20.0, f"{victim} caught up to {last}")
     events = c.log_path(victim).read_text()
     assert '"snapshot_installed"' in events
+
+
+def test_sigterm_on_the_leader_hands_over_first(cluster3: TestCluster) -> None:
+    """SIGTERM makes a leader transfer leadership to an up-to-date follower
+    before it exits, flushing and closing its storage (node_stopped)."""
+    c = cluster3
+    with c.client() as cl:
+        for i in range(20):
+            assert cl.put(f"k{i}", b"v").ok
+    old = c.leader()
+    assert old is not None
+    c.stop(old)
+    events = [json.loads(line) for line in c.log_path(old).read_text().splitlines()]
+    stopping = [e for e in events if e["event"] == "node_stopping"]
+    assert stopping and stopping[-1]["handing_to"] in c.node_ids(), stopping
+    heir = stopping[-1]["handing_to"]
+    assert any(e["event"] == "leadership_transferred" and e["to"] == heir for e in events)
+    assert events[-1]["event"] == "node_stopped"
+    assert wait_until(lambda: c.leader(), 5.0, "a leader after the handover") == heir
+    with c.client() as cl:
+        assert all(cl.get(f"k{i}") == b"v" for i in range(20))
