@@ -128,10 +128,10 @@ def test_operators_day(cli: Cli, transport: str) -> None:
     assert cli.alive() == [], "node processes survived `raftctl down`"
 
 
-def test_logs_follow_shows_election(cli: Cli) -> None:
+def test_logs_follow_shows_election(cli: Cli, transport: str) -> None:
     """`logs -f` shows the election that killing the leader causes, from
     every live node, in time order."""
-    cli("up")
+    cli("up", "--transport", transport)
     old = _leader(cli.status())
     follower_ids = [n for n in ("n1", "n2", "n3") if n != old]
     # --since shows the past too, so we can see that the tail is running
@@ -160,11 +160,11 @@ def test_logs_follow_shows_election(cli: Cli) -> None:
     assert any(ev in ("prevote_started", "election_started") for _, ev in names), names
 
 
-def test_errors_are_one_clear_line(cli: Cli, tmp_path: Path) -> None:
+def test_errors_are_one_clear_line(cli: Cli, transport: str) -> None:
     """Unknown node, cluster not up, already up, killed twice: exit 1 and a sentence."""
     p = cli("put", "k", "v", ok=False)
     assert p.returncode == 1 and "not set up" in p.stderr and "raftctl up" in p.stderr
-    cli("up")
+    cli("up", "--transport", transport)
     p = cli("up", ok=False)
     assert p.returncode == 1 and "already up" in p.stderr
     p = cli("kill", "n7", ok=False)
