@@ -96,6 +96,23 @@ class Storage(Protocol):
     def close(self) -> None: ...
 
 
+def entries_after_local_snapshot(
+    entries: list[Entry], current: SnapshotMeta, meta: SnapshotMeta
+) -> list[Entry]:
+    """The entries that survive a local snapshot at `meta`, given the log
+    `entries` after the `current` snapshot; refuses a snapshot older than
+    the current one, beyond the log, or disagreeing with it on the term."""
+    base = current.index + 1
+    if meta.index < base - 1:
+        raise StorageError(f"snapshot at {meta.index} is older than {base - 1}")
+    pos = meta.index - base
+    if pos >= len(entries):
+        raise StorageError(f"snapshot at {meta.index} is beyond the log")
+    if pos >= 0 and entries[pos].term != meta.term:
+        raise StorageError(f"snapshot term {meta.term} disagrees with the log at {meta.index}")
+    return entries[pos + 1 :]
+
+
 class MemoryStorage:
     """Storage held in memory: for tests and the simulator."""
 
@@ -135,15 +152,7 @@ class MemoryStorage:
         self._snap = snap
 
     def create_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        base = self._snap.meta.index + 1
-        if meta.index < base - 1:
-            raise StorageError(f"snapshot at {meta.index} is older than {base - 1}")
-        pos = meta.index - base
-        if pos >= len(self._entries):
-            raise StorageError(f"snapshot at {meta.index} is beyond the log")
-        if pos >= 0 and self._entries[pos].term != meta.term:
-            raise StorageError(f"snapshot term {meta.term} disagrees with the log at {meta.index}")
-        self._entries = self._entries[pos + 1 :]
+        self._entries = entries_after_local_snapshot(self._entries, self._snap.meta, meta)
         self._snap = Snapshot(meta, data)
 
     def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
@@ -380,17 +389,8 @@ class FileStorage:
         return self._wal.segment_paths()
 
     def _entries_after_local(self, meta: SnapshotMeta) -> list[Entry]:
-        """The entries a local snapshot at `meta` keeps; the checks of
-        `MemoryStorage.create_snapshot`."""
-        base = self._meta.index + 1
-        if meta.index < base - 1:
-            raise StorageError(f"snapshot at {meta.index} is older than {base - 1}")
-        pos = meta.index - base
-        if pos >= len(self._entries):
-            raise StorageError(f"snapshot at {meta.index} is beyond the log")
-        if pos >= 0 and self._entries[pos].term != meta.term:
-            raise StorageError(f"snapshot term {meta.term} disagrees with the log at {meta.index}")
-        return self._entries[pos + 1 :]
+        """The entries a local snapshot at `meta` keeps."""
+        return entries_after_local_snapshot(self._entries, self._meta, meta)
 
     def _install(self, meta: SnapshotMeta, kept: list[Entry], snap: Snapshot | None) -> None:
         self._wal.add(
