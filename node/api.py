@@ -13,13 +13,13 @@ from typing import Annotated, Any
 
 import msgspec
 
-from node.config import MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
+from node.config import MAX_CLIENT_ID_CHARS, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
 from node.core import NotLeader, ProposalDropped, RaftCore
 from node.kv import Cas, Command, Delete, KVStore, Put, Result, encode_command
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
@@ -173,13 +173,20 @@ class ClientApi:
             self._write(route, req)
 
     def _write(self, route: Route, req: WriteRequest) -> None:
-        if isinstance(req, PutRequest):
-            op: Put | Delete | Cas = Put(key=req.key, value=req.value)
-        elif isinstance(req, DeleteRequest):
-            op = Delete(key=req.key)
-        else:
-            op = Cas(key=req.key, expected=req.expected, value=req.value)
         waiter = _Waiter(route, req.id)
+        try:
+            # The ops check what the schema cannot, e.g. a key's length in bytes.
+            if isinstance(req, PutRequest):
+                op: Put | Delete | Cas = Put(key=req.key, value=req.value)
+            elif isinstance(req, DeleteRequest):
+                op = Delete(key=req.key)
+            else:
+                op = Cas(key=req.key, expected=req.expected, value=req.value)
+        except ValueError as e:
+            self.counters.bad_requests += 1
+            self._on_bad(str(e))
+            self._fail(waiter, "bad_request", str(e))
+            return
         key = (req.client, req.seq)
         if key in self._writes:
             # A retry of a write still in flight: answer both when it applies.

@@ -218,6 +218,8 @@ class RaftCore:
             last = rd.entries[-1]
             if self.log.term(last.index) == last.term:
                 self.log.stable_to(last.index)
+                if self.role is Role.LEADER:
+                    self._maybe_commit()
         if rd.hard_state is not None:
             self._prev_hs = rd.hard_state
         if rd.committed_entries:
@@ -576,9 +578,6 @@ class RaftCore:
 
     def _append_entries(self, entries: list[Entry]) -> None:
         self.log.append(entries)
-        # The leader counts itself: its entries are on disk before any
-        # follower can acknowledge them, since messages leave after persisting.
-        self._maybe_commit()
 
     def _any_append_due(self) -> bool:
         last = self.log.last_index()
@@ -650,8 +649,11 @@ class RaftCore:
     def _maybe_commit(self) -> bool:
         """Advance the commit index to the highest index a quorum holds, but
         only if that entry is of the current term (§5.4.2, Figure 8)."""
+        # The leader counts only what it has on disk: its replication may
+        # leave before its own persist (node/ready.py), so an entry held by
+        # followers alone must not be counted as on the leader too.
         matches = sorted(
-            [self.log.last_index(), *(pr.match for pr in self.progress.values())], reverse=True
+            [self.log.stable_index, *(pr.match for pr in self.progress.values())], reverse=True
         )
         index = matches[self.quorum() - 1]
         if index <= self.log.commit or self.log.term(index) != self.term:

@@ -115,6 +115,7 @@ class NodeRunner:
         self.core = RaftCore(node_id, peers, self.storage, core_cfg, random.Random(seed))
         self._core = self.core
         self._last_role = self.core.role
+        self._last_term = self.core.term
 
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.keys: CurveKeys = read_keys(run_dir / "keys")
@@ -308,10 +309,12 @@ class NodeRunner:
         self._maybe_snapshot()
 
     def _role_changed(self) -> None:
-        role = self.core.role
-        if self._last_role is Role.LEADER and role is not Role.LEADER:
+        role, term = self.core.role, self.core.term
+        # Leading again in a later term counts as a loss too: what this node
+        # proposed in the earlier term may have been truncated meanwhile.
+        if self._last_role is Role.LEADER and (role is not Role.LEADER or term != self._last_term):
             self.api.lost_leadership()
-        self._last_role = role
+        self._last_role, self._last_term = role, term
 
     # --- snapshots ------------------------------------------------------------
 

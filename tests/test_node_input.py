@@ -152,3 +152,32 @@ def test_socket_with_another_key_gets_nothing(cluster3: TestCluster) -> None:
     with c.client() as cl:
         assert cl.get("intruder") is None
     assert '"auth_rejected"' in c.log_path(node).read_text()
+
+
+def test_multibyte_key_over_the_byte_limit_is_refused(cluster3: TestCluster) -> None:
+    """A key within 1,024 characters but over 1,024 bytes of UTF-8 gets
+    bad_request (it once crashed the node's loop), and the node serves on."""
+    c = cluster3
+    with c.client() as cl:
+        lead = c.leader()
+        assert lead is not None
+        sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
+        try:
+            reply = _ask(sock, msgspec.msgpack.encode(
+                {"op": "put", "id": 3, "client": "c", "seq": 1, "key": "é" * 1024, "value": b"v"}))
+        finally:
+            sock.close(linger=0)
+        assert reply is not None and reply["error"] == "bad_request", reply
+        assert cl.put("after", b"ok").ok
+
+
+def test_longest_client_id_the_api_takes_is_answered(cluster3: TestCluster) -> None:
+    """A write whose client id is as long as the API allows is applied and
+    answered (the state machine once refused ids the API had accepted)."""
+    from node.api import ClientId
+    from node.client import Client
+
+    longest = ClientId.__metadata__[0].max_length
+    with Client(cluster3.client_addrs(), cluster3.keys(), client_id="x" * longest) as cl:
+        assert cl.put("long-id", b"v").ok
+        assert cl.get("long-id") == b"v"
