@@ -10,8 +10,8 @@ The caller must handle a `Ready` in this order and only then call
    is allowed: a leader's own replication traffic (`may_send_early()`:
    AppendEntries, Heartbeat, InstallSnapshot) promises nothing about the
    leader's disk, so it may leave before step 1 and the leader's fsync
-   overlaps its followers' (thesis §10.2.1). The leader still counts itself
-   towards a commit only through acknowledgements that arrive after step 1;
+   overlaps its followers' (thesis §10.2.1). The leader counts itself towards
+   a commit only for entries it has persisted (after `advance()`);
 3. restore the state machine from `snapshot` (if any), then apply
    `committed_entries` in order;
 4. serve each of `read_states` once the state machine has applied
