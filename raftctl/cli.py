@@ -142,9 +142,7 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
                 cfg = c.with_netns_addresses(cfg)
             c.create(cfg)
         cfg = c.config()
-        if cfg.fsync == "never":
-            render.console(stderr=True).print(
-                "[bold red]warning:[/] fsync = never: acknowledged writes can be lost on a crash")
+        _warn_durability(c)
         c.check_ports()
         c.prepare_kernel()
         for n in cfg.nodes:
@@ -192,7 +190,15 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
 main.add_command(status_cmd, "ps")
 
 
+def _warn_durability(c: Cluster) -> None:
+    if c.config().fsync == "never":
+        render.console(stderr=True).print(
+            "[bold red]warning:[/] fsync = never: durability is off; acknowledged writes can "
+            "be lost on a crash")
+
+
 def _print_status(c: Cluster, as_json: bool) -> None:
+    _warn_durability(c)
     states = c.status()
     if as_json:
         click.echo(render.dumps(render.status_rows(states)))

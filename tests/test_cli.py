@@ -225,3 +225,14 @@ def test_shipped_configs_are_valid(path: Path) -> None:
 
     cfg = load_config_file(path)
     assert len(cfg.nodes) >= 3 and not cfg.problems()
+
+
+def test_durability_off_is_said_loudly(cli: Cli) -> None:
+    """With fsync = never, up and status warn on stderr every time."""
+    p = cli("up", "-n", "1", "--fsync", "never")
+    assert "durability is off" in p.stderr
+    assert "durability is off" in cli("status").stderr
+    assert "durability is off" not in cli("status", "--json").stdout
+    log = (cli.run_dir / "nodes" / "n1" / "node.log").read_text()
+    assert '"durability_off"' in log, "the node's log does not say it either"
+    cli("down")
