@@ -121,7 +121,6 @@ class _Waiter:
 @dataclass
 class ApiCounters:
     requests: int = 0
-    bad_requests: int = 0
     writes_acked: int = 0
     reads_served: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
@@ -160,7 +159,6 @@ class ClientApi:
         try:
             req = decode_request(data)
         except ValueError as e:
-            self.counters.bad_requests += 1
             self._on_bad(str(e))
             self._send(route, ClientResponse(
                 id=_request_id(data), ok=False, error="bad_request", message=str(e)))
@@ -183,7 +181,6 @@ class ClientApi:
             else:
                 op = Cas(key=req.key, expected=req.expected, value=req.value)
         except ValueError as e:
-            self.counters.bad_requests += 1
             self._on_bad(str(e))
             self._fail(waiter, "bad_request", str(e))
             return

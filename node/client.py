@@ -42,8 +42,9 @@ class ClientError(Exception):
 
 class OutcomeUnknown(ClientError):
     """The deadline passed after the write may have reached a leader: it may
-    or may not have been applied. Retrying with the same client session and
-    seq (`Client.retry`) is safe and applies it at most once."""
+    or may not have been applied. Until the deadline the client already
+    retried it with the same session and seq, which the cluster applies at
+    most once; a caller that must know reads the key back."""
 
 
 class Unavailable(ClientError):
@@ -109,17 +110,6 @@ class Client:
     def ping(self, node: str) -> ClientResponse:
         """Ask one node who leads; raises Unavailable if it does not answer."""
         return self._call(PingRequest(), prefer=node, write=False, only=node)
-
-    def find_leader(self) -> str | None:
-        for n in self._order:
-            try:
-                r = self.ping(n)
-            except Unavailable:
-                continue
-            if r.leader:
-                self.leader = r.leader
-                return r.leader
-        return None
 
     def close(self) -> None:
         for s in self._socks.values():
@@ -192,10 +182,6 @@ class Client:
                 f"({last_error}); it may or may not have been applied")
         raise Unavailable(
             "unavailable", f"no node answered within {self.timeout_s:.1f}s ({last_error})")
-
-    def retry(self, req: PutRequest | DeleteRequest | CasRequest) -> WriteResult:
-        """Send a write again with its original seq (after OutcomeUnknown)."""
-        return self._write(req)
 
     def _sock(self, node: str) -> zmq.Socket[bytes]:
         s = self._socks.get(node)

@@ -388,6 +388,7 @@ class NodeRunner:
                 "client_requests": self.api.counters.requests,
                 "writes_acked": self.api.counters.writes_acked,
                 "reads_served": self.api.counters.reads_served,
+                "client_errors": dict(self.api.counters.by_error),
                 "transport": tstats,
             },
         }

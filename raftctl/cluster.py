@@ -31,7 +31,6 @@ from node.control import (
     ControlResponse,
     DigestRequest,
     SetLinksRequest,
-    ShutdownRequest,
     StatusRequest,
     TransferRequest,
     decode_response,
@@ -53,7 +52,6 @@ RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
 CLUSTER_ENV = "RAFTCTL_CLUSTER"
 CONTROL_TIMEOUT_S = 1.0
 PORT_RANGE_LOW = 20000
-PORT_GRACE_S = 2.0
 
 
 class ClusterError(Exception):
@@ -106,6 +104,17 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
                 and not port_in_use(host, port, udp=True):
             out.append(port)
     raise ClusterError(f"could not find {n} free ports on {host} between {lo} and {hi}")
+
+
+def _threads_left(pid: int) -> int:
+    """Threads of `pid` not yet gone. A killed node's main thread turns
+    zombie (waiting for a parent, often init, to reap it) while ZeroMQ's
+    threads may still be exiting, and its sockets close only when the last
+    of them has: only then is the node gone and its ports free."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def make_config(n: int, name: str = DEFAULT_CLUSTER, transport: str = "zmq",
@@ -176,6 +185,8 @@ class Cluster:
         self.run_dir = run_dir
         self.name = name
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._config: ClusterConfig | None = None
+        self._keys: CurveKeys | None = None
 
     # --- files ----------------------------------------------------------------
 
@@ -214,13 +225,19 @@ class Cluster:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def config(self) -> ClusterConfig:
-        return self.load().config
+        # A cluster's config and keys never change after `create`: read each
+        # once per command, not on every control request (`watch` polls).
+        if self._config is None:
+            self._config = self.load().config
+        return self._config
 
     def keys(self) -> CurveKeys:
-        try:
-            return read_keys(self.run_dir / "keys")
-        except KeysError as e:
-            raise ClusterError(str(e)) from None
+        if self._keys is None:
+            try:
+                self._keys = read_keys(self.run_dir / "keys")
+            except KeysError as e:
+                raise ClusterError(str(e)) from None
+        return self._keys
 
     def node_ids(self) -> list[str]:
         return [n.id for n in self.config().nodes]
@@ -267,7 +284,7 @@ class Cluster:
             p = psutil.Process(info.pid)
             if abs(p.create_time() - info.create_time) > 0.05:
                 return None
-            if p.status() == psutil.STATUS_ZOMBIE:
+            if p.status() == psutil.STATUS_ZOMBIE and _threads_left(info.pid) <= 1:
                 return None
         except psutil.Error:
             return None
@@ -293,21 +310,14 @@ class Cluster:
     def check_ports(self) -> None:
         """Refuse, naming the first one, if any node's port is taken."""
         for spec in self.config().nodes:
-            self._check_node_ports(spec, grace_s=0.5)
+            self._check_node_ports(spec)
 
-    def _check_node_ports(self, spec: NodeSpec, grace_s: float = PORT_GRACE_S) -> None:
+    def _check_node_ports(self, spec: NodeSpec) -> None:
         udp = self.config().transport == "udp"
         for port_name in ("peer_port", "client_port", "control_port"):
             port = getattr(spec, port_name)
             if not spec.host.startswith("127."):
                 continue
-            deadline = time.monotonic() + grace_s
-            # A node killed a moment ago may still hold its ports: its main
-            # thread is already a zombie while its other threads (ZeroMQ's)
-            # are still exiting and the sockets are not yet closed.
-            while port_in_use(spec.host, port, udp=udp and port_name == "peer_port") \
-                    and time.monotonic() < deadline:
-                time.sleep(0.02)
             if port_in_use(spec.host, port, udp=udp and port_name == "peer_port"):
                 raise ClusterError(
                     f"port {port} ({spec.id} {port_name}) on {spec.host} is already in use "
@@ -408,7 +418,10 @@ class Cluster:
         finally:
             sock.close(linger=0)
 
-    def node_status(self, node_id: str, timeout_s: float = CONTROL_TIMEOUT_S) -> NodeState:
+    def node_status(
+        self, node_id: str, timeout_s: float = CONTROL_TIMEOUT_S,
+        kernel_rules: dict[str, dict[str, LinkRule]] | None = None,
+    ) -> NodeState:
         pid, proc = self.process_state(node_id)
         status = None
         if proc == "running":
@@ -416,12 +429,16 @@ class Cluster:
             status = r.data if r is not None and r.ok else None
         if status is not None and self.config().netns:
             # The node knows only the transport's share; show all of it.
-            rules = compile_rules(self.load_faults(), self.node_ids())[node_id]
-            status["links"] = {p: msgspec.to_builtins(r) for p, r in rules.items()}
+            if kernel_rules is None:
+                kernel_rules = compile_rules(self.load_faults(), self.node_ids())
+            status["links"] = {p: msgspec.to_builtins(r)
+                               for p, r in kernel_rules[node_id].items()}
         return NodeState(node_id, pid, proc, status)
 
     def status(self, timeout_s: float = CONTROL_TIMEOUT_S) -> list[NodeState]:
-        return [self.node_status(n, timeout_s) for n in self.node_ids()]
+        ids = self.node_ids()
+        rules = compile_rules(self.load_faults(), ids) if self.config().netns else None
+        return [self.node_status(n, timeout_s, rules) for n in ids]
 
     def leader(self, states: list[NodeState] | None = None) -> str | None:
         """The leader of the highest term that a live node reports."""
@@ -542,10 +559,6 @@ class Cluster:
                                                for p, r in rules[n].items()) if r != LinkRule()}
                          for n in nodes}
             return [n for n in nodes if not self.set_links(n, rules[n])]
-
-    def shutdown_node(self, node_id: str) -> bool:
-        r = self.control(node_id, ShutdownRequest())
-        return r is not None and r.ok
 
     def client_addrs(self) -> dict[str, str]:
         return {n.id: n.client_addr() for n in self.config().nodes}
