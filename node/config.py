@@ -114,6 +114,12 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 FSYNC_POLICIES = ("always", "never")
 TRANSPORTS = ("zmq", "udp")
+# Where link faults are enforced besides the transport (raftctl/netns.py):
+# "" in the transport only; "bridge" a namespace per node (root); "sandbox"
+# all nodes in one user+network namespace (no root needed).
+NETNS_MODES = ("", "bridge", "sandbox")
+# A Unix socket path (sun_path) holds at most this many bytes on Linux.
+IPC_PATH_MAX_BYTES = 107
 SNAPSHOT_ENTRIES = 10_000
 SNAPSHOT_BYTES = 64 * 1024 * 1024
 STATUS_LOG_INTERVAL_MS = 5_000
@@ -127,14 +133,27 @@ class NodeSpec(msgspec.Struct, frozen=True, kw_only=True):
     peer_port: int
     client_port: int
     control_port: int
+    # Set in sandbox mode, where the nodes' network is private: clients and
+    # the supervisor reach the node through Unix sockets in this directory,
+    # which every network namespace on the machine can open.
+    ipc_dir: str = ""
 
     def peer_addr(self) -> str:
         return f"tcp://{self.host}:{self.peer_port}"
 
+    def peer_addr_from(self, src: NodeSpec) -> str:
+        """The endpoint `src` connects to: from its own address, so that a
+        kernel rule matching the source address sees who sent a packet."""
+        return f"tcp://{src.host}:0;{self.host}:{self.peer_port}"
+
     def client_addr(self) -> str:
+        if self.ipc_dir:
+            return f"ipc://{self.ipc_dir}/{self.id}.client"
         return f"tcp://{self.host}:{self.client_port}"
 
     def control_addr(self) -> str:
+        if self.ipc_dir:
+            return f"ipc://{self.ipc_dir}/{self.id}.control"
         return f"tcp://{self.host}:{self.control_port}"
 
 
@@ -154,8 +173,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
-    # Kernel mode: each node in its own network namespace (raftctl/netns.py).
-    netns: bool = False
+    # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off.
+    netns: str = ""
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -179,6 +198,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("nodes: a cluster needs at least one node")
         if self.transport not in TRANSPORTS:
             out.append(f"transport: {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if self.netns not in NETNS_MODES:
+            modes = ", ".join(m for m in NETNS_MODES if m)
+            out.append(f"netns: {self.netns!r} is not one of {modes} (or empty: off)")
         if self.fsync not in FSYNC_POLICIES:
             out.append(f"fsync: {self.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
         if self.tick_ms < 1:
@@ -204,6 +226,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             if n.id in seen_ids:
                 out.append(f"{where}.id: {n.id} is already used by nodes[{seen_ids[n.id]}]")
             seen_ids.setdefault(n.id, i)
+            if n.ipc_dir and len(n.control_addr().encode()) - len("ipc://") > IPC_PATH_MAX_BYTES:
+                out.append(f"{where}.ipc_dir: {n.control_addr()} is longer than a Unix socket "
+                           f"path may be ({IPC_PATH_MAX_BYTES} bytes); use a shorter run directory")
             for fname in ("peer_port", "client_port", "control_port"):
                 port = getattr(n, fname)
                 if not 1 <= port <= 65535:

@@ -152,7 +152,7 @@ class NodeRunner:
                     "message_oversize", to=dst, bytes=size,
                     limit=self.cfg.udp_max_datagram_bytes))
         return ZmqTransport(self.ctx, self.id, self.spec.peer_addr(),
-                            {n.id: n.peer_addr() for n in others}, self.keys)
+                            {n.id: n.peer_addr_from(self.spec) for n in others}, self.keys)
 
     def _log_state(self) -> tuple[int, str]:
         c = self._core

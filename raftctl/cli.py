@@ -29,6 +29,8 @@ from raftctl.cluster import (
     make_config,
 )
 from raftctl.logview import LogFilter, follow, merged, parse_duration_s, since_ts
+from raftctl.netns import MODES as NETNS_KERNEL_MODES
+from raftctl.netns import auto_mode as netns_auto_mode
 from raftctl.netns import unavailable as netns_unavailable
 from raftctl.sim_cmd import sim
 
@@ -99,20 +101,25 @@ def version_cmd() -> None:
               help="Peer transport: ZeroMQ over TCP, or plain UDP datagrams [default: zmq].")
 @click.option("--fsync", type=click.Choice(["always", "never"]), default=None,
               help="WAL durability [default: always]; `never` can lose acknowledged writes.")
-@click.option("--netns", "netns_mode", is_flag=True,
-              help="Kernel mode (root): each node in its own network namespace; cuts and loss "
-                   "become iptables rules. Delay, duplicate and reorder stay in the transport.")
+@click.option("--netns", "netns_mode", type=click.Choice(["auto", *NETNS_KERNEL_MODES]),
+              is_flag=False, flag_value="auto", default=None,
+              help="Kernel mode: cuts and loss become iptables rules. `bridge` (root): a network "
+                   "namespace per node on a private bridge; `sandbox` (no root): all nodes in "
+                   "one user namespace on 127.1.0.x; a bare --netns picks bridge as root, else "
+                   "sandbox. Delay, duplicate and reorder stay in the transport.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,
               help="Seconds to wait for a leader.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, netns_mode: bool, wait_s: float, as_json: bool) -> None:
+       fsync: str | None, netns_mode: str | None, wait_s: float, as_json: bool) -> None:
     """Start the cluster's nodes and wait for a leader."""
     c = _cluster(ctx)
     if nodes is not None and config_file is not None:
         _fail("give either -n or -c, not both")
-    if netns_mode and (why := netns_unavailable()) is not None:
+    if netns_mode == "auto":
+        netns_mode = netns_auto_mode()
+    if netns_mode and (why := netns_unavailable(netns_mode)) is not None:
         _fail(why)
     try:
         running = c.running_nodes()
@@ -139,7 +146,7 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
                 cfg = make_config(nodes or 3, name=c.name, transport=transport or "zmq",
                                   **settings)
             if netns_mode:
-                cfg = c.with_netns_addresses(cfg)
+                cfg = c.with_netns_addresses(cfg, netns_mode)
             c.create(cfg)
         cfg = c.config()
         _warn_durability(c)

@@ -262,6 +262,8 @@ class Cluster:
                 raise ClusterError(f"cluster {self.name} already exists in {self.run_dir}")
             for n in cfg.nodes:
                 (node_dir(self.run_dir, n.id) / "data").mkdir(parents=True, exist_ok=True)
+                if n.ipc_dir:
+                    Path(n.ipc_dir).mkdir(parents=True, exist_ok=True)
             write_keys(self.run_dir / "keys", generate_keys())
             self._save(ClusterFile(config=cfg))
 
@@ -314,6 +316,8 @@ class Cluster:
 
     def _check_node_ports(self, spec: NodeSpec) -> None:
         udp = self.config().transport == "udp"
+        if self.config().netns == "sandbox":
+            return  # the nodes' network is their own; nothing else binds there
         for port_name in ("peer_port", "client_port", "control_port"):
             port = getattr(spec, port_name)
             if not spec.host.startswith("127."):
@@ -335,8 +339,10 @@ class Cluster:
             ndir = node_dir(self.run_dir, node_id)
             ndir.mkdir(parents=True, exist_ok=True)
             with open(ndir / "stdout.log", "ab") as out:
-                prefix = (netns.exec_prefix(self.netns_plan(), node_id)
-                          if cf.config.netns else [])
+                try:
+                    prefix = (self.kernel().exec_prefix(node_id) if cf.config.netns else [])
+                except netns.NetnsError as e:
+                    raise ClusterError(str(e)) from None
                 proc = subprocess.Popen(
                     [*prefix, sys.executable, "-m", "node", "--run-dir", str(self.run_dir),
                      "--id", node_id],
@@ -475,34 +481,43 @@ class Cluster:
         r = self.control(node_id, DigestRequest())
         return r.data if r is not None and r.ok else None
 
-    def netns_plan(self) -> netns.NetnsPlan:
-        return netns.plan(self.run_dir, self.node_ids())
+    def kernel(self) -> netns.Kernel:
+        """The kernel-mode plumbing of this cluster (config().netns is set)."""
+        return netns.kernel(self.config().netns, self.run_dir, self.node_ids())
 
-    def with_netns_addresses(self, cfg: ClusterConfig) -> ClusterConfig:
-        """`cfg` in kernel mode: each node at its namespace's address."""
-        p = netns.plan(self.run_dir, [n.id for n in cfg.nodes])
-        nodes = [msgspec.structs.replace(n, host=p.addresses[n.id]) for n in cfg.nodes]
-        return msgspec.structs.replace(cfg, nodes=nodes, netns=True)
+    def with_netns_addresses(self, cfg: ClusterConfig, mode: str) -> ClusterConfig:
+        """`cfg` in kernel mode `mode`: each node at its own address; in a
+        sandbox, clients reach it through Unix sockets in the run directory."""
+        k = netns.kernel(mode, self.run_dir, [n.id for n in cfg.nodes])
+        ipc_dir = str((self.run_dir / "sock").resolve()) if mode == "sandbox" else ""
+        nodes = [msgspec.structs.replace(n, host=k.addresses[n.id], ipc_dir=ipc_dir)
+                 for n in cfg.nodes]
+        cfg = msgspec.structs.replace(cfg, nodes=nodes, netns=mode)
+        if problems := cfg.problems():
+            raise ClusterError("; ".join(problems))
+        return cfg
 
     def prepare_kernel(self) -> None:
-        """Kernel mode: (re)create the namespaces and bridge, and re-apply
-        the recorded faults to them, before any node starts."""
-        if not self.config().netns:
+        """Kernel mode: (re)create the namespaces, and re-apply the recorded
+        faults to them, before any node starts."""
+        mode = self.config().netns
+        if not mode:
             return
-        why = netns.unavailable()
+        why = netns.unavailable(mode)
         if why is not None:
             raise ClusterError(why)
         try:
-            netns.setup(self.netns_plan())
+            self.kernel().setup()
         except netns.NetnsError as e:
             raise ClusterError(str(e)) from None
         self.apply_faults(self.load_faults())
 
     def teardown_kernel(self) -> list[str]:
-        """Remove the namespaces and the bridge (also after a crash)."""
-        if not self.exists() or not self.config().netns or netns.unavailable():
+        """Remove the namespaces (also after a crash); returns what went."""
+        if not self.exists() or not self.config().netns \
+                or netns.unavailable(self.config().netns):
             return []
-        return netns.teardown(self.netns_plan())
+        return self.kernel().teardown()
 
     def stop_all(self) -> list[str]:
         """SIGTERM every running node (resuming paused ones first), SIGKILL
@@ -552,7 +567,7 @@ class Cluster:
             if self.config().netns:
                 # Cuts and loss in the kernel; the rest stays in the transport.
                 try:
-                    netns.apply_rules(self.netns_plan(), rules)
+                    self.kernel().apply_rules(rules)
                 except netns.NetnsError as e:
                     raise ClusterError(str(e)) from None
                 rules = {n: {p: r for p, r in ((p, netns.transport_part(r))

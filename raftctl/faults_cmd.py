@@ -44,9 +44,11 @@ def _apply(c: Cluster, state: FaultState) -> None:
     try:
         kernel = c.config().netns
     except ClusterError:
-        kernel = False
+        kernel = ""
     if kernel and not state.is_clear():
-        click.echo("(kernel mode: cuts and loss are iptables rules in the nodes' namespaces; "
+        where = ("the nodes' namespaces" if kernel == "bridge"
+                 else "the nodes' shared sandbox namespace")
+        click.echo(f"(kernel mode {kernel}: cuts and loss are iptables rules in {where}; "
                    "delay, duplicate and reorder stay in the nodes' transports, as this kernel "
                    "has no netem)")
     if unconfirmed:

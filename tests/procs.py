@@ -4,6 +4,7 @@ at the end (pass or fail), and `wait_until` for conditions with deadlines."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
+from click.testing import CliRunner
 
 from node.client import Client
 from raftctl.cluster import Cluster, make_config
@@ -85,3 +87,29 @@ def cluster3(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
+
+
+def make_kernel_cluster(tmp_path: Path, mode: str, **settings: Any) -> Iterator[TestCluster]:
+    """A running 3-node cluster in kernel mode `mode` (raftctl/netns.py);
+    its namespaces are removed at the end, pass or fail."""
+    c = TestCluster(tmp_path / "run")
+    c.create(c.with_netns_addresses(make_config(3, name="test", **settings), mode))
+    try:
+        c.prepare_kernel()
+        c.start_all()
+        c.wait_for_leader(10.0)
+        yield c
+    finally:
+        c.reap()
+        removed = c.teardown_kernel()
+        assert removed, "teardown removed nothing"
+        assert not c.kernel().exists(), "the namespaces outlived teardown"
+
+
+def chaos_run(c: Cluster, *args: str) -> tuple[int, dict[str, Any]]:
+    """`raftctl chaos run --json ARGS` against `c`: its exit code and report."""
+    from raftctl import chaos_cmd
+
+    r = CliRunner().invoke(chaos_cmd.chaos, ["run", "--json", *args], obj=c)
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.output
+    return r.exit_code, json.loads(r.output)

@@ -4,7 +4,6 @@ short run, and a lying client that it must catch)."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from chaos.workload import CAS, CAS_FAILED, ClientFactory, KVClient, OpRecord
 from node.client import WriteResult
 from raftctl import chaos_cmd
 from raftctl.cluster import Cluster
-from tests.procs import TestCluster, cluster3, make_cluster
+from tests.procs import TestCluster, chaos_run, cluster3, make_cluster
 
 __all__ = ["cluster3"]
 
@@ -247,16 +246,10 @@ def test_chaos_run_needs_a_running_cluster(tmp_path: Path) -> None:
 # --- real runs ------------------------------------------------------------------------------
 
 
-def _chaos(c: TestCluster, *args: str) -> tuple[int, dict[str, Any]]:
-    r = CliRunner().invoke(chaos_cmd.chaos, ["run", "--json", *args], obj=c)
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.output
-    return r.exit_code, json.loads(r.output)
-
-
 def test_short_chaos_run_with_every_nemesis_is_clean(cluster3: TestCluster) -> None:
     """Nine seconds of every nemesis on three nodes: faults happen, clients get
     answers, and the verdict is clean."""
-    code, rep = _chaos(cluster3, "--duration", "9s", "--interval", "1s", "--nemesis", "all",
+    code, rep = chaos_run(cluster3, "--duration", "9s", "--interval", "1s", "--nemesis", "all",
                        "--seed", "3", "--recovery-timeout", "15s")
     assert code == 0, rep["verdict"]
     assert rep["verdict"]["ok"]
@@ -309,7 +302,7 @@ def test_a_client_that_acknowledges_unsent_writes_is_caught(
         return one
 
     monkeypatch.setattr(chaos_cmd, "client_factory", lying_factory)
-    code, rep = _chaos(zmq3, "--duration", "3s", "--interval", "10s", "--clients", "2",
+    code, rep = chaos_run(zmq3, "--duration", "3s", "--interval", "10s", "--clients", "2",
                        "--keys", "1", "--seed", "5")
     assert code == 1
     checks = {v["check"] for v in rep["verdict"]["violations"]}
