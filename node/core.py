@@ -636,10 +636,11 @@ class RaftCore:
                 pr.become_replicate()
         else:
             pr.free_to(m.index)
-        if self._maybe_commit():
-            for p in self.peers:
-                self._maybe_send_append(p, send_if_empty=True)
-        elif was_paused:
+        # A new commit index travels with the next append or heartbeat (at
+        # most heartbeat_ticks away), not in a broadcast of its own: that
+        # would double the messages per write, and no follower waits for it.
+        self._maybe_commit()
+        if was_paused:
             self._maybe_send_append(m.src, send_if_empty=False)
         while self._maybe_send_append(m.src, send_if_empty=False):
             pass

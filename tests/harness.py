@@ -398,6 +398,12 @@ class Network:
             self.tick()
             self.stabilize()
 
+    def settle(self) -> None:
+        """Stabilize, then run one heartbeat interval: a new commit index
+        reaches followers with the next append or heartbeat, not at once."""
+        self.stabilize()
+        self.run(self.config.heartbeat_ticks)
+
     def run_until(self, cond: Callable[[], bool], max_ticks: int, what: str) -> int:
         """Run tick by tick until `cond()`; returns the ticks it took."""
         for t in range(max_ticks + 1):

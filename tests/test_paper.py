@@ -482,7 +482,7 @@ def _catch_up(config_kw: dict[str, int], payload: bytes, count: int) -> Network:
     net = elected(Network(3, small_config(**config_kw)))
     for _ in range(count):
         net.core("n1").propose(payload)
-    net.stabilize()
+    net.settle()
     return net
 
 
@@ -898,7 +898,7 @@ def test_transfer_aborts_after_an_election_timeout() -> None:
     assert net.core("n1").lead_transferee is None
     assert net.role("n1") is Role.LEADER
     net.propose("n1", b"x")
-    net.stabilize()
+    net.settle()
     assert net.applied("n2") == [b"x"]
 
 
@@ -930,7 +930,7 @@ def test_follower_behind_compaction_point_gets_snapshot_in_chunks() -> None:
     assert all(len(m.data) <= 64 for m in chunks) and [m.done for m in chunks][-1]
     assert net.core("n3").log.snapshot == net.core("n1").log.snapshot
     net.propose("n1", b"after")
-    net.stabilize()
+    net.settle()
     assert net.applied("n3") == net.applied("n1") == [b"value-%02d" % k for k in range(20)] + [
         b"after"]
 
@@ -977,7 +977,7 @@ def test_restarted_node_recovers_term_vote_and_log_from_storage() -> None:
     net.run(2)
     assert net.applied("n2") == [b"0", b"1", b"2"]
     net.propose("n1", b"3")
-    net.stabilize()
+    net.settle()
     assert net.applied("n2")[-1] == b"3"
 
 
