@@ -93,6 +93,16 @@ class Storage(Protocol):
         """Make every write so far durable."""
         ...
 
+    def flush(self) -> None:
+        """Write what is buffered without making it durable; the snapshot
+        bookkeeping that follows a durable mark waits for the next sync()."""
+        ...
+
+    def sync_flushed(self) -> None:
+        """Make what flush() wrote durable. May run on another thread while
+        the caller goes on appending (not truncating or snapshotting)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -170,6 +180,12 @@ class MemoryStorage:
 
     def sync(self) -> None:
         """Nothing to do: memory is as durable as it gets."""
+
+    def flush(self) -> None:
+        """Nothing to do."""
+
+    def sync_flushed(self) -> None:
+        """Nothing to do."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -350,6 +366,12 @@ class FileStorage:
         self._wal.sync()
         if self._cleanup_due:
             self._remove_replaced_snapshots()
+
+    def flush(self) -> None:
+        self._wal.write()
+
+    def sync_flushed(self) -> None:
+        self._wal.datasync()
 
     def _remove_replaced_snapshots(self) -> None:
         """Once the mark of a new snapshot is durable, the files it replaced can

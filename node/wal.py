@@ -13,6 +13,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -342,6 +343,9 @@ class Wal:
         # (segment seq, snapshot index) of the newest durable snapshot mark.
         self._mark: tuple[int, int] | None = None
         self._failed: OSError | None = None
+        self._fd_lock = threading.Lock()  # datasync() on a thread vs. a roll or close
+        self._dirty = False  # written since the last datasync
+        self._collect_due = False  # a snapshot mark was written; collect after its sync
         self.recovery = Recovery()
 
     @classmethod
@@ -450,15 +454,15 @@ class Wal:
 
     # --- making it durable -------------------------------------------------------------
 
-    def sync(self) -> None:
-        """Write every framed record and fdatasync once; then delete the segments
-        that a durable snapshot mark has made dead."""
+    def write(self) -> None:
+        """Write every framed record without syncing it (a segment that fills
+        up is still synced before it is closed). `datasync()` or `sync()`
+        makes the records durable."""
         if self._failed is not None:
             raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
         chunks = self._chunks
         if len(chunks) == 1 and not chunks[0].buf:
             return
-        marked = False
         try:
             for k, chunk in enumerate(chunks):
                 if k > 0:
@@ -470,26 +474,52 @@ class Wal:
                 seg.max_index = max(seg.max_index, chunk.max_index)
                 if chunk.mark is not None:
                     self._mark = (seg.seq, chunk.mark)
-                    marked = True
-            if self._sync:
-                os.fdatasync(self._fd)
+                    self._collect_due = True
         except OSError as e:
-            # A half-written batch cannot be retried, nor can a failed fsync
-            # (the kernel may already have dropped the dirty pages).
+            # A half-written batch cannot be retried.
             self._failed = e
             raise StorageError(f"writing the WAL failed: {e}; the node must stop") from e
+        self._dirty = True
         self._chunks = [_Chunk()]
         self._room = self._segment_bytes - self._segments[-1].size
-        if marked:
+
+    def datasync(self) -> None:
+        """Make what `write()` wrote durable: one fdatasync. It may run on
+        another thread than the writer (one call at a time); a segment roll
+        waits for it."""
+        with self._fd_lock:
+            if self._failed is not None:
+                raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
+            # Cleared before the call: a write that lands during it sets it again.
+            self._dirty = False
+            if not self._sync or self._fd < 0:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                # A failed fsync cannot be retried: the kernel may already
+                # have dropped the dirty pages.
+                self._failed = e
+                raise StorageError(f"syncing the WAL failed: {e}; the node must stop") from e
+
+    def sync(self) -> None:
+        """Write every framed record and fdatasync once; then delete the segments
+        that a durable snapshot mark has made dead."""
+        self.write()
+        if self._dirty:
+            self.datasync()
+        if self._collect_due:
+            self._collect_due = False
             self.collect()
 
     def _roll(self) -> None:
         """Close the current segment (durable first) and start the next one."""
-        if self._sync:
-            os.fdatasync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        self._create_segment(self._segments[-1].seq + 1)
+        with self._fd_lock:
+            if self._sync:
+                os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._create_segment(self._segments[-1].seq + 1)
 
     def collect(self) -> None:
         """Delete the oldest segments while every index they name is covered by
@@ -524,7 +554,8 @@ class Wal:
 
     def abandon(self) -> None:
         """Close without writing the buffer: what a crash would leave."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
         self._chunks = [_Chunk()]
