@@ -99,6 +99,37 @@ def encode_response(resp: ClientResponse) -> bytes:
     return _resp_encoder.encode(resp)
 
 
+# --- batch frames: several requests or responses in one frame ------------------------
+# A DEALER client may send an array of requests in one frame, and a node
+# answers the requests of one connection that finish together in one frame,
+# an array of responses (docs/PROTOCOL.md). One ZeroMQ message instead of
+# one per request is what lets a pipelined client and the leader keep up.
+
+_batch_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
+
+
+def is_batch(frame: bytes) -> bool:
+    """Whether a frame holds a MessagePack array (fixarray, array 16, array 32)."""
+    return bool(frame) and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD))
+
+
+def split_batch(frame: bytes) -> list[bytes]:
+    """The encoded items of a batch frame; raises ValueError if it is not one."""
+    try:
+        return [bytes(raw) for raw in _batch_decoder.decode(frame)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"bad batch frame: {e}") from None
+
+
+def join_batch(items: list[bytes]) -> bytes:
+    """One frame holding `items` (each an encoded request or response) as a
+    MessagePack array: a header, then the items as they are."""
+    n = len(items)
+    head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 \
+        else b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(items)
+
+
 def _request_id(data: bytes) -> int:
     """Best effort: the `id` of a request we could not parse, to echo it."""
     try:
@@ -169,6 +200,12 @@ class ClientApi:
             self._get(route, req)
         else:
             self._write(route, req)
+
+    def refuse(self, route: Route, message: str) -> None:
+        """Answer a frame that holds no request to handle (a bad batch)."""
+        self.counters.requests += 1
+        self._on_bad(message)
+        self._send(route, ClientResponse(id=0, ok=False, error="bad_request", message=message))
 
     def _write(self, route: Route, req: WriteRequest) -> None:
         waiter = _Waiter(route, req.id)

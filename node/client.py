@@ -25,7 +25,9 @@ from node.api import (
 )
 from node.transport.zmq import CurveKeys, make_client_socket
 
-_resp_decoder = msgspec.msgpack.Decoder(ClientResponse)
+# A frame holds one response, or several of this connection's (node/api.py).
+_resp_decoder: msgspec.msgpack.Decoder[ClientResponse | list[ClientResponse]] = \
+    msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse])
 _encoder = msgspec.msgpack.Encoder()
 
 # Errors after which another attempt (same seq) is safe and may succeed.
@@ -212,8 +214,9 @@ class Client:
                     except zmq.Again:
                         break
                     try:
-                        resp = _resp_decoder.decode(data)
+                        got = _resp_decoder.decode(data)
                     except msgspec.DecodeError:
                         continue
-                    if resp.id in ids:
-                        return resp
+                    for resp in got if isinstance(got, list) else (got,):
+                        if resp.id in ids:
+                            return resp

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from node.api import ClientResponse, GetRequest, PingRequest, PutRequest
+from node.api import ClientResponse, GetRequest, PingRequest, PutRequest, join_batch
 from node.config import (
     LOADGEN_ATTEMPT_TIMEOUT_MS,
     LOADGEN_BACKOFF_MS,
@@ -45,7 +45,8 @@ _SUB_BITS = 8
 _MAX_WAIT_MS = 50
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_response = msgspec.msgpack.Decoder(ClientResponse).decode
+# A frame holds one response, or several of this connection's (node/api.py).
+_decode_response = msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse]).decode
 
 
 class LoadError(Exception):
@@ -245,14 +246,15 @@ class LoadGen:
                 break
             for sock, _ in self._poller.poll(left_ms):
                 try:
-                    resp = _decode_response(sock.recv())
+                    got = _decode_response(sock.recv())
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     continue
-                node = pings.get(resp.id)
-                if node is not None:
-                    answered.add(node)
-                    if resp.leader in self.spec.nodes:
-                        self.leader = resp.leader
+                for resp in got if isinstance(got, list) else (got,):
+                    node = pings.get(resp.id)
+                    if node is not None:
+                        answered.add(node)
+                        if resp.leader in self.spec.nodes:
+                            self.leader = resp.leader
         return answered
 
     def close(self) -> None:
@@ -276,6 +278,7 @@ class LoadGen:
         res = LoadResult()
         self._res = res
         self._owner: dict[int, _VClient] = {}
+        self._outq: dict[str, list[tuple[_VClient, bytes]]] = {}
         self._timers: list[tuple[float, int, int, int, int]] = []
         self._timer_ids = itertools.count()
         base = uuid.uuid4().hex[:16]
@@ -307,6 +310,7 @@ class LoadGen:
                 next_progress = now + progress_every
             if not self._busy:
                 break
+            self._flush(now)
             wake = min(timers[0][0] if timers else math.inf, next_progress)
             if self._running:
                 wake = min(wake, end)
@@ -330,12 +334,14 @@ class LoadGen:
             except zmq.Again:
                 return
             try:
-                resp = _decode_response(data)
+                got = _decode_response(data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
-            c = owner.get(resp.id)
-            if c is not None:
-                self._on_response(c, resp, time.monotonic())
+            now = time.monotonic()
+            for resp in got if isinstance(got, list) else (got,):
+                c = owner.get(resp.id)
+                if c is not None:
+                    self._on_response(c, resp, now)
 
     def _new_op(self, c: _VClient, now: float) -> None:
         spec = self.spec
@@ -361,15 +367,27 @@ class LoadGen:
                                       value=self._value))
         else:
             data = _encode(GetRequest(id=rid, key=c.key))
-        try:
-            self._socks[c.target].send(data, zmq.NOBLOCK)
-        except zmq.Again:
-            # The node's queue is full or it was never reachable: nothing left.
-            c.target = self._next_node[c.target]
-            self._timer(min(now + self.spec.backoff_s, c.deadline), c, _RESEND)
-            return
-        c.sent = c.sent or c.is_write
-        self._timer(min(now + self.spec.attempt_timeout_s, c.deadline), c, _ATTEMPT_TIMEOUT)
+        # Sent with the others for this node at the end of the loop
+        # iteration, in one frame (node/api.py, batch frames).
+        self._outq.setdefault(c.target, []).append((c, data))
+
+    def _flush(self, now: float) -> None:
+        """Send each node's queued requests as one frame."""
+        outq, self._outq = self._outq, {}
+        for target, items in outq.items():
+            frame = items[0][1] if len(items) == 1 else join_batch([d for _, d in items])
+            try:
+                self._socks[target].send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                # The node's queue is full or it was never reachable.
+                for c, _ in items:
+                    c.target = self._next_node[c.target]
+                    self._timer(min(now + self.spec.backoff_s, c.deadline), c, _RESEND)
+                continue
+            for c, _ in items:
+                c.sent = c.sent or c.is_write
+                self._timer(min(now + self.spec.attempt_timeout_s, c.deadline), c,
+                            _ATTEMPT_TIMEOUT)
 
     def _timer(self, when: float, c: _VClient, kind: int) -> None:
         heapq.heappush(self._timers, (when, next(self._timer_ids), c.n, c.token, kind))

@@ -18,7 +18,7 @@ import msgspec
 import zmq
 
 from node import codec
-from node.api import ClientApi
+from node.api import ClientApi, is_batch, join_batch, split_batch
 from node.config import MAX_MESSAGE_BYTES, STATUS_LOG_INTERVAL_MS, ClusterConfig, node_dir
 from node.control import ControlError, handle_control
 from node.core import NotLeader, RaftCore, Role
@@ -36,6 +36,8 @@ from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read
 # At most this many messages are taken from one socket per loop iteration, so
 # ticks and heartbeats keep their rhythm under load.
 _DRAIN_LIMIT = 2048
+# A batch of replies to one client is sent before it grows past this.
+_BATCH_MAX_BYTES = 1024 * 1024
 # After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
 _MAX_CATCHUP_TICKS = 5
 # Bad input is logged at most once a second per kind; the rest is counted.
@@ -129,6 +131,10 @@ class NodeRunner:
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
             {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request, max_command)
+        # Replies to DEALER clients, per routing id, sent as one frame at the
+        # end of the loop iteration (node/api.py, batch frames).
+        self._outbox: dict[bytes, list[bytes]] = {}
+        self._outbox_bytes: dict[bytes, int] = {}
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         # With fsync = never there is nothing to wait for on another thread.
         self._syncer = _Syncer(self.storage) if self.cfg.fsync == "always" else None
@@ -205,6 +211,7 @@ class NodeRunner:
                         self.core.tick()
                     next_tick += behind * tick_s
                 self._handle_ready()
+                self._flush_replies()
                 self._check_snapshot_job()
                 self._maybe_log_progress(now)
                 # How long the loop went without polling: what a stall costs
@@ -241,7 +248,19 @@ class NodeRunner:
             if route is None:
                 self._bad_request("request without an envelope")
                 continue
-            self.api.handle(route, payload)
+            if not is_batch(payload):
+                self.api.handle(route, payload)
+                continue
+            try:
+                if len(route) != 1:
+                    # A REQ socket takes one reply per request message.
+                    raise ValueError("batch frames need a DEALER socket")
+                items = split_batch(payload)
+            except ValueError as e:
+                self.api.refuse(route, str(e))
+                continue
+            for item in items:
+                self.api.handle(route, item)
 
     def _receive_control(self) -> None:
         for _ in range(64):
@@ -270,6 +289,7 @@ class NodeRunner:
             synced: list[tuple[int, int]] = []
             if self._syncer is not None and not later and (
                     rd.must_sync() or not all(may_send_early(m) for m in rd.messages)):
+                self._flush_replies()
                 synced = self._syncer.barrier(sync_written=not rd.must_sync())
             late = []
             for m in rd.messages:
@@ -329,6 +349,7 @@ class NodeRunner:
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
         if rd.must_sync():
+            self._flush_replies()  # answers already due need not wait for the disk
             self.storage.sync()
 
     def _apply_entries(self, entries: list[Entry]) -> None:
@@ -488,8 +509,32 @@ class NodeRunner:
             self._logged_commit = commit
 
     def _reply_client(self, route: list[bytes], data: bytes) -> None:
+        if len(route) != 1:
+            # A ROUTER drops a reply to a client that went away; that is fine.
+            self.client_sock.send_multipart([*route, data], zmq.NOBLOCK)
+            return
+        rid = route[0]
+        size = self._outbox_bytes.get(rid, 0) + len(data)
+        if size > _BATCH_MAX_BYTES and rid in self._outbox:
+            self._send_replies(rid, self._outbox.pop(rid))
+            size = len(data)
+        self._outbox.setdefault(rid, []).append(data)
+        self._outbox_bytes[rid] = size
+
+    def _flush_replies(self) -> None:
+        """Send what waits in the outbox: one frame per client connection."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, {}
+        self._outbox_bytes.clear()
+        for rid, items in outbox.items():
+            self._send_replies(rid, items)
+
+    def _send_replies(self, rid: bytes, items: list[bytes]) -> None:
+        frame = items[0] if len(items) == 1 else join_batch(items)
+        self._outbox_bytes.pop(rid, None)
         # A ROUTER drops a reply to a client that went away; that is fine.
-        self.client_sock.send_multipart([*route, data], zmq.NOBLOCK)
+        self.client_sock.send_multipart([rid, frame], zmq.NOBLOCK)
 
     def _bad_request(self, reason: str) -> None:
         self.counters["bad_requests"] += 1

@@ -281,3 +281,32 @@ def test_limit_counts_bytes_of_a_wide_memoryview() -> None:
     with pytest.raises(DecodeError, match="exceeds the limit"):
         decode(wide, max_bytes=len(enc) - 1)
     assert decode(wide, max_bytes=len(enc)) == msg
+
+
+# --- client batch frames (node/api.py) --------------------------------------------
+
+
+_ITEM_VALUES = st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=20)
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=5), _ITEM_VALUES, max_size=3), max_size=40))
+def test_a_batch_frame_is_the_msgpack_array_of_its_items(items: list[dict[str, Any]]) -> None:
+    """join_batch of encoded items is exactly their MessagePack array, is
+    recognised as a batch, and split_batch gives the items back."""
+    from node.api import is_batch, join_batch, split_batch
+
+    encoded = [msgspec.msgpack.encode(i) for i in items]
+    frame = join_batch(encoded)
+    assert is_batch(frame)
+    assert msgspec.msgpack.decode(frame) == items
+    assert split_batch(frame) == encoded
+
+
+def test_a_single_request_is_not_a_batch_and_a_torn_batch_is_refused() -> None:
+    """A map is one request, not a batch; an array cut short raises ValueError."""
+    from node.api import is_batch, split_batch
+
+    assert not is_batch(msgspec.msgpack.encode({"op": "ping", "id": 1}))
+    assert not is_batch(b"")
+    with pytest.raises(ValueError, match="bad batch frame"):
+        split_batch(b"\x93\x01")

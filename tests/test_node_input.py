@@ -14,7 +14,7 @@ import zmq
 
 from node import codec
 from node.messages import AppendEntries, Entry
-from node.transport.auth import generate_keys
+from node.transport.auth import generate_keys, set_curve_client
 from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, cluster3, wait_until
 
@@ -54,7 +54,8 @@ def test_bad_client_requests_get_errors_and_change_nothing(cluster3: TestCluster
                                     "key": "k", "value": b"v"}),
             msgspec.msgpack.encode({"op": "put", "id": 9, "client": "c", "seq": 1,
                                     "key": "k" * 5000, "value": b"v"}),
-            msgspec.msgpack.encode([1, 2, 3]),
+            msgspec.msgpack.encode("a string"),
+            b"\x93\x01",  # an array of three that ends after one item
         ]
         for payload in bad:
             reply = _ask(sock, payload)
@@ -181,3 +182,62 @@ def test_longest_client_id_the_api_takes_is_answered(cluster3: TestCluster) -> N
     with Client(cluster3.client_addrs(), cluster3.keys(), client_id="x" * longest) as cl:
         assert cl.put("long-id", b"v").ok
         assert cl.get("long-id") == b"v"
+
+
+def _answers(sock: zmq.Socket[bytes], want: int, timeout_ms: int = 3000) -> list[dict[str, Any]]:
+    """Responses until `want` have come, each frame one response or an array."""
+    got: list[dict[str, Any]] = []
+    while len(got) < want and sock.poll(timeout_ms):
+        frame = msgspec.msgpack.decode(sock.recv())
+        got.extend(frame if isinstance(frame, list) else [frame])
+    return got
+
+
+def test_a_batch_frame_is_answered_request_by_request(cluster3: TestCluster) -> None:
+    """A DEALER frame holding an array of requests: each is handled as if
+    sent alone (a bad one gets bad_request, the others apply), and answers
+    that finish together come back as an array in one frame."""
+    c = cluster3
+    lead = c.leader()
+    assert lead is not None
+    applied = c.statuses()[lead]["applied"]
+    sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
+    try:
+        items = [msgspec.msgpack.encode({"op": "put", "id": 100 + i, "client": "batch",
+                                         "seq": i + 1, "key": f"b{i}", "value": b"v"})
+                 for i in range(5)]
+        items.insert(2, msgspec.msgpack.encode({"op": "explode", "id": 99}))
+        sock.send(msgspec.msgpack.encode([msgspec.Raw(i) for i in items]))
+        got = _answers(sock, 6)
+        by_id = {r["id"]: r for r in got}
+        assert sorted(by_id) == [99, 100, 101, 102, 103, 104], got
+        assert by_id[99]["error"] == "bad_request"
+        assert all(by_id[100 + i]["ok"] for i in range(5)), got
+        assert c.statuses()[lead]["applied"] == applied + 5, "one entry a good put"
+        sock.send(msgspec.msgpack.encode({"op": "get", "id": 7, "key": "b4"}))
+        sock.send(msgspec.msgpack.encode([msgspec.Raw(i) for i in items[:2]]))
+        again = {r["id"]: r for r in _answers(sock, 3)}
+        assert again[7]["ok"] and again[7]["value"] == b"v", again
+        # Seqs 1 and 2 of a session already at 5: refused, not applied again.
+        assert again[100]["error"] == again[101]["error"] == "stale_sequence", again
+    finally:
+        sock.close(linger=0)
+    assert c.statuses()[lead]["applied"] == applied + 7, "the two stale puts are entries too"
+
+
+def test_a_batch_frame_on_a_req_socket_is_refused(cluster3: TestCluster) -> None:
+    """A REQ socket takes one reply per request message, so a batch frame
+    from one gets a single bad_request saying why."""
+    c = cluster3
+    lead = c.leader()
+    assert lead is not None
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
+    set_curve_client(sock, c.keys())
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(c.client_addrs()[lead])
+    try:
+        reply = _ask(sock, msgspec.msgpack.encode([{"op": "ping", "id": 1}]))
+        assert reply is not None and reply["error"] == "bad_request", reply
+        assert "DEALER" in reply["message"]
+    finally:
+        sock.close(linger=0)
