@@ -140,7 +140,11 @@ _STALE = Result(ok=False, error=STALE_SEQUENCE)
 # The keys are spread over this many dicts by a hash that is the same in every
 # process (str hashes are salted per process). Part of the image format: the
 # canonical order of keys is by shard, then by insertion within a shard.
-_SHARDS = 256
+# After a freeze, one batch of writes to random keys touches most shards and
+# copies each: with 256 shards and 300k keys that was the whole store (~150 ms
+# on the loop thread, past an election timeout under load); with 4096, a
+# batch of a few hundred writes copies a tenth of it.
+_SHARDS = 4096
 
 
 def _shard_of(key: str) -> int:

@@ -24,8 +24,11 @@ class EntryKind(enum.IntEnum):
     NOOP = 1
 
 
-class Entry(msgspec.Struct, frozen=True, array_like=True):
-    """One entry of the replicated log."""
+class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One entry of the replicated log. Not tracked by the garbage collector
+    (it holds no container, so it is in no cycle): a log holds up to a
+    snapshot interval of them, and a full collection that walked 100,000
+    entries stalled the loop past an election timeout under load."""
 
     term: U64
     index: U64
@@ -33,7 +36,7 @@ class Entry(msgspec.Struct, frozen=True, array_like=True):
     data: bytes = b""
 
 
-class HardState(msgspec.Struct, frozen=True, array_like=True):
+class HardState(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What must be on disk before a vote or an acknowledgement leaves (§5.1)."""
 
     term: U64 = 0
@@ -41,7 +44,7 @@ class HardState(msgspec.Struct, frozen=True, array_like=True):
     commit: U64 = 0
 
 
-class SnapshotMeta(msgspec.Struct, frozen=True, array_like=True):
+class SnapshotMeta(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The last log entry a snapshot covers."""
 
     index: U64 = 0

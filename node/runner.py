@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -36,6 +37,10 @@ from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read
 # At most this many messages are taken from one socket per loop iteration, so
 # ticks and heartbeats keep their rhythm under load.
 _DRAIN_LIMIT = 2048
+# Time budgets of one loop turn (a tick is 10 ms, an election timeout 150 ms
+# or more), so that under overload ticks and heartbeats still come round.
+_CLIENT_DRAIN_BUDGET_S = 0.005
+_READY_BUDGET_S = 0.010
 # A batch of replies to one client is sent before it grows past this.
 _BATCH_MAX_BYTES = 1024 * 1024
 # After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
@@ -170,6 +175,10 @@ class NodeRunner:
     # --- the loop -------------------------------------------------------------
 
     def run(self) -> None:
+        # What exists now (modules, config, the recovered state) lives as
+        # long as the process: keep it out of every later collection, whose
+        # pauses stall the loop (node/messages.py, Entry).
+        gc.freeze()
         signal.signal(signal.SIGTERM, lambda *_: self.shutdown())
         signal.signal(signal.SIGINT, lambda *_: self.shutdown())
         poller = zmq.Poller()
@@ -192,6 +201,8 @@ class NodeRunner:
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
+                if self.core.has_ready():
+                    timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
                 if self.zap.socket in events:
@@ -219,7 +230,7 @@ class NodeRunner:
                 busy = time.monotonic() - busy_from
                 if busy > self._max_busy_s:
                     self._max_busy_s = busy
-                if self._stopping and self._may_exit(now):
+                if self._stopping and not self.core.has_ready() and self._may_exit(now):
                     break
         finally:
             self._close()
@@ -239,7 +250,13 @@ class NodeRunner:
             self.core.step(msg)
 
     def _receive_clients(self) -> None:
+        # A time budget as well as a count: a batch frame may hold hundreds
+        # of requests, and a turn of the loop that outlasts an election
+        # timeout sends no heartbeat. What is left stays queued for the next.
+        until = time.monotonic() + _CLIENT_DRAIN_BUDGET_S
         for _ in range(_DRAIN_LIMIT):
+            if time.monotonic() >= until:
+                return
             try:
                 frames = self.client_sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -279,7 +296,11 @@ class NodeRunner:
     # --- Ready ----------------------------------------------------------------
 
     def _handle_ready(self) -> None:
+        # Bounded like the client drain; what is left waits one turn.
+        until = time.monotonic() + _READY_BUDGET_S
         while self.core.has_ready():
+            if time.monotonic() >= until:
+                return
             rd = self.core.ready()
             # A leader's new entries may be synced on the syncer's thread
             # (node/ready.py); anything else that reaches the disk or sends

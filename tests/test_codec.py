@@ -310,3 +310,19 @@ def test_a_single_request_is_not_a_batch_and_a_torn_batch_is_refused() -> None:
     assert not is_batch(b"")
     with pytest.raises(ValueError, match="bad batch frame"):
         split_batch(b"\x93\x01")
+
+
+def test_log_entries_are_not_tracked_by_the_garbage_collector() -> None:
+    """Entries, hard states and snapshot metas hold no container and so are
+    in no cycle: made or decoded, the collector must not walk them (a full
+    collection over a log of them stalled the loop past an election timeout)."""
+    import gc
+
+    from node.messages import Entry, EntryKind, HardState, SnapshotMeta
+
+    made = [Entry(1, 1, EntryKind.NORMAL, b"x"), HardState(1, "n1", 1), SnapshotMeta(1, 1)]
+    sent = AppendEntries(term=1, src="a", dst="b", prev_index=0, prev_term=0,
+                         entries=[Entry(1, 1, EntryKind.NORMAL, b"x")], commit=0)
+    got = decode(encode(sent))
+    assert isinstance(got, AppendEntries)
+    assert not any(gc.is_tracked(o) for o in [*made, *got.entries])
