@@ -121,6 +121,21 @@ def split_batch(frame: bytes) -> list[bytes]:
         raise ValueError(f"bad batch frame: {e}") from None
 
 
+def batch_bounds(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """Cut a run of items of these sizes into [start, end) batches of at
+    most `limit` bytes each (an item larger than `limit` goes alone)."""
+    out: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and size + n > limit:
+            out.append((start, i))
+            start, size = i, 0
+        size += n
+    if start < len(sizes):
+        out.append((start, len(sizes)))
+    return out
+
+
 def join_batch(items: list[bytes]) -> bytes:
     """One frame holding `items` (each an encoded request or response) as a
     MessagePack array: a header, then the items as they are."""

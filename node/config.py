@@ -23,6 +23,9 @@ MAX_APPLY_BYTES = 4 * 1024 * 1024
 
 # The largest wire message a node accepts; anything bigger is a bad message.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# A batch frame of client requests or replies (node/api.py) is cut before
+# it grows past this, well under MAX_MESSAGE_BYTES.
+CLIENT_BATCH_MAX_BYTES = 1024 * 1024
 
 # Peer transport (node/transport/zmq.py). A cut link must lose messages rather
 # than deliver them late in a burst: queues are short, and a silent connection
@@ -177,8 +180,19 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
-    # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off.
-    netns: str = ""
+    # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off. Set by
+    # `raftctl up --netns`, which also sets the nodes' addresses. Run
+    # directories from before the sandbox mode hold a bool: false is "",
+    # true was the bridge.
+    netns: str | bool = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.netns, bool):
+            msgspec.structs.force_setattr(self, "netns", "bridge" if self.netns else "")
+
+    def kernel_mode(self) -> str:
+        """`netns` as the mode name ("" when off)."""
+        return self.netns if isinstance(self.netns, str) else ""
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -205,6 +219,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.netns not in NETNS_MODES:
             modes = ", ".join(m for m in NETNS_MODES if m)
             out.append(f"netns: {self.netns!r} is not one of {modes} (or empty: off)")
+        elif self.netns == "sandbox" and not all(n.ipc_dir for n in self.nodes):
+            out.append("netns: sandbox mode needs the addresses `raftctl up --netns=sandbox` "
+                       "gives the nodes; do not set it in a config file")
         if self.fsync not in FSYNC_POLICIES:
             out.append(f"fsync: {self.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
         if self.tick_ms < 1:

@@ -24,8 +24,16 @@ from typing import Any
 import msgspec
 import zmq
 
-from node.api import ClientResponse, GetRequest, PingRequest, PutRequest, join_batch
+from node.api import (
+    ClientResponse,
+    GetRequest,
+    PingRequest,
+    PutRequest,
+    batch_bounds,
+    join_batch,
+)
 from node.config import (
+    CLIENT_BATCH_MAX_BYTES,
     LOADGEN_ATTEMPT_TIMEOUT_MS,
     LOADGEN_BACKOFF_MS,
     LOADGEN_CONNECT_TIMEOUT_MS,
@@ -372,22 +380,27 @@ class LoadGen:
         self._outq.setdefault(c.target, []).append((c, data))
 
     def _flush(self, now: float) -> None:
-        """Send each node's queued requests as one frame."""
+        """Send each node's queued requests, as few frames as the frame size
+        allows (a node drops the connection of a frame over its limit)."""
         outq, self._outq = self._outq, {}
-        for target, items in outq.items():
-            frame = items[0][1] if len(items) == 1 else join_batch([d for _, d in items])
-            try:
-                self._socks[target].send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                # The node's queue is full or it was never reachable.
-                for c, _ in items:
-                    c.target = self._next_node[c.target]
-                    self._timer(min(now + self.spec.backoff_s, c.deadline), c, _RESEND)
-                continue
+        for target, queued in outq.items():
+            bounds = batch_bounds([len(d) for _, d in queued], CLIENT_BATCH_MAX_BYTES)
+            for start, end in bounds:
+                self._send_batch(target, queued[start:end], now)
+
+    def _send_batch(self, target: str, items: list[tuple[_VClient, bytes]], now: float) -> None:
+        frame = items[0][1] if len(items) == 1 else join_batch([d for _, d in items])
+        try:
+            self._socks[target].send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            # The node's queue is full or it was never reachable.
             for c, _ in items:
-                c.sent = c.sent or c.is_write
-                self._timer(min(now + self.spec.attempt_timeout_s, c.deadline), c,
-                            _ATTEMPT_TIMEOUT)
+                c.target = self._next_node[c.target]
+                self._timer(min(now + self.spec.backoff_s, c.deadline), c, _RESEND)
+            return
+        for c, _ in items:
+            c.sent = c.sent or c.is_write
+            self._timer(min(now + self.spec.attempt_timeout_s, c.deadline), c, _ATTEMPT_TIMEOUT)
 
     def _timer(self, when: float, c: _VClient, kind: int) -> None:
         heapq.heappush(self._timers, (when, next(self._timer_ids), c.n, c.token, kind))

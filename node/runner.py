@@ -20,7 +20,13 @@ import zmq
 
 from node import codec
 from node.api import ClientApi, is_batch, join_batch, split_batch
-from node.config import MAX_MESSAGE_BYTES, STATUS_LOG_INTERVAL_MS, ClusterConfig, node_dir
+from node.config import (
+    CLIENT_BATCH_MAX_BYTES,
+    MAX_MESSAGE_BYTES,
+    STATUS_LOG_INTERVAL_MS,
+    ClusterConfig,
+    node_dir,
+)
 from node.control import ControlError, handle_control
 from node.core import NotLeader, RaftCore, Role
 from node.kv import KVStore, encode_image
@@ -41,8 +47,6 @@ _DRAIN_LIMIT = 2048
 # or more), so that under overload ticks and heartbeats still come round.
 _CLIENT_DRAIN_BUDGET_S = 0.005
 _READY_BUDGET_S = 0.010
-# A batch of replies to one client is sent before it grows past this.
-_BATCH_MAX_BYTES = 1024 * 1024
 # After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
 _MAX_CATCHUP_TICKS = 5
 # Bad input is logged at most once a second per kind; the rest is counted.
@@ -358,8 +362,11 @@ class NodeRunner:
     def _synced(self) -> None:
         """The syncer finished: the leader may now count those entries."""
         assert self._syncer is not None
-        for index, term in self._syncer.collect():
+        done = self._syncer.collect()
+        for index, term in done:
             self.core.persisted(index, term)
+        if done:
+            self.storage.after_sync()
 
     def _persist(self, rd: Ready) -> None:
         # Persist before send (§5.1): one sync covers the whole batch.
@@ -536,7 +543,7 @@ class NodeRunner:
             return
         rid = route[0]
         size = self._outbox_bytes.get(rid, 0) + len(data)
-        if size > _BATCH_MAX_BYTES and rid in self._outbox:
+        if size > CLIENT_BATCH_MAX_BYTES and rid in self._outbox:
             self._send_replies(rid, self._outbox.pop(rid))
             size = len(data)
         self._outbox.setdefault(rid, []).append(data)

@@ -103,6 +103,12 @@ class Storage(Protocol):
         the caller goes on appending (not truncating or snapshotting)."""
         ...
 
+    def after_sync(self) -> None:
+        """On the caller's thread, once a sync_flushed() has returned: the
+        bookkeeping sync() does after its own fsync (dropping what a durable
+        snapshot mark made dead)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -185,6 +191,9 @@ class MemoryStorage:
         """Nothing to do."""
 
     def sync_flushed(self) -> None:
+        """Nothing to do."""
+
+    def after_sync(self) -> None:
         """Nothing to do."""
 
     def close(self) -> None:
@@ -364,7 +373,7 @@ class FileStorage:
 
     def sync(self) -> None:
         self._wal.sync()
-        if self._cleanup_due:
+        if self._cleanup_due and self._wal.marks_durable():
             self._remove_replaced_snapshots()
 
     def flush(self) -> None:
@@ -372,6 +381,14 @@ class FileStorage:
 
     def sync_flushed(self) -> None:
         self._wal.datasync()
+
+    def after_sync(self) -> None:
+        """After a sync_flushed() on another thread has returned: drop the
+        segments and snapshot files that a now durable snapshot mark made
+        dead (sync() does this itself)."""
+        self._wal.collect_if_durable()
+        if self._cleanup_due and self._wal.marks_durable():
+            self._remove_replaced_snapshots()
 
     def _remove_replaced_snapshots(self) -> None:
         """Once the mark of a new snapshot is durable, the files it replaced can

@@ -346,6 +346,12 @@ class Wal:
         self._fd_lock = threading.Lock()  # datasync() on a thread vs. a roll or close
         self._dirty = False  # written since the last datasync
         self._collect_due = False  # a snapshot mark was written; collect after its sync
+        # Which write() calls a datasync has covered: a snapshot mark counts
+        # (and old segments may go) only once a sync that began after the
+        # write that carried it has returned.
+        self._writes = 0
+        self._mark_write = 0
+        self._synced_writes = 0
         self.recovery = Recovery()
 
     @classmethod
@@ -475,11 +481,13 @@ class Wal:
                 if chunk.mark is not None:
                     self._mark = (seg.seq, chunk.mark)
                     self._collect_due = True
+                    self._mark_write = self._writes + 1
         except OSError as e:
             # A half-written batch cannot be retried.
             self._failed = e
             raise StorageError(f"writing the WAL failed: {e}; the node must stop") from e
         self._dirty = True
+        self._writes += 1
         self._chunks = [_Chunk()]
         self._room = self._segment_bytes - self._segments[-1].size
 
@@ -492,7 +500,9 @@ class Wal:
                 raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
             # Cleared before the call: a write that lands during it sets it again.
             self._dirty = False
+            covers = self._writes
             if not self._sync or self._fd < 0:
+                self._synced_writes = covers
                 return
             try:
                 os.fdatasync(self._fd)
@@ -501,6 +511,7 @@ class Wal:
                 # have dropped the dirty pages.
                 self._failed = e
                 raise StorageError(f"syncing the WAL failed: {e}; the node must stop") from e
+            self._synced_writes = covers
 
     def sync(self) -> None:
         """Write every framed record and fdatasync once; then delete the segments
@@ -508,7 +519,17 @@ class Wal:
         self.write()
         if self._dirty:
             self.datasync()
-        if self._collect_due:
+        self.collect_if_durable()
+
+    def marks_durable(self) -> bool:
+        """Whether every snapshot mark framed so far is on disk."""
+        return all(c.mark is None for c in self._chunks) and \
+            self._synced_writes >= self._mark_write
+
+    def collect_if_durable(self) -> None:
+        """Delete the segments a snapshot mark made dead, once that mark is
+        durable (after a sync on this thread or the syncer's)."""
+        if self._collect_due and self.marks_durable():
             self._collect_due = False
             self.collect()
 

@@ -144,6 +144,9 @@ def load_config_file(path: Path, name: str | None = None) -> ClusterConfig:
         raise ClusterError(f"{path} is not valid TOML: {e}") from None
     if name is not None:
         raw["name"] = name
+    if "netns" in raw:
+        raise ClusterError(f"{path}: netns: kernel mode is chosen with `raftctl up --netns`, "
+                           "which also gives the nodes their addresses; remove it from the file")
     try:
         cfg = msgspec.convert(raw, ClusterConfig)
     except msgspec.ValidationError as e:
@@ -483,7 +486,7 @@ class Cluster:
 
     def kernel(self) -> netns.Kernel:
         """The kernel-mode plumbing of this cluster (config().netns is set)."""
-        return netns.kernel(self.config().netns, self.run_dir, self.node_ids())
+        return netns.kernel(self.config().kernel_mode(), self.run_dir, self.node_ids())
 
     def with_netns_addresses(self, cfg: ClusterConfig, mode: str) -> ClusterConfig:
         """`cfg` in kernel mode `mode`: each node at its own address; in a
@@ -500,7 +503,7 @@ class Cluster:
     def prepare_kernel(self) -> None:
         """Kernel mode: (re)create the namespaces, and re-apply the recorded
         faults to them, before any node starts."""
-        mode = self.config().netns
+        mode = self.config().kernel_mode()
         if not mode:
             return
         why = netns.unavailable(mode)
@@ -515,7 +518,7 @@ class Cluster:
     def teardown_kernel(self) -> list[str]:
         """Remove the namespaces (also after a crash); returns what went."""
         if not self.exists() or not self.config().netns \
-                or netns.unavailable(self.config().netns):
+                or netns.unavailable(self.config().kernel_mode()):
             return []
         return self.kernel().teardown()
 

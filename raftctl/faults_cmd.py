@@ -42,7 +42,7 @@ def _apply(c: Cluster, state: FaultState) -> None:
     else:
         click.echo("faults: " + "; ".join(state.description))
     try:
-        kernel = c.config().netns
+        kernel = c.config().kernel_mode()
     except ClusterError:
         kernel = ""
     if kernel and not state.is_clear():

@@ -250,7 +250,9 @@ class Sandbox:
                 err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
                 raise NetnsError(f"could not make the sandbox namespace: {err or 'unshare failed'}")
             try:
-                if os.readlink(f"/proc/{proc.pid}/ns/net") != own:
+                # Made, and its user mapping written (nsenter needs both).
+                if os.readlink(f"/proc/{proc.pid}/ns/net") != own and \
+                        Path(f"/proc/{proc.pid}/uid_map").read_text().strip():
                     break
             except OSError:
                 pass

@@ -326,3 +326,14 @@ def test_log_entries_are_not_tracked_by_the_garbage_collector() -> None:
     got = decode(encode(sent))
     assert isinstance(got, AppendEntries)
     assert not any(gc.is_tracked(o) for o in [*made, *got.entries])
+
+
+@given(st.lists(st.integers(0, 3000), max_size=60), st.integers(1, 5000))
+def test_batches_stay_under_the_frame_limit(sizes: list[int], limit: int) -> None:
+    """batch_bounds covers every item once, in order, and no batch of more
+    than one item exceeds the limit (a node drops a frame over its limit)."""
+    from node.api import batch_bounds
+
+    bounds = batch_bounds(sizes, limit)
+    assert [i for a, b in bounds for i in range(a, b)] == list(range(len(sizes)))
+    assert all(b - a == 1 or sum(sizes[a:b]) <= limit for a, b in bounds)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 
@@ -208,3 +209,31 @@ def test_sandbox_addresses(tmp_path: Path) -> None:
     assert len(set(clients)) == 3, clients
     sock_dir = (tmp_path / "run" / "sock").resolve()
     assert all(a.startswith(f"ipc://{sock_dir}/") for a in clients), clients
+
+
+# --- the netns setting in config files and older run directories ------------------------
+
+
+def test_run_directories_from_before_the_sandbox_mode_still_load() -> None:
+    """An older cluster.json holds netns as a bool: false reads as off, true
+    as the bridge mode it meant then."""
+    from node.config import ClusterConfig
+
+    base = msgspec.to_builtins(make_config(3, name="test"))
+    for old, mode in ((False, ""), (True, "bridge")):
+        cfg = msgspec.json.decode(msgspec.json.encode({**base, "netns": old}), type=ClusterConfig)
+        assert cfg.netns == cfg.kernel_mode() == mode
+
+
+def test_kernel_mode_is_not_set_in_a_config_file(tmp_path: Path) -> None:
+    """A cluster file may not choose kernel mode (up --netns also sets the
+    addresses), and a sandbox config without them is refused."""
+    from raftctl.cluster import load_config_file
+
+    path = tmp_path / "c.toml"
+    path.write_text('netns = "sandbox"\n[[nodes]]\nid = "n1"\npeer_port = 27100\n'
+                    'client_port = 27200\ncontrol_port = 27300\n')
+    with pytest.raises(ClusterError, match="raftctl up --netns"):
+        load_config_file(path)
+    cfg = msgspec.structs.replace(make_config(3, name="test"), netns="sandbox")
+    assert any("netns" in p for p in cfg.problems())

@@ -357,3 +357,36 @@ def test_datasync_on_a_thread_while_the_writer_appends_and_rolls(tmp_path: Path)
     again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     assert [e.index for e in again.initial_state().entries] == list(range(1, 201))
     again.close()
+
+
+def test_a_leader_that_syncs_on_a_thread_still_drops_dead_segments_and_snapshots(
+        tmp_path: Path) -> None:
+    """flush() + sync_flushed() (a leader's sync on its thread) then
+    after_sync(): the segments and snapshot files that a durable snapshot
+    mark made dead go, as sync() would drop them; a mark written after the
+    last sync began keeps them until a later one."""
+    from node.wal import snapshot_files
+
+    st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
+    index = 0
+    for _ in range(5):
+        st.append(_entries(1, index + 1, index + 100, b"x" * 40))
+        index += 100
+        st.flush()
+        st.sync_flushed()
+        st.after_sync()
+        meta = SnapshotMeta(index, 1)
+        st.write_snapshot_file(meta, b"image")
+        st.install_local_snapshot(meta)
+    st.flush()  # the last mark is written, but no sync began after it
+    st.after_sync()
+    kept_segments, kept_snaps = len(st.segment_paths()), len(snapshot_files(tmp_path))
+    assert kept_snaps > 1, "a mark not yet synced must not drop the snapshot before it"
+    st.sync_flushed()
+    st.after_sync()
+    assert len(st.segment_paths()) < kept_segments, "dead segments stay after the sync"
+    assert len(snapshot_files(tmp_path)) == 1, "replaced snapshot files stay after the sync"
+    st.close()
+    again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
+    assert again.initial_state().snapshot.index == index
+    again.close()
