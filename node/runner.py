@@ -19,7 +19,7 @@ import msgspec
 import zmq
 
 from node import codec
-from node.api import ClientApi, is_batch, join_batch, split_batch
+from node.api import ClientApi, batch_bounds, is_batch, join_batch, split_batch
 from node.config import (
     CLIENT_BATCH_MAX_BYTES,
     MAX_MESSAGE_BYTES,
@@ -143,7 +143,6 @@ class NodeRunner:
         # Replies to DEALER clients, per routing id, sent as one frame at the
         # end of the loop iteration (node/api.py, batch frames).
         self._outbox: dict[bytes, list[bytes]] = {}
-        self._outbox_bytes: dict[bytes, int] = {}
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         # With fsync = never there is nothing to wait for on another thread.
         self._syncer = _Syncer(self.storage) if self.cfg.fsync == "always" else None
@@ -309,19 +308,16 @@ class NodeRunner:
             # A leader's new entries may be synced on the syncer's thread
             # (node/ready.py); anything else that reaches the disk or sends
             # a promise first waits for that sync, so nothing overtakes it.
-            later = self._syncer is not None and \
+            late = [m for m in rd.messages if not may_send_early(m)]
+            later = self._syncer is not None and not late and \
                 may_sync_later(rd, self.core.role is Role.LEADER)
             synced: list[tuple[int, int]] = []
-            if self._syncer is not None and not later and (
-                    rd.must_sync() or not all(may_send_early(m) for m in rd.messages)):
+            if self._syncer is not None and not later and (rd.must_sync() or late):
                 self._flush_replies()
                 synced = self._syncer.barrier(sync_written=not rd.must_sync())
-            late = []
             for m in rd.messages:
                 if may_send_early(m):
                     self.transport.send(m.dst, codec.encode(m))
-                else:
-                    late.append(m)
             # Committed entries already on our disk need not wait for this
             # batch's sync: apply them and answer their clients first.
             durable = self.core.log.stable_index if rd.snapshot is None else 0
@@ -541,28 +537,19 @@ class NodeRunner:
             # A ROUTER drops a reply to a client that went away; that is fine.
             self.client_sock.send_multipart([*route, data], zmq.NOBLOCK)
             return
-        rid = route[0]
-        size = self._outbox_bytes.get(rid, 0) + len(data)
-        if size > CLIENT_BATCH_MAX_BYTES and rid in self._outbox:
-            self._send_replies(rid, self._outbox.pop(rid))
-            size = len(data)
-        self._outbox.setdefault(rid, []).append(data)
-        self._outbox_bytes[rid] = size
+        self._outbox.setdefault(route[0], []).append(data)
 
     def _flush_replies(self) -> None:
-        """Send what waits in the outbox: one frame per client connection."""
+        """Send what waits in the outbox: per client connection, as few
+        frames as CLIENT_BATCH_MAX_BYTES allows."""
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, {}
-        self._outbox_bytes.clear()
         for rid, items in outbox.items():
-            self._send_replies(rid, items)
-
-    def _send_replies(self, rid: bytes, items: list[bytes]) -> None:
-        frame = items[0] if len(items) == 1 else join_batch(items)
-        self._outbox_bytes.pop(rid, None)
-        # A ROUTER drops a reply to a client that went away; that is fine.
-        self.client_sock.send_multipart([rid, frame], zmq.NOBLOCK)
+            for a, b in batch_bounds([len(d) for d in items], CLIENT_BATCH_MAX_BYTES):
+                frame = items[a] if b - a == 1 else join_batch(items[a:b])
+                # A ROUTER drops a reply to a client that went away; that is fine.
+                self.client_sock.send_multipart([rid, frame], zmq.NOBLOCK)
 
     def _bad_request(self, reason: str) -> None:
         self.counters["bad_requests"] += 1

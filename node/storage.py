@@ -373,8 +373,7 @@ class FileStorage:
 
     def sync(self) -> None:
         self._wal.sync()
-        if self._cleanup_due and self._wal.marks_durable():
-            self._remove_replaced_snapshots()
+        self.after_sync()
 
     def flush(self) -> None:
         self._wal.write()

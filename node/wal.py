@@ -344,7 +344,6 @@ class Wal:
         self._mark: tuple[int, int] | None = None
         self._failed: OSError | None = None
         self._fd_lock = threading.Lock()  # datasync() on a thread vs. a roll or close
-        self._dirty = False  # written since the last datasync
         self._collect_due = False  # a snapshot mark was written; collect after its sync
         # Which write() calls a datasync has covered: a snapshot mark counts
         # (and old segments may go) only once a sync that began after the
@@ -486,7 +485,6 @@ class Wal:
             # A half-written batch cannot be retried.
             self._failed = e
             raise StorageError(f"writing the WAL failed: {e}; the node must stop") from e
-        self._dirty = True
         self._writes += 1
         self._chunks = [_Chunk()]
         self._room = self._segment_bytes - self._segments[-1].size
@@ -498,8 +496,7 @@ class Wal:
         with self._fd_lock:
             if self._failed is not None:
                 raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
-            # Cleared before the call: a write that lands during it sets it again.
-            self._dirty = False
+            # What this call covers: a write that lands during it is not.
             covers = self._writes
             if not self._sync or self._fd < 0:
                 self._synced_writes = covers
@@ -517,7 +514,7 @@ class Wal:
         """Write every framed record and fdatasync once; then delete the segments
         that a durable snapshot mark has made dead."""
         self.write()
-        if self._dirty:
+        if self._writes > self._synced_writes:
             self.datasync()
         self.collect_if_durable()
 

@@ -319,7 +319,7 @@ class Cluster:
 
     def _check_node_ports(self, spec: NodeSpec) -> None:
         udp = self.config().transport == "udp"
-        if self.config().netns == "sandbox":
+        if self.config().kernel_mode() == "sandbox":
             return  # the nodes' network is their own; nothing else binds there
         for port_name in ("peer_port", "client_port", "control_port"):
             port = getattr(spec, port_name)
@@ -343,7 +343,7 @@ class Cluster:
             ndir.mkdir(parents=True, exist_ok=True)
             with open(ndir / "stdout.log", "ab") as out:
                 try:
-                    prefix = (self.kernel().exec_prefix(node_id) if cf.config.netns else [])
+                    prefix = (self.kernel().exec_prefix(node_id) if cf.config.kernel_mode() else [])
                 except netns.NetnsError as e:
                     raise ClusterError(str(e)) from None
                 proc = subprocess.Popen(
@@ -436,7 +436,7 @@ class Cluster:
         if proc == "running":
             r = self.control(node_id, StatusRequest(), timeout_s)
             status = r.data if r is not None and r.ok else None
-        if status is not None and self.config().netns:
+        if status is not None and self.config().kernel_mode():
             # The node knows only the transport's share; show all of it.
             if kernel_rules is None:
                 kernel_rules = compile_rules(self.load_faults(), self.node_ids())
@@ -446,7 +446,7 @@ class Cluster:
 
     def status(self, timeout_s: float = CONTROL_TIMEOUT_S) -> list[NodeState]:
         ids = self.node_ids()
-        rules = compile_rules(self.load_faults(), ids) if self.config().netns else None
+        rules = compile_rules(self.load_faults(), ids) if self.config().kernel_mode() else None
         return [self.node_status(n, timeout_s, rules) for n in ids]
 
     def leader(self, states: list[NodeState] | None = None) -> str | None:
@@ -517,8 +517,10 @@ class Cluster:
 
     def teardown_kernel(self) -> list[str]:
         """Remove the namespaces (also after a crash); returns what went."""
-        if not self.exists() or not self.config().netns \
-                or netns.unavailable(self.config().kernel_mode()):
+        if not self.exists():
+            return []
+        mode = self.config().kernel_mode()
+        if not mode or netns.unavailable(mode):
             return []
         return self.kernel().teardown()
 
@@ -567,7 +569,7 @@ class Cluster:
             tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
             os.replace(tmp, path)
             rules = compile_rules(state, nodes)
-            if self.config().netns:
+            if self.config().kernel_mode():
                 # Cuts and loss in the kernel; the rest stays in the transport.
                 try:
                     self.kernel().apply_rules(rules)
