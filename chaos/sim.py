@@ -32,7 +32,7 @@ from node.config import (
 )
 from node.core import NotLeader, ProposalDropped, RaftCore, Role
 from node.messages import Entry, HardState, PeerMessage, SnapshotMeta
-from node.ready import ReadState, may_send_early, may_sync_later
+from node.ready import ReadState, may_send_early
 from node.storage import MemoryStorage
 
 
@@ -106,9 +106,6 @@ class _Node:
     read_states: list[ReadState] = field(default_factory=list)
     crash_after_persist: bool = False  # crash inside the next Ready (either side of the persist)
     unsynced_hs: HardState | None = None
-    # A leader's entries written but not yet synced (node/ready.py,
-    # may_sync_later): the runner's syncer thread; a crash loses them.
-    unsynced: list[Entry] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -161,8 +158,6 @@ class _Stop(Exception):
 # With `snapshot` on: per node and tick, the chance it compacts its log, and
 # the fewest newly applied entries worth a snapshot.
 _COMPACT_CHANCE = 0.1
-# Each tick, a leader's pending WAL sync finishes with this chance.
-_SYNC_DONE_CHANCE = 0.5
 _COMPACT_MIN_ENTRIES = 3
 # A core still asking for a Ready after this many rounds in one step is stuck.
 _READY_LOOP_LIMIT = 200
@@ -374,8 +369,6 @@ class Simulation:
                 self._nemesis.step(self)
             for n in self._nodes.values():
                 if n.core is not None:
-                    if n.unsynced and self._rng.random() < _SYNC_DONE_CHANCE:
-                        self._sync_done(n)
                     n.core.tick()
                     self._handle(n)
             for m in self._net.due(self.now):
@@ -426,14 +419,6 @@ class Simulation:
             # the persist (thesis §10.2.1), everything else after it.
             early = [m for m in rd.messages if may_send_early(m)]
             late = [m for m in rd.messages if not may_send_early(m)]
-            # As the runner does: a leader's new entries may be synced after
-            # advance(); anything else that needs the disk waits for that.
-            later = may_sync_later(rd, core.role is Role.LEADER)
-            synced: Entry | None = None
-            if n.unsynced and not later and (rd.must_sync() or late):
-                synced = n.unsynced[-1]
-                n.storage.append(n.unsynced)
-                n.unsynced = []
             self._send_all(n, early)
             if n.crash_after_persist and self._rng.random() < 0.5:
                 self._crash(n, "after sending replication traffic, before persisting")
@@ -441,16 +426,14 @@ class Simulation:
             st = n.storage
             if rd.snapshot is not None:
                 st.apply_snapshot(rd.snapshot)
-            if later:
-                n.unsynced.extend(rd.entries)
-            elif rd.entries:
+            if rd.entries:
                 st.append(rd.entries)
             # A hard state whose term and vote are unchanged is written but not
             # synced (node/ready.py): it reaches the disk with the next sync,
             # and a crash before that loses it.
             if rd.hard_state is not None:
                 n.unsynced_hs = rd.hard_state
-            if rd.must_sync() and not later and n.unsynced_hs is not None:
+            if rd.must_sync() and n.unsynced_hs is not None:
                 st.set_hard_state(n.unsynced_hs)
                 n.unsynced_hs = None
             for name, kw in rd.events:
@@ -461,8 +444,6 @@ class Simulation:
                     self._log(n.id, " ".join([name, f"term={core.term}",
                                               *(f"{k}={v}" for k, v in kw.items())]))
             if n.crash_after_persist:
-                if n.unsynced:  # let its sync finish first: "after persisting"
-                    n.storage.append(n.unsynced)
                 self._crash(n, "after persisting, before sending")
                 return
             self._send_all(n, late)
@@ -480,22 +461,9 @@ class Simulation:
                     waiter[0].target = core.leader or waiter[0].target
                     waiter[0].retry_at = self.now + 1
                     waiter[0].waiting = False
-            core.advance(rd, durable=not later)
-            if synced is not None:
-                core.persisted(synced.index, synced.term)
+            core.advance(rd)
         if changed:
             self._observe(n)
-
-    def _sync_done(self, n: _Node) -> None:
-        """The leader's pending sync finished: what it wrote is durable."""
-        assert n.core is not None
-        last = n.unsynced[-1]
-        n.storage.append(n.unsynced)
-        n.unsynced = []
-        if n.unsynced_hs is not None:
-            n.storage.set_hard_state(n.unsynced_hs)
-            n.unsynced_hs = None
-        n.core.persisted(last.index, last.term)
 
     def _send_all(self, n: _Node, msgs: list[PeerMessage]) -> None:
         self._sent += len(msgs)
@@ -560,7 +528,6 @@ class Simulation:
         n.read_states.clear()
         n.crash_after_persist = False
         n.unsynced_hs = None
-        n.unsynced = []
         self._checker.node_down(n.id)
         self._stats["crashes"] += 1
         self._log(n.id, f"crashed {how}")
@@ -569,10 +536,6 @@ class Simulation:
         core = n.core
         assert core is not None
         if n.applied - core.log.snapshot.index < _COMPACT_MIN_ENTRIES:
-            return
-        if n.unsynced:
-            # The runner's storage holds written entries at once; this one
-            # only once they are synced, so a snapshot waits for the sync.
             return
         term = core.log.term(n.applied)
         assert term is not None

@@ -177,7 +177,7 @@ class RaftCore:
             or self._ready_reads
             or self._dropped_reads
             or self._pending_snapshot is not None
-            or self.log.written_index < self.log.last_index()
+            or self.log.stable_index < self.log.last_index()
             or self.log.commit > self.log.applied
             or self._read_round_due
             or self._hard_state() != self._prev_hs
@@ -210,30 +210,22 @@ class RaftCore:
         rd.events, self._events = self._events, []
         return rd
 
-    def advance(self, rd: Ready, durable: bool = True) -> None:
-        """The caller persisted, sent and applied `rd`. `durable=False`: its
-        entries are written but their fsync is still running (allowed only
-        when `may_sync_later(rd)`); `persisted()` says when it is done."""
+    def advance(self, rd: Ready) -> None:
+        """The caller persisted, sent and applied `rd`."""
         if rd.snapshot is not None and rd.snapshot is self._pending_snapshot:
             self._pending_snapshot = None
         if rd.entries:
             last = rd.entries[-1]
             if self.log.term(last.index) == last.term:
-                self.log.written_to(last.index)
-                if durable:
-                    self.persisted(last.index, last.term)
+                self.log.stable_to(last.index)
+                if self.role is Role.LEADER:
+                    # Only now does the leader count itself: its replication
+                    # may have left before this persist (node/ready.py).
+                    self._maybe_commit()
         if rd.hard_state is not None:
             self._prev_hs = rd.hard_state
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
-
-    def persisted(self, index: int, term: int) -> None:
-        """Entries up to `index`, whose last had `term`, are on disk. If the
-        log no longer holds that entry, a later sync covers what replaced it."""
-        if self.log.term(index) == term:
-            self.log.stable_to(index)
-            if self.role is Role.LEADER:
-                self._maybe_commit()
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.commit)

@@ -32,11 +32,8 @@ class RaftLog:
             )
         self.snapshot = snapshot
         self.entries: list[Entry] = list(entries)
-        # Everything loaded from storage is already stable. `written_index`
-        # runs ahead of `stable_index` while a leader's fsync is in flight
-        # (node/ready.py, may_sync_later): handed to storage, not yet durable.
+        # Everything loaded from storage is already stable.
         self.stable_index = self.last_index()
-        self.written_index = self.stable_index
         self.commit = max(commit, snapshot.index)
         self.applied = max(applied, snapshot.index)
         if self.commit > self.last_index():
@@ -106,8 +103,8 @@ class RaftLog:
         return self.snapshot.index if self.snapshot.term == term else None
 
     def unstable(self) -> list[Entry]:
-        """Entries not yet handed to storage."""
-        return self.entries[self.written_index - self.snapshot.index :]
+        """Entries not yet on disk."""
+        return self.entries[self.stable_index - self.snapshot.index :]
 
     # --- writing -----------------------------------------------------------
 
@@ -123,7 +120,6 @@ class RaftLog:
         del self.entries[first - self.snapshot.index - 1 :]
         self.entries.extend(entries)
         self.stable_index = min(self.stable_index, first - 1)
-        self.written_index = min(self.written_index, first - 1)
 
     def maybe_append(
         self, prev_index: int, prev_term: int, commit: int, entries: list[Entry]
@@ -155,12 +151,8 @@ class RaftLog:
                 raise AssertionError(f"commit {index} beyond last index {self.last_index()}")
             self.commit = index
 
-    def written_to(self, index: int) -> None:
-        self.written_index = max(self.written_index, min(index, self.last_index()))
-
     def stable_to(self, index: int) -> None:
         self.stable_index = max(self.stable_index, min(index, self.last_index()))
-        self.written_index = max(self.written_index, self.stable_index)
 
     def applied_to(self, index: int) -> None:
         if index > self.commit:
@@ -178,7 +170,6 @@ class RaftLog:
         del self.entries[: meta.index - self.snapshot.index]
         self.snapshot = meta
         self.stable_index = max(self.stable_index, meta.index)
-        self.written_index = max(self.written_index, meta.index)
 
     def restore(self, meta: SnapshotMeta) -> None:
         """Install a snapshot from the leader: keep entries after it only if
@@ -189,6 +180,5 @@ class RaftLog:
             self.entries = []
         self.snapshot = meta
         self.stable_index = max(meta.index, min(self.stable_index, self.last_index()))
-        self.written_index = max(meta.index, min(self.written_index, self.last_index()))
         self.commit = max(self.commit, meta.index)
         self.applied = max(self.applied, meta.index)

@@ -16,12 +16,6 @@ The caller must handle a `Ready` in this order and only then call
    `committed_entries` in order;
 4. serve each of `read_states` once the state machine has applied
    `read_state.index` (thesis §6.4).
-
-A leader may go further (`may_sync_later()`): write its new entries, call
-`advance(ready, durable=False)` and let the fsync finish while the loop goes
-on; once it has, `RaftCore.persisted(index, term)` lets the leader count
-itself. Nothing it sent waits for that disk, so this promises no more than
-the early sends do.
 """
 
 from __future__ import annotations
@@ -45,14 +39,6 @@ _EARLY = (AppendEntries, Heartbeat, InstallSnapshot)
 def may_send_early(m: PeerMessage) -> bool:
     """A leader's replication message, which may leave before persisting."""
     return isinstance(m, _EARLY)
-
-
-def may_sync_later(rd: Ready, leader: bool) -> bool:
-    """A leader's Ready whose only durable content is new log entries: no
-    snapshot, no new term or vote, and no message that must wait for the
-    disk. Its fsync may complete after `advance()` (thesis §10.2.1)."""
-    return (leader and bool(rd.entries) and rd.snapshot is None
-            and not rd.term_or_vote_changed and all(may_send_early(m) for m in rd.messages))
 
 
 @dataclass(frozen=True, slots=True)

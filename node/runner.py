@@ -6,7 +6,6 @@ then handle `Ready`: persist (one sync), send, apply, reply, advance.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import gc
 import os
 import random
@@ -31,8 +30,8 @@ from node.control import ControlError, handle_control
 from node.core import NotLeader, RaftCore, Role
 from node.kv import KVStore, encode_image
 from node.logs import make_logger
-from node.messages import Entry, EntryKind, SnapshotMeta
-from node.ready import Ready, may_send_early, may_sync_later
+from node.messages import Entry, EntryKind, PeerMessage, SnapshotMeta
+from node.ready import Ready, may_send_early
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -144,8 +143,6 @@ class NodeRunner:
         # end of the loop iteration (node/api.py, batch frames).
         self._outbox: dict[bytes, list[bytes]] = {}
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
-        # With fsync = never there is nothing to wait for on another thread.
-        self._syncer = _Syncer(self.storage) if self.cfg.fsync == "always" else None
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
@@ -191,9 +188,6 @@ class NodeRunner:
         poller.register(self.client_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         poller.register(self.zap.socket, zmq.POLLIN)
-        sync_fd = self._syncer.fd if self._syncer is not None else -1
-        if self._syncer is not None:
-            poller.register(sync_fd, zmq.POLLIN)
         tick_s = self.cfg.tick_ms / 1000.0
         next_tick = time.monotonic() + tick_s
         try:
@@ -216,8 +210,6 @@ class NodeRunner:
                     self._receive_clients()
                 if self.control_sock in events:
                     self._receive_control()
-                if sync_fd in events:
-                    self._synced()
                 now = time.monotonic()
                 if now >= next_tick:
                     behind = int((now - next_tick) / tick_s) + 1
@@ -305,19 +297,14 @@ class NodeRunner:
             if time.monotonic() >= until:
                 return
             rd = self.core.ready()
-            # A leader's new entries may be synced on the syncer's thread
-            # (node/ready.py); anything else that reaches the disk or sends
-            # a promise first waits for that sync, so nothing overtakes it.
-            late = [m for m in rd.messages if not may_send_early(m)]
-            later = self._syncer is not None and not late and \
-                may_sync_later(rd, self.core.role is Role.LEADER)
-            synced: list[tuple[int, int]] = []
-            if self._syncer is not None and not later and (rd.must_sync() or late):
-                self._flush_replies()
-                synced = self._syncer.barrier(sync_written=not rd.must_sync())
+            # A leader's replication traffic leaves before its own persist
+            # (node/ready.py); everything else waits for the disk.
+            late: list[PeerMessage] = []
             for m in rd.messages:
                 if may_send_early(m):
                     self.transport.send(m.dst, codec.encode(m))
+                else:
+                    late.append(m)
             # Committed entries already on our disk need not wait for this
             # batch's sync: apply them and answer their clients first.
             durable = self.core.log.stable_index if rd.snapshot is None else 0
@@ -326,10 +313,7 @@ class NodeRunner:
                     rd.committed_entries[n_early].index <= durable:
                 n_early += 1
             self._apply_entries(rd.committed_entries[:n_early])
-            if later:
-                self._persist_later(rd)
-            else:
-                self._persist(rd)
+            self._persist(rd)
             for m in late:
                 self.transport.send(m.dst, codec.encode(m))
             if rd.snapshot is not None:
@@ -341,28 +325,7 @@ class NodeRunner:
                 self.log.info(name, **kw)
             if rd.soft_state is not None:
                 self._role_changed()
-            self.core.advance(rd, durable=not later)
-            for index, term in synced:
-                self.core.persisted(index, term)
-
-    def _persist_later(self, rd: Ready) -> None:
-        # Written now, in order; made durable by the syncer's thread.
-        assert self._syncer is not None
-        self.storage.append(rd.entries)
-        if rd.hard_state is not None:
-            self.storage.set_hard_state(rd.hard_state)
-        self.storage.flush()
-        last = rd.entries[-1]
-        self._syncer.written(last.index, last.term)
-
-    def _synced(self) -> None:
-        """The syncer finished: the leader may now count those entries."""
-        assert self._syncer is not None
-        done = self._syncer.collect()
-        for index, term in done:
-            self.core.persisted(index, term)
-        if done:
-            self.storage.after_sync()
+            self.core.advance(rd)
 
     def _persist(self, rd: Ready) -> None:
         # Persist before send (§5.1): one sync covers the whole batch.
@@ -568,78 +531,12 @@ class NodeRunner:
     def _close(self) -> None:
         self._snapshotter.shutdown(wait=True)
         self._check_snapshot_job()
-        if self._syncer is not None:
-            self._syncer.barrier(sync_written=False)
-            self._syncer.close()
         self.storage.sync()
         self.storage.close()
         self.transport.close()
         for s in (self.client_sock, self.control_sock, self.zap.socket):
             s.close(linger=0)
         self.log.info("node_stopped", commit=self.core.log.commit, applied=self.kv.applied_index)
-
-
-class _Syncer:
-    """A leader's WAL fsync on a thread of its own (node/ready.py,
-    may_sync_later), so the loop goes on taking acks and requests while the
-    disk works. One sync runs at a time; entries written meanwhile wait for
-    the next. Completion wakes the loop through an eventfd."""
-
-    def __init__(self, storage: FileStorage) -> None:
-        self._storage = storage
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, "wal-sync")
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._job: tuple[concurrent.futures.Future[None], int, int] | None = None
-        self._written: tuple[int, int] | None = None  # flushed; no sync started for it
-
-    def written(self, index: int, term: int) -> None:
-        """Entries up to `index` (its term `term`) were flushed to the WAL."""
-        self._written = (index, term)
-        if self._job is None:
-            self._start()
-
-    def _start(self) -> None:
-        assert self._written is not None
-        index, term = self._written
-        self._written = None
-        fut = self._pool.submit(self._storage.sync_flushed)
-        fut.add_done_callback(lambda _: os.eventfd_write(self.fd, 1))
-        self._job = (fut, index, term)
-
-    def collect(self) -> list[tuple[int, int]]:
-        """What a finished sync made durable, as (index, term); starts the
-        next sync if entries are waiting. Raises the sync's StorageError."""
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.fd)
-        if self._job is None or not self._job[0].done():
-            return []
-        fut, index, term = self._job
-        self._job = None
-        fut.result()
-        if self._written is not None:
-            self._start()
-        return [(index, term)]
-
-    def barrier(self, sync_written: bool) -> list[tuple[int, int]]:
-        """Wait for the running sync. Entries flushed but not yet synced are
-        synced here if `sync_written`, else left to the caller's own sync,
-        which covers them. Returns what became (or will be) durable."""
-        done = []
-        if self._job is not None:
-            fut, index, term = self._job
-            self._job = None
-            fut.result()
-            done.append((index, term))
-        if self._written is not None:
-            if sync_written:
-                self._storage.sync()
-            done.append(self._written)
-            self._written = None
-        return done
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        os.close(self.fd)
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes] | None, bytes]:

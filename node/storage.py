@@ -93,22 +93,6 @@ class Storage(Protocol):
         """Make every write so far durable."""
         ...
 
-    def flush(self) -> None:
-        """Write what is buffered without making it durable; the snapshot
-        bookkeeping that follows a durable mark waits for the next sync()."""
-        ...
-
-    def sync_flushed(self) -> None:
-        """Make what flush() wrote durable. May run on another thread while
-        the caller goes on appending (not truncating or snapshotting)."""
-        ...
-
-    def after_sync(self) -> None:
-        """On the caller's thread, once a sync_flushed() has returned: the
-        bookkeeping sync() does after its own fsync (dropping what a durable
-        snapshot mark made dead)."""
-        ...
-
     def close(self) -> None: ...
 
 
@@ -186,15 +170,6 @@ class MemoryStorage:
 
     def sync(self) -> None:
         """Nothing to do: memory is as durable as it gets."""
-
-    def flush(self) -> None:
-        """Nothing to do."""
-
-    def sync_flushed(self) -> None:
-        """Nothing to do."""
-
-    def after_sync(self) -> None:
-        """Nothing to do."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -372,20 +347,9 @@ class FileStorage:
         return self._snap
 
     def sync(self) -> None:
+        """Make every write durable (one fdatasync), then drop the segments
+        and snapshot files that a now durable snapshot mark made dead."""
         self._wal.sync()
-        self.after_sync()
-
-    def flush(self) -> None:
-        self._wal.write()
-
-    def sync_flushed(self) -> None:
-        self._wal.datasync()
-
-    def after_sync(self) -> None:
-        """After a sync_flushed() on another thread has returned: drop the
-        segments and snapshot files that a now durable snapshot mark made
-        dead (sync() does this itself)."""
-        self._wal.collect_if_durable()
         if self._cleanup_due and self._wal.marks_durable():
             self._remove_replaced_snapshots()
 

@@ -13,7 +13,6 @@ import os
 import re
 import struct
 import tempfile
-import threading
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -343,11 +342,10 @@ class Wal:
         # (segment seq, snapshot index) of the newest durable snapshot mark.
         self._mark: tuple[int, int] | None = None
         self._failed: OSError | None = None
-        self._fd_lock = threading.Lock()  # datasync() on a thread vs. a roll or close
         self._collect_due = False  # a snapshot mark was written; collect after its sync
         # Which write() calls a datasync has covered: a snapshot mark counts
-        # (and old segments may go) only once a sync that began after the
-        # write that carried it has returned.
+        # (and old segments may go) only once a sync after the write that
+        # carried it has returned.
         self._writes = 0
         self._mark_write = 0
         self._synced_writes = 0
@@ -490,17 +488,10 @@ class Wal:
         self._room = self._segment_bytes - self._segments[-1].size
 
     def datasync(self) -> None:
-        """Make what `write()` wrote durable: one fdatasync. It may run on
-        another thread than the writer (one call at a time); a segment roll
-        waits for it."""
-        with self._fd_lock:
-            if self._failed is not None:
-                raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
-            # What this call covers: a write that lands during it is not.
-            covers = self._writes
-            if not self._sync or self._fd < 0:
-                self._synced_writes = covers
-                return
+        """Make what `write()` wrote durable: one fdatasync."""
+        if self._failed is not None:
+            raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
+        if self._sync and self._fd >= 0:
             try:
                 os.fdatasync(self._fd)
             except OSError as e:
@@ -508,7 +499,7 @@ class Wal:
                 # have dropped the dirty pages.
                 self._failed = e
                 raise StorageError(f"syncing the WAL failed: {e}; the node must stop") from e
-            self._synced_writes = covers
+        self._synced_writes = self._writes
 
     def sync(self) -> None:
         """Write every framed record and fdatasync once; then delete the segments
@@ -525,19 +516,18 @@ class Wal:
 
     def collect_if_durable(self) -> None:
         """Delete the segments a snapshot mark made dead, once that mark is
-        durable (after a sync on this thread or the syncer's)."""
+        durable."""
         if self._collect_due and self.marks_durable():
             self._collect_due = False
             self.collect()
 
     def _roll(self) -> None:
         """Close the current segment (durable first) and start the next one."""
-        with self._fd_lock:
-            if self._sync:
-                os.fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            self._create_segment(self._segments[-1].seq + 1)
+        if self._sync:
+            os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._create_segment(self._segments[-1].seq + 1)
 
     def collect(self) -> None:
         """Delete the oldest segments while every index they name is covered by
@@ -572,8 +562,7 @@ class Wal:
 
     def abandon(self) -> None:
         """Close without writing the buffer: what a crash would leave."""
-        with self._fd_lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._chunks = [_Chunk()]

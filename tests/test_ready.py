@@ -17,11 +17,10 @@ from node.messages import (
     PeerMessage,
     RequestVote,
     RequestVoteResponse,
-    Snapshot,
     SnapshotMeta,
     TimeoutNow,
 )
-from node.ready import Ready, may_send_early, may_sync_later
+from node.ready import Ready, may_send_early
 
 _H = {"term": 3, "src": "n1", "dst": "n2"}
 
@@ -66,24 +65,3 @@ def test_term_or_vote_change_and_entries_need_a_sync() -> None:
     messages that follow them leave (§5.1)."""
     assert Ready(hard_state=HardState(4, None, 7), term_or_vote_changed=True).must_sync()
     assert Ready(entries=[Entry(3, 8)]).must_sync()
-
-
-def test_only_a_leaders_plain_appends_may_sync_later() -> None:
-    """may_sync_later: a leader's Ready of new entries and replication
-    traffic only; not a follower's, nor one with a new term or vote, a
-    snapshot, or a message that promises what is on disk (§5.1)."""
-    ae = AppendEntries(term=2, src="n1", dst="n2", prev_index=0, prev_term=0,
-                       entries=[], commit=0)
-    ack = AppendEntriesResponse(term=2, src="n1", dst="n2", index=1, success=True)
-
-    def rd(**kw: object) -> Ready:
-        return Ready(entries=[Entry(2, 1, b"x")], messages=[ae], **kw)  # type: ignore[arg-type]
-
-    assert may_sync_later(rd(), leader=True)
-    assert not may_sync_later(rd(), leader=False)
-    assert not may_sync_later(Ready(messages=[ae]), leader=True), "nothing to sync"
-    assert not may_sync_later(rd(term_or_vote_changed=True), leader=True)
-    assert not may_sync_later(rd(snapshot=Snapshot(SnapshotMeta(1, 1), b"")), leader=True)
-    late = rd()
-    late.messages.append(ack)
-    assert not may_sync_later(late, leader=True)

@@ -333,38 +333,10 @@ def test_a_failed_write_is_never_retried(tmp_path: Path, monkeypatch: pytest.Mon
     st.abandon()
 
 
-def test_datasync_on_a_thread_while_the_writer_appends_and_rolls(tmp_path: Path) -> None:
-    """A leader's fsync runs on another thread (node/ready.py, may_sync_later)
-    while the loop goes on writing, across segment rolls: no error, and every
-    written entry is there, in order, after a clean reopen."""
-    import concurrent.futures
-
-    st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    job: concurrent.futures.Future[None] | None = None
-    for k in range(200):
-        st.append(_entries(1, k + 1, k + 1, b"x" * 50))
-        st.flush()
-        if job is None or job.done():
-            if job is not None:
-                job.result()
-            job = pool.submit(st.sync_flushed)
-    assert job is not None
-    job.result()
-    pool.shutdown()
-    assert len(st.segment_paths()) > 2, "the test must cross segment rolls"
-    st.close()
-    again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
-    assert [e.index for e in again.initial_state().entries] == list(range(1, 201))
-    again.close()
-
-
-def test_a_leader_that_syncs_on_a_thread_still_drops_dead_segments_and_snapshots(
+def test_dead_segments_and_snapshot_files_go_with_the_sync_of_the_new_mark(
         tmp_path: Path) -> None:
-    """flush() + sync_flushed() (a leader's sync on its thread) then
-    after_sync(): the segments and snapshot files that a durable snapshot
-    mark made dead go, as sync() would drop them; a mark written after the
-    last sync began keeps them until a later one."""
+    """The segments and snapshot files that a new snapshot mark makes dead go
+    in the sync that makes the mark durable, not before it."""
     from node.wal import snapshot_files
 
     st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
@@ -372,18 +344,13 @@ def test_a_leader_that_syncs_on_a_thread_still_drops_dead_segments_and_snapshots
     for _ in range(5):
         st.append(_entries(1, index + 1, index + 100, b"x" * 40))
         index += 100
-        st.flush()
-        st.sync_flushed()
-        st.after_sync()
+        st.sync()
         meta = SnapshotMeta(index, 1)
         st.write_snapshot_file(meta, b"image")
         st.install_local_snapshot(meta)
-    st.flush()  # the last mark is written, but no sync began after it
-    st.after_sync()
     kept_segments, kept_snaps = len(st.segment_paths()), len(snapshot_files(tmp_path))
     assert kept_snaps > 1, "a mark not yet synced must not drop the snapshot before it"
-    st.sync_flushed()
-    st.after_sync()
+    st.sync()
     assert len(st.segment_paths()) < kept_segments, "dead segments stay after the sync"
     assert len(snapshot_files(tmp_path)) == 1, "replaced snapshot files stay after the sync"
     st.close()
