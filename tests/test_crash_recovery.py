@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from node.client import ClientError
+from node.config import WAL_SEGMENT_BYTES
+from node.wal import HEADER_BYTES, Wal
 from tests.procs import TestCluster, make_cluster, wait_until
 
 ROUNDS = 20
@@ -83,9 +85,14 @@ def test_torn_tail_is_cut_and_logged_by_the_node(tmp_path: Path) -> None:
             for i in range(20):
                 assert cl.put(f"k{i}", b"v").ok
         c.stop("n1")
-        segs = sorted((c.run_dir / "nodes" / "n1" / "data").rglob("wal-*.log"))
-        assert segs, "no WAL segment found"
-        with open(segs[-1], "ab") as f:
+        data_dir = c.run_dir / "nodes" / "n1" / "data"
+        wal, replay = Wal.open(data_dir, sync=False, segment_bytes=WAL_SEGMENT_BYTES)
+        wal.abandon()
+        path, off = replay.where(len(replay.records) - 1)
+        raw = path.read_bytes()
+        end = off + HEADER_BYTES + int.from_bytes(raw[off : off + 4], "little")  # u32 length
+        with open(path, "r+b") as f:  # over the preallocated zeros after the last record
+            f.seek(end)
             f.write(b"\x40\x00\x00\x00torn")  # a length promising more than follows
         c.start("n1")
         c.wait_for_leader(10.0)

@@ -10,9 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from node.config import WAL_SEGMENT_BYTES
 from node.messages import Entry, HardState, Snapshot, SnapshotMeta
 from node.storage import FileStorage, InitialState, StorageError
-from node.wal import HEADER_BYTES, SnapshotMark, Truncate
+from node.wal import HEADER_BYTES, PREALLOC_BYTES, SnapshotMark, Truncate, Wal
 
 
 def _record_bytes(body: object) -> int:
@@ -74,7 +75,8 @@ def test_crash_at_every_byte_keeps_exactly_the_whole_records(
     tmp_path: Path, damage: str
 ) -> None:
     """Cut (or zero) the segment at every byte of its last records: reopening
-    holds exactly the whole records before the cut and reports what it cut."""
+    holds exactly the whole records before the cut and reports what it cut;
+    zeros that start at a record boundary are preallocated space."""
     seg, bounds = _history(tmp_path / "src")
     data = seg.read_bytes()
     assert len(data) == bounds[-1][0]
@@ -88,9 +90,13 @@ def test_crash_at_every_byte_keeps_exactly_the_whole_records(
         try:
             assert st.initial_state() == state, f"cut at {cut}: wrong state"
             assert st.snapshot() == snap, f"cut at {cut}: wrong snapshot"
-            want = len(data) - end if damage == "zero_fill" else cut - end
-            assert st.recovery.truncated_bytes == want, f"cut at {cut}"
-            assert (d / seg.name).stat().st_size == end, f"cut at {cut}: file not truncated"
+            # Zeros are preallocated space, not damage: what is reported is
+            # the torn bytes before them.
+            torn = len(data[:cut].rstrip(b"\0")) - end
+            assert st.recovery.truncated_bytes == max(torn, 0), f"cut at {cut}"
+            size = (d / seg.name).stat().st_size
+            left = cut if damage == "cut" else len(data)
+            assert size == (end if torn > 0 else left), f"cut at {cut}: size {size}"
             snaps = sorted(p.name for p in d.glob("snap-*"))
             assert len(snaps) == (1 if snap.meta.index else 0), f"cut at {cut}: {snaps}"
         finally:
@@ -356,4 +362,70 @@ def test_dead_segments_and_snapshot_files_go_with_the_sync_of_the_new_mark(
     st.close()
     again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     assert again.initial_state().snapshot.index == index
+    again.close()
+
+
+def test_a_preallocated_segment_reopens_clean_and_takes_new_records(tmp_path: Path) -> None:
+    """With fsync on, the segment's blocks are reserved ahead (its file is
+    longer than its records, in zeros): a reopen reports nothing cut, and
+    new records land right after the old ones, not after the zeros."""
+    st = FileStorage(tmp_path, fsync="always")
+    st.append(_entries(1, 1, 50, b"x" * 30))
+    st.sync()
+    seg = st.segment_paths()[-1]
+    assert seg.stat().st_size == PREALLOC_BYTES, "the segment was not preallocated"
+    st.close()
+    for lo, hi in ((51, 80), (81, 90)):
+        st = FileStorage(tmp_path, fsync="always")
+        assert st.recovery.truncated_bytes == 0, "preallocated zeros taken for a torn tail"
+        assert [e.index for e in st.initial_state().entries] == list(range(1, lo))
+        st.append(_entries(1, lo, hi, b"y"))
+        st.sync()
+        st.close()
+    st = FileStorage(tmp_path, fsync="always")
+    assert [e.index for e in st.initial_state().entries] == list(range(1, 91))
+    assert st.segment_paths() == [seg] and seg.stat().st_size == PREALLOC_BYTES
+    st.close()
+
+
+def test_a_torn_record_in_preallocated_space_is_cut_and_only_it_is_reported(
+        tmp_path: Path) -> None:
+    """A crash mid-write leaves part of a record followed by zeros: the
+    reopen cuts it and reports its bytes, not the zeros after it."""
+    st = FileStorage(tmp_path, fsync="always")
+    st.append(_entries(1, 1, 10))
+    st.sync()
+    seg = st.segment_paths()[-1]
+    st.close()
+    wal, replay = Wal.open(tmp_path, sync=False, segment_bytes=WAL_SEGMENT_BYTES)
+    wal.abandon()
+    path, off = replay.where(len(replay.records) - 1)
+    end = off + HEADER_BYTES + int.from_bytes(path.read_bytes()[off : off + 4], "little")
+    with open(seg, "r+b") as f:
+        f.seek(end)
+        f.write(b"\x40\x00\x00\x00torn")
+    st = FileStorage(tmp_path, fsync="always")
+    assert st.recovery.truncated_bytes == 8
+    assert st.recovery.offset == end
+    assert [e.index for e in st.initial_state().entries] == list(range(1, 11))
+    st.close()
+
+
+def test_a_rolled_segment_keeps_no_zero_tail(tmp_path: Path) -> None:
+    """A segment is cut back to its records when the next one starts, so
+    only the newest segment holds preallocated space."""
+    st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
+    for k in range(40):
+        st.append(_entries(1, 10 * k + 1, 10 * k + 10, b"z" * 40))
+        st.sync()
+    *closed, current = st.segment_paths()
+    assert len(closed) >= 3
+    for p in closed:
+        data = p.read_bytes()
+        assert 0 < len(data) <= 4096 + 200, f"{p.name}: {len(data)} bytes"
+        assert data[-1] != 0, f"{p.name} ends in zeros"  # its last entry's data does not
+    assert current.stat().st_size == PREALLOC_BYTES
+    st.close()
+    again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
+    assert [e.index for e in again.initial_state().entries] == list(range(1, 401))
     again.close()
