@@ -305,9 +305,11 @@ class NodeRunner:
                     self.transport.send(m.dst, codec.encode(m))
                 else:
                     late.append(m)
-            # Committed entries already on our disk need not wait for this
-            # batch's sync: apply them and answer their clients first.
-            durable = self.core.log.stable_index if rd.snapshot is None else 0
+            # A leader's committed entries already on its disk need not wait
+            # for this batch's sync: apply them and answer their clients
+            # first. A follower's leader waits on its ack, not its apply.
+            leading = self.core.role is Role.LEADER
+            durable = self.core.log.stable_index if rd.snapshot is None and leading else 0
             n_early = 0
             while n_early < len(rd.committed_entries) and \
                     rd.committed_entries[n_early].index <= durable:
