@@ -20,6 +20,12 @@ MAX_APPEND_BYTES = 1024 * 1024
 MAX_INFLIGHT_APPENDS = 64
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
 MAX_APPLY_BYTES = 4 * 1024 * 1024
+# Overload control: a leader refuses a proposal (`busy`) while this many bytes
+# of its own term's proposals wait for their commit, unless none do (a single
+# proposal of any size is always taken). Followers that cannot keep up, a slow
+# disk or more clients than the cluster can serve then meet backpressure
+# instead of an ever longer uncommitted log (etcd: MaxUncommittedEntriesSize).
+MAX_UNCOMMITTED_BYTES = 32 * 1024 * 1024
 
 # The largest wire message a node accepts; anything bigger is a bad message.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -97,6 +103,7 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
     max_apply_bytes: int = MAX_APPLY_BYTES
+    max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     prevote: bool = True
     check_quorum: bool = True
 
@@ -111,6 +118,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_inflight_appends must be at least 1")
         if self.snapshot_chunk_bytes < 1:
             raise ValueError("snapshot_chunk_bytes must be positive")
+        if self.max_uncommitted_bytes < 1:
+            raise ValueError("max_uncommitted_bytes must be positive")
 
 
 # --- a cluster as the node process and the supervisor see it ----------------
@@ -179,6 +188,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
+    max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
     # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off. Set by
     # `raftctl up --netns`, which also sets the nodes' addresses. Run
@@ -207,6 +217,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_ticks=self.heartbeat_ticks,
             max_append_entries=self.max_append_entries,
             max_inflight_appends=self.max_inflight_appends,
+            max_uncommitted_bytes=self.max_uncommitted_bytes,
         )
 
     def problems(self) -> list[str]:
@@ -234,6 +245,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("snapshot_entries: must be at least 1")
         if self.snapshot_bytes < 1:
             out.append("snapshot_bytes: must be at least 1")
+        if self.max_uncommitted_bytes < 1:
+            out.append("max_uncommitted_bytes: must be at least 1")
         if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
             out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
                        f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")

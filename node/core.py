@@ -38,7 +38,7 @@ from node.messages import (
     TransferLeader,
 )
 from node.progress import FlowState, Progress
-from node.raft_log import RaftLog
+from node.raft_log import ENTRY_OVERHEAD_BYTES, RaftLog, entry_size
 from node.ready import ReadState, Ready, SoftState
 from node.storage import Storage
 
@@ -59,7 +59,8 @@ class NotLeader(Exception):
 
 
 class ProposalDropped(Exception):
-    """The leader cannot take proposals now (a leadership transfer is running)."""
+    """The leader cannot take proposals now: a leadership transfer is
+    running, or too many of its proposals wait for their commit."""
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class _PendingRead:
 class _Counters:
     dropped_messages: int = 0
     stale_messages: int = 0
+    proposals_refused: int = 0  # over max_uncommitted_bytes
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -107,6 +109,8 @@ class RaftCore:
         self.votes: dict[str, bool] = {}
         self.progress: dict[str, Progress] = {}
         self.lead_transferee: str | None = None
+        # Bytes of this leader's proposals not yet committed (overload control).
+        self.uncommitted_bytes = 0
         self.counters = _Counters()
         self._msgs: list[PeerMessage] = []
         self._events: list[tuple[str, dict[str, Any]]] = []
@@ -297,6 +301,7 @@ class RaftCore:
         self.leader = self.id
         self._tick_fn = self._tick_heartbeat
         self._step_fn = self._step_leader
+        self.uncommitted_bytes = 0
         # Peers start inactive (thesis §6.2): a leader that hears from no
         # majority in its first election timeout steps down at its end.
         # A no-op of the new term lets the leader commit (§5.4.2, §8).
@@ -576,7 +581,15 @@ class RaftCore:
             raise NotLeader(self.leader)
         if self.lead_transferee is not None:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
+        size = len(data) + ENTRY_OVERHEAD_BYTES
+        limit = self.config.max_uncommitted_bytes
+        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
+            self.counters.proposals_refused += 1
+            raise ProposalDropped(
+                f"overloaded: {self.uncommitted_bytes} bytes of writes wait for their commit "
+                f"(limit {limit}); retry shortly")
         self._append_entries([Entry(self.term, self.log.last_index() + 1, EntryKind.NORMAL, data)])
+        self.uncommitted_bytes += size
 
     def _append_entries(self, entries: list[Entry]) -> None:
         self.log.append(entries)
@@ -662,6 +675,12 @@ class RaftCore:
         if index <= self.log.commit or self.log.term(index) != self.term:
             return False
         first_of_term = self.log.term(self.log.commit) != self.term
+        if self.uncommitted_bytes:
+            # As etcd does: every newly committed entry counts, at most down
+            # to zero. Entries inherited from an earlier term make it drop
+            # early, which only admits more.
+            freed = sum(map(entry_size, self.log.entries_between(self.log.commit + 1, index + 1)))
+            self.uncommitted_bytes = max(0, self.uncommitted_bytes - freed)
         self.log.commit_to(index)
         if first_of_term and self._reads_awaiting_commit:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []

@@ -86,6 +86,13 @@ class RaftLog:
             out.append(e)
         return out
 
+    def entries_between(self, lo: int, hi: int) -> list[Entry]:
+        """Entries lo..hi-1, all of them (none may be compacted)."""
+        base = self.snapshot.index + 1
+        if lo < base:
+            raise IndexError(f"entry {lo} is compacted (first index {base})")
+        return self.entries[lo - base : hi - base]
+
     def first_index_of_term(self, index: int) -> int:
         """The first index at or before `index` whose entry has the same term."""
         t = self.term(index)

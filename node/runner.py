@@ -428,11 +428,13 @@ class NodeRunner:
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
             "keys": len(self.kv), "pending_requests": self.api.pending(),
+            "uncommitted_bytes": c.uncommitted_bytes,
             "counters": {
                 **self.counters,
                 "dropped_messages": c.counters.dropped_messages
                 + tstats.get("dropped_send", 0) + tstats.get("dropped_by_filter", 0),
                 "stale_messages": c.counters.stale_messages,
+                "proposals_refused": c.counters.proposals_refused,
                 "client_requests": self.api.counters.requests,
                 "writes_acked": self.api.counters.writes_acked,
                 "reads_served": self.api.counters.reads_served,

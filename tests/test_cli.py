@@ -227,6 +227,19 @@ def test_shipped_configs_are_valid(path: Path) -> None:
     assert len(cfg.nodes) >= 3 and not cfg.problems()
 
 
+def test_max_uncommitted_bytes_is_read_and_checked(tmp_path: Path) -> None:
+    """The overload limit can be set in a cluster file; it reaches the core,
+    and a limit under one byte is refused with its name."""
+    from raftctl.cluster import ClusterError, free_ports, load_config_file
+
+    f = tmp_path / "c.toml"
+    f.write_text("max_uncommitted_bytes = 4096\n" + _config(free_ports(9)))
+    assert load_config_file(f).core_config().max_uncommitted_bytes == 4096
+    f.write_text("max_uncommitted_bytes = 0\n" + _config(free_ports(9)))
+    with pytest.raises(ClusterError, match="max_uncommitted_bytes: must be at least 1"):
+        load_config_file(f)
+
+
 def test_durability_off_is_said_loudly(cli: Cli) -> None:
     """With fsync = never, up and status warn on stderr every time."""
     p = cli("up", "-n", "1", "--fsync", "never")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.client import ClientError
+from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, cluster3, make_cluster, wait_until
 
 __all__ = ["cluster3"]
@@ -173,3 +174,40 @@ def test_sigterm_on_the_leader_hands_over_first(cluster3: TestCluster) -> None:
     assert wait_until(lambda: c.leader(), 5.0, "a leader after the handover") == heir
     with c.client() as cl:
         assert all(cl.get(f"k{i}") == b"v" for i in range(20))
+
+
+def test_an_overloaded_leader_answers_busy(tmp_path: Path) -> None:
+    """Two writes in one batch frame reach the leader in one turn: with
+    max_uncommitted_bytes=300 it takes the first (nothing was waiting) and
+    refuses the second with `busy`, counted in its status; the first
+    commits, and then the same write is taken again."""
+    import msgspec
+    import zmq
+
+    from node.api import ClientResponse, PutRequest, is_batch, join_batch, split_batch
+
+    for c in make_cluster(tmp_path, 3, max_uncommitted_bytes=300):
+        c.start_all()
+        lead = c.wait_for_leader(10.0)
+        enc = msgspec.msgpack.Encoder()
+        frame = join_batch([enc.encode(PutRequest(id=i, client="over", seq=i, key=f"k{i}",
+                                                  value=b"x" * 200)) for i in (1, 2)])
+        sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
+        try:
+            sock.send(frame)
+            got: dict[int, ClientResponse] = {}
+            while len(got) < 2:
+                assert sock.poll(5000), f"no answer from the leader (got {sorted(got)})"
+                data = sock.recv()
+                for item in split_batch(data) if is_batch(data) else [data]:
+                    r = msgspec.msgpack.decode(item, type=ClientResponse)
+                    got[r.id] = r
+        finally:
+            sock.close(linger=0)
+        assert got[1].ok, got[1]
+        assert got[2].error == "busy" and "overloaded" in (got[2].message or ""), got[2]
+        st = c.statuses()[lead]
+        assert st["counters"]["proposals_refused"] == 1
+        assert st["counters"]["client_errors"] == {"busy": 1}
+        with c.client() as cl:
+            assert cl.put("k2", b"x" * 200).ok, "the refused write is taken once there is room"

@@ -886,6 +886,63 @@ def test_leader_refuses_proposals_while_transferring() -> None:
         net.core("n1").propose(b"x")
 
 
+def test_leader_refuses_proposals_past_its_uncommitted_limit() -> None:
+    """Overload control: while `max_uncommitted_bytes` of its proposals wait
+    for their commit, a leader refuses the next one; commits free the room.
+    Reference: etcd raft, MaxUncommittedEntriesSize (not in the paper)."""
+    cmd = b"x" * 100
+    net = elected(Network(3, config=small_config(max_uncommitted_bytes=3 * (len(cmd) + 16))))
+    leader = net.core("n1")
+    net.isolate("n2")
+    net.isolate("n3")
+    for _ in range(3):
+        net.propose("n1", cmd)
+    with pytest.raises(ProposalDropped, match="overloaded"):
+        leader.propose(cmd)
+    assert leader.counters.proposals_refused == 1
+    net.recover()
+    net.stabilize()
+    assert leader.uncommitted_bytes == 0, "committed proposals still count"
+    net.propose("n1", cmd)
+    net.stabilize()
+    assert leader.log.commit == leader.log.last_index()
+
+
+def test_one_proposal_larger_than_the_uncommitted_limit_is_taken() -> None:
+    """With nothing uncommitted, a proposal is taken whatever its size, so a
+    large command can never be refused forever. Reference: etcd raft."""
+    net = elected(Network(3, config=small_config(max_uncommitted_bytes=10)))
+    net.isolate("n2")
+    net.isolate("n3")
+    net.propose("n1", b"y" * 100)
+    with pytest.raises(ProposalDropped):
+        net.core("n1").propose(b"z")
+
+
+def test_each_leadership_starts_its_uncommitted_count_at_zero() -> None:
+    """The count starts at zero with each leadership: a leader elected again
+    does not carry what it counted in an earlier term, nor does a leader
+    count what it inherited. Reference: etcd raft."""
+    net = elected(Network(3, config=small_config(max_uncommitted_bytes=1000)))
+    net.isolate("n3")
+    net.drop_where(lambda m: isinstance(m, AppendEntriesResponse) and m.src == "n2")
+    net.propose("n1", b"a" * 400)
+    net.stabilize()
+    assert net.core("n1").uncommitted_bytes == 416
+    net.recover()
+    net.isolate("n1")
+    net.run_until(lambda: net.role("n2") is Role.LEADER, 10 * E, "n2 leading")
+    assert net.core("n2").uncommitted_bytes == 0
+    net.recover()
+    net.run_until(lambda: net.role("n1") is Role.FOLLOWER, 10 * E, "n1 following n2")
+    net.core("n2").transfer_leader("n1")
+    net.stabilize()
+    assert net.role("n1") is Role.LEADER and net.core("n1").term > 2
+    assert net.core("n1").uncommitted_bytes == 0, "the count of an earlier term survived"
+    net.propose("n1", b"b" * 900)
+    assert net.core("n1").uncommitted_bytes == 916
+
+
 def test_transfer_aborts_after_an_election_timeout() -> None:
     """A transfer that does not finish within an election timeout is aborted
     and the leader takes proposals again. Reference: thesis §3.10."""
