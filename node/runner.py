@@ -5,6 +5,7 @@ then handle `Ready`: persist (one sync), send, apply, reply, advance.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import gc
 import os
@@ -142,6 +143,9 @@ class NodeRunner:
         # Replies to DEALER clients, per routing id, sent as one frame at the
         # end of the loop iteration (node/api.py, batch frames).
         self._outbox: dict[bytes, list[bytes]] = {}
+        # Requests of a batch frame that the client drain's time budget left
+        # for the next turns, in order, ahead of any new frame.
+        self._client_backlog: collections.deque[tuple[list[bytes], bytes]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
         self._last_progress_log = time.monotonic()
@@ -198,7 +202,7 @@ class NodeRunner:
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
-                if self.core.has_ready():
+                if self.core.has_ready() or self._client_backlog:
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
@@ -206,7 +210,7 @@ class NodeRunner:
                     self.zap.handle()
                 if any(s in events for s in peer_socks) or due is not None:
                     self._receive_peers()
-                if self.client_sock in events:
+                if self.client_sock in events or self._client_backlog:
                     self._receive_clients()
                 if self.control_sock in events:
                     self._receive_control()
@@ -245,11 +249,17 @@ class NodeRunner:
             self.core.step(msg)
 
     def _receive_clients(self) -> None:
-        # A time budget as well as a count: a batch frame may hold hundreds
-        # of requests, and a turn of the loop that outlasts an election
-        # timeout sends no heartbeat. What is left stays queued for the next.
+        # A time budget as well as a count, checked per request: a batch
+        # frame may hold thousands of requests, and a turn of the loop that
+        # outlasts an election timeout sends no heartbeat. What is left waits
+        # for the next turn: the rest of a batch here, new frames in ZeroMQ.
         until = time.monotonic() + _CLIENT_DRAIN_BUDGET_S
+        backlog = self._client_backlog
         for _ in range(_DRAIN_LIMIT):
+            while backlog:
+                if time.monotonic() >= until:
+                    return
+                self.api.handle(*backlog.popleft())
             if time.monotonic() >= until:
                 return
             try:
@@ -271,8 +281,7 @@ class NodeRunner:
             except ValueError as e:
                 self.api.refuse(route, str(e))
                 continue
-            for item in items:
-                self.api.handle(route, item)
+            backlog.extend((route, item) for item in items)
 
     def _receive_control(self) -> None:
         for _ in range(64):

@@ -211,3 +211,41 @@ def test_an_overloaded_leader_answers_busy(tmp_path: Path) -> None:
         assert st["counters"]["client_errors"] == {"busy": 1}
         with c.client() as cl:
             assert cl.put("k2", b"x" * 200).ok, "the refused write is taken once there is room"
+
+
+def test_a_huge_batch_frame_does_not_stall_the_leader(tmp_path: Path) -> None:
+    """20,000 writes in one batch frame are taken over many turns of the
+    leader's loop (the client drain's budget is checked per request), so
+    heartbeats keep their rhythm: every write is answered, no follower
+    starts an election, and no turn of the loop came near an election
+    timeout."""
+    import msgspec
+    import zmq
+
+    from node.api import ClientResponse, PutRequest, is_batch, join_batch, split_batch
+
+    n = 20_000
+    for c in make_cluster(tmp_path, 3):
+        c.start_all()
+        lead = c.wait_for_leader(10.0)
+        term = c.statuses()[lead]["term"]  # reading the status also resets its busy peak
+        enc = msgspec.msgpack.Encoder()
+        frame = join_batch([enc.encode(PutRequest(id=i, client="huge", seq=i, key=f"k{i}",
+                                                  value=b"v")) for i in range(1, n + 1)])
+        sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
+        ok = 0
+        try:
+            sock.send(frame)
+            while ok < n:
+                assert sock.poll(20_000), f"answers stopped after {ok} of {n}"
+                data = sock.recv()
+                for item in split_batch(data) if is_batch(data) else [data]:
+                    r = msgspec.msgpack.decode(item, type=ClientResponse)
+                    assert r.ok, r
+                    ok += 1
+        finally:
+            sock.close(linger=0)
+        st = c.statuses()
+        assert all(s["term"] == term for s in st.values()), {k: s["term"] for k, s in st.items()}
+        election_timeout_ms = 15 * 10  # ELECTION_TICKS x TICK_MS
+        assert st[lead]["loop_max_busy_ms"] < election_timeout_ms, st[lead]["loop_max_busy_ms"]
