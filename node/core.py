@@ -251,6 +251,7 @@ class RaftCore:
         )
         self.votes = {}
         self.lead_transferee = None
+        self.uncommitted_bytes = 0  # each leadership counts its own proposals
         self._drop_reads()
         nxt = self.log.last_index() + 1
         self.progress = {
@@ -301,7 +302,6 @@ class RaftCore:
         self.leader = self.id
         self._tick_fn = self._tick_heartbeat
         self._step_fn = self._step_leader
-        self.uncommitted_bytes = 0
         # Peers start inactive (thesis §6.2): a leader that hears from no
         # majority in its first election timeout steps down at its end.
         # A no-op of the new term lets the leader commit (§5.4.2, §8).

@@ -21,7 +21,8 @@ EVENTS = frozenset(
         "append_rejected", "snapshot_sent", "snapshot_installed", "snapshot_created",
         "transfer_started", "transfer_aborted", "leadership_transferred",
         "timeout_now_received", "link_faults_set", "bad_message", "auth_rejected",
-        "bad_request", "commit_progress", "wal_tail_truncated", "snapshot_failed",
+        "bad_request", "commit_progress", "wal_tail_truncated", "wal_reservation_off",
+        "snapshot_failed",
         "bad_datagram", "message_oversize",
     }
 )

@@ -151,6 +151,7 @@ class NodeRunner:
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
         self._bytes_since_snapshot = 0
+        self._reservation_logged = False
         self._logged_commit = self.core.log.commit
         self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
@@ -229,7 +230,8 @@ class NodeRunner:
                 busy = time.monotonic() - busy_from
                 if busy > self._max_busy_s:
                     self._max_busy_s = busy
-                if self._stopping and not self.core.has_ready() and self._may_exit(now):
+                if self._stopping and not self.core.has_ready() and not self._client_backlog \
+                        and self._may_exit(now):
                     break
         finally:
             self._close()
@@ -349,6 +351,9 @@ class NodeRunner:
         if rd.must_sync():
             self._flush_replies()  # answers already due need not wait for the disk
             self.storage.sync()
+            if self.storage.reservation_error is not None and not self._reservation_logged:
+                self._reservation_logged = True
+                self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
 
     def _apply_entries(self, entries: list[Entry]) -> None:
         for e in entries:
@@ -436,7 +441,8 @@ class NodeRunner:
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
-            "keys": len(self.kv), "pending_requests": self.api.pending(),
+            "keys": len(self.kv),
+            "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
             "counters": {
                 **self.counters,

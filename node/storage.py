@@ -346,11 +346,16 @@ class FileStorage:
             self._snap = Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
         return self._snap
 
+    @property
+    def reservation_error(self) -> OSError | None:
+        """Why the WAL stopped reserving blocks ahead, if it did."""
+        return self._wal.reservation_error
+
     def sync(self) -> None:
         """Make every write durable (one fdatasync), then drop the segments
         and snapshot files that a now durable snapshot mark made dead."""
         self._wal.sync()
-        if self._cleanup_due and self._wal.marks_durable():
+        if self._cleanup_due:
             self._remove_replaced_snapshots()
 
     def _remove_replaced_snapshots(self) -> None:

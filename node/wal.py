@@ -348,13 +348,10 @@ class Wal:
         # (segment seq, snapshot index) of the newest durable snapshot mark.
         self._mark: tuple[int, int] | None = None
         self._failed: OSError | None = None
-        self._collect_due = False  # a snapshot mark was written; collect after its sync
-        # Which write() calls a datasync has covered: a snapshot mark counts
-        # (and old segments may go) only once a sync after the write that
-        # carried it has returned.
-        self._writes = 0
-        self._mark_write = 0
-        self._synced_writes = 0
+        # Blocks are reserved ahead only when they are fsynced, and no more
+        # once the filesystem refused (the reservation is an optimisation).
+        self._reserve = sync
+        self.reservation_error: OSError | None = None
         self.recovery = Recovery()
 
     @classmethod
@@ -470,77 +467,53 @@ class Wal:
 
     # --- making it durable -------------------------------------------------------------
 
-    def write(self) -> None:
-        """Write every framed record without syncing it (a segment that fills
-        up is still synced before it is closed). `datasync()` or `sync()`
-        makes the records durable."""
+    def sync(self) -> None:
+        """Write every framed record (one write() per segment), fdatasync
+        once, then delete the segments a new snapshot mark made dead."""
         if self._failed is not None:
             raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
         chunks = self._chunks
         if len(chunks) == 1 and not chunks[0].buf:
             return
+        marked = False
         try:
             for k, chunk in enumerate(chunks):
                 if k > 0:
                     self._roll()
                 seg = self._segments[-1]
                 if chunk.buf:
-                    if self._sync and seg.size + len(chunk.buf) > self._allocated:
+                    if self._reserve and seg.size + len(chunk.buf) > self._allocated:
                         self._preallocate(seg.size + len(chunk.buf))
                     _write_all(self._fd, chunk.buf)
                     seg.size += len(chunk.buf)
                 seg.max_index = max(seg.max_index, chunk.max_index)
                 if chunk.mark is not None:
                     self._mark = (seg.seq, chunk.mark)
-                    self._collect_due = True
-                    self._mark_write = self._writes + 1
+                    marked = True
+            if self._sync:
+                os.fdatasync(self._fd)
         except OSError as e:
-            # A half-written batch cannot be retried.
+            # A half-written batch cannot be retried, nor can a failed fsync
+            # (the kernel may already have dropped the dirty pages).
             self._failed = e
             raise StorageError(f"writing the WAL failed: {e}; the node must stop") from e
-        self._writes += 1
         self._chunks = [_Chunk()]
         self._room = self._segment_bytes - self._segments[-1].size
-
-    def datasync(self) -> None:
-        """Make what `write()` wrote durable: one fdatasync."""
-        if self._failed is not None:
-            raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
-        if self._sync and self._fd >= 0:
-            try:
-                os.fdatasync(self._fd)
-            except OSError as e:
-                # A failed fsync cannot be retried: the kernel may already
-                # have dropped the dirty pages.
-                self._failed = e
-                raise StorageError(f"syncing the WAL failed: {e}; the node must stop") from e
-        self._synced_writes = self._writes
-
-    def sync(self) -> None:
-        """Write every framed record and fdatasync once; then delete the segments
-        that a durable snapshot mark has made dead."""
-        self.write()
-        if self._writes > self._synced_writes:
-            self.datasync()
-        self.collect_if_durable()
-
-    def marks_durable(self) -> bool:
-        """Whether every snapshot mark framed so far is on disk."""
-        return all(c.mark is None for c in self._chunks) and \
-            self._synced_writes >= self._mark_write
-
-    def collect_if_durable(self) -> None:
-        """Delete the segments a snapshot mark made dead, once that mark is
-        durable."""
-        if self._collect_due and self.marks_durable():
-            self._collect_due = False
+        if marked:
             self.collect()
 
     def _preallocate(self, need: int) -> None:
         """Reserve the current segment's blocks up to `need` bytes and on to
-        the next multiple of PREALLOC_BYTES."""
+        the next multiple of PREALLOC_BYTES. If the filesystem refuses (no
+        room for a reservation, no support), writes go on without one: the
+        write itself decides whether the disk is full."""
         target = -(-need // PREALLOC_BYTES) * PREALLOC_BYTES
-        os.posix_fallocate(self._fd, self._allocated, target - self._allocated)
+        try:
+            os.posix_fallocate(self._fd, self._allocated, target - self._allocated)
+        except OSError as e:
+            self._reserve = False
+            self.reservation_error = e
+            return
         self._allocated = target
 
     def _roll(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.client import ClientError
+from node.config import ELECTION_TICKS, TICK_MS
 from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, cluster3, make_cluster, wait_until
 
@@ -214,17 +215,17 @@ def test_an_overloaded_leader_answers_busy(tmp_path: Path) -> None:
 
 
 def test_a_huge_batch_frame_does_not_stall_the_leader(tmp_path: Path) -> None:
-    """20,000 writes in one batch frame are taken over many turns of the
+    """60,000 writes in one batch frame are taken over many turns of the
     leader's loop (the client drain's budget is checked per request), so
     heartbeats keep their rhythm: every write is answered, no follower
-    starts an election, and no turn of the loop came near an election
-    timeout."""
+    starts an election, and no turn of the loop lasted two election
+    timeouts. (Handled in one turn, 20,000 such writes took 171 ms here.)"""
     import msgspec
     import zmq
 
     from node.api import ClientResponse, PutRequest, is_batch, join_batch, split_batch
 
-    n = 20_000
+    n = 60_000
     for c in make_cluster(tmp_path, 3):
         c.start_all()
         lead = c.wait_for_leader(10.0)
@@ -247,5 +248,5 @@ def test_a_huge_batch_frame_does_not_stall_the_leader(tmp_path: Path) -> None:
             sock.close(linger=0)
         st = c.statuses()
         assert all(s["term"] == term for s in st.values()), {k: s["term"] for k, s in st.items()}
-        election_timeout_ms = 15 * 10  # ELECTION_TICKS x TICK_MS
-        assert st[lead]["loop_max_busy_ms"] < election_timeout_ms, st[lead]["loop_max_busy_ms"]
+        election_timeout_ms = ELECTION_TICKS * TICK_MS
+        assert st[lead]["loop_max_busy_ms"] < 2 * election_timeout_ms, st[lead]["loop_max_busy_ms"]

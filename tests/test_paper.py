@@ -886,6 +886,20 @@ def test_leader_refuses_proposals_while_transferring() -> None:
         net.core("n1").propose(b"x")
 
 
+def test_leader_counts_itself_only_for_entries_on_its_disk() -> None:
+    """A leader's appends may leave before its own persist (thesis §10.2.1),
+    so an entry one follower holds is not yet on a quorum of a 3-node
+    cluster until the leader has persisted it: only then does it commit."""
+    net = elected(Network(3))
+    leader = net.core("n1")
+    index = leader.propose(b"x")  # in the leader's log, not yet persisted
+    leader.step(AppendEntriesResponse(term=leader.term, src="n2", dst="n1",
+                                      index=index, success=True))
+    assert leader.log.commit < index, "counted an entry the leader has not persisted"
+    net.process("n1")  # persist, send, advance
+    assert leader.log.commit == index
+
+
 def test_leader_refuses_proposals_past_its_uncommitted_limit() -> None:
     """Overload control: while `max_uncommitted_bytes` of its proposals wait
     for their commit, a leader refuses the next one; commits free the room.

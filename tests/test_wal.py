@@ -429,3 +429,24 @@ def test_a_rolled_segment_keeps_no_zero_tail(tmp_path: Path) -> None:
     again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     assert [e.index for e in again.initial_state().entries] == list(range(1, 401))
     again.close()
+
+
+def test_a_refused_reservation_leaves_the_wal_working(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reserving blocks ahead is an optimisation: when the filesystem refuses
+    (full, or no support) the WAL writes on without it and says why."""
+    import errno
+
+    def refuse(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    st = FileStorage(tmp_path, fsync="always")
+    for k in range(3):
+        st.append(_entries(1, 10 * k + 1, 10 * k + 10))
+        st.sync()
+    assert st.reservation_error is not None and st.reservation_error.errno == errno.ENOSPC
+    st.close()
+    again = FileStorage(tmp_path, fsync="always")
+    assert [e.index for e in again.initial_state().entries] == list(range(1, 31))
+    again.close()
