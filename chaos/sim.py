@@ -30,7 +30,8 @@ from node.config import (
     SIM_LIVENESS_TICKS,
     CoreConfig,
 )
-from node.core import NotLeader, ProposalDropped, RaftCore, Role
+from node.core import RaftCore, Role
+from node.errors import NotLeader, ProposalDropped
 from node.messages import Entry, HardState, PeerMessage, SnapshotMeta
 from node.ready import ReadState, may_send_early
 from node.storage import MemoryStorage

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from node.config import MAX_CLIENT_ID_CHARS, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
-from node.core import NotLeader, ProposalDropped, RaftCore
+from node.errors import NotLeader, ProposalDropped
 from node.kv import Cas, Command, Delete, KVStore, Put, Result, encode_command
+
+if TYPE_CHECKING:  # the client side imports this module and needs no core
+    from node.core import RaftCore
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.config import CoreConfig
+from node.errors import NotLeader, ProposalDropped
 from node.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -48,19 +49,6 @@ class Role(enum.StrEnum):
     PRE_CANDIDATE = "pre_candidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
-
-
-class NotLeader(Exception):
-    """The request needs the leader; `leader` is the one this node knows of."""
-
-    def __init__(self, leader: str | None) -> None:
-        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
-        self.leader = leader
-
-
-class ProposalDropped(Exception):
-    """The leader cannot take proposals now: a leadership transfer is
-    running, or too many of its proposals wait for their commit."""
 
 
 @dataclass(slots=True)

@@ -28,7 +28,8 @@ from node.config import (
     node_dir,
 )
 from node.control import ControlError, handle_control
-from node.core import NotLeader, RaftCore, Role
+from node.core import RaftCore, Role
+from node.errors import NotLeader
 from node.kv import KVStore, encode_image
 from node.logs import make_logger
 from node.messages import Entry, EntryKind, PeerMessage, SnapshotMeta

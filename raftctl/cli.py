@@ -3,21 +3,20 @@ function and render. All printing happens here and in `raftctl/render.py`."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import sys
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from click.shell_completion import CompletionItem
-from rich.live import Live
 
 from node.client import Client, ClientError
-from raftctl import bench_cmd, chaos_cmd, faults_cmd, render
+from raftctl import faults_cmd, render
 from raftctl.cluster import (
     CLUSTER_ENV,
     DEFAULT_CLUSTER,
@@ -32,12 +31,14 @@ from raftctl.logview import LogFilter, follow, merged, parse_duration_s, since_t
 from raftctl.netns import MODES as NETNS_KERNEL_MODES
 from raftctl.netns import auto_mode as netns_auto_mode
 from raftctl.netns import unavailable as netns_unavailable
-from raftctl.sim_cmd import sim
 
 LEADER_WAIT_S = 10.0
 
 
 def _version() -> str:
+    # Imported here: reading the package metadata costs every command's start.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("raftctl")
     except PackageNotFoundError:
@@ -67,8 +68,29 @@ def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), prog_name="raftctl")
+class _LazyGroup(click.Group):
+    """A group whose heaviest commands (`bench`, `chaos`, `sim`) are imported
+    only when named, so `raftctl put` does not pay for the simulator, the
+    load generator or rich's live views at every start."""
+
+    LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
+            "sim": "raftctl.sim_cmd:sim"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.LAZY.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attr = target.split(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        assert isinstance(cmd, click.Command), target
+        return cmd
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="raftctl", prog_name="raftctl")
 @click.option("--cluster", "-C", envvar=CLUSTER_ENV, default=DEFAULT_CLUSTER, show_default=True,
               help=f"Cluster name (env {CLUSTER_ENV}).")
 @click.option("--run-dir", envvar=RUN_DIR_ENV, type=click.Path(file_okay=False, path_type=Path),
@@ -235,6 +257,8 @@ def _spinner(quiet: bool, text: str) -> Any:
 @click.pass_context
 def watch(ctx: click.Context, interval: float, count: int) -> None:
     """A live table of the cluster; Ctrl-C to quit."""
+    from rich.live import Live  # only here: it costs every other command's start
+
     c = _cluster(ctx)
     con = render.console()
     n = 0
@@ -525,9 +549,6 @@ def logs(ctx: click.Context, nodes: tuple[str, ...], follow_: bool, events: tupl
 
 
 faults_cmd.register(main)
-bench_cmd.register(main)
-chaos_cmd.register(main)
-main.add_command(sim)
 
 
 def run() -> None:

@@ -249,3 +249,15 @@ def test_durability_off_is_said_loudly(cli: Cli) -> None:
     log = (cli.run_dir / "nodes" / "n1" / "node.log").read_text()
     assert '"durability_off"' in log, "the node's log does not say it either"
     cli("down")
+
+
+def test_the_cli_loads_the_heavy_commands_only_when_named() -> None:
+    """`raftctl put` should start fast: importing the CLI pulls in neither the
+    simulator, the load generator, the chaos runner, rich's live view nor
+    the Raft core (each command that needs one imports it)."""
+    code = ("import sys, raftctl.cli; heavy = ['chaos.sim', 'raftctl.bench', 'chaos.nemesis', "
+            "'rich.live', 'node.core', 'node.storage']; "
+            "print([m for m in heavy if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -14,7 +14,8 @@ from typing import TypeVar
 import pytest
 from harness import Network, fmt_msg, seeded_storage, small_config
 
-from node.core import NotLeader, ProposalDropped, RaftCore, Role
+from node.core import RaftCore, Role
+from node.errors import NotLeader, ProposalDropped
 from node.messages import (
     AppendEntries,
     AppendEntriesResponse,

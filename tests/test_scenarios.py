@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from harness import Network, small_config
 
-from node.core import NotLeader, ProposalDropped
+from node.errors import NotLeader, ProposalDropped
 from node.messages import Beat, Hup
 
 SCENARIOS = Path(__file__).parent / "scenarios"

@@ -1,0 +1,17 @@
+"""What the core refuses a caller with. Apart from `node.core` so that the
+client side (`node.api`, `node.client`) need not import the whole core."""
+
+from __future__ import annotations
+
+
+class NotLeader(Exception):
+    """The request needs the leader; `leader` is the one this node knows of."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class ProposalDropped(Exception):
+    """The leader cannot take proposals now: a leadership transfer is
+    running, or too many of its proposals wait for their commit."""
