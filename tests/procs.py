@@ -4,6 +4,7 @@ at the end (pass or fail), and `wait_until` for conditions with deadlines."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
@@ -85,8 +86,16 @@ def cluster3(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
     """A running 3-node cluster with a leader, on each peer transport."""
     for c in make_cluster(tmp_path, 3, transport=transport):
         c.start_all()
-        c.wait_for_leader(10.0)
+        lead = c.wait_for_leader(10.0)
+        # A follower learns who won from the leader's first append, a moment
+        # after the leader itself reports it: tests start once all know.
+        wait_until(functools.partial(_all_follow, c, lead), 10.0, f"every node knows {lead} leads")
         yield c
+
+
+def _all_follow(c: TestCluster, lead: str) -> bool:
+    st = c.statuses()
+    return len(st) == len(c.node_ids()) and all(s.get("leader") == lead for s in st.values())
 
 
 def make_kernel_cluster(tmp_path: Path, mode: str, **settings: Any) -> Iterator[TestCluster]:
