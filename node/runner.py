@@ -231,8 +231,9 @@ class NodeRunner:
                 busy = time.monotonic() - busy_from
                 if busy > self._max_busy_s:
                     self._max_busy_s = busy
-                if self._stopping and not self.core.has_ready() and not self._client_backlog \
-                        and self._may_exit(now):
+                if self._stopping and (now >= self._stop_deadline or (
+                        not self.core.has_ready() and not self._client_backlog
+                        and self._may_exit(now))):
                     break
         finally:
             self._close()

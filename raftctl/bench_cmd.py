@@ -276,9 +276,3 @@ def up_table(r: UpReport) -> Table:
     t.add_row("median", "", _fmt(r.first_write_ms.median, ""))
     t.add_row("worst", "", _fmt(r.first_write_ms.worst, ""))
     return t
-
-
-def register(group: click.Group) -> None:
-    """Add `bench` to the raftctl command group."""
-    group.add_command(bench)
-

@@ -227,7 +227,3 @@ def verdict_lines(v: Verdict) -> list[Text]:
     verdict = (Text("verdict: OK", style="bold green") if v.ok else
                Text(f"verdict: {len(v.violations)} VIOLATION(S)", style="bold red"))
     return [*out, verdict]
-
-
-def register(group: click.Group) -> None:
-    group.add_command(chaos)

@@ -45,6 +45,13 @@ def _version() -> str:
         return "unknown"
 
 
+def _print_version(ctx: click.Context) -> None:
+    if ctx.resilient_parsing:
+        return
+    click.echo(f"raftctl, version {_version()}")
+    ctx.exit()
+
+
 def _cluster(ctx: click.Context) -> Cluster:
     c = ctx.find_object(Cluster)
     assert c is not None, "the raftctl group always sets up a Cluster"
@@ -90,7 +97,9 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="raftctl", prog_name="raftctl")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _p, v: _print_version(ctx) if v else None,
+              help="Show the version and exit.")
 @click.option("--cluster", "-C", envvar=CLUSTER_ENV, default=DEFAULT_CLUSTER, show_default=True,
               help=f"Cluster name (env {CLUSTER_ENV}).")
 @click.option("--run-dir", envvar=RUN_DIR_ENV, type=click.Path(file_okay=False, path_type=Path),

@@ -261,3 +261,20 @@ def test_the_cli_loads_the_heavy_commands_only_when_named() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_version_works_without_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`raftctl --version` from a checkout that was never installed says
+    "unknown" instead of failing."""
+    import importlib.metadata
+
+    from click.testing import CliRunner
+
+    from raftctl.cli import main
+
+    def missing(_name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError("raftctl")
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and r.output == "raftctl, version unknown\n", r.output

@@ -450,3 +450,27 @@ def test_a_refused_reservation_leaves_the_wal_working(
     again = FileStorage(tmp_path, fsync="always")
     assert [e.index for e in again.initial_state().entries] == list(range(1, 31))
     again.close()
+
+
+def test_a_reservation_refused_halfway_leaves_no_zeros_inside_the_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """posix_fallocate may grow the file and then fail (ENOSPC part way, or
+    glibc's emulation): those zeros are cut at the next roll like any
+    reserved space, so a segment that is not the last never holds them and
+    the log reopens whole."""
+    import errno
+
+    def grow_then_refuse(fd: int, offset: int, length: int) -> None:
+        os.ftruncate(fd, offset + length // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", grow_then_refuse)
+    st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
+    for k in range(40):
+        st.append(_entries(1, 10 * k + 1, 10 * k + 10, b"z" * 40))
+        st.sync()
+    assert len(st.segment_paths()) >= 3 and st.reservation_error is not None
+    st.close()
+    again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
+    assert [e.index for e in again.initial_state().entries] == list(range(1, 401))
+    again.close()
