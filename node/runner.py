@@ -328,6 +328,9 @@ class NodeRunner:
                     rd.committed_entries[n_early].index <= durable:
                 n_early += 1
             self._apply_entries(rd.committed_entries[:n_early])
+            # Their answers leave now, not at the end of the turn: a commit
+            # is what the client waits for.
+            self._flush_replies()
             self._persist(rd)
             for m in late:
                 self.transport.send(m.dst, codec.encode(m))
