@@ -139,6 +139,17 @@ def batch_bounds(sizes: list[int], limit: int) -> list[tuple[int, int]]:
     return out
 
 
+_resp_decoder: msgspec.msgpack.Decoder[ClientResponse | list[ClientResponse]] = \
+    msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse])
+
+
+def decode_responses(frame: bytes) -> list[ClientResponse]:
+    """The responses a frame holds: one, or a batch frame's array. Raises
+    msgspec.DecodeError (ValidationError is one) for anything else."""
+    got = _resp_decoder.decode(frame)
+    return got if isinstance(got, list) else [got]
+
+
 def join_batch(items: list[bytes]) -> bytes:
     """One frame holding `items` (each an encoded request or response) as a
     MessagePack array: a header, then the items as they are."""

@@ -22,12 +22,10 @@ from node.api import (
     GetRequest,
     PingRequest,
     PutRequest,
+    decode_responses,
 )
 from node.transport.zmq import CurveKeys, make_client_socket
 
-# A frame holds one response, or several of this connection's (node/api.py).
-_resp_decoder: msgspec.msgpack.Decoder[ClientResponse | list[ClientResponse]] = \
-    msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse])
 _encoder = msgspec.msgpack.Encoder()
 
 # Errors after which another attempt (same seq) is safe and may succeed.
@@ -214,9 +212,9 @@ class Client:
                     except zmq.Again:
                         break
                     try:
-                        got = _resp_decoder.decode(data)
+                        got = decode_responses(data)
                     except msgspec.DecodeError:
                         continue
-                    for resp in got if isinstance(got, list) else (got,):
+                    for resp in got:
                         if resp.id in ids:
                             return resp

@@ -39,7 +39,7 @@ from node.messages import (
     TransferLeader,
 )
 from node.progress import FlowState, Progress
-from node.raft_log import ENTRY_OVERHEAD_BYTES, RaftLog, entry_size
+from node.raft_log import RaftLog, entry_size
 from node.ready import ReadState, Ready, SoftState
 from node.storage import Storage
 
@@ -569,14 +569,15 @@ class RaftCore:
             raise NotLeader(self.leader)
         if self.lead_transferee is not None:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
-        size = len(data) + ENTRY_OVERHEAD_BYTES
+        entry = Entry(self.term, self.log.last_index() + 1, EntryKind.NORMAL, data)
+        size = entry_size(entry)
         limit = self.config.max_uncommitted_bytes
         if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
             self.counters.proposals_refused += 1
             raise ProposalDropped(
                 f"overloaded: {self.uncommitted_bytes} bytes of writes wait for their commit "
                 f"(limit {limit}); retry shortly")
-        self._append_entries([Entry(self.term, self.log.last_index() + 1, EntryKind.NORMAL, data)])
+        self._append_entries([entry])
         self.uncommitted_bytes += size
 
     def _append_entries(self, entries: list[Entry]) -> None:

@@ -30,6 +30,7 @@ from node.api import (
     PingRequest,
     PutRequest,
     batch_bounds,
+    decode_responses,
     join_batch,
 )
 from node.config import (
@@ -53,8 +54,6 @@ _SUB_BITS = 8
 _MAX_WAIT_MS = 50
 
 _encode = msgspec.msgpack.Encoder().encode
-# A frame holds one response, or several of this connection's (node/api.py).
-_decode_response = msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse]).decode
 
 
 class LoadError(Exception):
@@ -254,10 +253,10 @@ class LoadGen:
                 break
             for sock, _ in self._poller.poll(left_ms):
                 try:
-                    got = _decode_response(sock.recv())
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                    got = decode_responses(sock.recv())
+                except msgspec.DecodeError:
                     continue
-                for resp in got if isinstance(got, list) else (got,):
+                for resp in got:
                     node = pings.get(resp.id)
                     if node is not None:
                         answered.add(node)
@@ -342,11 +341,11 @@ class LoadGen:
             except zmq.Again:
                 return
             try:
-                got = _decode_response(data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                got = decode_responses(data)
+            except msgspec.DecodeError:
                 continue
             now = time.monotonic()
-            for resp in got if isinstance(got, list) else (got,):
+            for resp in got:
                 c = owner.get(resp.id)
                 if c is not None:
                     self._on_response(c, resp, now)

@@ -354,7 +354,6 @@ class NodeRunner:
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
         if rd.must_sync():
-            self._flush_replies()  # answers already due need not wait for the disk
             self.storage.sync()
             if self.storage.reservation_error is not None and not self._reservation_logged:
                 self._reservation_logged = True

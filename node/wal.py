@@ -350,7 +350,6 @@ class Wal:
         self._failed: OSError | None = None
         # Blocks are reserved ahead only when they are fsynced, and no more
         # once the filesystem refused (the reservation is an optimisation).
-        self._reserve = sync
         self.reservation_error: OSError | None = None
         self.recovery = Recovery()
 
@@ -482,7 +481,8 @@ class Wal:
                     self._roll()
                 seg = self._segments[-1]
                 if chunk.buf:
-                    if self._reserve and seg.size + len(chunk.buf) > self._allocated:
+                    if self._sync and self.reservation_error is None \
+                            and seg.size + len(chunk.buf) > self._allocated:
                         self._preallocate(seg.size + len(chunk.buf))
                     _write_all(self._fd, chunk.buf)
                     seg.size += len(chunk.buf)
@@ -511,7 +511,6 @@ class Wal:
         try:
             os.posix_fallocate(self._fd, self._allocated, target - self._allocated)
         except OSError as e:
-            self._reserve = False
             self.reservation_error = e
             # It may have grown the file before it failed: those zeros must
             # go at the next roll like any reserved space.

@@ -8,8 +8,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+import zmq
 
+from node.api import ClientResponse, PutRequest, decode_responses, join_batch
 from node.client import ClientError
 from node.config import ELECTION_TICKS, TICK_MS
 from node.transport.zmq import make_client_socket
@@ -177,34 +180,34 @@ def test_sigterm_on_the_leader_hands_over_first(cluster3: TestCluster) -> None:
         assert all(cl.get(f"k{i}") == b"v" for i in range(20))
 
 
+def _puts_in_one_frame(c: TestCluster, node: str, client: str, values: list[bytes],
+                       timeout_ms: int) -> dict[int, ClientResponse]:
+    """Send puts of `values` (ids and seqs 1, 2, ...) to `node` in one batch
+    frame over a DEALER socket; their answers by id."""
+    enc = msgspec.msgpack.Encoder()
+    frame = join_batch([enc.encode(PutRequest(id=i, client=client, seq=i, key=f"k{i}", value=v))
+                        for i, v in enumerate(values, 1)])
+    sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[node], c.keys())
+    got: dict[int, ClientResponse] = {}
+    try:
+        sock.send(frame)
+        while len(got) < len(values):
+            assert sock.poll(timeout_ms), f"answers stopped after {len(got)} of {len(values)}"
+            got.update((r.id, r) for r in decode_responses(sock.recv()))
+    finally:
+        sock.close(linger=0)
+    return got
+
+
 def test_an_overloaded_leader_answers_busy(tmp_path: Path) -> None:
     """Two writes in one batch frame reach the leader in one turn: with
     max_uncommitted_bytes=300 it takes the first (nothing was waiting) and
     refuses the second with `busy`, counted in its status; the first
     commits, and then the same write is taken again."""
-    import msgspec
-    import zmq
-
-    from node.api import ClientResponse, PutRequest, is_batch, join_batch, split_batch
-
     for c in make_cluster(tmp_path, 3, max_uncommitted_bytes=300):
         c.start_all()
         lead = c.wait_for_leader(10.0)
-        enc = msgspec.msgpack.Encoder()
-        frame = join_batch([enc.encode(PutRequest(id=i, client="over", seq=i, key=f"k{i}",
-                                                  value=b"x" * 200)) for i in (1, 2)])
-        sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
-        try:
-            sock.send(frame)
-            got: dict[int, ClientResponse] = {}
-            while len(got) < 2:
-                assert sock.poll(5000), f"no answer from the leader (got {sorted(got)})"
-                data = sock.recv()
-                for item in split_batch(data) if is_batch(data) else [data]:
-                    r = msgspec.msgpack.decode(item, type=ClientResponse)
-                    got[r.id] = r
-        finally:
-            sock.close(linger=0)
+        got = _puts_in_one_frame(c, lead, "over", [b"x" * 200] * 2, 5000)
         assert got[1].ok, got[1]
         assert got[2].error == "busy" and "overloaded" in (got[2].message or ""), got[2]
         st = c.statuses()[lead]
@@ -220,32 +223,13 @@ def test_a_huge_batch_frame_does_not_stall_the_leader(tmp_path: Path) -> None:
     heartbeats keep their rhythm: every write is answered, no follower
     starts an election, and no turn of the loop lasted two election
     timeouts. (Handled in one turn, 20,000 such writes took 171 ms here.)"""
-    import msgspec
-    import zmq
-
-    from node.api import ClientResponse, PutRequest, is_batch, join_batch, split_batch
-
     n = 60_000
     for c in make_cluster(tmp_path, 3):
         c.start_all()
         lead = c.wait_for_leader(10.0)
         term = c.statuses()[lead]["term"]  # reading the status also resets its busy peak
-        enc = msgspec.msgpack.Encoder()
-        frame = join_batch([enc.encode(PutRequest(id=i, client="huge", seq=i, key=f"k{i}",
-                                                  value=b"v")) for i in range(1, n + 1)])
-        sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
-        ok = 0
-        try:
-            sock.send(frame)
-            while ok < n:
-                assert sock.poll(20_000), f"answers stopped after {ok} of {n}"
-                data = sock.recv()
-                for item in split_batch(data) if is_batch(data) else [data]:
-                    r = msgspec.msgpack.decode(item, type=ClientResponse)
-                    assert r.ok, r
-                    ok += 1
-        finally:
-            sock.close(linger=0)
+        got = _puts_in_one_frame(c, lead, "huge", [b"v"] * n, 20_000)
+        assert all(r.ok for r in got.values()), next(r for r in got.values() if not r.ok)
         st = c.statuses()
         assert all(s["term"] == term for s in st.values()), {k: s["term"] for k, s in st.items()}
         election_timeout_ms = ELECTION_TICKS * TICK_MS
