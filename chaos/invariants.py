@@ -17,6 +17,8 @@ LOG_MATCHING = "log_matching"
 LEADER_COMPLETENESS = "leader_completeness"
 STATE_MACHINE_SAFETY = "state_machine_safety"
 LINEARIZABILITY = "linearizability"
+# A client's write (session, seq) ran at two log indexes (thesis §6.3).
+EXACTLY_ONCE = "exactly_once"
 LIVENESS = "liveness"
 # The core itself refused to go on (an internal assertion or an exception).
 CORE_ERROR = "core_error"
@@ -115,6 +117,20 @@ class RaftInvariants:
         self._entries: dict[tuple[int, int], tuple[int, bytes, str]] = {}
         # Committed or applied anywhere: index -> what was decided there.
         self._decided: dict[int, _Decided] = {}
+        # Exactly-once: the index at which each (session, seq) write ran.
+        self._executed: dict[tuple[int, int], int] = {}
+
+    def executed(self, tick: int, node: str, session: int, seq: int,
+                 index: int) -> list[Violation]:
+        """`node` ran write `seq` of `session` from the entry at `index`.
+        Every replica runs it from the same entry (a restarted one again,
+        replaying); from any other entry it ran twice."""
+        first = self._executed.setdefault((session, seq), index)
+        if first == index:
+            return []
+        return [Violation(EXACTLY_ONCE, tick,
+                          f"{node} ran write {seq} of session {session} from entry {index}; "
+                          f"it already ran from entry {first}")]
 
     def node_down(self, node: str) -> None:
         """The node crashed: it leads no more; its next state starts afresh."""

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import msgspec
 
 from chaos.invariants import (
     CORE_ERROR,
@@ -28,12 +26,25 @@ from node.config import (
     SIM_CLIENT_OP_TICKS,
     SIM_FAULT_TICKS,
     SIM_LIVENESS_TICKS,
+    TICK_MS,
     CoreConfig,
 )
 from node.core import RaftCore, Role
 from node.errors import NotLeader, ProposalDropped
-from node.messages import Entry, HardState, PeerMessage, SnapshotMeta
-from node.ready import ReadState, may_send_early
+from node.kv import (
+    SESSION_EXPIRED,
+    Body,
+    Command,
+    KVStore,
+    Put,
+    RegisterSession,
+    Write,
+    encode_command,
+    encode_image,
+    encode_op,
+)
+from node.messages import Entry, EntryKind, HardState, PeerMessage, Snapshot, SnapshotMeta
+from node.ready import ReadState, Ready, Step, handle_ready
 from node.storage import MemoryStorage
 
 
@@ -43,52 +54,20 @@ def sim_core_config(rng: random.Random | None = None) -> CoreConfig:
     `rng`, a seed also picks its variant of the settings a user may change."""
     if rng is None:
         return CoreConfig(election_ticks=10, heartbeat_ticks=2, max_append_entries=4,
-                          max_inflight_appends=4, snapshot_chunk_bytes=64)
+                          max_inflight_appends=4, snapshot_chunk_bytes=64, catchup_entries=0)
     return CoreConfig(
         election_ticks=10,
         heartbeat_ticks=2,
         max_append_entries=rng.choice((1, 4, 64)),
         max_inflight_appends=rng.choice((1, 4, 64)),
         snapshot_chunk_bytes=rng.choice((16, 64, 4096)),
+        catchup_entries=rng.choice((0, 0, 3, 20)),
         prevote=rng.random() < 0.8,
         check_quorum=rng.random() < 0.8,
     )
 
 
 # --- nodes, their state machine and clients ----------------------------------
-
-
-class _KV:
-    """The key-value state machine with client sessions (thesis §6.3): a
-    retried write is applied once."""
-
-    __slots__ = ("data", "sessions")
-
-    def __init__(self, data: dict[str, str] | None = None,
-                 sessions: dict[str, int] | None = None) -> None:
-        self.data = data or {}
-        self.sessions = sessions or {}
-
-    def apply(self, payload: bytes) -> tuple[str, int] | None:
-        """Apply a write; (client, seq) it answers, or None for other entries."""
-        if not payload.startswith(b"w|"):
-            return None
-        _, client, seq_text, key, value = payload.decode().split("|")
-        seq = int(seq_text)
-        if self.sessions.get(client, 0) < seq:
-            self.data[key] = value
-            self.sessions[client] = seq
-        return client, seq
-
-    def image(self) -> bytes:
-        return msgspec.msgpack.encode((self.data, self.sessions))
-
-    @classmethod
-    def from_image(cls, image: bytes) -> _KV:
-        if not image:
-            return cls()
-        data, sessions = msgspec.msgpack.decode(image, type=tuple[dict[str, str], dict[str, int]])
-        return cls(data, sessions)
 
 
 @dataclass(slots=True)
@@ -98,14 +77,17 @@ class _Node:
 
     id: str
     peers: list[str]
+    new_kv: Callable[[], KVStore]
     storage: MemoryStorage = field(default_factory=MemoryStorage)
     core: RaftCore | None = None
-    kv: _KV = field(default_factory=_KV)
+    kv: KVStore = field(default_factory=KVStore)
     applied: int = 0
-    waiting_writes: dict[tuple[str, int], _Client] = field(default_factory=dict)
+    waiting_writes: dict[tuple[int, int], _Client] = field(default_factory=dict)
+    # By (index, term) proposed at: another leader may put another entry there.
+    waiting_registrations: dict[tuple[int, int], _Client] = field(default_factory=dict)
     waiting_reads: dict[bytes, tuple[_Client, int]] = field(default_factory=dict)
     read_states: list[ReadState] = field(default_factory=list)
-    crash_after_persist: bool = False  # crash inside the next Ready (either side of the persist)
+    crash_at: Step | None = None  # crash at this point of its next Ready
     unsynced_hs: HardState | None = None
 
 
@@ -116,8 +98,10 @@ class _Client:
 
     id: str
     target: str
+    session: int | None = None
     seq: int = 0
     ops: int = 0
+    proposals: int = 0  # entries its current write (or registration) may have made
     kind: str = ""
     key: str = ""
     value: str | None = None
@@ -154,6 +138,14 @@ def _reading(c: _Client, op: int) -> bool:
 
 class _Stop(Exception):
     """A step broke an invariant; the run ends there."""
+
+
+class _Crashed(Exception):
+    """The node crashed at a point of its Ready (`_Node.crash_at`)."""
+
+
+# The simulated cluster clock runs at the runner's default tick.
+SIM_TICK_MS = TICK_MS
 
 
 # With `snapshot` on: per node and tick, the chance it compacts its log, and
@@ -194,7 +186,15 @@ class Simulation:
         self._net = SimNetwork(self._rng)
         ids = [f"n{i}" for i in range(1, nodes + 1)]
         self._ids = ids
-        self._nodes = {i: _Node(i, [p for p in ids if p != i]) for i in ids}
+        # Session rules, the same on every replica; small, so that sessions
+        # expire and are evicted during runs (node/sessions.py).
+        timeout_ms = self._rng.choice((300, 3_000, 60_000))
+        max_sessions = self._rng.choice((2, clients + 1, 64))
+
+        def new_kv() -> KVStore:
+            return KVStore(session_timeout_ms=timeout_ms, max_sessions=max_sessions)
+
+        self._nodes = {i: _Node(i, [p for p in ids if p != i], new_kv) for i in ids}
         self._quorum = nodes // 2 + 1
         self._keys = [f"k{i}" for i in range(keys)]
         self._clients = [_Client(f"c{i}", self._rng.choice(ids)) for i in range(clients)]
@@ -315,20 +315,20 @@ class Simulation:
     def busy(self, client: int) -> bool:
         return self._clients[client].busy
 
-    def crash(self, node: str, after_persist: bool = False) -> None:
-        """Crash `node` now, or (`after_persist`) at its next Ready, after
-        persisting it and before sending its messages."""
+    def crash(self, node: str, at: Step | None = None) -> None:
+        """Crash `node` now, or (`at`) at that point of its next Ready
+        (node/ready.py: between any two of its steps)."""
         n = self._nodes[node]
-        if after_persist:
-            n.crash_after_persist = True
+        if at is not None:
+            n.crash_at = at
         elif n.core is not None:
             self._crash(n, "by the script")
 
     def restart(self, node: str) -> None:
         """Start a crashed node again from its disk (and cancel a pending
-        crash-after-persist)."""
+        crash inside a Ready)."""
         n = self._nodes[node]
-        n.crash_after_persist = False
+        n.crash_at = None
         if n.core is None:
             self._log(node, "restarted")
             self._guard(lambda: self._start(n))
@@ -400,73 +400,24 @@ class Simulation:
     # --- one node: handling its Ready -----------------------------------------
 
     def _handle(self, n: _Node) -> None:
-        """Persist, send, apply, serve reads, advance (see `node/ready.py`)."""
+        """Handle the node's Readies as the runner does (node/ready.py)."""
         core = n.core
         assert core is not None
+        io = _SimReady(self, n)
         loops = 0
-        changed = False
         while core.has_ready():
             loops += 1
             if loops > _READY_LOOP_LIMIT:
                 raise RuntimeError(f"{n.id} still has a Ready after {loops - 1} rounds")
-            rd = core.ready()
-            # Term, vote, commit, role, log and applied index change only
-            # through these fields; a Ready of messages alone changes nothing
-            # the invariants look at.
-            changed = changed or bool(rd.entries or rd.committed_entries) or (
-                rd.hard_state is not None or rd.snapshot is not None
-                or rd.soft_state is not None)
-            # As the runner does: a leader's replication traffic leaves before
-            # the persist (thesis §10.2.1), everything else after it.
-            early = [m for m in rd.messages if may_send_early(m)]
-            late = [m for m in rd.messages if not may_send_early(m)]
-            self._send_all(n, early)
-            if n.crash_after_persist and self._rng.random() < 0.5:
-                self._crash(n, "after sending replication traffic, before persisting")
+            try:
+                handle_ready(core, io)
+            except _Crashed as crash:
+                self._crash(n, str(crash))
                 return
-            st = n.storage
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-            if rd.entries:
-                st.append(rd.entries)
-            # A hard state whose term and vote are unchanged is written but not
-            # synced (node/ready.py): it reaches the disk with the next sync,
-            # and a crash before that loses it.
-            if rd.hard_state is not None:
-                n.unsynced_hs = rd.hard_state
-            if rd.must_sync() and n.unsynced_hs is not None:
-                st.set_hard_state(n.unsynced_hs)
-                n.unsynced_hs = None
-            for name, kw in rd.events:
-                self._stats[name] += 1
-                if name == "became_leader" and self._faulty:
-                    self._nemesis.new_leader(self.now, n.id)
-                if self._trace is not None:
-                    self._log(n.id, " ".join([name, f"term={core.term}",
-                                              *(f"{k}={v}" for k, v in kw.items())]))
-            if n.crash_after_persist:
-                self._crash(n, "after persisting, before sending")
-                return
-            self._send_all(n, late)
-            if rd.snapshot is not None:
-                n.kv = _KV.from_image(rd.snapshot.data)
-                n.applied = rd.snapshot.meta.index
-            for e in rd.committed_entries:
-                self._apply(n, e)
-            n.read_states.extend(rd.read_states)
-            if n.read_states:
-                self._serve_reads(n)
-            for ctx in rd.dropped_reads:
-                waiter = n.waiting_reads.pop(ctx, None)
-                if waiter is not None and _reading(*waiter):
-                    waiter[0].target = core.leader or waiter[0].target
-                    waiter[0].retry_at = self.now + 1
-                    waiter[0].waiting = False
-            core.advance(rd)
-        if changed:
+        if io.changed:
             self._observe(n)
 
-    def _send_all(self, n: _Node, msgs: list[PeerMessage]) -> None:
+    def _send_all(self, n: _Node, msgs: Sequence[PeerMessage]) -> None:
         self._sent += len(msgs)
         for m in msgs:
             lost = self._net.send(self.now, m)
@@ -475,15 +426,44 @@ class Simulation:
                 if self._trace is not None:
                     self._log(n.id, f"drop({lost}) {describe(m)}")
 
+    def _event(self, n: _Node, name: str, kw: dict[str, object]) -> None:
+        self._stats[name] += 1
+        if name == "became_leader" and self._faulty:
+            self._nemesis.new_leader(self.now, n.id)
+        if self._trace is not None and n.core is not None:
+            self._log(n.id, " ".join([name, f"term={n.core.term}",
+                                      *(f"{k}={v}" for k, v in kw.items())]))
+
     def _apply(self, n: _Node, e: Entry) -> None:
         if e.index != n.applied + 1:
             raise AssertionError(f"{n.id} was handed entry {e.index} after applying {n.applied}")
         n.applied = e.index
-        done = n.kv.apply(e.data)
-        if done is not None:
-            c = n.waiting_writes.pop(done, None)
-            if c is not None and c.busy and c.kind == WRITE and c.seq == done[1]:
-                self._complete(c, OK, c.value)
+        done = n.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
+        if done is None:
+            return
+        if done.executed:
+            found = self._checker.executed(self.now, n.id, done.session, done.seq, e.index)
+            if found:
+                self._violations.extend(found)
+                raise _Stop
+        if done.seq == 0:
+            c = n.waiting_registrations.pop((e.index, e.term), None)
+            if c is not None and c.busy and c.session is None and done.session == e.index:
+                self._registered(c, e.index)
+            return
+        c = n.waiting_writes.pop((done.session, done.seq), None)
+        if c is None or not (c.busy and c.kind == WRITE and c.session == done.session
+                             and c.seq == done.seq):
+            return
+        if done.result.ok:
+            self._complete(c, OK, c.value)
+        elif done.result.error == SESSION_EXPIRED:
+            # Expired sessions never apply a write: only an earlier proposal
+            # of it, applied before the session ended, could have.
+            c.session = None
+            self._complete(c, UNKNOWN if c.proposals > 1 else FAIL, None)
+        else:
+            raise AssertionError(f"{n.id}: a put of {c.id} failed with {done.result.error}")
 
     def _serve_reads(self, n: _Node) -> None:
         keep: list[ReadState] = []
@@ -493,7 +473,8 @@ class Simulation:
                 continue
             waiter = n.waiting_reads.pop(rs.ctx, None)
             if waiter is not None and _reading(*waiter):
-                self._complete(waiter[0], OK, n.kv.data.get(waiter[0].key))
+                value = n.kv.get(waiter[0].key)
+                self._complete(waiter[0], OK, None if value is None else value.decode())
         n.read_states = keep
 
     def _observe(self, n: _Node) -> None:
@@ -513,7 +494,9 @@ class Simulation:
     def _start(self, n: _Node) -> None:
         """Start (or restart) a node from what its disk holds."""
         snap = n.storage.snapshot()
-        n.kv = _KV.from_image(snap.data)
+        n.kv = n.new_kv()
+        if snap.data:
+            n.kv.restore(snap.data)
         n.applied = snap.meta.index
         n.core = RaftCore(n.id, n.peers, n.storage, self.config,
                           random.Random(self._rng.getrandbits(64)))
@@ -522,12 +505,13 @@ class Simulation:
 
     def _crash(self, n: _Node, how: str) -> None:
         n.core = None
-        n.kv = _KV()
+        n.kv = n.new_kv()
         n.applied = 0
         n.waiting_writes.clear()
+        n.waiting_registrations.clear()
         n.waiting_reads.clear()
         n.read_states.clear()
-        n.crash_after_persist = False
+        n.crash_at = None
         n.unsynced_hs = None
         self._checker.node_down(n.id)
         self._stats["crashes"] += 1
@@ -536,12 +520,12 @@ class Simulation:
     def _compact(self, n: _Node) -> None:
         core = n.core
         assert core is not None
-        if n.applied - core.log.snapshot.index < _COMPACT_MIN_ENTRIES:
+        if n.applied - core.snapshot_meta.index < _COMPACT_MIN_ENTRIES:
             return
         term = core.log.term(n.applied)
         assert term is not None
         meta = SnapshotMeta(n.applied, term)
-        n.storage.create_snapshot(meta, n.kv.image())
+        n.storage.create_snapshot(meta, encode_image(n.kv.freeze()))
         core.compact(meta)
         self._stats["compactions"] += 1
         self._log(n.id, f"compacted through {meta.index} (term {meta.term})")
@@ -603,6 +587,7 @@ class Simulation:
         c.key = key if key is not None else rng.choice(self._keys)
         if kind is None:
             kind = WRITE if rng.random() < 0.5 else READ
+        c.proposals = 0
         if kind == WRITE:
             c.kind = WRITE
             c.seq += 1
@@ -623,10 +608,17 @@ class Simulation:
             c.target = self._rng.choice(self._ids)
             return
         try:
-            if c.kind == WRITE:
-                n.core.propose(f"w|{c.id}|{c.seq}|{c.key}|{c.value}".encode())
+            if c.kind == WRITE and c.session is None:
+                # A session first (thesis §6.3), then the write in it.
+                index = n.core.propose(self._command(RegisterSession()))
+                n.waiting_registrations[(index, n.core.term)] = c
+            elif c.kind == WRITE:
+                assert c.session is not None and c.value is not None
+                op = encode_op(Put(c.key, c.value.encode()))
+                n.core.propose(self._command(Write(c.session, c.seq, c.seq, op)))
                 c.accepted = True
-                n.waiting_writes[(c.id, c.seq)] = c
+                c.proposals += 1
+                n.waiting_writes[(c.session, c.seq)] = c
             else:
                 c.attempt += 1
                 ctx = f"{c.id}/{c.ops}/{c.attempt}".encode()
@@ -640,6 +632,16 @@ class Simulation:
         c.retry_at = self.now + SIM_CLIENT_ATTEMPT_TICKS
         c.waiting = True
         self._handle(n)
+
+    def _command(self, body: Body) -> bytes:
+        """A command stamped with the simulated cluster clock, as a leader does."""
+        return encode_command(Command(self.now * SIM_TICK_MS, body))
+
+    def _registered(self, c: _Client, session: int) -> None:
+        c.session = session
+        self._log(c.id, f"session {session}")
+        c.waiting = False
+        c.retry_at = self.now  # the write goes out at the client's next step
 
     def _complete(self, c: _Client, outcome: str, value: str | None) -> None:
         self._clock += 1
@@ -690,3 +692,68 @@ COVERAGE_STATS = (
     "append_rejected", "messages_delivered", "messages_dropped", "ops_ok", "ops_unknown",
     "ops_fail",
 )
+
+
+class _SimReady:
+    """The simulator's side of each step of a Ready (node/ready.py): the
+    virtual network and disk, the real state machine, and a crash at the
+    point the nemesis or a script chose."""
+
+    def __init__(self, sim: Simulation, n: _Node) -> None:
+        self.sim = sim
+        self.n = n
+        # Term, vote, commit, role, log and applied index change only through
+        # these steps; a Ready of messages alone changes nothing the
+        # invariants look at.
+        self.changed = False
+
+    def send(self, messages: Sequence[PeerMessage]) -> None:
+        self.sim._send_all(self.n, messages)
+
+    def persist(self, rd: Ready) -> None:
+        n = self.n
+        self.changed = self.changed or bool(rd.entries) or rd.hard_state is not None \
+            or rd.snapshot is not None
+        st = n.storage
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            st.append(rd.entries)
+        # A hard state whose term and vote are unchanged is written but not
+        # synced (node/ready.py): it reaches the disk with the next sync,
+        # and a crash before that loses it.
+        if rd.hard_state is not None:
+            n.unsynced_hs = rd.hard_state
+        if rd.must_sync() and n.unsynced_hs is not None:
+            st.set_hard_state(n.unsynced_hs)
+            n.unsynced_hs = None
+
+    def install(self, snapshot: Snapshot) -> None:
+        n = self.n
+        n.kv = n.new_kv()
+        n.kv.restore(snapshot.data)
+        n.applied = snapshot.meta.index
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        self.changed = True
+        for e in entries:
+            self.sim._apply(self.n, e)
+
+    def finish(self, rd: Ready) -> None:
+        sim, n = self.sim, self.n
+        self.changed = self.changed or rd.soft_state is not None
+        n.read_states.extend(rd.read_states)
+        if n.read_states:
+            sim._serve_reads(n)
+        for ctx in rd.dropped_reads:
+            waiter = n.waiting_reads.pop(ctx, None)
+            if waiter is not None and _reading(*waiter):
+                waiter[0].target = (n.core.leader if n.core else None) or waiter[0].target
+                waiter[0].retry_at = sim.now + 1
+                waiter[0].waiting = False
+        for name, kw in rd.events:
+            sim._event(n, name, kw)
+
+    def reached(self, step: Step) -> None:
+        if self.n.crash_at is step:
+            raise _Crashed(f"at its Ready, {step.value}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chaos.sim_network import SimNetwork
+from node.ready import Step
 
 FAULT_KINDS: tuple[str, ...] = (
     "loss", "duplicate", "reorder", "delay", "partition", "isolate", "oneway",
@@ -59,7 +60,7 @@ class Target(Protocol):
 
     def alive(self) -> list[str]: ...
 
-    def crash(self, node: str, after_persist: bool = False) -> None: ...
+    def crash(self, node: str, at: Step | None = None) -> None: ...
 
     def restart(self, node: str) -> None: ...
 
@@ -183,8 +184,10 @@ class Nemesis:
             if f.node not in alive:
                 return None
             if rng.random() < 0.5:
-                t.crash(f.node, after_persist=True)
-                return f"crash {f.node} at its next Ready, after persisting"
+                # Anywhere inside its next Ready (node/ready.py's steps).
+                at = rng.choice(list(Step))
+                t.crash(f.node, at=at)
+                return f"crash {f.node} at its next Ready, {at.value}"
             t.crash(f.node)
             return f"crash {f.node}"
         # transfer: a one-shot request to the leader (thesis §3.10)

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None marks "not importable"
 
 from node.config import node_dir  # noqa: E402 - must come after the line above
+from node.membership_mark import DataLost  # noqa: E402
 from node.runner import NodeRunner  # noqa: E402
 from node.storage import StorageError  # noqa: E402
 from node.transport.zmq import KeysError  # noqa: E402
@@ -23,20 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m node", description=__doc__)
     ap.add_argument("--run-dir", required=True, type=Path, help="the cluster's run directory")
     ap.add_argument("--id", required=True, help="this node's id in cluster.json")
+    ap.add_argument("--force-rejoin", action="store_true",
+                    help="start as a voter even though this node lost its data (unsafe)")
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir.resolve()
     log_path = node_dir(run_dir, args.id) / "node.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", buffering=1, encoding="utf-8") as log_stream:
         try:
-            runner = NodeRunner(run_dir, args.id, log_stream)
+            runner = NodeRunner(run_dir, args.id, log_stream, force_rejoin=args.force_rejoin)
         except KeyError as e:
             print(f"node: {e.args[0]}", file=sys.stderr)
             return 2
         except KeysError as e:
             print(f"node {args.id}: cannot start: {e}", file=sys.stderr)
             return 1
-        except StorageError as e:
+        except (StorageError, DataLost) as e:
             print(f"node {args.id}: cannot start: {e}", file=sys.stderr)
             return 1
         runner.run()

@@ -6,6 +6,7 @@ handed a `reply` function by the runner.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,17 +14,32 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from node.config import MAX_CLIENT_ID_CHARS, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
+from node.config import MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
 from node.errors import NotLeader, ProposalDropped
-from node.kv import Cas, Command, Delete, KVStore, Put, Result, encode_command
+from node.kv import (
+    Append,
+    Applied,
+    Body,
+    Cas,
+    CloseSession,
+    Command,
+    Delete,
+    KVStore,
+    Op,
+    Put,
+    RegisterSession,
+    Write,
+    encode_command,
+    encode_op,
+)
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.core import RaftCore
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+SessionId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 
@@ -31,38 +47,57 @@ class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
     id: ReqId = 0
 
 
-class PutRequest(_Req, tag="put", frozen=True):
-    client: ClientId
+class _WriteReq(_Req, frozen=True, kw_only=True):
+    """A session's write number `seq`; the client no longer needs the
+    answer of any seq below `first_outstanding` (default: `seq`)."""
+
+    session: SessionId
     seq: Seq
+    first_outstanding: Seq | None = None
+
+
+class PutRequest(_WriteReq, tag="put", frozen=True, kw_only=True):
     key: Key
     value: Value
+    prev: bool = False
 
 
-class DeleteRequest(_Req, tag="delete", frozen=True):
-    client: ClientId
-    seq: Seq
+class DeleteRequest(_WriteReq, tag="delete", frozen=True, kw_only=True):
     key: Key
+    prev: bool = False
 
 
-class CasRequest(_Req, tag="cas", frozen=True):
-    client: ClientId
-    seq: Seq
+class CasRequest(_WriteReq, tag="cas", frozen=True, kw_only=True):
     key: Key
     expected: Value | None
     value: Value
 
 
-class GetRequest(_Req, tag="get", frozen=True):
+class AppendRequest(_WriteReq, tag="append", frozen=True, kw_only=True):
+    key: Key
+    value: Value
+
+
+class RegisterRequest(_Req, tag="register", frozen=True, kw_only=True):
+    """Open a session; answered with its id once the registration commits."""
+
+
+class CloseSessionRequest(_Req, tag="close_session", frozen=True, kw_only=True):
+    session: SessionId
+
+
+class GetRequest(_Req, tag="get", frozen=True, kw_only=True):
     key: Key
     stale: bool = False
 
 
-class PingRequest(_Req, tag="ping", frozen=True):
+class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
     """Who leads? Answered by any node without touching the log."""
 
 
-ClientRequest = PutRequest | DeleteRequest | CasRequest | GetRequest | PingRequest
-WriteRequest = PutRequest | DeleteRequest | CasRequest
+ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
+                 | PingRequest | RegisterRequest | CloseSessionRequest)
+WriteRequest = PutRequest | DeleteRequest | CasRequest | AppendRequest
 
 
 class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -77,6 +112,7 @@ class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     leader_addr: str | None = None
     index: int | None = None
     node: str | None = None
+    session: int | None = None
 
 
 _req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
@@ -198,6 +234,7 @@ class ClientApi:
         client_addrs: dict[str, str],
         on_bad_request: Callable[[str], None],
         max_command_bytes: int = MAX_MESSAGE_BYTES,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -206,11 +243,23 @@ class ClientApi:
         self._client_addrs = client_addrs
         self._on_bad = on_bad_request
         self._max_command = max_command_bytes
+        self._monotonic = monotonic
         self.counters = ApiCounters()
-        self._writes: dict[tuple[str, int], list[_Waiter]] = {}
+        # Writes by (session, seq): a retry still in flight waits with the first.
+        self._writes: dict[tuple[int, int], list[_Waiter]] = {}
+        # Registrations and closings, by the index they were proposed at, with
+        # the term: a new leader may put another entry at that index, which
+        # this node can apply before it hears that it lost its leadership.
+        self._by_index: dict[int, tuple[int, _Waiter]] = {}
         self._read_seq = 0
         self._reads: dict[bytes, tuple[_Waiter, str]] = {}
         self._ready_reads: deque[tuple[int, bytes]] = deque()
+        # The cluster clock this node stamps its proposals with while it
+        # leads (LogCabin's): the log's clock when the term's first proposal
+        # was made, plus the time this node's own clock has run since.
+        self._clock_term = -1
+        self._clock_base_ms = 0
+        self._clock_since = 0.0
 
     # --- requests -----------------------------------------------------------
 
@@ -227,6 +276,10 @@ class ClientApi:
             self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
         elif isinstance(req, GetRequest):
             self._get(route, req)
+        elif isinstance(req, RegisterRequest):
+            self._propose_indexed(_Waiter(route, req.id), RegisterSession())
+        elif isinstance(req, CloseSessionRequest):
+            self._propose_indexed(_Waiter(route, req.id), CloseSession(req.session))
         else:
             self._write(route, req)
 
@@ -238,39 +291,66 @@ class ClientApi:
 
     def _write(self, route: Route, req: WriteRequest) -> None:
         waiter = _Waiter(route, req.id)
+        first = req.seq if req.first_outstanding is None else req.first_outstanding
         try:
+            if first > req.seq:
+                raise ValueError(f"first_outstanding {first} is above seq {req.seq}: "
+                                 "a write is outstanding until it is answered")
             # The ops check what the schema cannot, e.g. a key's length in bytes.
+            op: Op
             if isinstance(req, PutRequest):
-                op: Put | Delete | Cas = Put(key=req.key, value=req.value)
+                op = Put(key=req.key, value=req.value, prev=req.prev)
             elif isinstance(req, DeleteRequest):
-                op = Delete(key=req.key)
+                op = Delete(key=req.key, prev=req.prev)
+            elif isinstance(req, AppendRequest):
+                op = Append(key=req.key, value=req.value)
             else:
                 op = Cas(key=req.key, expected=req.expected, value=req.value)
         except ValueError as e:
             self._on_bad(str(e))
             self._fail(waiter, "bad_request", str(e))
             return
-        key = (req.client, req.seq)
+        key = (req.session, req.seq)
         if key in self._writes:
             # A retry of a write still in flight: answer both when it applies.
             self._writes[key].append(waiter)
             return
-        data = encode_command(Command(client=req.client, seq=req.seq, op=op))
+        if self._propose(waiter, Write(req.session, req.seq, first, encode_op(op))) is not None:
+            self._writes[key] = [waiter]
+
+    def _propose_indexed(self, waiter: _Waiter, body: Body) -> None:
+        index = self._propose(waiter, body)
+        if index is not None:
+            self._by_index[index] = (self.core.term, waiter)
+
+    def _propose(self, waiter: _Waiter, body: Body) -> int | None:
+        """Stamp and propose `body`; its log index, or None if refused (and answered)."""
+        data = encode_command(Command(self._stamp_ms(), body))
         if len(data) > self._max_command:
             # It could never be replicated (a UDP cluster sends one entry
             # per datagram at most), so it must not enter the log.
             self._fail(waiter, "too_large", f"the command is {len(data)} bytes; this cluster "
                        f"takes at most {self._max_command}")
-            return
+            return None
         try:
-            self.core.propose(data)
+            return self.core.propose(data)
         except NotLeader:
             self._not_leader(waiter)
-            return
         except ProposalDropped as e:
             self._fail(waiter, "busy", str(e))
-            return
-        self._writes[key] = [waiter]
+        return None
+
+    def _stamp_ms(self) -> int:
+        """The time to stamp on a proposal (node/sessions.py expires by it).
+        It never runs backwards within a term; a new leader starts from the
+        log's clock as applied here, which lags the newest stamp at most by
+        what is not yet applied: sessions may expire later, never early."""
+        now = self._monotonic()
+        if self.core.term != self._clock_term:
+            self._clock_term = self.core.term
+            self._clock_base_ms = self.kv.clock_ms
+            self._clock_since = now
+        return self._clock_base_ms + int((now - self._clock_since) * 1000)
 
     def _get(self, route: Route, req: GetRequest) -> None:
         waiter = _Waiter(route, req.id)
@@ -288,20 +368,31 @@ class ClientApi:
 
     # --- what the runner reports back ---------------------------------------
 
-    def applied(self, cmd: Command | None, result: Result, index: int) -> None:
-        """An entry was applied; answer whoever waits for it here."""
-        if cmd is None:
+    def applied(self, done: Applied | None, index: int, term: int) -> None:
+        """The entry (`index`, `term`) was applied; answer whoever waits for it here."""
+        if done is None:
             return
-        waiters = self._writes.pop((cmd.client, cmd.seq), None)
+        if done.seq == 0:
+            waiting = self._by_index.get(index)
+            if waiting is not None and waiting[0] == term:
+                del self._by_index[index]
+                w = waiting[1]
+                self._send(w.route, ClientResponse(
+                    id=w.req_id, ok=True, session=done.session, index=index, node=self.node_id))
+            return
+        waiters = self._writes.pop((done.session, done.seq), None)
         if not waiters:
             return
+        result = done.result
         for w in waiters:
             self.counters.writes_acked += result.ok
             if result.ok:
                 self._send(w.route, ClientResponse(
-                    id=w.req_id, ok=True, value=result.value, index=index, node=self.node_id))
+                    id=w.req_id, ok=True, value=result.value, index=done.index,
+                    node=self.node_id))
             else:
-                self._fail(w, result.error or "failed", None, value=result.value, index=index)
+                self._fail(w, result.error or "failed", None, value=result.value,
+                           index=done.index)
 
     def read_ready(self, ctx: bytes, index: int) -> None:
         self._ready_reads.append((index, ctx))
@@ -324,17 +415,18 @@ class ClientApi:
         """This node stopped leading: nothing it proposed is known to commit.
         The outcome is unknown to the client, who retries with the same seq."""
         writes, self._writes = self._writes, {}
-        for waiters in writes.values():
-            for w in waiters:
-                self._fail(w, "leader_changed", "leadership changed; retry with the same seq",
-                           **self._leader_hint())
+        indexed, self._by_index = self._by_index, {}
+        for w in [*(w for ws in writes.values() for w in ws), *(w for _, w in indexed.values())]:
+            self._fail(w, "leader_changed", "leadership changed; retry with the same seq",
+                       **self._leader_hint())
         reads, self._reads = self._reads, {}
         self._ready_reads.clear()
         for w, _ in reads.values():
             self._not_leader(w)
 
     def pending(self) -> int:
-        return sum(len(v) for v in self._writes.values()) + len(self._reads)
+        return (sum(len(v) for v in self._writes.values()) + len(self._by_index)
+                + len(self._reads))
 
     # --- replies ------------------------------------------------------------
 

@@ -1,27 +1,31 @@
 """The client library used by the CLI, the tests and the chaos workload: it
-finds the leader, follows redirects, retries a write with the same sequence
-number, keeps a deadline, and reports an outcome it cannot know as unknown.
+opens a session, finds the leader, follows redirects, retries a write with
+the same session and sequence number, keeps a deadline, and reports an
+outcome it cannot know as unknown.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
 import zmq
 
 from node.api import (
+    AppendRequest,
     CasRequest,
     ClientRequest,
     ClientResponse,
+    CloseSessionRequest,
     DeleteRequest,
     GetRequest,
     PingRequest,
     PutRequest,
+    RegisterRequest,
+    WriteRequest,
     decode_responses,
 )
 from node.transport.zmq import CurveKeys, make_client_socket
@@ -30,6 +34,10 @@ _encoder = msgspec.msgpack.Encoder()
 
 # Errors after which another attempt (same seq) is safe and may succeed.
 _RETRYABLE = {"not_leader", "leader_changed", "busy"}
+# Answers that say the attempt was never proposed (so never applied).
+_NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large"}
+# `close()` gives closing the session this long, then leaves it to expire.
+_CLOSE_TIMEOUT_S = 1.0
 
 
 class ClientError(Exception):
@@ -54,13 +62,27 @@ class Unavailable(ClientError):
 @dataclass(frozen=True)
 class WriteResult:
     ok: bool
-    value: bytes | None  # previous value (put/delete) or current one (failed cas)
-    index: int | None
+    value: bytes | None  # previous value (put/delete with prev) or current one (failed cas)
+    index: int | None  # where the write was applied (a retry's: where it first was)
     error: str | None = None
 
 
+@dataclass
+class _Answer:
+    """The answer a call ended with, and whether an attempt other than the
+    one answered may have been proposed too (so may have been applied)."""
+
+    resp: ClientResponse
+    others_unsure: bool
+
+
 class Client:
-    """A synchronous client of one cluster. Not thread-safe."""
+    """A synchronous client of one cluster. Not thread-safe.
+
+    Writes run in a session (docs/PROTOCOL.md, Sessions) that the client
+    registers before its first write and closes in `close()`; a retry
+    carries the same session and seq, and the cluster applies it at most once.
+    """
 
     def __init__(
         self,
@@ -69,8 +91,8 @@ class Client:
         *,
         timeout_s: float = 5.0,
         attempt_timeout_s: float = 1.0,
-        client_id: str | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        order: Sequence[str] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a client needs at least one node address")
@@ -78,40 +100,71 @@ class Client:
         self.keys = keys
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
-        self.client_id = client_id or uuid.uuid4().hex
+        self.session: int | None = None
         self.seq = 0
         self.leader: str | None = None
         self._ctx = ctx or zmq.Context.instance()
         self._socks: dict[str, zmq.Socket[bytes]] = {}
         self._ids = itertools.count(1)
-        self._order = list(self.nodes)
+        # The order in which nodes are tried; the first one is tried first.
+        self._order = [n for n in (order or []) if n in self.nodes]
+        self._order += [n for n in self.nodes if n not in self._order]
 
     # --- operations ---------------------------------------------------------
 
-    def put(self, key: str, value: bytes) -> WriteResult:
-        self.seq += 1
-        return self._write(PutRequest(client=self.client_id, seq=self.seq, key=key, value=value))
+    def put(self, key: str, value: bytes, *, prev: bool = False) -> WriteResult:
+        """Set `key`; with `prev`, `value` of the result is the value it replaced."""
+        return self._write(lambda s, q: PutRequest(
+            session=s, seq=q, key=key, value=value, prev=prev))
 
-    def delete(self, key: str) -> WriteResult:
-        self.seq += 1
-        return self._write(DeleteRequest(client=self.client_id, seq=self.seq, key=key))
+    def delete(self, key: str, *, prev: bool = False) -> WriteResult:
+        return self._write(lambda s, q: DeleteRequest(session=s, seq=q, key=key, prev=prev))
 
     def cas(self, key: str, expected: bytes | None, value: bytes) -> WriteResult:
-        self.seq += 1
-        return self._write(CasRequest(
-            client=self.client_id, seq=self.seq, key=key, expected=expected, value=value))
+        return self._write(lambda s, q: CasRequest(
+            session=s, seq=q, key=key, expected=expected, value=value))
+
+    def append(self, key: str, value: bytes) -> WriteResult:
+        """Add `value` to the end of `key`'s value."""
+        return self._write(lambda s, q: AppendRequest(session=s, seq=q, key=key, value=value))
 
     def get(self, key: str, *, stale: bool = False, node: str | None = None) -> bytes | None:
         """A linearizable read (from the leader), or with `stale` the local
         value of `node` (or any node)."""
-        resp = self._call(GetRequest(key=key, stale=stale), prefer=node, write=False)
+        resp = self._call(GetRequest(key=key, stale=stale), prefer=node, write=False).resp
         return resp.value
 
     def ping(self, node: str) -> ClientResponse:
         """Ask one node who leads; raises Unavailable if it does not answer."""
-        return self._call(PingRequest(), prefer=node, write=False, only=node)
+        return self._call(PingRequest(), prefer=node, write=False, only=node).resp
+
+    def open_session(self) -> int:
+        """Register a session now (a write does it when there is none)."""
+        if self.session is None:
+            try:
+                got = self._call(RegisterRequest(), prefer=None, write=True)
+            except OutcomeUnknown as e:
+                # Any session it made expires unused: no write was at stake.
+                raise Unavailable("unavailable", f"could not open a session: {e}") from None
+            if not got.resp.ok or got.resp.session is None:
+                raise ClientError(got.resp.error or "failed",
+                                  got.resp.message or "the cluster refused a session")
+            self.session, self.seq = got.resp.session, 0
+        return self.session
 
     def close(self) -> None:
+        """Close the session (best effort: one short try; an unclosed session
+        expires by itself) and the sockets."""
+        if self.session is not None:
+            sid, self.session = self.session, None
+            saved = self.timeout_s
+            self.timeout_s = min(saved, _CLOSE_TIMEOUT_S)
+            try:
+                self._call(CloseSessionRequest(session=sid), prefer=None, write=True)
+            except ClientError:
+                pass
+            finally:
+                self.timeout_s = saved
         for s in self._socks.values():
             s.close(linger=0)
         self._socks.clear()
@@ -124,17 +177,33 @@ class Client:
 
     # --- the retry loop -----------------------------------------------------
 
-    def _write(self, req: PutRequest | DeleteRequest | CasRequest) -> WriteResult:
-        resp = self._call(req, prefer=None, write=True)
-        if resp.ok:
-            return WriteResult(True, resp.value, resp.index)
-        return WriteResult(False, resp.value, resp.index, resp.error)
+    def _write(self, make: Callable[[int, int], WriteRequest]) -> WriteResult:
+        for _ in range(2):
+            session = self.open_session()
+            self.seq += 1
+            got = self._call(make(session, self.seq), prefer=None, write=True)
+            resp = got.resp
+            if resp.error == "session_expired":
+                # Expired sessions never apply a write; only an earlier
+                # attempt, applied before the session ended, could have.
+                self.session = None
+                if got.others_unsure:
+                    raise OutcomeUnknown(
+                        "unknown", "the session expired while the write was retried; "
+                        "an earlier attempt may or may not have been applied")
+                continue  # certainly not applied: once more in a new session
+            if resp.ok:
+                return WriteResult(True, resp.value, resp.index)
+            return WriteResult(False, resp.value, resp.index, resp.error)
+        raise ClientError("session_expired", "the cluster expired two new sessions in a row")
 
     def _call(
         self, req: ClientRequest, *, prefer: str | None, write: bool, only: str | None = None
-    ) -> ClientResponse:
+    ) -> _Answer:
         deadline = time.monotonic() + self.timeout_s
-        maybe_applied = False
+        # Attempts of a write that may have been proposed: no answer yet, or
+        # an answer that does not rule it out.
+        unsure: set[int] = set()
         attempt_ids: set[int] = set()
         target = prefer or self.leader or self._order[0]
         last_error = "no answer"
@@ -147,8 +216,11 @@ class Client:
             sent = self._send(target, msgspec.structs.replace(req, id=rid))
             resp = None
             if sent:
-                maybe_applied = maybe_applied or write
+                if write:
+                    unsure.add(rid)
                 resp = self._wait(attempt_ids, min(deadline, now + self.attempt_timeout_s))
+            if resp is not None and resp.error in _NOT_PROPOSED:
+                unsure.discard(resp.id)
             if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
                 if resp.node and (write or (isinstance(req, GetRequest) and not req.stale)):
                     # Only the leader acknowledges writes and linearizable
@@ -156,33 +228,32 @@ class Client:
                     self.leader = resp.node
                 if resp.error == "bad_request":
                     raise ClientError("bad_request", resp.message or "bad request")
-                return resp
+                return _Answer(resp, bool(unsure - {resp.id}))
             if only is not None:
                 if resp is not None:
-                    return resp
+                    return _Answer(resp, False)
                 continue
             if resp is not None:
                 last_error = resp.error or last_error
-                if resp.error == "leader_changed":
-                    maybe_applied = True
                 if resp.leader and resp.leader in self.nodes and resp.leader != target:
                     target = self.leader = resp.leader
                     continue
                 # No usable hint (an election is on): back off a little, still
                 # listening for a late answer to an earlier attempt.
                 late = self._wait(attempt_ids, min(deadline, time.monotonic() + 0.05))
+                if late is not None and late.error in _NOT_PROPOSED:
+                    unsure.discard(late.id)
                 if late is not None and (late.ok or late.error not in _RETRYABLE):
-                    return late
+                    return _Answer(late, bool(unsure - {late.id}))
             else:
                 last_error = "no answer" if sent else "not connected"
             target = self._order[(self._order.index(target) + 1) % len(self._order)]
-        if maybe_applied:
+        if unsure:
             raise OutcomeUnknown(
                 "unknown", f"no answer within {self.timeout_s:.1f}s after the write was sent "
                 f"({last_error}); it may or may not have been applied")
         raise Unavailable(
             "unavailable", f"no node answered within {self.timeout_s:.1f}s ({last_error})")
-
     def _sock(self, node: str) -> zmq.Socket[bytes]:
         s = self._socks.get(node)
         if s is None:

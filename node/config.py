@@ -26,6 +26,9 @@ MAX_APPLY_BYTES = 4 * 1024 * 1024
 # disk or more clients than the cluster can serve then meet backpressure
 # instead of an ever longer uncommitted log (etcd: MaxUncommittedEntriesSize).
 MAX_UNCOMMITTED_BYTES = 32 * 1024 * 1024
+# After a local snapshot the log keeps this many entries before it, so that a
+# follower briefly behind is caught up by appends (etcd's default too).
+CATCHUP_ENTRIES = 5_000
 
 # The largest wire message a node accepts; anything bigger is a bad message.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -84,10 +87,15 @@ UDP_BAD_REPORT_INTERVAL_MS = 1_000
 # replicas accept or keep, so every node of a cluster must use the same values.
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1024 * 1024
-MAX_CLIENT_ID_CHARS = 64
-# Client sessions kept for exactly-once commands; each caches its last result,
-# which may hold a previous value of up to MAX_VALUE_BYTES.
-MAX_SESSIONS = 1024
+# Client sessions (node/sessions.py, thesis §6.3). A session idle for longer
+# than SESSION_TIMEOUT_MS of log time expires; past MAX_SESSIONS the least
+# recently active goes. Either way its later writes are refused, never
+# applied. A session holds the answers of at most MAX_OUTSTANDING_PER_SESSION
+# writes its client has not released; they hold no value but a failed cas's
+# current value or a put/delete's previous one when asked for (`prev`).
+SESSION_TIMEOUT_MS = 10 * 60 * 1000
+MAX_SESSIONS = 16_384
+MAX_OUTSTANDING_PER_SESSION = 1024
 # A snapshot image is encoded in chunks of about this size so that a thread
 # encoding it releases the interpreter lock between chunks.
 KV_IMAGE_CHUNK_BYTES = 256 * 1024
@@ -104,6 +112,7 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
     max_apply_bytes: int = MAX_APPLY_BYTES
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
+    catchup_entries: int = CATCHUP_ENTRIES
     prevote: bool = True
     check_quorum: bool = True
 
@@ -120,6 +129,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("snapshot_chunk_bytes must be positive")
         if self.max_uncommitted_bytes < 1:
             raise ValueError("max_uncommitted_bytes must be positive")
+        if self.catchup_entries < 0:
+            raise ValueError("catchup_entries must not be negative")
 
 
 # --- a cluster as the node process and the supervisor see it ----------------
@@ -186,10 +197,15 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     fsync: str = "always"
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
+    catchup_entries: int = CATCHUP_ENTRIES  # kept in the log before a snapshot
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
+    # Rules of the replicated state machine (node/sessions.py): every node
+    # applies them, so they are the cluster's, fixed for its life.
+    session_timeout_ms: int = SESSION_TIMEOUT_MS
+    max_sessions: int = MAX_SESSIONS
     # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off. Set by
     # `raftctl up --netns`, which also sets the nodes' addresses. Run
     # directories from before the sandbox mode hold a bool: false is "",
@@ -218,6 +234,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             max_append_entries=self.max_append_entries,
             max_inflight_appends=self.max_inflight_appends,
             max_uncommitted_bytes=self.max_uncommitted_bytes,
+            catchup_entries=self.catchup_entries,
         )
 
     def problems(self) -> list[str]:
@@ -247,6 +264,12 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("snapshot_bytes: must be at least 1")
         if self.max_uncommitted_bytes < 1:
             out.append("max_uncommitted_bytes: must be at least 1")
+        if self.catchup_entries < 0:
+            out.append("catchup_entries: must not be negative")
+        if self.session_timeout_ms < 1:
+            out.append("session_timeout_ms: must be at least 1")
+        if self.max_sessions < 1:
+            out.append("max_sessions: must be at least 1")
         if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
             out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
                        f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")

@@ -87,6 +87,9 @@ class RaftCore:
         self._rng = rng
         st = storage.initial_state()
         self.log = RaftLog(st.snapshot, st.entries, st.hard_state.commit, st.snapshot.index)
+        # The latest snapshot in storage; the log may reach further back than
+        # it (a catch-up tail, `compact`), never less far.
+        self.snapshot_meta = st.snapshot
         self.term = st.hard_state.term
         self.vote = st.hard_state.vote
         self.leader: str | None = None
@@ -140,9 +143,18 @@ class RaftCore:
         self.step(TransferLeader(to))
 
     def compact(self, meta: SnapshotMeta) -> None:
-        """Storage now holds a snapshot at `meta`; forget the entries it covers."""
-        self.log.compact(meta)
+        """Storage now holds a snapshot at `meta`: forget the entries it
+        covers but the last `catchup_entries`, so that a follower a little
+        behind is caught up by appends, not a whole snapshot (etcd keeps
+        5,000 too)."""
+        if meta.index <= self.snapshot_meta.index:
+            return
+        self.snapshot_meta = meta
         self._snap_out = None
+        keep_from = meta.index - self.config.catchup_entries
+        term = self.log.term(keep_from)
+        if keep_from > self.log.snapshot.index and term is not None:
+            self.log.compact(SnapshotMeta(keep_from, term))
 
     def step(self, m: Message) -> None:
         """Feed one message, local or from a peer, into the state machine."""
@@ -193,6 +205,16 @@ class RaftCore:
             rd.committed_entries = self.log.slice(
                 self.log.applied + 1, self.log.commit + 1, self.config.max_apply_bytes, 1 << 62
             )
+            if self.role is Role.LEADER and rd.snapshot is None:
+                # Already on this leader's disk: may be applied before this
+                # Ready's persist (node/ready.py, step 2).
+                stable = self.log.stable_index
+                n = 0
+                for e in rd.committed_entries:
+                    if e.index > stable:
+                        break
+                    n += 1
+                rd.apply_early = n
         rd.read_states, self._ready_reads = self._ready_reads, []
         rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
         soft = self._soft_state()
@@ -556,6 +578,8 @@ class RaftCore:
             return
         self._snap_in = None
         self.log.restore(meta)
+        self.snapshot_meta = meta
+        self._snap_out = None
         self._pending_snapshot = Snapshot(meta, bytes(buf))
         self._event("snapshot_installed", index=meta.index, snapshot_term=meta.term,
                     bytes=len(buf), leader=m.src)
@@ -620,6 +644,16 @@ class RaftCore:
 
     def _handle_append_response(self, m: AppendEntriesResponse, pr: Progress) -> None:
         if not m.success:
+            if (pr.state is FlowState.PROBE and m.index == pr.next - 1
+                    and m.last_index < pr.match):
+                # The follower acknowledged entries up to `match` and now holds
+                # fewer: its disk lost them (Raft assumes it cannot). Probing
+                # never goes below match + 1, so start over from what it has.
+                self._event("follower_lost_data", follower=m.src, match=pr.match,
+                            last_index=m.last_index)
+                pr.restart_from(m.last_index)
+                self._maybe_send_append(m.src, send_if_empty=True)
+                return
             if m.conflict_term == 0:
                 hint_next = m.last_index + 1
             else:
@@ -706,7 +740,7 @@ class RaftCore:
         self._send_snapshot_chunk(to, pr)
 
     def _outgoing_snapshot(self) -> Snapshot:
-        if self._snap_out is None or self._snap_out.meta != self.log.snapshot:
+        if self._snap_out is None or self._snap_out.meta != self.snapshot_meta:
             self._snap_out = self._storage.snapshot()
         return self._snap_out
 

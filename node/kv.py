@@ -7,7 +7,6 @@ reaches the same state, byte for byte.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import struct
@@ -20,23 +19,28 @@ import msgspec
 
 from node.config import (
     KV_IMAGE_CHUNK_BYTES,
-    MAX_CLIENT_ID_CHARS,
     MAX_KEY_BYTES,
+    MAX_OUTSTANDING_PER_SESSION,
     MAX_SESSIONS,
     MAX_VALUE_BYTES,
+    SESSION_TIMEOUT_MS,
 )
 from node.messages import U64
+from node.sessions import Answer, Result, SessionImage, SessionTable, check_images
 
 # Codes in `Result.error`; clients match on them, so they never change.
 BAD_COMMAND = "bad_command"
 STALE_SEQUENCE = "stale_sequence"
 CAS_FAILED = "cas_failed"
+SESSION_EXPIRED = "session_expired"
+SEQUENCE_REUSED = "sequence_reused"
+TOO_MANY_OUTSTANDING = "too_many_outstanding"
+VALUE_TOO_LARGE = "too_large"
 
 # A key is at most MAX_KEY_BYTES of UTF-8; a character is at least one byte, so
 # the decoder can reject longer strings before `_check_key` counts bytes.
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]
 
 
 def _check_key(key: str) -> None:
@@ -54,10 +58,11 @@ def _check_value(value: bytes) -> None:
 
 
 class Put(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="put"):
-    """Set `key` to `value`."""
+    """Set `key` to `value`; with `prev`, answer the value it replaced."""
 
     key: Key
     value: Value
+    prev: bool = False
 
     def __post_init__(self) -> None:
         _check_key(self.key)
@@ -65,9 +70,10 @@ class Put(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="put
 
 
 class Delete(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="delete"):
-    """Remove `key` (absent is fine)."""
+    """Remove `key` (absent is fine); with `prev`, answer the value it had."""
 
     key: Key
+    prev: bool = False
 
     def __post_init__(self) -> None:
         _check_key(self.key)
@@ -87,26 +93,69 @@ class Cas(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="cas
             _check_value(self.expected)
 
 
-Op = Put | Delete | Cas
+class Append(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="append"):
+    """Add `value` to the end of `key`'s value (absent: empty). Not
+    idempotent, so a write applied twice shows: what the set workload of
+    `chaos run` relies on."""
+
+    key: Key
+    value: Value
+
+    def __post_init__(self) -> None:
+        _check_key(self.key)
+        _check_value(self.value)
+
+
+Op = Put | Delete | Cas | Append
+
+
+class Write(msgspec.Struct, frozen=True, array_like=True, tag="w"):
+    """Session `session`'s write number `seq` (thesis §6.3). The client needs
+    no answer below `first_outstanding` any more. `op` stays encoded until
+    it is applied: its bytes also identify it (a retry carries the same)."""
+
+    session: U64
+    seq: U64
+    first_outstanding: U64
+    op: msgspec.Raw
+
+
+class RegisterSession(msgspec.Struct, frozen=True, array_like=True, tag="r"):
+    """Open a session; its id is the index of this entry."""
+
+
+class CloseSession(msgspec.Struct, frozen=True, array_like=True, tag="c"):
+    """End `session`: its answers go, and its later writes are refused."""
+
+    session: U64
+
+
+Body = Write | RegisterSession | CloseSession
 
 
 class Command(msgspec.Struct, frozen=True, array_like=True):
-    """What a client proposes: `op`, numbered `seq` within session `client` so
-    that a retry is applied once (thesis §6.3)."""
+    """A log entry's payload: `body`, stamped by the leader that proposed it
+    with its clock (`time_ms`, ms of cluster time), by which every replica
+    expires idle sessions the same way."""
 
-    client: ClientId
-    seq: U64
-    op: Op
+    time_ms: U64
+    body: Body
 
 
-class Result(msgspec.Struct, frozen=True):
-    """The outcome of one command. `value` is the previous value for put,
-    delete and a successful cas, and the current value when a cas fails;
-    `error` is one of the codes above."""
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one command did, for whoever waits on it: the write
+    (`session`, `seq`) or the registration (`seq` 0; `session` is the new
+    id) or closing (`seq` 0), its result, and the index at which the write
+    was first applied (a retry's answer is the first one's)."""
 
-    ok: bool
-    value: Value | None = None
-    error: str | None = None
+    session: int
+    seq: int
+    result: Result
+    index: int
+    # This entry ran the write (its first application). False for a retry
+    # answered from the session, and for a refusal.
+    executed: bool = False
 
 
 class CommandError(Exception):
@@ -115,10 +164,16 @@ class CommandError(Exception):
 
 _command_encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)
+_op_decoder: msgspec.msgpack.Decoder[Op] = msgspec.msgpack.Decoder(Op)
 
 
 def encode_command(cmd: Command) -> bytes:
     return _command_encoder.encode(cmd)
+
+
+def encode_op(op: Op) -> msgspec.Raw:
+    """An operation as a `Write` carries it."""
+    return msgspec.Raw(_command_encoder.encode(op))
 
 
 def decode_command(data: bytes | memoryview) -> Command:
@@ -130,9 +185,29 @@ def decode_command(data: bytes | memoryview) -> Command:
         raise CommandError(f"{type(e).__name__}: {e}") from None
 
 
+def decode_op(raw: msgspec.Raw) -> Op:
+    try:
+        return _op_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise CommandError(str(e)) from None
+    except Exception as e:  # the contract: only CommandError escapes
+        raise CommandError(f"{type(e).__name__}: {e}") from None
+
+
+def fingerprint(raw: msgspec.Raw) -> int:
+    """What tells a retry of a write from another write under the same seq:
+    the length and CRC-32 of the operation's bytes."""
+    data = memoryview(raw)
+    return (len(data) << 32) | zlib.crc32(data)
+
+
 _NOOP = Result(ok=True)
 _BAD = Result(ok=False, error=BAD_COMMAND)
 _STALE = Result(ok=False, error=STALE_SEQUENCE)
+_EXPIRED = Result(ok=False, error=SESSION_EXPIRED)
+_REUSED = Result(ok=False, error=SEQUENCE_REUSED)
+_OUTSTANDING = Result(ok=False, error=TOO_MANY_OUTSTANDING)
+_TOO_LARGE = Result(ok=False, error=VALUE_TOO_LARGE)
 
 
 # --- the data, copy-on-write in shards ----------------------------------------
@@ -145,6 +220,10 @@ _STALE = Result(ok=False, error=STALE_SEQUENCE)
 # on the loop thread, past an election timeout under load); with 4096, a
 # batch of a few hundred writes copies a tenth of it.
 _SHARDS = 4096
+
+
+# Never written: a store's shards start as this one dict, copied on first write.
+_EMPTY: dict[str, bytes] = {}
 
 
 def _shard_of(key: str) -> int:
@@ -161,10 +240,13 @@ class _CowMap:
     def __init__(self, shards: tuple[dict[str, bytes], ...] | None = None) -> None:
         if shards is not None and len(shards) != _SHARDS:
             raise ValueError(f"an image has {_SHARDS} shards, not {len(shards)}")
-        self._shards = list(shards) if shards is not None else [{} for _ in range(_SHARDS)]
-        # True where the shard dict is also referenced by an image.
-        self._shared = [shards is not None] * _SHARDS
-        self._len = sum(len(s) for s in self._shards)
+        if shards is None:
+            # One empty dict shared by every shard until its first write.
+            shards = (_EMPTY,) * _SHARDS
+        self._shards = list(shards)
+        # True where the shard dict is also referenced by an image (or is _EMPTY).
+        self._shared = [True] * _SHARDS
+        self._len = sum(map(len, self._shards))
 
     def __len__(self) -> int:
         return self._len
@@ -204,15 +286,6 @@ class _CowMap:
 # --- images -------------------------------------------------------------------
 
 
-class _Session(msgspec.Struct, frozen=True, array_like=True):
-    """The last command applied for `client`: its seq, log index and result."""
-
-    client: ClientId
-    seq: U64
-    index: U64
-    result: Result
-
-
 @dataclass(frozen=True, slots=True)
 class KVImage:
     """The whole state at `applied_index`. Shares its dicts with the store it
@@ -220,11 +293,12 @@ class KVImage:
 
     applied_index: int
     shards: tuple[dict[str, bytes], ...]
-    # Oldest last-applied index first: the eviction order.
-    sessions: tuple[_Session, ...]
+    # The log's clock, and the sessions, oldest activity first.
+    clock_ms: int
+    sessions: tuple[SessionImage, ...]
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self.shards)
+        return sum(map(len, self.shards))
 
 
 class ImageError(Exception):
@@ -234,14 +308,15 @@ class ImageError(Exception):
 class _Header(msgspec.Struct, frozen=True, array_like=True):
     format: int
     applied_index: U64
-    sessions: list[_Session]
+    clock_ms: U64
+    sessions: list[SessionImage]
     # Byte length and number of pairs of each data chunk that follows.
     chunk_bytes: list[U64]
     chunk_pairs: list[U64]
 
 
 _MAGIC = b"RKVI"
-_FORMAT = 1
+_FORMAT = 2  # 2: registered sessions (thesis §6.3) and the log clock
 _FRAME = struct.Struct(">4sI")  # magic, header length
 _image_encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
@@ -257,6 +332,8 @@ def encode_image(img: KVImage) -> bytes:
     batch: list[tuple[str, bytes]] = []
     size = 0
     for shard in img.shards:
+        if not shard:
+            continue
         for kv in shard.items():
             batch.append(kv)
             size += len(kv[0]) + len(kv[1])
@@ -268,7 +345,7 @@ def encode_image(img: KVImage) -> bytes:
         chunks.append(_image_encoder.encode(batch))
         chunk_pairs.append(len(batch))
     header = _image_encoder.encode(
-        _Header(_FORMAT, img.applied_index, list(img.sessions),
+        _Header(_FORMAT, img.applied_index, img.clock_ms, list(img.sessions),
                 [len(c) for c in chunks], chunk_pairs)
     )
     return b"".join([_FRAME.pack(_MAGIC, len(header)), header, *chunks])
@@ -303,15 +380,9 @@ def _decode_image(buf: memoryview) -> KVImage:
         raise ImageError("chunk tables of different lengths")
     if pos + sum(h.chunk_bytes) != len(buf):
         raise ImageError(f"data chunks do not fill the image of {len(buf)} bytes")
-    clients: set[str] = set()
-    last = -1
-    for s in h.sessions:
-        if s.client in clients:
-            raise ImageError(f"session {s.client!r} appears twice")
-        if not last < s.index <= h.applied_index:
-            raise ImageError(f"session {s.client!r} at index {s.index} is out of order")
-        clients.add(s.client)
-        last = s.index
+    problem = check_images(h.clock_ms, h.applied_index, h.sessions)
+    if problem is not None:
+        raise ImageError(problem)
     shards: tuple[dict[str, bytes], ...] = tuple({} for _ in range(_SHARDS))
     total = 0
     crc32 = zlib.crc32
@@ -327,9 +398,9 @@ def _decode_image(buf: memoryview) -> KVImage:
             if len(key) * 4 > MAX_KEY_BYTES:
                 _check_key(key)
             shards[crc32(key.encode()) % _SHARDS][key] = value
-    if sum(len(s) for s in shards) != total:
+    if sum(map(len, shards)) != total:
         raise ImageError("a key appears twice")
-    return KVImage(h.applied_index, shards, tuple(h.sessions))
+    return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions))
 
 
 def image_digest(img: KVImage) -> str:
@@ -341,23 +412,29 @@ def image_digest(img: KVImage) -> str:
 
 
 class KVStore:
-    """Applies committed commands in log order, once per client sequence number.
+    """Applies committed commands in log order, each session's write at most
+    once (thesis §6.3).
 
-    Every replica must use the same `max_sessions`: eviction is part of the
-    replicated state.
+    The session settings are rules of the replicated state: every replica of
+    a cluster must use the same, or their states part.
     """
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
-        self._max_sessions = max_sessions
+    def __init__(self, *, session_timeout_ms: int = SESSION_TIMEOUT_MS,
+                 max_sessions: int = MAX_SESSIONS,
+                 max_outstanding: int = MAX_OUTSTANDING_PER_SESSION) -> None:
         self._data = _CowMap()
-        self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
+        self.sessions = SessionTable(timeout_ms=session_timeout_ms, max_sessions=max_sessions,
+                                     max_outstanding=max_outstanding)
         self._applied = 0
 
     @property
     def applied_index(self) -> int:
         return self._applied
+
+    @property
+    def clock_ms(self) -> int:
+        """The log's clock: the latest time a leader stamped on an applied entry."""
+        return self.sessions.clock_ms
 
     def __len__(self) -> int:
         return len(self._data)
@@ -369,55 +446,92 @@ class KVStore:
         """Every key starting with `prefix`, sorted."""
         return sorted(k for k, _ in self._data.items() if k.startswith(prefix))
 
-    def apply(self, index: int, data: bytes) -> tuple[Command | None, Result]:
+    def apply(self, index: int, data: bytes) -> Applied | None:
         """Apply the entry at `index`. Empty `data` is a no-op entry (a new
-        leader's, §5.4.2). Bad data yields `bad_command` and changes nothing
-        but the applied index; only an out-of-order `index` raises."""
+        leader's, §5.4.2); bad data changes nothing but the applied index.
+        Both answer None: nobody can wait on them. Only an out-of-order
+        `index` raises."""
         if index <= self._applied:
             raise ValueError(f"entry {index} applied after entry {self._applied}")
         self._applied = index
         if not data:
-            return None, _NOOP
+            return None
         try:
             cmd = decode_command(data)
         except CommandError:
-            return None, _BAD
-        sess = self._sessions.get(cmd.client)
-        if sess is not None and cmd.seq <= sess.seq:
-            # A retry of the latest command gets its result again; anything
-            # older was already answered (thesis §6.3).
-            return cmd, sess.result if cmd.seq == sess.seq else _STALE
-        result = self._execute(cmd.op)
-        self._sessions[cmd.client] = _Session(cmd.client, cmd.seq, index, result)
-        self._sessions.move_to_end(cmd.client)
-        self._evict()
-        return cmd, result
+            return None
+        table = self.sessions
+        table.advance(cmd.time_ms)
+        body = cmd.body
+        if isinstance(body, Write):
+            return self._write(index, body)
+        if isinstance(body, RegisterSession):
+            table.register(index)
+            return Applied(index, 0, _NOOP, index)
+        table.close(body.session)
+        return Applied(body.session, 0, _NOOP, index)
+
+    def _write(self, index: int, w: Write) -> Applied:
+        table = self.sessions
+        sess = table.get(w.session)
+        if sess is None:
+            # Never applied: it may be the retry of a write applied before
+            # the session expired (the client cannot tell, so it reports
+            # the outcome as unknown).
+            return Applied(w.session, w.seq, _EXPIRED, index)
+        table.touch(sess)
+        # A client cannot have its answer to `seq` and still wait for it.
+        sess.release_below(min(w.first_outstanding, w.seq))
+        fp = fingerprint(w.op)
+        done = sess.answers.get(w.seq)
+        if done is not None:
+            if done.fingerprint != fp:
+                return Applied(w.session, w.seq, _REUSED, index)
+            return Applied(w.session, w.seq, done.result, done.index)
+        if w.seq < sess.first_outstanding:
+            # Its answer was released: applied or not, it must not run now.
+            return Applied(w.session, w.seq, _STALE, index)
+        if w.seq >= sess.first_outstanding + table.max_outstanding:
+            return Applied(w.session, w.seq, _OUTSTANDING, index)
+        try:
+            op = decode_op(w.op)
+        except CommandError:
+            result = _BAD
+        else:
+            result = self._execute(op)
+        sess.answers[w.seq] = Answer(w.seq, index, fp, result)
+        return Applied(w.session, w.seq, result, index, executed=True)
 
     def _execute(self, op: Op) -> Result:
+        data = self._data
         if isinstance(op, Put):
-            return Result(ok=True, value=self._data.put(op.key, op.value))
+            replaced = data.put(op.key, op.value)
+            return Result(ok=True, value=replaced) if op.prev else _NOOP
         if isinstance(op, Delete):
-            return Result(ok=True, value=self._data.delete(op.key))
-        current = self._data.get(op.key)
+            removed = data.delete(op.key)
+            return Result(ok=True, value=removed) if op.prev else _NOOP
+        if isinstance(op, Append):
+            before = data.get(op.key) or b""
+            if len(before) + len(op.value) > MAX_VALUE_BYTES:
+                return _TOO_LARGE
+            data.put(op.key, before + op.value)
+            return _NOOP
+        current = data.get(op.key)
         if current != op.expected:
             return Result(ok=False, value=current, error=CAS_FAILED)
-        return Result(ok=True, value=self._data.put(op.key, op.value))
-
-    def _evict(self) -> None:
-        # Oldest last-applied index first: the same on every replica.
-        while len(self._sessions) > self._max_sessions:
-            self._sessions.popitem(last=False)
+        data.put(op.key, op.value)
+        return _NOOP
 
     def freeze(self) -> KVImage:
         """The current state as an image, in O(shards + sessions) time."""
-        return KVImage(self._applied, self._data.freeze(), tuple(self._sessions.values()))
+        return KVImage(self._applied, self._data.freeze(), self.sessions.clock_ms,
+                       tuple(self.sessions.image()))
 
     def install(self, img: KVImage) -> None:
         """Replace the whole state by `img` (from `decode_image`)."""
         self._data = _CowMap(img.shards)
-        self._sessions = collections.OrderedDict((s.client, s) for s in img.sessions)
+        self.sessions.load(img.clock_ms, img.sessions)
         self._applied = img.applied_index
-        self._evict()
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by an encoded image; raise `ImageError`
@@ -425,5 +539,5 @@ class KVStore:
         self.install(decode_image(data))
 
     def digest(self) -> str:
-        """Hex digest of data, sessions and applied index."""
+        """Hex digest of data, sessions, clock and applied index."""
         return image_digest(self.freeze())

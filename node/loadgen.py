@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -25,10 +24,13 @@ import msgspec
 import zmq
 
 from node.api import (
+    ClientRequest,
     ClientResponse,
+    CloseSessionRequest,
     GetRequest,
     PingRequest,
     PutRequest,
+    RegisterRequest,
     batch_bounds,
     decode_responses,
     join_batch,
@@ -45,7 +47,7 @@ from node.config import (
 from node.transport.zmq import CurveKeys, make_client_socket
 
 # Errors after which the same request (same session and seq) may be sent again;
-# the state machine applies a (client, seq) at most once (docs/PROTOCOL.md).
+# the state machine applies a (session, seq) at most once (docs/PROTOCOL.md).
 _RETRYABLE = frozenset({"not_leader", "leader_changed", "busy"})
 # Log-linear histogram buckets: values below 2**_SUB_BITS microseconds are
 # exact, larger ones keep their top _SUB_BITS bits (under 1% error).
@@ -179,7 +181,7 @@ class _VClient:
     __slots__ = ("deadline", "is_write", "key", "n", "rids", "sent", "seq", "session",
                  "started", "target", "token")
 
-    def __init__(self, n: int, session: str, target: str) -> None:
+    def __init__(self, n: int, session: int, target: str) -> None:
         self.n = n
         self.session = session
         self.seq = 0
@@ -288,9 +290,9 @@ class LoadGen:
         self._outq: dict[str, list[tuple[_VClient, bytes]]] = {}
         self._timers: list[tuple[float, int, int, int, int]] = []
         self._timer_ids = itertools.count()
-        base = uuid.uuid4().hex[:16]
         start_node = self.leader or self._order[0]
-        clients = [_VClient(i, f"{base}-{i}", start_node) for i in range(spec.clients)]
+        sessions = self.open_sessions(spec.clients)
+        clients = [_VClient(i, sid, start_node) for i, sid in enumerate(sessions)]
         progress_every = LOADGEN_PROGRESS_INTERVAL_MS / 1000
         t_cpu, thread_cpu = os.times(), time.thread_time()
         now = time.monotonic()
@@ -331,7 +333,78 @@ class LoadGen:
         res.saturated_procs = int(res.saturated())
         if progress is not None:
             progress(res.ops)
+        self.close_sessions(sessions)
         return res
+
+    # --- sessions --------------------------------------------------------------
+
+    def open_sessions(self, n: int,
+                      timeout_s: float = LOADGEN_CONNECT_TIMEOUT_MS / 1000) -> list[int]:
+        """Register `n` sessions at the leader (before the clock starts: a
+        registration is a write of its own); raises LoadError if it cannot."""
+        self.open()
+        got: list[int] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < n:
+            if time.monotonic() >= deadline:
+                raise LoadError(f"registered {len(got)} of {n} sessions within {timeout_s:.0f}s")
+            want = n - len(got)
+            answers = self._exchange([RegisterRequest() for _ in range(want)],
+                                     min(deadline, time.monotonic() + self.spec.attempt_timeout_s))
+            before = len(got)
+            for resp in answers:
+                if resp.ok and resp.session is not None:
+                    got.append(resp.session)
+                elif resp.leader in self.spec.nodes:
+                    self.leader = resp.leader
+            if len(got) == before:
+                time.sleep(self.spec.backoff_s)  # an election is on: back off (§5.2)
+        return got[:n]
+
+    def close_sessions(self, sessions: list[int]) -> None:
+        """Close sessions, best effort: one try each (unclosed ones expire)."""
+        if sessions:
+            self._exchange([CloseSessionRequest(session=s) for s in sessions],
+                           time.monotonic() + self.spec.attempt_timeout_s)
+
+    def _exchange(self, reqs: list[ClientRequest], until: float) -> list[ClientResponse]:
+        """Send `reqs` to the leader (or the first node) in batch frames and
+        collect what is answered by `until`."""
+        target = self.leader or self._order[0]
+        ids: set[int] = set()
+        frames: list[bytes] = []
+        for r in reqs:
+            rid = next(self._ids)
+            ids.add(rid)
+            frames.append(_encode(msgspec.structs.replace(r, id=rid)))
+        for a, b in batch_bounds([len(f) for f in frames], CLIENT_BATCH_MAX_BYTES):
+            try:
+                self._socks[target].send(join_batch(frames[a:b]), zmq.NOBLOCK)
+            except zmq.Again:
+                return []
+        out: list[ClientResponse] = []
+        while ids:
+            left_ms = math.ceil((until - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            for sock, _ in self._poller.poll(left_ms):
+                while True:
+                    try:
+                        data = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        got = decode_responses(data)
+                    except msgspec.DecodeError:
+                        continue
+                    for resp in got:
+                        if resp.id in ids:
+                            ids.discard(resp.id)
+                            out.append(resp)
+        if ids and not out:
+            # Nobody answered: the next exchange tries the next node.
+            self.leader = self._next_node[target]
+        return out
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         owner = self._owner
@@ -370,7 +443,7 @@ class LoadGen:
         self._owner[rid] = c
         c.token += 1
         if c.is_write:
-            data = _encode(PutRequest(id=rid, client=c.session, seq=c.seq, key=c.key,
+            data = _encode(PutRequest(id=rid, session=c.session, seq=c.seq, key=c.key,
                                       value=self._value))
         else:
             data = _encode(GetRequest(id=rid, key=c.key))

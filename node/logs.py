@@ -7,7 +7,8 @@ Every line has `ts` (UTC, microseconds), `level`, `node`, `term`, `role` and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, MutableMapping
+import time
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -23,9 +24,42 @@ EVENTS = frozenset(
         "timeout_now_received", "link_faults_set", "bad_message", "auth_rejected",
         "bad_request", "commit_progress", "wal_tail_truncated", "wal_reservation_off",
         "snapshot_failed",
-        "bad_datagram", "message_oversize",
+        "bad_datagram", "message_oversize", "follower_lost_data", "rejoined_without_data",
     }
 )
+
+# Events that can repeat many times a second (a follower rejecting every
+# append of a leader, a client with the wrong key): logged at most once per
+# interval per source, with the number left out since the last line.
+RATE_LIMITED_EVENTS = {"append_rejected": "leader", "vote_ignored": "candidate",
+                       "auth_rejected": "address", "bad_message": "source",
+                       "bad_request": None, "bad_datagram": "reason"}
+RATE_LIMIT_INTERVAL_S = 1.0
+
+
+class RateLimiter:
+    """Admits one line per key per interval and counts the rest."""
+
+    def __init__(self, interval_s: float = RATE_LIMIT_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        # key -> (when its last line was written, lines left out since)
+        self._seen: dict[Hashable, tuple[float, int]] = {}
+
+    def admit(self, key: Hashable) -> int | None:
+        """None to leave this line out; otherwise how many were left out
+        before it (0 for the first)."""
+        now = self._clock()
+        last, dropped = self._seen.get(key, (-self._interval_s, 0))
+        if now - last < self._interval_s:
+            self._seen[key] = (last, dropped + 1)
+            return None
+        if len(self._seen) >= 4096:
+            # Bounded memory against a flood of distinct sources.
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return dropped
 
 
 def _utc_ts(_: Any, __: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

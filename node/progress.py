@@ -87,6 +87,13 @@ class Progress:
         elif self.state is FlowState.PROBE:
             self.probe_sent = True
 
+    def restart_from(self, last_index: int) -> None:
+        """The follower lost entries it had acknowledged: forget its match
+        and probe again from after its `last_index`."""
+        self.match = 0
+        self.next = last_index + 1
+        self._reset(FlowState.PROBE)
+
     def free_to(self, index: int) -> None:
         while self.inflight and self.inflight[0] <= index:
             self.inflight.popleft()

@@ -1,27 +1,39 @@
-"""`Ready`: what the core asks its caller to do, in one batch.
+"""`Ready`: what the core asks its caller to do, in one batch, and
+`handle_ready`, the one routine that does it in the one right order. The
+node's runner, the simulator and the test harness all call it; only what
+each step does (sockets and files, or a virtual network and disk) differs.
 
-The caller must handle a `Ready` in this order and only then call
-`RaftCore.advance(ready)`:
+The order, and why:
 
-1. persist `snapshot` (if any), then `entries` (truncating the stored log from
-   `entries[0].index`), then `hard_state` (if any), and make them durable;
-2. send `messages` -- only now: a vote or an acknowledgement promises state
-   that must already be on disk (§5.1, "persist before send"). One exception
-   is allowed: a leader's own replication traffic (`may_send_early()`:
-   AppendEntries, Heartbeat, InstallSnapshot) promises nothing about the
-   leader's disk, so it may leave before step 1 and the leader's fsync
-   overlaps its followers' (thesis §10.2.1). The leader counts itself towards
-   a commit only for entries it has persisted (after `advance()`);
-3. restore the state machine from `snapshot` (if any), then apply
-   `committed_entries` in order;
-4. serve each of `read_states` once the state machine has applied
-   `read_state.index` (thesis §6.4).
+1. send the leader's own replication traffic (`may_send_early()`:
+   AppendEntries, Heartbeat, InstallSnapshot). It promises nothing about the
+   leader's disk, so it may leave before the leader persists, and the
+   leader's fsync overlaps its followers' (thesis §10.2.1). The leader
+   counts itself towards a commit only for entries it has persisted;
+2. apply the first `apply_early` committed entries: a leader's entries that
+   were already on its disk before this Ready, so their clients need not
+   wait for this batch's fsync;
+3. persist `snapshot` (if any), then `entries` (truncating the stored log
+   from `entries[0].index`), then `hard_state` (if any), and make them
+   durable (`must_sync()`);
+4. send the other messages -- only now: a vote or an acknowledgement
+   promises state that must already be on disk (§5.1, persist before send);
+5. restore the state machine from `snapshot` (if any), then apply the rest
+   of `committed_entries` in order;
+6. serve each of `read_states` once the state machine has applied
+   `read_state.index` (thesis §6.4), answer `dropped_reads`, and note the
+   events and the role;
+
+and only then `RaftCore.advance(ready)`. A crash may come between any two
+steps; the simulator crashes nodes at each of them (`Step`).
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from node.messages import (
     AppendEntries,
@@ -32,6 +44,9 @@ from node.messages import (
     PeerMessage,
     Snapshot,
 )
+
+if TYPE_CHECKING:  # the core imports this module
+    from node.core import RaftCore
 
 _EARLY = (AppendEntries, Heartbeat, InstallSnapshot)
 
@@ -73,7 +88,74 @@ class Ready:
     # of the commit index alone need not be synced (it is written, and it is
     # recomputed from a quorum after a crash), as in etcd's MustSync.
     term_or_vote_changed: bool = False
+    # How many of `committed_entries` were on this node's disk before this
+    # Ready, so may be applied before it persists (a leader's only).
+    apply_early: int = 0
 
     def must_sync(self) -> bool:
         """True when something must reach disk before messages leave."""
         return bool(self.entries) or self.term_or_vote_changed or self.snapshot is not None
+
+
+class Step(enum.Enum):
+    """The points between the steps of `handle_ready`, in their order."""
+
+    SENT_EARLY = "sent_early"
+    APPLIED_EARLY = "applied_early"
+    PERSISTED = "persisted"
+    SENT = "sent"
+    APPLIED = "applied"
+
+
+class ReadyHandler(Protocol):
+    """What a caller does for each step of a Ready."""
+
+    def send(self, messages: Sequence[PeerMessage]) -> None:
+        """Hand `messages` to the network."""
+
+    def persist(self, rd: Ready) -> None:
+        """Store `rd.snapshot`, `rd.entries` and `rd.hard_state`; durable
+        (one sync) before returning when `rd.must_sync()`."""
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Replace the state machine by the snapshot's image."""
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        """Apply committed entries, in order, and answer who waits on them."""
+
+    def finish(self, rd: Ready) -> None:
+        """Serve `rd.read_states`, answer `rd.dropped_reads`, note `rd.events`
+        and `rd.soft_state`."""
+
+    def reached(self, step: Step) -> None:
+        """A point between two steps: the runner sends its clients' answers
+        after APPLIED_EARLY; the simulator may crash the node anywhere."""
+
+
+def handle_ready(core: RaftCore, h: ReadyHandler) -> Ready:
+    """Take the core's Ready, carry it out through `h` in the order above,
+    then advance the core. Returns the Ready handled. If `h` raises (a
+    simulated crash), the core is not advanced: the caller drops it."""
+    rd = core.ready()
+    early = [m for m in rd.messages if may_send_early(m)]
+    late = [m for m in rd.messages if not may_send_early(m)] if early else rd.messages
+    if early:
+        h.send(early)
+    h.reached(Step.SENT_EARLY)
+    committed = rd.committed_entries
+    if rd.apply_early:
+        h.apply(committed[: rd.apply_early])
+    h.reached(Step.APPLIED_EARLY)
+    h.persist(rd)
+    h.reached(Step.PERSISTED)
+    if late:
+        h.send(late)
+    h.reached(Step.SENT)
+    if rd.snapshot is not None:
+        h.install(rd.snapshot)
+    if len(committed) > rd.apply_early:
+        h.apply(committed[rd.apply_early :])
+    h.reached(Step.APPLIED)
+    h.finish(rd)
+    core.advance(rd)
+    return rd

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,9 +32,10 @@ from node.control import ControlError, handle_control
 from node.core import RaftCore, Role
 from node.errors import NotLeader
 from node.kv import KVStore, encode_image
-from node.logs import make_logger
-from node.messages import Entry, EntryKind, PeerMessage, SnapshotMeta
-from node.ready import Ready, may_send_early
+from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
+from node.membership_mark import DataLost, data_lost_message, record_member, was_member
+from node.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
+from node.ready import Ready, SoftState, Step, handle_ready
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -50,8 +52,6 @@ _CLIENT_DRAIN_BUDGET_S = 0.005
 _READY_BUDGET_S = 0.010
 # After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
 _MAX_CATCHUP_TICKS = 5
-# Bad input is logged at most once a second per kind; the rest is counted.
-_BAD_LOG_INTERVAL_S = 1.0
 
 
 class RunDir(msgspec.Struct, frozen=True):
@@ -85,15 +85,17 @@ def load_links(path: Path) -> dict[str, LinkRule]:
 class NodeRunner:
     """One node: storage, core, state machine, sockets, and the loop."""
 
-    def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO) -> None:
+    def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO,
+                 force_rejoin: bool = False) -> None:
         self.run_dir = run_dir
         self.cfg = load_cluster(run_dir)
         self.spec = self.cfg.node(node_id)
         self.id = node_id
         self.started = time.monotonic()
         self._stopping = False
+        self._stop_signalled = False
         self._stop_deadline = 0.0
-        self._bad_logged: dict[str, float] = {}
+        self._limiter = RateLimiter()
         self.counters: dict[str, int] = {"bad_messages": 0, "spoofed_messages": 0,
                                           "auth_rejected": 0, "bad_requests": 0}
         self._core: RaftCore | None = None
@@ -109,7 +111,19 @@ class NodeRunner:
             rec = self.storage.recovery
             self.log.warning("wal_tail_truncated", bytes=rec.truncated_bytes, file=rec.file,
                              offset=rec.offset)
-        self.kv = KVStore()
+        init = self.storage.initial_state()
+        empty = init.hard_state.term == 0 and init.snapshot.index == 0 and not init.entries
+        self._member_marked = not empty
+        if not empty and not was_member(run_dir, node_id):
+            record_member(run_dir, node_id, sync=self.cfg.fsync == "always")
+        if empty and was_member(run_dir, node_id):
+            if not force_rejoin:
+                self.storage.close()
+                raise DataLost(data_lost_message(node_id, ndir / "data"))
+            self.log.warning("rejoined_without_data", detail="started as a voter with an empty "
+                             "log although it was a member: it may vote twice in a term")
+        self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
+                          max_sessions=self.cfg.max_sessions)
         snap = self.storage.snapshot()
         if snap.meta.index > 0:
             self.kv.restore(snap.data)
@@ -154,6 +168,7 @@ class NodeRunner:
         self._bytes_since_snapshot = 0
         self._reservation_logged = False
         self._logged_commit = self.core.log.commit
+        self._ready_io = _ReadyIO(self)
         self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
                       fsync=self.cfg.fsync, commit=self.core.log.commit,
@@ -185,8 +200,8 @@ class NodeRunner:
         # long as the process: keep it out of every later collection, whose
         # pauses stall the loop (node/messages.py, Entry).
         gc.freeze()
-        signal.signal(signal.SIGTERM, lambda *_: self.shutdown())
-        signal.signal(signal.SIGINT, lambda *_: self.shutdown())
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
         poller = zmq.Poller()
         peer_socks = self.transport.poll_sockets()
         for s in peer_socks:
@@ -208,6 +223,8 @@ class NodeRunner:
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
+                if self._stop_signalled and not self._stopping:
+                    self.shutdown()
                 if self.zap.socket in events:
                     self.zap.handle()
                 if any(s in events for s in peer_socks) or due is not None:
@@ -309,41 +326,7 @@ class NodeRunner:
         while self.core.has_ready():
             if time.monotonic() >= until:
                 return
-            rd = self.core.ready()
-            # A leader's replication traffic leaves before its own persist
-            # (node/ready.py); everything else waits for the disk.
-            late: list[PeerMessage] = []
-            for m in rd.messages:
-                if may_send_early(m):
-                    self.transport.send(m.dst, codec.encode(m))
-                else:
-                    late.append(m)
-            # A leader's committed entries already on its disk need not wait
-            # for this batch's sync: apply them and answer their clients
-            # first. A follower's leader waits on its ack, not its apply.
-            leading = self.core.role is Role.LEADER
-            durable = self.core.log.stable_index if rd.snapshot is None and leading else 0
-            n_early = 0
-            while n_early < len(rd.committed_entries) and \
-                    rd.committed_entries[n_early].index <= durable:
-                n_early += 1
-            self._apply_entries(rd.committed_entries[:n_early])
-            # Their answers leave now, not at the end of the turn: a commit
-            # is what the client waits for.
-            self._flush_replies()
-            self._persist(rd)
-            for m in late:
-                self.transport.send(m.dst, codec.encode(m))
-            if rd.snapshot is not None:
-                self.kv.restore(rd.snapshot.data)
-                self._bytes_since_snapshot = 0
-            self._apply_entries(rd.committed_entries[n_early:])
-            self._apply_reads(rd)
-            for name, kw in rd.events:
-                self.log.info(name, **kw)
-            if rd.soft_state is not None:
-                self._role_changed()
-            self.core.advance(rd)
+            handle_ready(self.core, self._ready_io)
 
     def _persist(self, rd: Ready) -> None:
         # Persist before send (§5.1): one sync covers the whole batch.
@@ -355,16 +338,41 @@ class NodeRunner:
             self.storage.set_hard_state(rd.hard_state)
         if rd.must_sync():
             self.storage.sync()
+            if not self._member_marked and self.core.term > 0:
+                # Before the vote or acknowledgement this sync was for leaves.
+                record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always")
+                self._member_marked = True
             if self.storage.reservation_error is not None and not self._reservation_logged:
                 self._reservation_logged = True
                 self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
 
-    def _apply_entries(self, entries: list[Entry]) -> None:
+    def _send(self, messages: Sequence[PeerMessage]) -> None:
+        for m in messages:
+            self.transport.send(m.dst, codec.encode(m))
+
+    def _install(self, snapshot: Snapshot) -> None:
+        self.kv.restore(snapshot.data)
+        self._bytes_since_snapshot = 0
+
+    def _finish(self, rd: Ready) -> None:
+        self._apply_reads(rd)
+        for name, kw in rd.events:
+            self._log_event(self.log.info, name, kw)
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state)
+
+    def _reached(self, step: Step) -> None:
+        if step is Step.APPLIED_EARLY:
+            # Their answers leave now, not at the end of the turn: a commit
+            # is what the client waits for.
+            self._flush_replies()
+
+    def _apply_entries(self, entries: Sequence[Entry]) -> None:
         for e in entries:
             self._bytes_since_snapshot += len(e.data)
             # A no-op entry (empty data) only advances the applied index.
-            cmd, result = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
-            self.api.applied(cmd, result, e.index)
+            done = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
+            self.api.applied(done, e.index, e.term)
 
     def _apply_reads(self, rd: Ready) -> None:
         for rs in rd.read_states:
@@ -374,8 +382,8 @@ class NodeRunner:
         self.api.serve_reads()
         self._maybe_snapshot()
 
-    def _role_changed(self) -> None:
-        role, term = self.core.role, self.core.term
+    def _role_changed(self, soft: SoftState) -> None:
+        role, term = Role(soft.role), soft.term
         # Leading again in a later term counts as a loss too: what this node
         # proposed in the earlier term may have been truncated meanwhile.
         if self._last_role is Role.LEADER and (role is not Role.LEADER or term != self._last_term):
@@ -388,7 +396,7 @@ class NodeRunner:
         if self._snap_job is not None:
             return False
         applied = self.kv.applied_index
-        since = applied - self.core.log.snapshot.index
+        since = applied - self.core.snapshot_meta.index
         due = (since >= self.cfg.snapshot_entries
                or self._bytes_since_snapshot >= self.cfg.snapshot_bytes)
         if since <= 0 or not (force or due):
@@ -418,7 +426,7 @@ class NodeRunner:
         except OSError as e:
             self.log.error("snapshot_failed", index=meta.index, error=str(e))
             return
-        if meta.index <= self.core.log.snapshot.index:
+        if meta.index <= self.core.snapshot_meta.index:
             return  # a leader's snapshot overtook ours
         self.storage.install_local_snapshot(meta)
         self.core.compact(meta)
@@ -441,11 +449,12 @@ class NodeRunner:
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
             "vote": c.vote, "commit": c.log.commit, "applied": self.kv.applied_index,
             "log_first": c.log.first_index(), "log_last": c.log.last_index(),
-            "snapshot_index": c.log.snapshot.index, "peers": peers,
+            "snapshot_index": c.snapshot_meta.index, "peers": peers,
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
             "keys": len(self.kv),
+            "sessions": len(self.kv.sessions),
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
             "counters": {
@@ -482,12 +491,20 @@ class NodeRunner:
     def compact(self) -> dict[str, Any]:
         started = self._maybe_snapshot(force=True)
         return {"started": started, "applied": self.kv.applied_index,
-                "snapshot_index": self.core.log.snapshot.index}
+                "snapshot_index": self.core.snapshot_meta.index}
 
     def digest(self) -> dict[str, Any]:
         return {"applied": self.kv.applied_index, "digest": self.kv.digest(), "keys": len(self.kv)}
 
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        """SIGTERM/SIGINT. A handler runs between any two bytecodes of the
+        loop, possibly half-way through a step of the core: it only sets a
+        flag, and the loop stops gracefully between steps."""
+        self._stop_signalled = True
+
     def shutdown(self) -> None:
+        """Stop gracefully: hand leadership over, then leave. Called by the
+        loop only (a signal or the control op `shutdown`), between steps."""
         if self._stopping:
             return
         self._stopping = True
@@ -543,13 +560,22 @@ class NodeRunner:
 
     def _auth_rejected(self, address: str, key: bytes) -> None:
         self.counters["auth_rejected"] += 1
-        self.log.warning("auth_rejected", address=address, key=key.hex()[:16])
+        self._log_bad("auth_rejected", address=address, key=key.hex()[:16])
 
     def _log_bad(self, event: str, **kw: Any) -> None:
-        now = time.monotonic()
-        if now - self._bad_logged.get(event, 0.0) >= _BAD_LOG_INTERVAL_S:
-            self._bad_logged[event] = now
-            self.log.warning(event, **kw)
+        self._log_event(self.log.warning, event, kw)
+
+    def _log_event(self, emit: Callable[..., Any], event: str, kw: dict[str, Any]) -> None:
+        """Log `event`, or count it if a line of it from the same source was
+        written less than a second ago (node/logs.py, RATE_LIMITED_EVENTS)."""
+        if event in RATE_LIMITED_EVENTS:
+            field = RATE_LIMITED_EVENTS[event]
+            left_out = self._limiter.admit((event, kw.get(field) if field else None))
+            if left_out is None:
+                return
+            if left_out:
+                kw = {**kw, "suppressed": left_out}
+        emit(event, **kw)
 
     def _close(self) -> None:
         self._snapshotter.shutdown(wait=True)
@@ -560,6 +586,18 @@ class NodeRunner:
         for s in (self.client_sock, self.control_sock, self.zap.socket):
             s.close(linger=0)
         self.log.info("node_stopped", commit=self.core.log.commit, applied=self.kv.applied_index)
+
+
+class _ReadyIO:
+    """The runner's side of each step of a Ready (node/ready.py)."""
+
+    def __init__(self, r: NodeRunner) -> None:
+        self.send = r._send
+        self.persist = r._persist
+        self.install = r._install
+        self.apply = r._apply_entries
+        self.finish = r._finish
+        self.reached = r._reached
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes] | None, bytes]:

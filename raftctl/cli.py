@@ -441,7 +441,7 @@ def _write_out(key: str, res: Any, as_json: bool, what: str) -> None:
 def put(ctx: click.Context, key: str, value: str, timeout_s: float, as_json: bool) -> None:
     """Set KEY to VALUE (acknowledged once committed and applied)."""
     with _client(_cluster(ctx), timeout_s) as cl:
-        res = _run(lambda: cl.put(key, value.encode()))
+        res = _run(lambda: cl.put(key, value.encode(), prev=True))
     _write_out(key, res, as_json, "put")
 
 
@@ -453,7 +453,7 @@ def put(ctx: click.Context, key: str, value: str, timeout_s: float, as_json: boo
 def delete(ctx: click.Context, key: str, timeout_s: float, as_json: bool) -> None:
     """Delete KEY."""
     with _client(_cluster(ctx), timeout_s) as cl:
-        res = _run(lambda: cl.delete(key))
+        res = _run(lambda: cl.delete(key, prev=True))
     _write_out(key, res, as_json, "delete")
 
 

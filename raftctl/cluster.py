@@ -330,8 +330,10 @@ class Cluster:
                     f"port {port} ({spec.id} {port_name}) on {spec.host} is already in use "
                     "by another program; free it or choose other ports")
 
-    def start(self, node_id: str) -> int:
-        """Start one node detached (own session); returns its pid."""
+    def start(self, node_id: str, force_rejoin: bool = False) -> int:
+        """Start one node detached (own session); returns its pid. With
+        `force_rejoin` a node that lost its data starts as a voter anyway
+        (unsafe: node/membership_mark.py)."""
         with self.locked():
             cf = self.load()
             spec = cf.config.node(node_id)
@@ -348,7 +350,7 @@ class Cluster:
                     raise ClusterError(str(e)) from None
                 proc = subprocess.Popen(
                     [*prefix, sys.executable, "-m", "node", "--run-dir", str(self.run_dir),
-                     "--id", node_id],
+                     "--id", node_id, *(["--force-rejoin"] if force_rejoin else [])],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},

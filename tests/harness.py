@@ -51,8 +51,9 @@ def ids_for(n: int) -> list[str]:
 
 
 def small_config(**kw: Any) -> CoreConfig:
-    """Small timeouts as in etcd's tests: election 10 ticks, heartbeat 1."""
-    base: dict[str, Any] = {"election_ticks": 10, "heartbeat_ticks": 1}
+    """Small timeouts as in etcd's tests: election 10 ticks, heartbeat 1; a
+    compaction keeps no catch-up tail unless a test asks for one."""
+    base: dict[str, Any] = {"election_ticks": 10, "heartbeat_ticks": 1, "catchup_entries": 0}
     base.update(kw)
     return CoreConfig(**base)
 

@@ -44,8 +44,8 @@ class TestCluster(Cluster):
         super().__init__(run_dir, "test")
         self.started: list[tuple[int, float]] = []
 
-    def start(self, node_id: str) -> int:
-        pid = super().start(node_id)
+    def start(self, node_id: str, force_rejoin: bool = False) -> int:
+        pid = super().start(node_id, force_rejoin)
         self.started.append((pid, psutil.Process(pid).create_time()))
         return pid
 

@@ -1,23 +1,27 @@
-"""The key-value state machine: command semantics, exactly-once sessions,
-deterministic eviction, snapshot images and their validation."""
+"""The key-value state machine: command semantics, snapshot images and their
+validation, and replicas that agree (sessions: tests/test_sessions.py)."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from node.config import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from node.kv import (
     BAD_COMMAND,
     CAS_FAILED,
-    STALE_SEQUENCE,
+    VALUE_TOO_LARGE,
+    Append,
+    Applied,
+    Body,
     Cas,
+    CloseSession,
     Command,
     CommandError,
     Delete,
@@ -25,32 +29,53 @@ from node.kv import (
     KVStore,
     Op,
     Put,
+    RegisterSession,
     Result,
+    Write,
     decode_command,
     decode_image,
     encode_command,
     encode_image,
+    encode_op,
 )
 
 
 class _Feeder:
-    """Applies commands to a store at consecutive log indexes."""
+    """Applies commands to a store at consecutive log indexes, stamped with a
+    log clock that the test moves (`now_ms`)."""
 
     def __init__(self, kv: KVStore) -> None:
         self.kv = kv
+        self.now_ms = 0
+        self.ids: dict[str, int] = {}
 
-    def raw(self, data: bytes) -> Result:
-        return self.kv.apply(self.kv.applied_index + 1, data)[1]
+    def raw(self, data: bytes) -> Applied | None:
+        return self.kv.apply(self.kv.applied_index + 1, data)
 
-    def __call__(self, client: str, seq: int, op: Op) -> Result:
-        return self.raw(encode_command(Command(client, seq, op)))
+    def body(self, body: Body) -> Applied:
+        got = self.raw(encode_command(Command(self.now_ms, body)))
+        assert got is not None
+        return got
+
+    def sid(self, client: str) -> int:
+        """The session of `client` (a name in the test), registered on first use."""
+        if client not in self.ids:
+            self.ids[client] = self.body(RegisterSession()).session
+        return self.ids[client]
+
+    def applied(self, client: str, seq: int, op: Op, first: int | None = None) -> Applied:
+        raw = encode_op(op)
+        return self.body(Write(self.sid(client), seq, seq if first is None else first, raw))
+
+    def __call__(self, client: str, seq: int, op: Op, first: int | None = None) -> Result:
+        return self.applied(client, seq, op, first).result
 
 
 def _state(kv: KVStore) -> bytes:
     """Everything but the applied index, to check that nothing else changed."""
     img = kv.freeze()
     return msgspec.msgpack.encode(
-        [sorted(kv for s in img.shards for kv in s.items()), list(img.sessions)]
+        [sorted(kv for s in img.shards for kv in s.items()), img.clock_ms, list(img.sessions)]
     )
 
 
@@ -62,29 +87,30 @@ def _contents(kv: KVStore) -> dict[str, bytes | None]:
 # --- command semantics ----------------------------------------------------------
 
 
-def test_put_returns_previous_value_and_get_sees_new() -> None:
-    """A put stores the value and reports the value it replaced."""
+def test_put_answers_previous_value_only_when_asked() -> None:
+    """A put stores the value; it reports the value it replaced only with `prev`."""
     f = _Feeder(KVStore())
-    assert f("c", 1, Put("k", b"v1")) == Result(ok=True, value=None)
-    assert f("c", 2, Put("k", b"v2")) == Result(ok=True, value=b"v1")
-    assert f.kv.get("k") == b"v2"
+    assert f("c", 1, Put("k", b"v1")) == Result(ok=True)
+    assert f("c", 2, Put("k", b"v2", prev=True)) == Result(ok=True, value=b"v1")
+    assert f("c", 3, Put("k", b"v3")) == Result(ok=True)
+    assert f.kv.get("k") == b"v3"
     assert len(f.kv) == 1
 
 
-def test_delete_returns_previous_value_and_absent_is_ok() -> None:
-    """A delete removes the key and reports what it held; deleting nothing succeeds."""
+def test_delete_removes_and_absent_is_ok() -> None:
+    """A delete removes the key (reporting what it held with `prev`); deleting nothing succeeds."""
     f = _Feeder(KVStore())
     f("c", 1, Put("k", b"v"))
-    assert f("c", 2, Delete("k")) == Result(ok=True, value=b"v")
+    assert f("c", 2, Delete("k", prev=True)) == Result(ok=True, value=b"v")
     assert f.kv.get("k") is None
-    assert f("c", 3, Delete("k")) == Result(ok=True, value=None)
+    assert f("c", 3, Delete("k", prev=True)) == Result(ok=True, value=None)
     assert len(f.kv) == 0
 
 
 def test_cas_with_none_expected_requires_absent_key() -> None:
     """Cas with expected None creates an absent key and fails on a present one."""
     f = _Feeder(KVStore())
-    assert f("c", 1, Cas("k", None, b"a")) == Result(ok=True, value=None)
+    assert f("c", 1, Cas("k", None, b"a")) == Result(ok=True)
     assert f("c", 2, Cas("k", None, b"b")) == Result(ok=False, value=b"a", error=CAS_FAILED)
     assert f.kv.get("k") == b"a"
 
@@ -95,15 +121,26 @@ def test_cas_swaps_only_on_matching_value() -> None:
     f("c", 1, Put("k", b"a"))
     assert f("c", 2, Cas("k", b"x", b"b")) == Result(ok=False, value=b"a", error=CAS_FAILED)
     assert f.kv.get("k") == b"a"
-    assert f("c", 3, Cas("k", b"a", b"b")) == Result(ok=True, value=b"a")
+    assert f("c", 3, Cas("k", b"a", b"b")) == Result(ok=True)
     assert f.kv.get("k") == b"b"
     assert f("c", 4, Cas("gone", b"a", b"b")) == Result(ok=False, value=None, error=CAS_FAILED)
+
+
+def test_append_concatenates_and_refuses_past_the_value_limit() -> None:
+    """Append adds to the end (absent is empty); past MAX_VALUE_BYTES it changes nothing."""
+    f = _Feeder(KVStore())
+    assert f("c", 1, Append("k", b"a,")) == Result(ok=True)
+    assert f("c", 2, Append("k", b"b,")) == Result(ok=True)
+    assert f.kv.get("k") == b"a,b,"
+    f("c", 3, Put("big", b"x" * MAX_VALUE_BYTES))
+    assert f("c", 4, Append("big", b"y")) == Result(ok=False, error=VALUE_TOO_LARGE)
+    assert f.kv.get("big") == b"x" * MAX_VALUE_BYTES
 
 
 def test_keys_filters_by_prefix_and_sorts() -> None:
     """keys(prefix) lists exactly the keys with that prefix, in order."""
     f = _Feeder(KVStore())
-    for i, k in enumerate(["b/2", "a/1", "b/1", "c", "b"]):
+    for i, k in enumerate(["b/2", "a/1", "b/1", "c", "b"], 1):
         f("c", i, Put(k, b""))
     assert f.kv.keys("b") == ["b", "b/1", "b/2"]
     assert f.kv.keys("b/") == ["b/1", "b/2"]
@@ -112,10 +149,10 @@ def test_keys_filters_by_prefix_and_sorts() -> None:
 
 
 def test_empty_entry_is_a_noop_that_advances_the_index() -> None:
-    """A no-op entry (no data) succeeds, changes no data and moves the applied index."""
+    """A no-op entry (no data) changes no data, answers nobody and moves the applied index."""
     kv = KVStore()
     before = _state(kv)
-    assert kv.apply(1, b"") == (None, Result(ok=True))
+    assert kv.apply(1, b"") is None
     assert kv.applied_index == 1
     assert _state(kv) == before
 
@@ -123,11 +160,13 @@ def test_empty_entry_is_a_noop_that_advances_the_index() -> None:
 def test_index_must_strictly_increase() -> None:
     """Applying an index at or below the applied one raises and changes nothing."""
     f = _Feeder(KVStore())
-    f.kv.apply(5, encode_command(Command("c", 1, Put("k", b"v"))))
+    sid = f.sid("c")
+    f.kv.apply(5, encode_command(Command(0, Write(sid, 1, 1, encode_op(Put("k", b"v"))))))
     before = _state(f.kv)
     for index in (5, 4):
         with pytest.raises(ValueError):
-            f.kv.apply(index, encode_command(Command("c", 2, Put("k", b"w"))))
+            f.kv.apply(index, encode_command(
+                Command(0, Write(sid, 2, 2, encode_op(Put("k", b"w"))))))
     assert f.kv.applied_index == 5
     assert _state(f.kv) == before
 
@@ -135,27 +174,46 @@ def test_index_must_strictly_increase() -> None:
 _BAD_ENTRIES = [
     b"\xc1",
     b"garbage that is not msgpack",
-    msgspec.msgpack.encode(["c", 1, ["put", "", b"v"]]),  # empty key
-    msgspec.msgpack.encode(["c", 1, ["put", "\u00e9" * 513, b"v"]]),  # 1026 bytes
-    msgspec.msgpack.encode(["c", 1, ["put", "k", b"v" * (MAX_VALUE_BYTES + 1)]]),
-    msgspec.msgpack.encode(["c", 1, ["cas", "k", b"v" * (MAX_VALUE_BYTES + 1), b""]]),
-    msgspec.msgpack.encode(["c", -1, ["put", "k", b"v"]]),
-    msgspec.msgpack.encode(["", 1, ["put", "k", b"v"]]),
-    msgspec.msgpack.encode(["c", 1, ["rename", "k", "j"]]),
-    msgspec.msgpack.encode({"client": "c", "seq": 1}),
-    b"\x93\xa1c\x01\x93\xa3put\xa1\xff\xc4\x00",  # key of invalid UTF-8
+    msgspec.msgpack.encode([0, ["w", 1, 1, 1]]),  # no op
+    msgspec.msgpack.encode([-1, ["r"]]),  # negative time
+    msgspec.msgpack.encode([0, ["x"]]),  # unknown body
+    msgspec.msgpack.encode([0, ["w", -1, 1, 1, ["put", "k", b"v"]]]),
+    msgspec.msgpack.encode({"time_ms": 0, "body": ["r"]}),
+    msgspec.msgpack.encode(["c", 1, ["put", "k", b"v"]]),  # the format before sessions
 ]
 
 
 @pytest.mark.parametrize("data", _BAD_ENTRIES, ids=range(len(_BAD_ENTRIES)))
-def test_bad_entry_yields_bad_command_and_changes_only_the_index(data: bytes) -> None:
-    """A malformed entry returns bad_command, never raises, and leaves data and sessions."""
+def test_bad_entry_answers_nobody_and_changes_only_the_index(data: bytes) -> None:
+    """A malformed entry never raises and leaves data, sessions and clock as they were."""
     f = _Feeder(KVStore())
     f("c", 1, Put("k", b"v"))
     before = _state(f.kv)
-    assert f.kv.apply(2, data) == (None, Result(ok=False, error=BAD_COMMAND))
-    assert f.kv.applied_index == 2
+    index = f.kv.applied_index + 1
+    assert f.kv.apply(index, data) is None
+    assert f.kv.applied_index == index
     assert _state(f.kv) == before
+
+
+_BAD_OPS = [
+    msgspec.msgpack.encode(["put", "", b"v"]),  # empty key
+    msgspec.msgpack.encode(["put", "\u00e9" * 513, b"v"]),  # 1026 bytes
+    msgspec.msgpack.encode(["put", "k", b"v" * (MAX_VALUE_BYTES + 1)]),
+    msgspec.msgpack.encode(["cas", "k", b"v" * (MAX_VALUE_BYTES + 1), b""]),
+    msgspec.msgpack.encode(["rename", "k", "j"]),
+    b"\x93\xa3put\xa1\xff\xc4\x00",  # key of invalid UTF-8
+]
+
+
+@pytest.mark.parametrize("op", _BAD_OPS, ids=range(len(_BAD_OPS)))
+def test_write_of_a_bad_op_answers_bad_command_and_changes_no_data(op: bytes) -> None:
+    """A session's write whose op is malformed gets bad_command; the data stays."""
+    f = _Feeder(KVStore())
+    f("c", 1, Put("k", b"v"))
+    data = sorted(_contents(f.kv).items())
+    got = f.body(Write(f.sid("c"), 2, 2, msgspec.Raw(op)))
+    assert got.result == Result(ok=False, error=BAD_COMMAND)
+    assert sorted(_contents(f.kv).items()) == data
 
 
 def test_key_limit_counts_utf8_bytes() -> None:
@@ -179,99 +237,37 @@ def test_decode_command_raises_only_command_error(data: bytes) -> None:
     assert decode_command(encode_command(cmd)) == cmd
 
 
-# --- sessions -------------------------------------------------------------------
-
-
-def test_retried_cas_gets_cached_result_and_is_not_reapplied() -> None:
-    """A cas retried after it succeeded returns the same success and changes nothing."""
-    f = _Feeder(KVStore())
-    first = f("a", 7, Cas("k", None, b"mine"))
-    assert first.ok
-    f("b", 1, Put("k", b"theirs"))
-    assert f("a", 7, Cas("k", None, b"mine")) == first
-    assert f.kv.get("k") == b"theirs"
-
-
-def test_retried_put_is_applied_once() -> None:
-    """A duplicate put returns the first result and does not overwrite later writes."""
-    f = _Feeder(KVStore())
-    f("a", 1, Put("k", b"old"))
-    first = f("a", 2, Put("k", b"new"))
-    f("b", 1, Put("k", b"later"))
-    assert f("a", 2, Put("k", b"new")) == first == Result(ok=True, value=b"old")
-    assert f.kv.get("k") == b"later"
-
-
-def test_lower_sequence_is_stale_and_changes_nothing() -> None:
-    """A command older than the session's last is refused with stale_sequence."""
-    f = _Feeder(KVStore())
-    f("a", 5, Put("k", b"v5"))
-    before = _state(f.kv)
-    assert f("a", 4, Put("k", b"v4")) == Result(ok=False, error=STALE_SEQUENCE)
-    assert f.kv.get("k") == b"v5"
-    assert _state(f.kv) == before
-
-
-def test_sequence_numbers_may_skip() -> None:
-    """A session accepts any higher sequence number, not only the next one."""
-    f = _Feeder(KVStore())
-    f("a", 1, Put("k", b"1"))
-    assert f("a", 10, Put("k", b"10")).ok
-    assert f.kv.get("k") == b"10"
-
-
-def test_eviction_drops_least_recently_applied_session() -> None:
-    """Beyond max_sessions, the session with the oldest last-applied index goes."""
-    f = _Feeder(KVStore(max_sessions=2))
-    f("a", 1, Put("x", b"a1"))
-    f("b", 1, Put("y", b"b1"))
-    f("a", 2, Put("x", b"a2"))  # a is now more recent than b
-    f("c", 1, Put("z", b"c1"))  # evicts b
-    assert [s.client for s in f.kv.freeze().sessions] == ["a", "c"]
-    # a's session survives: its retry is deduplicated.
-    assert f("a", 2, Put("x", b"again")) == Result(ok=True, value=b"a1")
-    # b's session is gone: its retry is applied as a new command.
-    assert f("b", 1, Put("y", b"b1-again")) == Result(ok=True, value=b"b1")
-
-
-def test_eviction_is_deterministic_across_stores() -> None:
-    """Two stores fed the same entries, with eviction, end with equal digests."""
-    stores = [_Feeder(KVStore(max_sessions=3)) for _ in range(2)]
-    for f in stores:
-        for i in range(50):
-            f(f"client-{(i * 7) % 11}", i, Put(f"k{i % 5}", b"%d" % i))
-    assert len(stores[0].kv.freeze().sessions) == 3
-    assert stores[0].kv.digest() == stores[1].kv.digest()
-
-
 # --- images ---------------------------------------------------------------------
 
 
 def _populated(n: int = 200) -> _Feeder:
     f = _Feeder(KVStore())
-    for i in range(n):
+    for i in range(1, n + 1):
+        f.now_ms = i
         f(f"c{i % 13}", i, Put(f"key/{i}", bytes([i % 256]) * (i % 50)))
-    for i in range(0, n, 3):
+    for i in range(1, n + 1, 3):
+        f.now_ms = n + i
         f(f"c{i % 13}", n + i, Delete(f"key/{i}"))
     return f
 
 
-def test_snapshot_round_trip_preserves_digest_and_sessions() -> None:
-    """A store restored from an image has the same digest, data and sessions."""
+def test_snapshot_round_trip_preserves_digest_sessions_and_clock() -> None:
+    """A store restored from an image has the same digest, data, clock and sessions."""
     src = _populated()
+    src.now_ms = 5_000
+    first = src.applied("z", 1, Put("key/2", b"new"))
     dst = KVStore()
     dst.restore(encode_image(src.kv.freeze()))
     assert dst.digest() == src.kv.digest()
     assert dst.applied_index == src.kv.applied_index
-    assert len(dst) == len(src.kv)
-    assert dst.keys() == src.kv.keys()
+    assert dst.clock_ms == 5_000
     assert _contents(dst) == _contents(src.kv)
-    # The sessions came along: a retry of a command before the image is deduplicated.
-    assert src("z", 1, Put("key/1", b"new")) == Result(ok=True, value=b"\x01")
-    dst = KVStore()
-    dst.restore(encode_image(src.kv.freeze()))
-    retry = encode_command(Command("z", 1, Put("key/1", b"new")))
-    assert dst.apply(dst.applied_index + 1, retry)[1] == Result(ok=True, value=b"\x01")
+    # The sessions and their answers came along: a retry is answered, not applied.
+    retry = encode_command(Command(6_000, Write(src.sid("z"), 1, 1, encode_op(
+        Put("key/2", b"new")))))
+    again = dst.apply(dst.applied_index + 1, retry)
+    assert again is not None and not again.executed and first.executed
+    assert (again.result, again.index) == (first.result, first.index)
 
 
 def test_digest_covers_applied_index() -> None:
@@ -289,44 +285,47 @@ def test_freeze_isolates_image_from_later_writes() -> None:
     index = f.kv.applied_index
     img = f.kv.freeze()
     for i in range(2000):
-        f("w", 2 * i, Put(f"key/{i}", b"overwritten"))
-        f("w", 2 * i + 1, Delete(f"key/{(i * 17) % 2000}"))
+        f("w", 2 * i + 1, Put(f"key/{i}", b"overwritten"))
+        f("w", 2 * i + 2, Delete(f"key/{(i * 17) % 2000}"))
     f("w", 99_999, Put("brand-new", b"x"))
     assert f.kv.get("brand-new") == b"x"
     copy = KVStore()
     copy.install(decode_image(encode_image(img)))
     assert copy.applied_index == index
     assert _contents(copy) == before
-    assert "w" not in {s.client for s in img.sessions}
+    assert f.sid("w") not in {s.id for s in img.sessions}
 
 
-def test_restore_evicts_down_to_max_sessions() -> None:
-    """A store with fewer max_sessions keeps only the most recent ones of an image."""
-    src = _Feeder(KVStore())
-    for i in range(5):
-        src(f"c{i}", 1, Put("k", b"%d" % i))
-    dst = KVStore(max_sessions=2)
-    dst.restore(encode_image(src.kv.freeze()))
-    assert [s.client for s in dst.freeze().sessions] == ["c3", "c4"]
-
-
-def _corrupt_sessions_order(img: bytes) -> bytes:
+def _edit_header(img: bytes, edit: Callable[[list[Any]], None]) -> bytes:
     hlen = struct.unpack_from(">I", img, 4)[0]
     header = msgspec.msgpack.decode(img[8 : 8 + hlen])
-    header[2] = list(reversed(header[2]))
+    edit(header)
     new = msgspec.msgpack.encode(header)
     return img[:4] + struct.pack(">I", len(new)) + new + img[8 + hlen :]
 
 
+def _reverse_sessions(header: list[Any]) -> None:
+    header[3] = list(reversed(header[3]))
+
+
+def _session_beyond_index(header: list[Any]) -> None:
+    header[3][0][0] = header[1] + 1
+
+
+def _answer_below_outstanding(header: list[Any]) -> None:
+    s = next(s for s in header[3] if s[3])
+    s[2] = s[3][0][0] + 1
+
+
 def _duplicate_key(img: bytes) -> bytes:
     del img
-    kv = KVStore()
-    kv.apply(1, encode_command(Command("c", 1, Put("k", b"v"))))
-    good = encode_image(kv.freeze())
+    f = _Feeder(KVStore())
+    f("c", 1, Put("k", b"v"))
+    good = encode_image(f.kv.freeze())
     hlen = struct.unpack_from(">I", good, 4)[0]
     header = msgspec.msgpack.decode(good[8 : 8 + hlen])
     chunk = msgspec.msgpack.encode([["k", b"v"], ["k", b"w"]])
-    header[3], header[4] = [len(chunk)], [2]
+    header[4], header[5] = [len(chunk)], [2]
     new = msgspec.msgpack.encode(header)
     return good[:4] + struct.pack(">I", len(new)) + new + chunk
 
@@ -345,7 +344,9 @@ _GARBAGE: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("trailing byte", lambda b: b + b"\x00"),
     ("bad chunk", _break_first_chunk),
     ("huge header length", lambda b: b[:4] + b"\xff\xff\xff\xff" + b[8:]),
-    ("sessions out of order", _corrupt_sessions_order),
+    ("sessions out of order", lambda b: _edit_header(b, _reverse_sessions)),
+    ("session beyond the index", lambda b: _edit_header(b, _session_beyond_index)),
+    ("answer below first outstanding", lambda b: _edit_header(b, _answer_below_outstanding)),
     ("duplicate key", _duplicate_key),
 ]
 
@@ -356,6 +357,7 @@ def test_restore_rejects_garbage_and_keeps_state(
 ) -> None:
     """restore raises ImageError on a malformed image and leaves the store as it was."""
     src = _populated(50)
+    src("c", 10_000, Put("k", b"v"), first=9_999)  # a session holding two answers
     good = encode_image(src.kv.freeze())
     bad = corrupt(good)
     assert bad != good, name
@@ -382,92 +384,43 @@ def test_decode_image_raises_only_image_error(data: bytes) -> None:
 _keys = st.sampled_from(["a", "b", "c", "d/1", "d/2", "\u00e9"])
 _values = st.binary(max_size=8)
 _ops: st.SearchStrategy[Op] = st.one_of(
-    st.builds(Put, _keys, _values),
-    st.builds(Delete, _keys),
+    st.builds(Put, _keys, _values, st.booleans()),
+    st.builds(Delete, _keys, st.booleans()),
     st.builds(Cas, _keys, st.none() | _values, _values),
+    st.builds(Append, _keys, _values),
 )
-# Few clients and small sequence numbers, so that retries and stale commands happen.
+# Few sessions, small sequence numbers and a slow clock, so that retries,
+# stale commands, reused seqs, unknown sessions and expiry all happen.
+_bodies = st.one_of(
+    st.just(RegisterSession()),
+    st.builds(CloseSession, st.integers(1, 8)),
+    st.builds(lambda sid, seq, back, op: Write(sid, seq, max(1, seq - back), encode_op(op)),
+              st.integers(1, 8), st.integers(1, 6), st.integers(0, 3), _ops),
+)
 _entries = st.lists(
     st.one_of(
-        st.builds(
-            lambda c, s, op: encode_command(Command(c, s, op)),
-            st.sampled_from(["c1", "c2", "c3", "c4", "c5"]),
-            st.integers(0, 6),
-            _ops,
-        ),
+        st.builds(lambda t, b: encode_command(Command(t, b)), st.integers(0, 400), _bodies),
         st.sampled_from([b"", b"\x93garbage"]),
     ),
     max_size=60,
 )
 
 
+def _small() -> KVStore:
+    return KVStore(session_timeout_ms=100, max_sessions=3, max_outstanding=4)
+
+
 @given(_entries, st.data())
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_restored_replica_converges(entries: list[bytes], data: st.DataObject) -> None:
-    """A store restored from a mid-way image of another ends with the same digest."""
+    """A store restored from a mid-way image of another answers the same and ends equal."""
     cut = data.draw(st.integers(0, len(entries)), label="cut")
-    a = KVStore(max_sessions=3)
+    a = _small()
     for i, e in enumerate(entries[:cut], 1):
         a.apply(i, e)
-    b = KVStore(max_sessions=3)
+    b = _small()
     b.restore(encode_image(a.freeze()))
     for i, e in enumerate(entries[cut:], cut + 1):
         ra, rb = a.apply(i, e), b.apply(i, e)
         assert ra == rb
     assert a.digest() == b.digest()
-
-
-class KVModel(RuleBasedStateMachine):
-    """KVStore against a plain dict plus a table of each client's last seq and result."""
-
-    @initialize()
-    def setup(self) -> None:
-        self.kv = KVStore()
-        self.data: dict[str, bytes] = {}
-        self.sessions: dict[str, tuple[int, Result]] = {}
-        self.index = 0
-
-    def _model(self, client: str, seq: int, op: Op) -> Result:
-        last = self.sessions.get(client)
-        if last is not None and seq == last[0]:
-            return last[1]
-        if last is not None and seq < last[0]:
-            return Result(ok=False, error=STALE_SEQUENCE)
-        prev = self.data.get(op.key)
-        if isinstance(op, Put):
-            self.data[op.key] = op.value
-            res = Result(ok=True, value=prev)
-        elif isinstance(op, Delete):
-            self.data.pop(op.key, None)
-            res = Result(ok=True, value=prev)
-        elif prev != op.expected:
-            res = Result(ok=False, value=prev, error=CAS_FAILED)
-        else:
-            self.data[op.key] = op.value
-            res = Result(ok=True, value=prev)
-        self.sessions[client] = (seq, res)
-        return res
-
-    @rule(client=st.sampled_from(["x", "y"]), bump=st.integers(-2, 2), op=_ops)
-    def command(self, client: str, bump: int, op: Op) -> None:
-        seq = max(0, self.sessions.get(client, (0, None))[0] + bump)
-        self.index += 1
-        cmd = Command(client, seq, op)
-        got = self.kv.apply(self.index, encode_command(cmd))
-        assert got == (cmd, self._model(client, seq, op))
-
-    @rule()
-    def snapshot_and_restore(self) -> None:
-        fresh = KVStore()
-        fresh.restore(encode_image(self.kv.freeze()))
-        assert fresh.digest() == self.kv.digest()
-        self.kv = fresh
-
-    @invariant()
-    def same_contents(self) -> None:
-        assert len(self.kv) == len(self.data)
-        assert _contents(self.kv) == self.data
-
-
-KVModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
-test_kv_matches_dict_model = KVModel.TestCase

@@ -32,6 +32,13 @@ def _ask(
     return reply
 
 
+def _register(sock: zmq.Socket[bytes]) -> int:
+    """Open a session over a raw socket, as a client in any language would."""
+    reply = _ask(sock, msgspec.msgpack.encode({"op": "register", "id": 1}))
+    assert reply is not None and reply["ok"], reply
+    return int(reply["session"])
+
+
 def _counters(c: TestCluster, node: str) -> dict[str, Any]:
     st = c.statuses()[node]
     return dict(st["counters"])
@@ -47,13 +54,19 @@ def test_bad_client_requests_get_errors_and_change_nothing(cluster3: TestCluster
     applied = c.statuses()[lead]["applied"]
     sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
     try:
+        sid = _register(sock)
+        applied += 1
         bad = [
             b"\xff\x00garbage",
             msgspec.msgpack.encode({"op": "explode", "id": 7}),
-            msgspec.msgpack.encode({"op": "put", "id": 8, "client": "c", "seq": "one",
+            msgspec.msgpack.encode({"op": "put", "id": 8, "session": sid, "seq": "one",
                                     "key": "k", "value": b"v"}),
-            msgspec.msgpack.encode({"op": "put", "id": 9, "client": "c", "seq": 1,
+            msgspec.msgpack.encode({"op": "put", "id": 9, "session": sid, "seq": 1,
                                     "key": "k" * 5000, "value": b"v"}),
+            msgspec.msgpack.encode({"op": "put", "id": 11, "session": sid, "seq": 2,
+                                    "first_outstanding": 3, "key": "k", "value": b"v"}),
+            msgspec.msgpack.encode({"op": "put", "id": 12, "client": "old-style", "seq": 1,
+                                    "key": "k", "value": b"v"}),
             msgspec.msgpack.encode("a string"),
             b"\x93\x01",  # an array of three that ends after one item
         ]
@@ -64,7 +77,7 @@ def test_bad_client_requests_get_errors_and_change_nothing(cluster3: TestCluster
         echoed = _ask(sock, msgspec.msgpack.encode({"op": "explode", "id": 7}))
         assert echoed is not None and echoed["id"] == 7, "the request id is echoed"
         good = _ask(sock, msgspec.msgpack.encode(
-            {"op": "put", "id": 10, "client": "c1", "seq": 1, "key": "k", "value": b"v"}))
+            {"op": "put", "id": 10, "session": sid, "seq": 1, "key": "k", "value": b"v"}))
         assert good is not None and good["ok"] is True
     finally:
         sock.close(linger=0)
@@ -146,7 +159,7 @@ def test_socket_with_another_key_gets_nothing(cluster3: TestCluster) -> None:
         with contextlib.suppress(zmq.Again):  # not even queued: nothing can arrive
             s.send(msgspec.msgpack.encode({"op": "status"}), zmq.NOBLOCK)
         s.send(msgspec.msgpack.encode(
-            {"op": "put", "id": 1, "client": "x", "seq": 1, "key": "intruder", "value": b"x"}))
+            {"op": "put", "id": 1, "session": 1, "seq": 1, "key": "intruder", "value": b"x"}))
         assert not s.poll(1000), f"{addr} answered a socket with another key"
         s.close(linger=0)
     wait_until(lambda: _counters(c, node)["auth_rejected"] >= 1, 5.0, "auth_rejected counted")
@@ -164,24 +177,13 @@ def test_multibyte_key_over_the_byte_limit_is_refused(cluster3: TestCluster) -> 
         assert lead is not None
         sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
         try:
-            reply = _ask(sock, msgspec.msgpack.encode(
-                {"op": "put", "id": 3, "client": "c", "seq": 1, "key": "é" * 1024, "value": b"v"}))
+            reply = _ask(sock, msgspec.msgpack.encode({
+                "op": "put", "id": 3, "session": _register(sock), "seq": 1, "key": "é" * 1024,
+                "value": b"v"}))
         finally:
             sock.close(linger=0)
         assert reply is not None and reply["error"] == "bad_request", reply
         assert cl.put("after", b"ok").ok
-
-
-def test_longest_client_id_the_api_takes_is_answered(cluster3: TestCluster) -> None:
-    """A write whose client id is as long as the API allows is applied and
-    answered (the state machine once refused ids the API had accepted)."""
-    from node.api import ClientId
-    from node.client import Client
-
-    longest = ClientId.__metadata__[0].max_length
-    with Client(cluster3.client_addrs(), cluster3.keys(), client_id="x" * longest) as cl:
-        assert cl.put("long-id", b"v").ok
-        assert cl.get("long-id") == b"v"
 
 
 def _answers(sock: zmq.Socket[bytes], want: int, timeout_ms: int = 3000) -> list[dict[str, Any]]:
@@ -203,7 +205,9 @@ def test_a_batch_frame_is_answered_request_by_request(cluster3: TestCluster) -> 
     applied = c.statuses()[lead]["applied"]
     sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys())
     try:
-        items = [msgspec.msgpack.encode({"op": "put", "id": 100 + i, "client": "batch",
+        sid = _register(sock)
+        applied += 1
+        items = [msgspec.msgpack.encode({"op": "put", "id": 100 + i, "session": sid,
                                          "seq": i + 1, "key": f"b{i}", "value": b"v"})
                  for i in range(5)]
         items.insert(2, msgspec.msgpack.encode({"op": "explode", "id": 99}))
@@ -218,7 +222,8 @@ def test_a_batch_frame_is_answered_request_by_request(cluster3: TestCluster) -> 
         sock.send(msgspec.msgpack.encode([msgspec.Raw(i) for i in items[:2]]))
         again = {r["id"]: r for r in _answers(sock, 3)}
         assert again[7]["ok"] and again[7]["value"] == b"v", again
-        # Seqs 1 and 2 of a session already at 5: refused, not applied again.
+        # Seqs 1 and 2 of a session whose client released their answers (each
+        # put said it needs none below its own seq): refused, not applied again.
         assert again[100]["error"] == again[101]["error"] == "stale_sequence", again
     finally:
         sock.close(linger=0)

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import zmq
 
-from node.api import ClientResponse, PutRequest, decode_responses, join_batch
+from node.api import ClientResponse, PutRequest, RegisterRequest, decode_responses, join_batch
 from node.client import ClientError
 from node.config import ELECTION_TICKS, TICK_MS
 from node.transport.zmq import make_client_socket
@@ -134,7 +134,8 @@ def test_restarted_node_catches_up_by_log(cluster3: TestCluster) -> None:
 
 @pytest.fixture
 def small_snapshots(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, snapshot_entries=50, transport=transport):
+    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0,
+                          transport=transport):
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
@@ -159,6 +160,35 @@ def test_node_behind_compaction_gets_snapshot(small_snapshots: TestCluster) -> N
     assert '"snapshot_installed"' in events
 
 
+@pytest.fixture
+def catchup_tail(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
+    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=1_000,
+                          transport=transport):
+        c.start_all()
+        c.wait_for_leader(10.0)
+        yield c
+
+
+def test_node_a_little_behind_a_snapshot_catches_up_by_appends(catchup_tail: TestCluster) -> None:
+    """After compaction the log keeps a catch-up tail (catchup_entries), so a
+    follower briefly behind gets appends, not a whole snapshot."""
+    c = catchup_tail
+    lead = c.leader()
+    assert lead is not None
+    victim = next(n for n in c.node_ids() if n != lead)
+    c.kill(victim)
+    with c.client() as cl:
+        last = 0
+        for i in range(300):
+            last = cl.put(f"k{i}", b"v" * 100).index or last
+    wait_until(lambda: (c.statuses().get(lead) or {}).get("snapshot_index", 0) > 100, 10.0,
+               "the leader compacted its log")
+    c.start(victim)
+    wait_until(lambda: _converged(c, c.node_ids(), last), 20.0, f"{victim} caught up to {last}")
+    assert '"snapshot_installed"' not in c.log_path(victim).read_text()
+    assert '"snapshot_sent"' not in c.log_path(lead).read_text()
+
+
 def test_sigterm_on_the_leader_hands_over_first(cluster3: TestCluster) -> None:
     """SIGTERM makes a leader transfer leadership to an up-to-date follower
     before it exits, flushing and closing its storage (node_stopped)."""
@@ -180,16 +210,21 @@ def test_sigterm_on_the_leader_hands_over_first(cluster3: TestCluster) -> None:
         assert all(cl.get(f"k{i}") == b"v" for i in range(20))
 
 
-def _puts_in_one_frame(c: TestCluster, node: str, client: str, values: list[bytes],
+def _puts_in_one_frame(c: TestCluster, node: str, values: list[bytes],
                        timeout_ms: int) -> dict[int, ClientResponse]:
-    """Send puts of `values` (ids and seqs 1, 2, ...) to `node` in one batch
-    frame over a DEALER socket; their answers by id."""
+    """Send puts of `values` (ids and seqs 1, 2, ...) of a new session to
+    `node` in one batch frame over a DEALER socket; their answers by id."""
     enc = msgspec.msgpack.Encoder()
-    frame = join_batch([enc.encode(PutRequest(id=i, client=client, seq=i, key=f"k{i}", value=v))
-                        for i, v in enumerate(values, 1)])
     sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[node], c.keys())
     got: dict[int, ClientResponse] = {}
     try:
+        sock.send(enc.encode(RegisterRequest(id=0)))
+        assert sock.poll(timeout_ms), "no answer to the registration"
+        sid = decode_responses(sock.recv())[0].session
+        assert sid is not None
+        frame = join_batch([enc.encode(PutRequest(id=i, session=sid, seq=i, key=f"k{i}",
+                                                  value=v))
+                            for i, v in enumerate(values, 1)])
         sock.send(frame)
         while len(got) < len(values):
             assert sock.poll(timeout_ms), f"answers stopped after {len(got)} of {len(values)}"
@@ -207,7 +242,7 @@ def test_an_overloaded_leader_answers_busy(tmp_path: Path) -> None:
     for c in make_cluster(tmp_path, 3, max_uncommitted_bytes=300):
         c.start_all()
         lead = c.wait_for_leader(10.0)
-        got = _puts_in_one_frame(c, lead, "over", [b"x" * 200] * 2, 5000)
+        got = _puts_in_one_frame(c, lead, [b"x" * 200] * 2, 5000)
         assert got[1].ok, got[1]
         assert got[2].error == "busy" and "overloaded" in (got[2].message or ""), got[2]
         st = c.statuses()[lead]
@@ -228,7 +263,7 @@ def test_a_huge_batch_frame_does_not_stall_the_leader(tmp_path: Path) -> None:
         c.start_all()
         lead = c.wait_for_leader(10.0)
         term = c.statuses()[lead]["term"]  # reading the status also resets its busy peak
-        got = _puts_in_one_frame(c, lead, "huge", [b"v"] * n, 20_000)
+        got = _puts_in_one_frame(c, lead, [b"v"] * n, 20_000)
         assert all(r.ok for r in got.values()), next(r for r in got.values() if not r.ok)
         st = c.statuses()
         assert all(s["term"] == term for s in st.values()), {k: s["term"] for k, s in st.items()}

@@ -25,6 +25,7 @@ from chaos.sim_network import SimNetwork
 from node.core import RaftCore
 from node.messages import Heartbeat
 from node.raft_log import RaftLog
+from node.ready import Step
 from raftctl.sim_cmd import sim
 
 ALL = frozenset(FAULT_KINDS)
@@ -145,7 +146,7 @@ def test_crash_after_persisting_keeps_the_entry_but_sends_nothing() -> None:
         s.tick()
     lead = s.leader()
     assert lead is not None
-    s.crash(lead, after_persist=True)
+    s.crash(lead, at=Step.PERSISTED)
     index = s.propose(lead, b"persisted")
     assert s.core(lead) is None, "the leader should have crashed at its Ready"
     stored = s.storage(lead).initial_state().entries

@@ -1,0 +1,140 @@
+"""`ClientApi` against a stand-in core and the real state machine: who gets
+which answer when entries apply, the leader's clock stamps, and refusals."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+
+from node.api import ClientApi, ClientResponse, decode_responses
+from node.core import RaftCore
+from node.errors import NotLeader
+from node.kv import Command, KVStore, decode_command
+
+
+class _Core:
+    """Just what ClientApi uses of a core: propose, read_index, term, leader."""
+
+    def __init__(self) -> None:
+        self.term = 1
+        self.leader: str | None = "n1"
+        self.leading = True
+        self.log: list[tuple[int, bytes]] = []  # (term, data) at index i + 1
+
+    def propose(self, data: bytes) -> int:
+        if not self.leading:
+            raise NotLeader(self.leader)
+        self.log.append((self.term, data))
+        return len(self.log)
+
+    def read_index(self, ctx: bytes) -> None:
+        raise NotLeader(self.leader)
+
+
+class _Api:
+    """A ClientApi wired to a fake core, a real KVStore and a fake clock."""
+
+    def __init__(self) -> None:
+        self.core = _Core()
+        self.kv = KVStore()
+        self.now = 100.0
+        self.sent: list[ClientResponse] = []
+        self.api = ClientApi("n1", cast(RaftCore, self.core), self.kv, self._reply, {},
+                             lambda _: None, monotonic=lambda: self.now)
+
+    def _reply(self, route: list[bytes], data: bytes) -> None:
+        self.sent.extend(decode_responses(data))
+
+    def request(self, **req: Any) -> None:
+        self.api.handle([b"c"], msgspec.msgpack.encode(req))
+
+    def apply(self, index: int, term: int, data: bytes) -> None:
+        """Apply `data` as the entry (index, term), as the runner would."""
+        self.api.applied(self.kv.apply(index, data), index, term)
+
+    def apply_log(self) -> None:
+        for i in range(self.kv.applied_index + 1, len(self.core.log) + 1):
+            term, data = self.core.log[i - 1]
+            self.apply(i, term, data)
+
+
+def test_registration_is_answered_with_the_index_of_its_entry() -> None:
+    """A register request is answered, once applied, with its entry's index as the session."""
+    t = _Api()
+    t.request(op="register", id=5)
+    assert t.sent == []
+    t.apply_log()
+    assert [(r.id, r.ok, r.session, r.index) for r in t.sent] == [(5, True, 1, 1)]
+
+
+def test_another_leaders_entry_at_the_index_does_not_answer_a_registration() -> None:
+    """If a new leader put another entry at the index a registration was
+    proposed at, applying it answers nobody: no client gets another's session."""
+    t = _Api()
+    t.request(op="register", id=5)
+    other = t.core.log[0][1]  # a registration of the same shape, of term 2
+    t.apply(1, 2, other)
+    assert t.sent == []
+    t.api.lost_leadership()
+    assert [(r.id, r.error) for r in t.sent] == [(5, "leader_changed")]
+
+
+def test_a_retry_in_flight_is_answered_with_the_first() -> None:
+    """A write resent before it applies is proposed once; both attempts get the answer."""
+    t = _Api()
+    t.request(op="register", id=1)
+    t.apply_log()
+    sid = t.sent.pop().session
+    for rid in (2, 3):
+        t.request(op="put", id=rid, session=sid, seq=1, key="k", value=b"v")
+    assert len(t.core.log) == 2, "the retry was not proposed again"
+    t.apply_log()
+    assert sorted((r.id, r.ok, r.index) for r in t.sent) == [(2, True, 2), (3, True, 2)]
+
+
+def test_first_outstanding_above_seq_is_a_bad_request() -> None:
+    """A write claiming it needs no answer at or below its own seq is refused unproposed."""
+    t = _Api()
+    t.request(op="put", id=2, session=1, seq=3, first_outstanding=4, key="k", value=b"v")
+    assert [(r.id, r.error) for r in t.sent] == [(2, "bad_request")]
+    assert t.core.log == []
+
+
+def test_the_leader_stamps_its_clock_from_the_log_clock_onwards() -> None:
+    """Stamps start at the log's clock when a term's first proposal is made
+    and advance with this node's own clock; a new term starts over from the
+    log's clock."""
+    t = _Api()
+    t.request(op="register", id=1)
+    t.now += 2.5
+    t.request(op="register", id=2)
+    stamps = [decode_command(d).time_ms for _, d in t.core.log]
+    assert stamps == [0, 2500]
+    t.apply_log()
+    assert t.kv.clock_ms == 2500
+    t.core.term = 2  # leads again, in a later term, its clock having run on
+    t.now += 100.0
+    t.request(op="register", id=3)
+    assert decode_command(t.core.log[-1][1]).time_ms == 2500
+
+
+def test_stamps_are_what_expire_sessions() -> None:
+    """A session idle longer than the timeout by the stamps is expired for
+    every replica, and its write is refused."""
+    t = _Api()
+    t.kv = KVStore(session_timeout_ms=1_000)
+    t.api.kv = t.kv
+    t.request(op="register", id=1)
+    t.request(op="register", id=2)
+    t.apply_log()
+    idle = t.sent[0].session
+    t.now += 5.0
+    t.request(op="register", id=3)  # a stamp 5 s later: the idle ones expire
+    t.apply_log()
+    t.sent.clear()
+    t.request(op="put", id=4, session=idle, seq=1, key="k", value=b"v")
+    t.apply_log()
+    assert [(r.id, r.error) for r in t.sent] == [(4, "session_expired")]
+    assert t.kv.get("k") is None
+    assert isinstance(decode_command(t.core.log[-1][1]), Command)
