@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from chaos.powerloss import PowerLossError, PowerLossMount, power_cut, unavailable
-from chaos.powerloss.lazyfs import ORPHANS_DIR, PAGE_BYTES
+from chaos.powerloss.lazyfs import ORPHANS_DIR
 from chaos.powerloss.mount import is_mounted
+from chaos.powerloss.pages import PAGE_BYTES
 from node.client import ClientError
 from node.config import node_dir
 from node.messages import Entry, HardState, SnapshotMeta

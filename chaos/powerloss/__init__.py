@@ -4,6 +4,7 @@ never imports this package; only its server process imports FUSE (mfusepy).
 
 - `lazyfs`: the filesystem over a backing directory (what is durable), and
   the cut; its docstring says which losses it models and which it does not.
+- `pages`: one file's unsynced pages over its copy on the disk.
 - `server`: `python -m chaos.powerloss BACKING MOUNTPOINT --control SOCKET`
   mounts it and answers a Unix socket: one JSON line in (`{"op": "cut"}` or
   `{"op": "status"}`), one `ControlReply` line out, per connection. SIGTERM

@@ -40,8 +40,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 
-# The cache's unit: a write dirties whole pages, an fsync writes them back.
-PAGE_BYTES = 4096
+from chaos.powerloss.pages import PAGE_BYTES, Pages
+
 # In the backing root, hidden from the mount: the synced content of files that
 # no durable entry names yet (created, written and fsynced, directory not yet).
 ORPHANS_DIR = ".powerloss-orphans"
@@ -83,17 +83,11 @@ class _File:
     ino: int
     mode: int
     times_ns: list[int]
-    size: int = 0
-    durable_size: int = 0  # the disk's copy is this long
-    clean_bytes: int = 0  # the disk's bytes below this still read through (a truncate lowers it)
-    pages: dict[int, bytearray] = field(default_factory=dict)  # page number -> unsynced page
+    data: Pages = field(default_factory=Pages)
     names: set[tuple[_Dir, str]] = field(default_factory=set)  # durable entries naming it
     orphan: bool = False  # its disk copy is in ORPHANS_DIR: no durable entry names it
     links: int = 0  # entries naming it now
     opens: int = 0
-
-    def dirty(self) -> bool:
-        return bool(self.pages) or not self.size == self.durable_size == self.clean_bytes
 
 
 @dataclass(frozen=True)
@@ -155,7 +149,7 @@ class LazyFs:
             for node in d.entries.values():
                 if isinstance(node, _Dir):
                     dirs.append(node)
-                elif node.dirty():
+                elif node.data.dirty():
                     self._sync_file(node)
         for d in dirs:
             self._sync_dir(d)
@@ -189,8 +183,8 @@ class LazyFs:
                                      "power-loss filesystem holds only those: move it away")
                 f = seen.get((st.st_dev, st.st_ino))
                 if f is None:
-                    f = _File(next(self._inos), st.st_mode, _times(st), size=st.st_size,
-                              durable_size=st.st_size, clean_bytes=st.st_size)
+                    f = _File(next(self._inos), st.st_mode, _times(st),
+                              Pages.on_disk(st.st_size))
                     seen[(st.st_dev, st.st_ino)] = f
                 f.links += 1
                 f.names.add((d, e.name))
@@ -214,8 +208,8 @@ class LazyFs:
             entries += sum(1 for n, f in want.items() if d.durable.get(n) is not f)
             entries += sum(1 for n in d.durable if n not in want)
         return CacheStatus(
-            files_dirty=sum(f.dirty() for f in files.values()),
-            pages_dirty=sum(len(f.pages) for f in files.values()),
+            files_dirty=sum(f.data.dirty() for f in files.values()),
+            pages_dirty=sum(len(f.data.pages) for f in files.values()),
             entries_dirty=entries, file_syncs=self._file_syncs, dir_syncs=self._dir_syncs,
             cuts=self._cuts, pid=os.getpid())
 
@@ -235,15 +229,18 @@ class LazyFs:
             return self._dir_path(d) / name
         return self._orphan_path(f) if f.orphan else None
 
-    def _read_disk(self, f: _File, offset: int, n: int) -> bytes:
-        path = self._disk_path(f)
-        if path is None:
-            return b""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.pread(fd, n, offset)
-        finally:
-            os.close(fd)
+    def _disk_reader(self, f: _File) -> Callable[[int, int], bytes]:
+        def read(offset: int, n: int) -> bytes:
+            path = self._disk_path(f)
+            if path is None:
+                return b""
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return os.pread(fd, n, offset)
+            finally:
+                os.close(fd)
+
+        return read
 
     def _sync_file(self, f: _File) -> None:
         """Write `f`'s pages and size to the disk and fdatasync it there."""
@@ -254,26 +251,9 @@ class LazyFs:
             f.orphan = True
         fd = os.open(path, os.O_WRONLY)
         try:
-            # Bytes a truncate cut off must read as zeros if the file grows again.
-            if f.clean_bytes < f.durable_size:
-                os.ftruncate(fd, f.clean_bytes)
-            run: list[bytes | bytearray | memoryview] = []
-            start = prev = -2
-            for p in sorted(f.pages):
-                if p != prev + 1:
-                    if run:
-                        os.pwritev(fd, run, start * PAGE_BYTES)
-                    run, start = [], p
-                run.append(memoryview(f.pages[p])[: f.size - p * PAGE_BYTES])
-                prev = p
-            if run:
-                os.pwritev(fd, run, start * PAGE_BYTES)
-            os.ftruncate(fd, f.size)
-            os.fdatasync(fd)
+            f.data.write_back(fd)
         finally:
             os.close(fd)
-        f.pages.clear()
-        f.durable_size = f.clean_bytes = f.size
 
     def _sync_dir(self, d: _Dir) -> None:
         """Make the disk's file entries of `d` what the mount shows, then fsync it."""
@@ -321,7 +301,7 @@ class LazyFs:
     def _forget_if_unused(self, f: _File) -> None:
         if f.links or f.opens:
             return
-        f.pages.clear()
+        f.data = Pages()
         if f.orphan:
             os.unlink(self._orphan_path(f))
             f.orphan = False
@@ -389,7 +369,8 @@ class LazyFs:
             subdirs = sum(isinstance(n, _Dir) for n in node.entries.values())
             attrs.update(st_nlink=2 + subdirs, st_size=PAGE_BYTES, st_blocks=8)
         else:
-            attrs.update(st_nlink=node.links, st_size=node.size, st_blocks=-(-node.size // 512))
+            size = node.data.size
+            attrs.update(st_nlink=node.links, st_size=size, st_blocks=-(-size // 512))
         return attrs
 
     @_locked
@@ -413,7 +394,8 @@ class LazyFs:
         if isinstance(node, _Dir):
             raise _err(errno.EISDIR)
         if flags & os.O_TRUNC:
-            _truncate(node, 0)
+            node.data.truncate(0)
+            node.times_ns[1:] = _now()[1:]
         return self._open(node, flags)
 
     @_locked
@@ -427,47 +409,12 @@ class LazyFs:
     @_locked
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         f, _ = self._file(fh)
-        end = min(offset + size, f.size)
-        if offset >= end:
-            return b""
-        buf = bytearray(end - offset)
-        disk_end = min(end, f.clean_bytes)
-        if offset < disk_end:
-            data = self._read_disk(f, offset, disk_end - offset)
-            buf[: len(data)] = data
-        first, last = offset // PAGE_BYTES, (end - 1) // PAGE_BYTES
-        if last - first < len(f.pages):
-            nums = [p for p in range(first, last + 1) if p in f.pages]
-        else:
-            nums = [p for p in f.pages if first <= p <= last]
-        for p in nums:
-            base = p * PAGE_BYTES
-            lo, hi = max(base, offset), min(base + PAGE_BYTES, end)
-            buf[lo - offset : hi - offset] = f.pages[p][lo - base : hi - base]
-        return bytes(buf)
+        return f.data.read(offset, size, self._disk_reader(f))
 
     @_locked
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         f, h = self._file(fh)
-        if h.append:
-            offset = f.size
-        end = offset + len(data)
-        pos = offset
-        while pos < end:
-            p, o = divmod(pos, PAGE_BYTES)
-            n = min(PAGE_BYTES - o, end - pos)
-            page = f.pages.get(p)
-            if page is None:
-                page = bytearray(PAGE_BYTES)
-                base = p * PAGE_BYTES
-                # A page written in part keeps what the rest of it held.
-                if n < PAGE_BYTES and base < f.clean_bytes:
-                    old = self._read_disk(f, base, min(PAGE_BYTES, f.clean_bytes - base))
-                    page[: len(old)] = old
-                f.pages[p] = page
-            page[o : o + n] = data[pos - offset : pos - offset + n]
-            pos += n
-        f.size = max(f.size, end)
+        f.data.write(f.data.size if h.append else offset, data, self._disk_reader(f))
         f.times_ns[1:] = _now()[1:]
         return len(data)
 
@@ -476,7 +423,8 @@ class LazyFs:
         node = self._node(path, fh)
         if isinstance(node, _Dir):
             raise _err(errno.EISDIR)
-        _truncate(node, length)
+        node.data.truncate(length)
+        node.times_ns[1:] = _now()[1:]
         return 0
 
     @_locked
@@ -484,8 +432,8 @@ class LazyFs:
         f, _ = self._file(fh)
         if mode & ~_FALLOC_FL_KEEP_SIZE:
             raise _err(errno.EOPNOTSUPP)
-        if not mode & _FALLOC_FL_KEEP_SIZE:
-            f.size = max(f.size, offset + size)
+        if not mode & _FALLOC_FL_KEEP_SIZE and offset + size > f.data.size:
+            f.data.truncate(offset + size)
         return 0
 
     @_locked
@@ -633,18 +581,6 @@ class LazyFs:
         self._sync_dir(node)
         self._dir_syncs += 1
         return 0
-
-
-def _truncate(f: _File, length: int) -> None:
-    if length < f.size:
-        for p in [p for p in f.pages if p * PAGE_BYTES >= length]:
-            del f.pages[p]
-        p, o = divmod(length, PAGE_BYTES)
-        if o and p in f.pages:
-            f.pages[p][o:] = bytes(PAGE_BYTES - o)
-        f.clean_bytes = min(f.clean_bytes, length)
-    f.size = length
-    f.times_ns[1:] = _now()[1:]
 
 
 def _fsync_path(path: Path) -> None:

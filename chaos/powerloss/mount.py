@@ -119,6 +119,7 @@ class PowerLossMount:
             raise PowerLossError(f"{self.control} is longer than a Unix socket path may be "
                                  f"({_SOCKET_PATH_MAX_BYTES} bytes); use a shorter directory")
         self.backing.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         self.control.unlink(missing_ok=True)
         with open(self.log, "ab") as out:
             self._proc = subprocess.Popen(
