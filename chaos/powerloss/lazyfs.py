@@ -17,10 +17,11 @@ permission bits and times live in memory (a cut resets them to the disk's);
 an unsynced write is lost whole, never torn, and nothing unsynced reaches the
 disk by itself as kernel writeback would (the worst case, LazyFS's default);
 no journal ordering (ext4 also persists a new file's entry when the file is
-fsynced; here, as POSIX promises, only its directory's fsync does); a rename's
-flags (RENAME_NOREPLACE replaces like a plain rename); symlinks, special
-files, xattrs and chown are refused. A clean unmount (`destroy`) writes back
-everything, as umount(8) does.
+fsynced; here, as POSIX promises, only its directory's fsync does); renameat2
+flags, which mfusepy drops (the kernel still refuses RENAME_NOREPLACE onto an
+existing name, but RENAME_EXCHANGE would act as a plain rename); symlinks,
+special files, xattrs and chown are refused. A clean unmount (`destroy`)
+writes back everything, as umount(8) does.
 """
 
 from __future__ import annotations
