@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from raftctl.cli import main
+from raftctl.cluster import Cluster
 from raftctl.exits import Exit
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
@@ -79,6 +80,21 @@ def test_stale_get_from_a_named_node_that_cannot_answer_fails(c: TestCluster) ->
     err = json.loads(r.stdout)["error"]
     assert err["reason"] == "unavailable"
     assert "node n1 is down, so it cannot answer" in err["message"]
+
+
+def test_a_named_node_is_the_only_one_asked(c: TestCluster,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """If N dies between the supervisor's look and the read (here: the look
+    is made to miss it), `get --stale --node N` still asks N alone, and
+    fails naming it once its timeout passes."""
+    cli(c, "put", "k", "v")
+    cli(c, "kill", "n1")
+    real = Cluster.process_state
+    monkeypatch.setattr(Cluster, "process_state", lambda self, n: (
+        (1, "running") if n == "n1" else real(self, n)))
+    r = cli(c, "get", "k", "--stale", "--node", "n1", "--timeout", "0.5")
+    assert r.exit_code == Exit.UNAVAILABLE, r.output
+    assert "node n1 did not answer within 0.5s" in r.stderr
 
 
 def test_status_and_leader_exit_3_without_a_leader(c: TestCluster) -> None:
