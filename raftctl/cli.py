@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from raftctl.cluster import (
     load_config_file,
     make_config,
 )
+from raftctl.discovery import find_clusters
 from raftctl.exits import (
     JSON_META,
     CliError,
@@ -296,10 +298,6 @@ def _spinner(quiet: bool, text: str) -> Any:
 def ls_cmd(ctx: click.Context, as_json: bool) -> None:
     """List clusters: those under HOME (--home, RAFTCTL_HOME, default
     ./.raftctl), and every running cluster of this user wherever it is."""
-    from dataclasses import asdict
-
-    from raftctl.discovery import find_clusters
-
     home = ctx.find_root().params.get("home") or default_home()
     found = find_clusters(Path(home).resolve(), cluster_of(ctx).run_dir)
     if as_json:

@@ -72,7 +72,10 @@ class CliError(click.ClickException):
 
 def error_json(message: str, exit_code: int) -> str:
     """The `--json` shape of a failure."""
-    reason = Exit(exit_code).name.lower() if exit_code in Exit._value2member_map_ else "failed"
+    try:
+        reason = Exit(exit_code).name.lower()
+    except ValueError:  # a code click chose, not one of ours
+        reason = "failed"
     return json.dumps({"error": {"exit_code": exit_code, "reason": reason, "message": message}},
                       indent=2, sort_keys=True)
 

@@ -97,7 +97,7 @@ class _Spec:
     """One process command: its action, which nodes --random picks from,
     and which it acts on when given no node (None: it needs to be told)."""
 
-    help: str
+    help_text: str
     action: Action
     random_pool: frozenset[str]
     default: frozenset[str] | None = None
@@ -145,7 +145,7 @@ def _targets(c: Cluster, spec: _Spec, nodes: tuple[str, ...], leader: bool,
 
 
 def _command(name: str, spec: _Spec) -> click.Command:
-    @click.command(name, help=spec.help)
+    @click.command(name, help=spec.help_text)
     @click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
     @click.option("--leader", is_flag=True, help="The node that leads now.")
     @click.option("--random", "rnd", is_flag=True, help="A random node this command can act on.")

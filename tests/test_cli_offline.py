@@ -284,8 +284,10 @@ def test_home_holds_clusters_and_ls_lists_them(tmp_path: Path,
     stopped_cluster(home / "alpha", name="alpha")
     stopped_cluster(home / "beta", n=1, name="beta")
     r = invoke("--home", str(home), "-C", "beta", "ls", "--json")
-    found = {f["name"]: f for f in json.loads(r.stdout)}
-    assert {"alpha", "beta"} <= set(found), r.output
+    # Keyed by run directory: clusters others run on this machine are listed too.
+    found = {Path(f["run_dir"]).name: f for f in json.loads(r.stdout)
+             if Path(f["run_dir"]).parent == home.resolve()}
+    assert set(found) == {"alpha", "beta"}, r.output
     assert found["alpha"] == {"name": "alpha", "run_dir": str((home / "alpha").resolve()),
                               "nodes": 3, "up": 0, "leader": None, "current": False,
                               "problem": None}
@@ -296,8 +298,9 @@ def test_home_holds_clusters_and_ls_lists_them(tmp_path: Path,
     assert [n["node"] for n in json.loads(r.stdout)] == ["n1"]
     monkeypatch.chdir(tmp_path)
     stopped_cluster(tmp_path / ".raftctl" / "default", name="default")
-    mine = [f for f in json.loads(invoke("ls", "--json").stdout) if f["name"] == "default"]
-    assert [f["current"] for f in mine] == [True]
+    here = str((tmp_path / ".raftctl" / "default").resolve())
+    mine = [f for f in json.loads(invoke("ls", "--json").stdout) if f["run_dir"] == here]
+    assert [(f["name"], f["current"]) for f in mine] == [("default", True)]
 
 
 def test_home_is_documented_in_help() -> None:
