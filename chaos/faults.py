@@ -172,6 +172,53 @@ def with_netem(state: FaultState, links: Iterable[Link], rates: Netem, what: str
     return FaultState(blocked=list(state.blocked), netem=netem, description=desc)
 
 
+def change_netem(state: FaultState, links: Iterable[Link], changes: dict[str, float],
+                 replace: bool, nodes: list[str]) -> FaultState:
+    """Set the given Netem fields on `links`: on top of each link's current
+    rates, or (`replace`) on clear ones, so the fields not given drop to 0.
+    The netem descriptions are rebuilt from the result."""
+    netem = dict(state.netem)
+    for link in links:
+        base = Netem() if replace else netem.get(_key(link), Netem())
+        rates = msgspec.structs.replace(base, **changes)
+        if rates.is_clear():
+            netem.pop(_key(link), None)
+        else:
+            netem[_key(link)] = rates
+    desc = [d for d in state.description if not d.startswith("netem")]
+    return FaultState(blocked=list(state.blocked), netem=netem,
+                      description=desc + describe_netem(netem, nodes))
+
+
+def describe_netem(netem: dict[str, Netem], nodes: list[str]) -> list[str]:
+    """One line per distinct set of rates: `netem delay 50ms loss 5% on n1:n2`
+    (both ways), `n1->n2` (one way) or `on all links`."""
+    by_rates: dict[Netem, set[Link]] = {}
+    for k, rates in netem.items():
+        by_rates.setdefault(rates, set()).add(_unkey(k))
+    every = set(all_links(nodes))
+    out = []
+    for rates, links in by_rates.items():
+        if links == every:
+            where = "all links"
+        else:
+            both = sorted({(min(a, b), max(a, b)) for a, b in links if (b, a) in links})
+            one = sorted((a, b) for a, b in links if (b, a) not in links)
+            where = ", ".join([f"{a}:{b}" for a, b in both] + [f"{a}->{b}" for a, b in one])
+        out.append(f"netem {rates_text(rates)} on {where}")
+    return sorted(out)
+
+
+def rates_text(rates: Netem) -> str:
+    """`delay 50ms jitter 10ms loss 5%`: the rates that are set."""
+    parts = [(f"delay {rates.delay_ms:g}ms", rates.delay_ms),
+             (f"jitter {rates.jitter_ms:g}ms", rates.jitter_ms),
+             (f"loss {rates.loss * 100:g}%", rates.loss),
+             (f"duplicate {rates.duplicate * 100:g}%", rates.duplicate),
+             (f"reorder {rates.reorder * 100:g}%", rates.reorder)]
+    return " ".join(text for text, v in parts if v) or "nothing"
+
+
 def all_links(nodes: list[str]) -> list[Link]:
     return [(a, b) for a in nodes for b in nodes if a != b]
 

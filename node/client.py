@@ -143,9 +143,11 @@ class Client:
         if self.session is None:
             try:
                 got = self._call(RegisterRequest(), prefer=None, write=True)
-            except OutcomeUnknown as e:
+            except OutcomeUnknown:
                 # Any session it made expires unused: no write was at stake.
-                raise Unavailable("unavailable", f"could not open a session: {e}") from None
+                raise Unavailable(
+                    "unavailable", f"could not open a session within {self.timeout_s:.1f}s "
+                    "(no quorum answered); nothing was written") from None
             if not got.resp.ok or got.resp.session is None:
                 raise ClientError(got.resp.error or "failed",
                                   got.resp.message or "the cluster refused a session")

@@ -26,9 +26,14 @@ from raftctl.bench import (
     to_json,
 )
 from raftctl.cluster import Cluster, ClusterError
+from raftctl.exits import CliError, Exit, from_cluster_error
+from raftctl.options import json_option
 
 T = TypeVar("T")
 SATURATED = "load generator saturated: figures are a lower bound"
+# The killed leader and its term, then the leader that followed and its term.
+FAILOVER_COLUMNS = ("TRIAL", "KILLED", "OLD TERM", "NEW LEADER", "NEW TERM", "LEADER ms",
+                    "WRITE ms", "CATCH-UP ms")
 
 
 def _cluster(ctx: click.Context) -> Cluster:
@@ -41,7 +46,7 @@ def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except ClusterError as e:
-        raise click.ClickException(str(e)) from None
+        raise from_cluster_error(e) from None
 
 
 @contextmanager
@@ -82,7 +87,7 @@ def bench() -> None:
               help="Fraction of operations that are linearizable reads.")
 @click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Load generator processes sharing the clients.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema above).")
+@json_option("Print JSON (schema above).")
 @click.pass_context
 def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, keys: int,
           read_ratio: float, procs: int, as_json: bool) -> None:
@@ -124,7 +129,7 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
         if report.loadgen_saturated:
             con.print(f"[bold yellow]{SATURATED}[/] (try --procs 2)")
     if report.ops == 0:
-        raise click.ClickException("no operation was acknowledged; see `raftctl status`")
+        raise CliError("no operation was acknowledged; see `raftctl status`", Exit.UNAVAILABLE)
 
 
 def write_table(r: WriteReport) -> Table:
@@ -160,7 +165,7 @@ def write_table(r: WriteReport) -> Table:
 
 @bench.command("failover")
 @click.option("--trials", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema above).")
+@json_option("Print JSON (schema above).")
 @click.pass_context
 def failover(ctx: click.Context, trials: int, as_json: bool) -> None:
     """SIGKILL the leader, time the recovery, restart it; TRIALS times.
@@ -194,7 +199,7 @@ def failover(ctx: click.Context, trials: int, as_json: bool) -> None:
     else:
         con.print(failover_table(report))
     if report.completed < report.trials:
-        raise click.ClickException(
+        raise CliError(
             f"{report.trials - report.completed} of {report.trials} trials saw no new leader "
             "or no acknowledged write in time; see `raftctl logs`")
 
@@ -203,9 +208,8 @@ def failover_table(r: FailoverReport) -> Table:
     t = Table(title=f"bench failover: cluster {r.cluster}, {r.nodes} nodes, {r.trials} trials "
               "(times from the SIGKILL of the leader; catch-up from the restart)",
               title_justify="left", header_style="bold")
-    for col in ("TRIAL", "KILLED", "TERM", "LEADER", "TERM", "LEADER ms", "WRITE ms",
-                "CATCH-UP ms"):
-        t.add_column(col, justify="left" if col in {"KILLED", "LEADER"} else "right")
+    for col in FAILOVER_COLUMNS:
+        t.add_column(col, justify="left" if col in {"KILLED", "NEW LEADER"} else "right")
     for x in r.results:
         t.add_row(str(x.trial), x.victim, str(x.old_term), x.new_leader or "—",
                   "—" if x.new_term is None else str(x.new_term), _fmt(x.leader_ms, ""),
@@ -229,7 +233,7 @@ def failover_table(r: FailoverReport) -> Table:
 @click.option("-n", "--nodes", type=click.IntRange(1, 15), default=3, show_default=True)
 @click.option("--fsync", type=click.Choice(["always", "never"]), default="always",
               show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema above).")
+@json_option("Print JSON (schema above).")
 def up(trials: int, nodes: int, fsync: str, as_json: bool) -> None:
     """Time from `up` to the first acknowledged write, on throwaway clusters.
 
@@ -259,7 +263,7 @@ def up(trials: int, nodes: int, fsync: str, as_json: bool) -> None:
     else:
         con.print(up_table(report))
     if report.completed < report.trials:
-        raise click.ClickException(
+        raise CliError(
             f"{report.trials - report.completed} of {report.trials} fresh clusters acknowledged "
             "no write in time")
 

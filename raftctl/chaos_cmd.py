@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import click
 import msgspec
@@ -29,7 +33,9 @@ from node.client import Client
 from node.config import CHAOS_ATTEMPT_TIMEOUT_MS, CHAOS_CLIENT_OPS_PER_S, CHAOS_OP_TIMEOUT_MS
 from raftctl import render
 from raftctl.cluster import Cluster, ClusterError
+from raftctl.exits import CliError, Exit, from_cluster_error
 from raftctl.logview import parse_duration_s
+from raftctl.options import json_option
 
 # Violations listed one by one before the rest is only counted.
 _SHOWN_VIOLATIONS = 20
@@ -86,7 +92,7 @@ def chaos() -> None:
               help="Keys the clients share.")
 @click.option("--recovery-timeout", default="10s", show_default=True,
               help="After healing, a write must be acknowledged within this.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary and verdict as JSON.")
+@json_option("Print the summary and verdict as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the whole record (history, samples, timeline, verdict) as JSON.")
 @click.pass_context
@@ -96,7 +102,7 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: i
     """Inject seeded faults into the running cluster while clients write,
     heal, and check that no acknowledged write was lost, replicas agree,
     the history is linearizable and the cluster recovers. Exit code 1 on any
-    violation."""
+    violation, 130 if Ctrl-C cut the run short (it still heals and judges)."""
     c = _c(ctx)
     try:
         kinds = parse_kinds(nemesis_)
@@ -110,10 +116,11 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: i
         key_prefix=f"chaos-{os.urandom(3).hex()}")
     try:
         if not c.running_nodes():
-            raise click.ClickException(f"cluster {c.name} is not up; start it with `raftctl up`")
+            raise CliError(f"cluster {c.name} is not up; start it with `raftctl up`",
+                           Exit.UNAVAILABLE)
         factory = client_factory(c)
     except ClusterError as e:
-        raise click.ClickException(str(e)) from None
+        raise from_cluster_error(e) from None
     err = render.console(stderr=True)
     if not as_json:
         click.echo(f"chaos run on cluster {c.name} ({', '.join(c.node_ids())}): seed {opts.seed}, "
@@ -127,9 +134,12 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: i
             err.print(_event_text(ev))
 
     try:
-        rec = run_chaos(c, factory, opts, on_event=on_event)
-    except (ChaosError, ClusterError) as e:
-        raise click.ClickException(str(e)) from None
+        with _noting_interrupts() as interrupted:
+            rec = run_chaos(c, factory, opts, on_event=on_event)
+    except ChaosError as e:
+        raise CliError(str(e), Exit.UNAVAILABLE) from None
+    except ClusterError as e:
+        raise from_cluster_error(e) from None
     verdict = judge(rec)
     if report_file is not None:
         _write_report(report_file, rec, verdict)
@@ -144,7 +154,32 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: i
         if report_file is not None:
             click.echo(f"report written to {report_file}")
     if not verdict.ok:
-        ctx.exit(1)
+        ctx.exit(Exit.FAILED)
+    if interrupted:
+        # The checks passed on a run cut short: not the run that was asked for.
+        ctx.exit(Exit.INTERRUPTED)
+
+
+@contextmanager
+def _noting_interrupts() -> Iterator[list[bool]]:
+    """Ctrl-C still raises KeyboardInterrupt, on which `run_chaos` ends the
+    fault phase early and still heals and judges; this notes that it came,
+    so that an interrupted run cannot exit 0."""
+    seen: list[bool] = []
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.SIG_IGN:
+        yield seen
+        return
+
+    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _write_report(path: Path, rec: RunRecord, verdict: Verdict) -> None:
@@ -152,7 +187,7 @@ def _write_report(path: Path, rec: RunRecord, verdict: Verdict) -> None:
     try:
         path.write_bytes(msgspec.json.format(msgspec.json.encode(doc)))
     except OSError as e:
-        raise click.ClickException(f"cannot write the report to {path}: {e.strerror}") from None
+        raise CliError(f"cannot write the report to {path}: {e.strerror}") from None
 
 
 # --- rendering ------------------------------------------------------------------------

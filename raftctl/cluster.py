@@ -50,6 +50,10 @@ from raftctl import netns
 DEFAULT_CLUSTER = "default"
 RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
 CLUSTER_ENV = "RAFTCTL_CLUSTER"
+HOME_ENV = "RAFTCTL_HOME"
+# Where a cluster's run directory goes when no home is given: under the
+# current directory, as raftctl always did.
+DEFAULT_HOME_NAME = ".raftctl"
 CONTROL_TIMEOUT_S = 1.0
 PORT_RANGE_LOW = 20000
 
@@ -57,6 +61,15 @@ PORT_RANGE_LOW = 20000
 class ClusterError(Exception):
     """Something the operator asked for cannot be done; the message says why
     and, where there is one, what to do."""
+
+
+class ClusterUnavailable(ClusterError):
+    """The cluster, or a node the request needs, is not there to ask: not set
+    up, not running, no leader, or no answer."""
+
+
+class UnknownNode(ClusterError):
+    """A node name that is not in the cluster."""
 
 
 class ProcessInfo(msgspec.Struct, frozen=True):
@@ -71,9 +84,15 @@ class ClusterFile(msgspec.Struct):
     processes: dict[str, ProcessInfo] = {}
 
 
-def default_run_dir(name: str) -> Path:
-    """`./.raftctl/NAME`; the option `--run-dir` or RAFTCTL_RUN_DIR overrides it."""
-    return Path.cwd() / ".raftctl" / name
+def default_home() -> Path:
+    """`./.raftctl`: the home of clusters when neither --home nor RAFTCTL_HOME is given."""
+    return Path.cwd() / DEFAULT_HOME_NAME
+
+
+def default_run_dir(name: str, home: Path | None = None) -> Path:
+    """`HOME/NAME` (HOME: `./.raftctl` by default); the option `--run-dir` or
+    RAFTCTL_RUN_DIR overrides it."""
+    return (home or default_home()) / name
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -181,6 +200,16 @@ class NodeState:
     status: dict[str, Any] | None  # the node's own status, if it answered
 
 
+def leader_of(states: list[NodeState]) -> str | None:
+    """The leader of the highest term that a live node reports."""
+    best: tuple[int, str] | None = None
+    for s in states:
+        st = s.status
+        if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
+            best = (st["term"], s.id)
+    return best[1] if best else None
+
+
 class Cluster:
     """One cluster's run directory and processes."""
 
@@ -204,7 +233,7 @@ class Cluster:
         try:
             return msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
         except FileNotFoundError:
-            raise ClusterError(
+            raise ClusterUnavailable(
                 f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`"
             ) from None
         except msgspec.DecodeError as e:
@@ -249,12 +278,30 @@ class Cluster:
         ids = self.node_ids()
         for n in names:
             if n not in ids:
-                raise ClusterError(
+                raise UnknownNode(
                     f"node {n} is not in cluster {self.name} (nodes: {', '.join(ids)})")
         return names
 
     def log_path(self, node_id: str) -> Path:
         return node_dir(self.run_dir, node_id) / "node.log"
+
+    def last_leader(self) -> str | None:
+        """The node that led when the supervisor last saw a leader."""
+        try:
+            node = (self.run_dir / "last_leader").read_text().strip()
+        except OSError:
+            return None
+        return node if node in self.node_ids() else None
+
+    def remember_leader(self, node_id: str) -> None:
+        if self.last_leader() == node_id:
+            return
+        path = self.run_dir / "last_leader"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        # A hint only: a run directory we cannot write to costs a slower start.
+        with contextlib.suppress(OSError):
+            tmp.write_text(node_id)
+            os.replace(tmp, path)
 
     # --- setting up -------------------------------------------------------------
 
@@ -366,7 +413,7 @@ class Cluster:
         cf.config.node(node_id)
         p = self._process(cf.processes.get(node_id))
         if p is None:
-            raise ClusterError(f"node {node_id} is not running")
+            raise ClusterUnavailable(f"node {node_id} is not running")
         p.send_signal(sig)
         return int(p.pid)
 
@@ -388,17 +435,30 @@ class Cluster:
         return pid
 
     def pause(self, node_id: str) -> int:
-        return self.signal(node_id, signal.SIGSTOP)
+        """SIGSTOP, and wait until the kernel shows the process stopped: the
+        signal is delivered later, and a command right after must see it."""
+        pid = self.signal(node_id, signal.SIGSTOP)
+        self._wait_process_state(node_id, "paused", 2.0)
+        return pid
 
     def resume(self, node_id: str) -> int:
         """SIGCONT, then push the node's recorded link rules: a fault change
         made while it was paused never reached it."""
         pid = self.signal(node_id, signal.SIGCONT)
+        self._wait_process_state(node_id, "running", 2.0)
         path = node_dir(self.run_dir, node_id) / "links.json"
         rules = (msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
                  if path.exists() else {})
         self.control(node_id, SetLinksRequest(rules=rules))
         return pid
+
+    def _wait_process_state(self, node_id: str, state: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.process_state(node_id)[1] != state:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def _wait_gone(self, node_id: str, timeout_s: float) -> bool:
         info = self.load().processes.get(node_id)
@@ -452,13 +512,12 @@ class Cluster:
         return [self.node_status(n, timeout_s, rules) for n in ids]
 
     def leader(self, states: list[NodeState] | None = None) -> str | None:
-        """The leader of the highest term that a live node reports."""
-        best: tuple[int, str] | None = None
-        for s in states if states is not None else self.status():
-            st = s.status
-            if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
-                best = (st["term"], s.id)
-        return best[1] if best else None
+        """The leader of the highest term that a live node reports; remembered
+        for the next client (`last_leader`)."""
+        lead = leader_of(states if states is not None else self.status())
+        if lead is not None:
+            self.remember_leader(lead)
+        return lead
 
     def wait_for_leader(self, timeout_s: float, exclude: set[str] | None = None) -> str:
         deadline = time.monotonic() + timeout_s
@@ -467,17 +526,17 @@ class Cluster:
             if lead is not None and lead not in (exclude or set()):
                 return lead
             if time.monotonic() >= deadline:
-                raise ClusterError(f"no leader was elected within {timeout_s:.1f}s; "
+                raise ClusterUnavailable(f"no leader was elected within {timeout_s:.1f}s; "
                                    "see `raftctl logs` and `raftctl status`")
             time.sleep(0.05)
 
     def transfer(self, to: str) -> str:
         lead = self.leader()
         if lead is None:
-            raise ClusterError("there is no leader right now; try again in a moment")
+            raise ClusterUnavailable("there is no leader right now; try again in a moment")
         r = self.control(lead, TransferRequest(to=to))
         if r is None:
-            raise ClusterError(f"leader {lead} did not answer")
+            raise ClusterUnavailable(f"leader {lead} did not answer")
         if not r.ok:
             raise ClusterError(r.message or r.error or "transfer refused")
         return lead
@@ -584,3 +643,15 @@ class Cluster:
 
     def client_addrs(self) -> dict[str, str]:
         return {n.id: n.client_addr() for n in self.config().nodes}
+
+    def up_client_addrs(self) -> dict[str, str]:
+        """The client addresses of the nodes whose process runs (not paused),
+        the leader last seen first: a client then never spends its attempt
+        timeout on a node the supervisor knows cannot answer."""
+        addrs = self.client_addrs()
+        up = [n for n in addrs if self.process_state(n)[1] == "running"]
+        lead = self.last_leader()
+        if lead in up:
+            up.remove(lead)
+            up.insert(0, lead)
+        return {n: addrs[n] for n in up}

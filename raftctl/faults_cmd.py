@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 
 import click
+import msgspec
 
 from chaos.faults import (
     FaultState,
-    Netem,
+    Link,
     add_blocks,
     all_links,
     bridge,
+    change_netem,
     isolate,
     majorities_ring,
     one_way,
@@ -20,31 +22,30 @@ from chaos.faults import (
     partition,
     random_partition,
     with_blocks,
-    with_netem,
 )
-from raftctl.cluster import Cluster, ClusterError
+from raftctl import render
+from raftctl.cluster import Cluster, ClusterUnavailable
+from raftctl.exits import CliError, Exit
 from raftctl.logview import parse_duration_s
+from raftctl.options import cluster_of, complete_nodes, json_option
 
 
-def _c(ctx: click.Context) -> Cluster:
-    c = ctx.find_object(Cluster)
-    assert c is not None, "the raftctl group always sets up a Cluster"
-    return c
-
-
-def _apply(c: Cluster, state: FaultState) -> None:
-    try:
-        unconfirmed = c.apply_faults(state)
-    except ClusterError as e:
-        raise click.ClickException(str(e)) from None
+def _apply(c: Cluster, state: FaultState, change: str, as_json: bool) -> None:
+    """Record and push `state`; say what changed, then every fault now active."""
+    kernel = c.config().kernel_mode()  # first: says so if the cluster is not set up
+    unconfirmed = c.apply_faults(state)
+    if as_json:
+        click.echo(render.dumps({
+            "cluster": c.name, "change": change, "healed": state.is_clear(),
+            "faults": state.description, "blocked": [list(x) for x in state.blocked],
+            "netem": msgspec.to_builtins(state.netem), "kernel_mode": kernel or None,
+            "not_running": unconfirmed}))
+        return
+    click.echo(change)
     if state.is_clear():
         click.echo("healed: every link is up")
     else:
-        click.echo("faults: " + "; ".join(state.description))
-    try:
-        kernel = c.config().kernel_mode()
-    except ClusterError:
-        kernel = ""
+        click.echo("faults now: " + "; ".join(state.description))
     if kernel and not state.is_clear():
         where = ("the nodes' namespaces" if kernel == "bridge"
                  else "the nodes' shared sandbox namespace")
@@ -55,9 +56,9 @@ def _apply(c: Cluster, state: FaultState) -> None:
         click.echo(f"(not running, will get the faults when started: {', '.join(unconfirmed)})")
 
 
-def _percent(text: str | None, what: str) -> float:
+def _percent(text: str | None, what: str) -> float | None:
     if text is None:
-        return 0.0
+        return None
     t = text.strip().rstrip("%")
     try:
         v = float(t) / 100.0
@@ -68,42 +69,44 @@ def _percent(text: str | None, what: str) -> float:
     return v
 
 
-def _ms(text: str | None, what: str) -> float:
+def _ms(text: str | None, what: str) -> float | None:
     if text is None:
-        return 0.0
+        return None
     try:
-        return parse_duration_s(text if text[-1].isalpha() else text + "ms") * 1000.0
+        return parse_duration_s(text if text[-1:].isalpha() else text + "ms") * 1000.0
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint=what) from None
 
 
 @click.command()
 @click.argument("groups", nargs=-1)
-@click.option("--isolate", "isolate_node", help="Cut one node off from all others.")
+@click.option("--isolate", "isolate_node", shell_complete=complete_nodes,
+              help="Cut one node off from all others.")
 @click.option("--leader", is_flag=True, help="Isolate whoever leads now.")
 @click.option("--random", "rnd", is_flag=True, help="Two random groups.")
 @click.option("--bridge", "bridge_", is_flag=True,
-              help="Two halves joined only through one node (Jepsen's bridge).")
+              help="Two halves joined only through one node (Jepsen's bridge; 3+ nodes).")
 @click.option("--ring", is_flag=True,
-              help="Each node sees a different majority (Jepsen's majorities ring).")
+              help="Each node sees a different majority (Jepsen's majorities ring; 4+ nodes).")
+@json_option()
 @click.pass_context
 def partition_cmd(ctx: click.Context, groups: tuple[str, ...], isolate_node: str | None,
-                  leader: bool, rnd: bool, bridge_: bool, ring: bool) -> None:
+                  leader: bool, rnd: bool, bridge_: bool, ring: bool, as_json: bool) -> None:
     """Split the cluster: `partition n1,n2 n3,n4,n5`. Nodes not named form one
     more group. Replaces the current partition; `heal` undoes it."""
-    c = _c(ctx)
+    c = cluster_of(ctx)
     chosen = sum([bool(groups), isolate_node is not None, leader, rnd, bridge_, ring])
     if chosen != 1:
         raise click.UsageError("give groups, or one of --isolate, --leader, --random, "
                                "--bridge, --ring")
+    nodes = c.node_ids()
+    state = c.load_faults()
+    if leader:
+        lead = c.leader()
+        if lead is None:
+            raise ClusterUnavailable(f"cluster {c.name} has no leader right now")
+        isolate_node = lead
     try:
-        nodes = c.node_ids()
-        state = c.load_faults()
-        if leader:
-            lead = c.leader()
-            if lead is None:
-                raise click.ClickException(f"cluster {c.name} has no leader right now")
-            isolate_node = lead
         if isolate_node is not None:
             c.check_nodes([isolate_node])
             links, what = isolate(isolate_node, nodes), f"{isolate_node} isolated"
@@ -118,35 +121,44 @@ def partition_cmd(ctx: click.Context, groups: tuple[str, ...], isolate_node: str
             g = parse_groups(list(groups))
             links = partition(g, nodes)
             what = "partition " + " | ".join(",".join(x) for x in g)
-    except (ValueError, ClusterError) as e:
-        raise click.ClickException(str(e)) from None
-    _apply(c, with_blocks(state, links, what))
+    except ValueError as e:
+        raise CliError(str(e), Exit.USAGE) from None
+    if not links:
+        raise CliError(_cuts_nothing(what, ring, len(nodes)), Exit.USAGE)
+    _apply(c, with_blocks(state, links, what), f"partition: {what}", as_json)
+
+
+def _cuts_nothing(what: str, ring: bool, n: int) -> str:
+    if ring:
+        return (f"a majorities ring needs at least 4 nodes, and this cluster has {n}: with "
+                "links cut both ways, no two of 3 nodes can see different majorities, so "
+                "nothing would be cut; `partition --bridge` is the closest on 3 nodes")
+    return f"{what} cuts no link (every node is in one group); name at least two groups"
 
 
 @click.command()
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=complete_nodes)
+@click.argument("b", shell_complete=complete_nodes)
 @click.option("--one-way", "oneway", is_flag=True, help="Only traffic from A to B is dropped.")
+@json_option()
 @click.pass_context
-def block(ctx: click.Context, a: str, b: str, oneway: bool) -> None:
+def block(ctx: click.Context, a: str, b: str, oneway: bool, as_json: bool) -> None:
     """Drop traffic between A and B (both ways unless --one-way)."""
-    c = _c(ctx)
-    try:
-        c.check_nodes([a, b])
-    except ClusterError as e:
-        raise click.ClickException(str(e)) from None
+    c = cluster_of(ctx)
+    c.check_nodes([a, b])
     if a == b:
         raise click.UsageError("A and B must be different nodes")
     links = one_way(a, b) if oneway else one_way(a, b) | one_way(b, a)
     what = f"{a}->{b} blocked" if oneway else f"{a}<->{b} blocked"
-    _apply(c, add_blocks(c.load_faults(), links, what))
+    _apply(c, add_blocks(c.load_faults(), links, what), f"block: {what}", as_json)
 
 
 @click.command()
+@json_option()
 @click.pass_context
-def heal(ctx: click.Context) -> None:
+def heal(ctx: click.Context, as_json: bool) -> None:
     """Remove every link fault: partitions, blocks and netem."""
-    _apply(_c(ctx), FaultState())
+    _apply(cluster_of(ctx), FaultState(), "heal: every fault removed", as_json)
 
 
 @click.command()
@@ -157,36 +169,55 @@ def heal(ctx: click.Context) -> None:
 @click.option("--loss", help="Share of messages dropped, like 5%.")
 @click.option("--duplicate", help="Share of messages sent twice, like 1%.")
 @click.option("--reorder", help="Share of messages held back so later ones pass, like 2%.")
+@click.option("--replace", is_flag=True,
+              help="Make each link's rule exactly the settings given (the others back to 0); "
+                   "without it, the settings given are added to the link's rule.")
 @click.option("--clear", is_flag=True, help="Remove netem settings (from --link, or all).")
+@json_option()
 @click.pass_context
 def netem(ctx: click.Context, links: tuple[str, ...], delay: str | None, jitter: str | None,
-          loss: str | None, duplicate: str | None, reorder: str | None, clear: bool) -> None:
+          loss: str | None, duplicate: str | None, reorder: str | None, replace: bool,
+          clear: bool, as_json: bool) -> None:
     """Delay, drop, duplicate and reorder messages on links (enforced in the
-    nodes' transports)."""
-    c = _c(ctx)
-    try:
-        nodes = c.node_ids()
-        chosen: list[tuple[str, str]] = []
-        for spec in links:
-            a, sep, b = spec.partition(":")
-            if not sep:
-                raise click.BadParameter(f"{spec!r} is not A:B", param_hint="--link")
-            c.check_nodes([a, b])
-            chosen += [(a, b), (b, a)]
-    except ClusterError as e:
-        raise click.ClickException(str(e)) from None
-    rates = Netem() if clear else Netem(
-        delay_ms=_ms(delay, "--delay"), jitter_ms=_ms(jitter, "--jitter"),
-        loss=_percent(loss, "--loss"), duplicate=_percent(duplicate, "--duplicate"),
-        reorder=_percent(reorder, "--reorder"))
-    if not clear and rates.is_clear():
-        raise click.UsageError("give at least one of --delay, --loss, --duplicate, --reorder, "
-                               "or --clear")
-    parts = [f"{k} {v}" for k, v in (("delay", delay), ("jitter", jitter), ("loss", loss),
-                                      ("duplicate", duplicate), ("reorder", reorder)) if v]
+    nodes' transports).
+
+    \b
+    Settings add up: `netem --delay 50ms` then `netem --loss 5%` leaves both
+    on every link; a setting given again takes the new value. --replace sets
+    the rule to exactly what is given, --clear removes it.
+    """
+    c = cluster_of(ctx)
+    nodes = c.node_ids()
+    chosen: list[Link] = []
+    for spec in links:
+        a, sep, b = spec.partition(":")
+        if not sep or a == b:
+            raise click.BadParameter(f"{spec!r} is not A:B with two nodes", param_hint="--link")
+        c.check_nodes([a, b])
+        chosen += [(a, b), (b, a)]
+    given = {k: v for k, v in (
+        ("delay_ms", _ms(delay, "--delay")), ("jitter_ms", _ms(jitter, "--jitter")),
+        ("loss", _percent(loss, "--loss")), ("duplicate", _percent(duplicate, "--duplicate")),
+        ("reorder", _percent(reorder, "--reorder"))) if v is not None}
+    if clear and (given or replace):
+        raise click.UsageError("--clear removes the settings: give it alone (with --link)")
+    if not clear and not given:
+        raise click.UsageError("give at least one of --delay, --jitter, --loss, --duplicate, "
+                               "--reorder, or --clear")
     where = ", ".join(links) if links else "all links"
-    what = f"netem {' '.join(parts)} on {where}"
-    _apply(c, with_netem(c.load_faults(), chosen or all_links(nodes), rates, what))
+    parts = " ".join(f"{k} {v}" for k, v in (("delay", delay), ("jitter", jitter),
+                                              ("loss", loss), ("duplicate", duplicate),
+                                              ("reorder", reorder)) if v is not None)
+    if clear:
+        change = f"netem: cleared on {where}"
+    elif replace:
+        change = f"netem: replaced the rule on {where} with {parts}"
+    else:
+        change = (f"netem: added {parts} to {where} (settings not given keep their values; "
+                  "--replace drops them)")
+    state = change_netem(c.load_faults(), chosen or all_links(nodes),
+                         {} if clear else given, replace or clear, nodes)
+    _apply(c, state, change, as_json)
 
 
 def register(group: click.Group) -> None:

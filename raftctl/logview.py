@@ -5,6 +5,7 @@ file, so following it needs nothing special). No printing here.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import heapq
 import json
@@ -42,8 +43,33 @@ class LogFilter:
 
 
 def since_ts(seconds: float) -> str:
+    """`seconds` ago, in the logs' time format."""
     t = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
-    return t.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return _iso(t)
+
+
+def now_ts() -> str:
+    """Now, in the logs' time format (ISO 8601 UTC, microseconds)."""
+    return _iso(dt.datetime.now(dt.UTC))
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_since(text: str) -> str:
+    """`--since`: a duration back from now (30s, 5m) or a point in time
+    (2026-11-28T19:46:41Z; local time without a zone), as the logs' ISO UTC."""
+    try:
+        return since_ts(parse_duration_s(text))
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration like 30s or 5m nor a time like "
+                         "2026-11-28T19:46:41Z") from None
+    return _iso(t if t.tzinfo else t.astimezone())
 
 
 def _parse(line: str) -> dict[str, Any] | None:
@@ -57,10 +83,34 @@ def _parse(line: str) -> dict[str, Any] | None:
     return ev if isinstance(ev, dict) else None
 
 
-def _read_lines(path: Path) -> Iterator[tuple[str, str]]:
+def complete_size(path: Path) -> int:
+    """Bytes of `path` up to the end of its last complete line (0 if it is
+    missing): where reading the past stops and following begins, so a line
+    a node is writing right now is neither cut nor shown twice."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
+        with open(path, "rb") as f:
+            pos = f.seek(0, 2)
+            while pos > 0:
+                step = min(64 * 1024, pos)
+                f.seek(pos - step)
+                nl = f.read(step).rfind(b"\n")
+                if nl >= 0:
+                    return pos - step + nl + 1
+                pos -= step
+            return 0
+    except FileNotFoundError:
+        return 0
+
+
+def _read_lines(path: Path, limit: int | None) -> Iterator[tuple[str, str]]:
+    try:
+        with open(path, "rb") as f:
+            done = 0
+            for bline in f:
+                done += len(bline)
+                if limit is not None and done > limit:
+                    return
+                line = bline.decode("utf-8", errors="replace")
                 ev = _parse(line)
                 if ev is not None:
                     yield str(ev.get("ts", "")), line.rstrip("\n")
@@ -68,24 +118,30 @@ def _read_lines(path: Path) -> Iterator[tuple[str, str]]:
         return
 
 
-def merged(paths: list[Path], flt: LogFilter) -> Iterator[tuple[dict[str, Any], str]]:
-    """Every kept event of every file, in time order: (event, raw line)."""
-    for _, raw in heapq.merge(*(_read_lines(p) for p in paths), key=lambda x: x[0]):
+def merged(paths: list[Path], flt: LogFilter,
+           limits: dict[Path, int] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every kept event of every file (of each, only its first `limits[path]`
+    bytes if given), in time order: (event, raw line)."""
+    files = [_read_lines(p, None if limits is None else limits.get(p, 0)) for p in paths]
+    for _, raw in heapq.merge(*files, key=lambda x: x[0]):
         ev = _parse(raw)
         if ev is not None and flt.keep(ev):
             yield ev, raw
 
 
-class Follower:
-    """Tail several growing files; each poll returns new complete lines of all
-    of them, sorted by timestamp."""
+def last(events: Iterator[tuple[dict[str, Any], str]],
+         n: int | None) -> Iterator[tuple[dict[str, Any], str]]:
+    """The last `n` of `events` (all of them if `n` is None)."""
+    return events if n is None else iter(collections.deque(events, maxlen=n))
 
-    def __init__(self, paths: list[Path], from_end: bool) -> None:
-        self._pos: dict[Path, int] = {}
-        self._partial: dict[Path, str] = {}
-        for p in paths:
-            self._pos[p] = p.stat().st_size if from_end and p.exists() else 0
-            self._partial[p] = ""
+
+class Follower:
+    """Tail several growing files from the given byte offsets; each poll
+    returns new complete lines of all of them, sorted by timestamp."""
+
+    def __init__(self, offsets: dict[Path, int]) -> None:
+        self._pos = dict(offsets)
+        self._partial: dict[Path, bytes] = {p: b"" for p in offsets}
 
     def poll(self) -> list[tuple[dict[str, Any], str]]:
         out: list[tuple[dict[str, Any], str]] = []
@@ -96,17 +152,17 @@ class Follower:
                 continue
             if size < pos:  # truncated or replaced: start over
                 pos = 0
-                self._partial[p] = ""
+                self._partial[p] = b""
             if size == pos:
                 continue
-            with open(p, encoding="utf-8", errors="replace") as f:
+            with open(p, "rb") as f:
                 f.seek(pos)
                 chunk = f.read()
                 self._pos[p] = f.tell()
-            text = self._partial[p] + chunk
-            lines = text.split("\n")
+            lines = (self._partial[p] + chunk).split(b"\n")
             self._partial[p] = lines.pop()
-            for line in lines:
+            for bline in lines:
+                line = bline.decode("utf-8", errors="replace")
                 ev = _parse(line)
                 if ev is not None:
                     out.append((ev, line))
@@ -115,14 +171,13 @@ class Follower:
 
 
 def follow(
-    paths: list[Path], flt: LogFilter, emit: Callable[[dict[str, Any], str], None],
-    stop: Callable[[], bool], interval_s: float = 0.1, from_end: bool = True,
-    hold_s: float = 0.3,
+    offsets: dict[Path, int], flt: LogFilter, emit: Callable[[dict[str, Any], str], None],
+    stop: Callable[[], bool], interval_s: float = 0.1, hold_s: float = 0.3,
 ) -> None:
-    """Emit new events as they are written until `stop()` is true. Lines are
-    held back `hold_s` so that a line another node wrote a moment earlier,
-    but which reached its file later, is still shown before it."""
-    f = Follower(paths, from_end)
+    """Emit events written after `offsets` as they come, until `stop()` is
+    true. Lines are held back `hold_s` so that a line another node wrote a
+    moment earlier, but which reached its file later, is still shown before it."""
+    f = Follower(offsets)
     held: list[tuple[str, int, dict[str, Any], str]] = []
     n = 0
     while True:

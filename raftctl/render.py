@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from raftctl.cluster import NodeState
+from raftctl.discovery import FoundCluster
 
 NODE_COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan",
                 "bright_magenta", "bright_green", "bright_yellow", "bright_blue", "bright_red"]
@@ -102,6 +103,22 @@ def _s(v: Any) -> str:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def dumps_line(obj: Any) -> str:
+    """One JSON document on one line, for streams (`watch --json`)."""
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def clusters_table(found: list[FoundCluster]) -> Table:
+    """`raftctl ls`: the current cluster (the one a command would act on) starred."""
+    t = Table(header_style="bold", box=None)
+    for col in ("", "NAME", "RUN DIR", "NODES UP", "LEADER"):
+        t.add_column(col, no_wrap=True)
+    for f in found:
+        nodes = f"problem: {f.problem}" if f.problem else f"{f.up}/{f.nodes}"
+        t.add_row("*" if f.current else "", f.name, f.run_dir, nodes, f.leader or "-")
+    return t
 
 
 _HEAD_KEYS = frozenset({"ts", "node", "event", "level", "term", "role"})

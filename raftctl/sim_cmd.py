@@ -19,6 +19,8 @@ import click
 from chaos.sim import COVERAGE_STATS, RunSummary, Simulation, run_seed
 from chaos.sim_nemesis import format_faults, parse_faults
 from node.config import SIM_FAULT_TICKS, SIM_LIVENESS_TICKS
+from raftctl.exits import Exit
+from raftctl.options import json_option
 
 
 def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> str:
@@ -42,7 +44,7 @@ def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int) ->
 @click.option("--trace", is_flag=True, help="Print the run's trace (needs --seed).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes [default: one per CPU].")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @click.pass_context
 def sim(ctx: click.Context, seeds: int, first_seed: int, seed: int | None, nodes: int,
         faults_text: str, ticks: int, trace: bool, jobs: int | None, as_json: bool) -> None:
@@ -64,7 +66,7 @@ def sim(ctx: click.Context, seeds: int, first_seed: int, seed: int | None, nodes
     else:
         failed = _sweep(range(first_seed, first_seed + seeds), nodes, faults, ticks,
                         jobs or os.cpu_count() or 1, as_json)
-    ctx.exit(1 if failed else 0)
+    ctx.exit(Exit.FAILED if failed else Exit.OK)
 
 
 def _one(seed: int, nodes: int, faults: frozenset[str], ticks: int, trace: bool,

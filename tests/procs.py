@@ -81,15 +81,21 @@ def make_cluster(tmp_path: Path, n: int = 3, **settings: Any) -> Iterator[TestCl
         c.reap()
 
 
+def start_and_settle(c: TestCluster) -> str:
+    """Start every node and return the leader once every node knows it: a
+    follower learns who won from the leader's first append, a moment after
+    the leader itself reports it, so tests start once all know."""
+    c.start_all()
+    lead = c.wait_for_leader(10.0)
+    wait_until(functools.partial(_all_follow, c, lead), 10.0, f"every node knows {lead} leads")
+    return lead
+
+
 @pytest.fixture
 def cluster3(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
     """A running 3-node cluster with a leader, on each peer transport."""
     for c in make_cluster(tmp_path, 3, transport=transport):
-        c.start_all()
-        lead = c.wait_for_leader(10.0)
-        # A follower learns who won from the leader's first append, a moment
-        # after the leader itself reports it: tests start once all know.
-        wait_until(functools.partial(_all_follow, c, lead), 10.0, f"every node knows {lead} leads")
+        start_and_settle(c)
         yield c
 
 

@@ -52,7 +52,12 @@ class Cli:
                 self.pids.add((info["pid"], info["create_time"]))
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {r["node"]: r for r in json.loads(self("status", "--json").stdout)}
+        """Every node's row; `status` exits 3 while no node leads, which
+        tests that wait through an election expect."""
+        p = self("status", "--json", ok=False)
+        if p.returncode not in (0, 3):
+            pytest.fail(f"raftctl status exited {p.returncode}: {p.stderr}{p.stdout}")
+        return {r["node"]: r for r in json.loads(p.stdout)}
 
     def reap(self) -> None:
         self._remember()
@@ -161,18 +166,19 @@ def test_logs_follow_shows_election(cli: Cli, transport: str) -> None:
 
 
 def test_errors_are_one_clear_line(cli: Cli, transport: str) -> None:
-    """Unknown node, cluster not up, already up, killed twice: exit 1 and a sentence."""
+    """Cluster not up (3), already up (1), unknown node (2), pausing a down
+    node (3): each one sentence with its documented exit code."""
     p = cli("put", "k", "v", ok=False)
-    assert p.returncode == 1 and "not set up" in p.stderr and "raftctl up" in p.stderr
+    assert p.returncode == 3 and "not set up" in p.stderr and "raftctl up" in p.stderr
     cli("up", "--transport", transport)
     p = cli("up", ok=False)
     assert p.returncode == 1 and "already up" in p.stderr
     p = cli("kill", "n7", ok=False)
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert "node n7 is not in cluster default (nodes: n1, n2, n3)" in p.stderr
     cli("kill", "n2")
-    p = cli("kill", "n2", ok=False)
-    assert p.returncode == 1 and "node n2 is not running" in p.stderr
+    p = cli("pause", "n2", ok=False)
+    assert p.returncode == 3 and "node n2 is down, so it cannot be paused" in p.stderr
     assert "Traceback" not in p.stderr
     cli("down")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import zmq
 
 from node.client import Client, ClientError
 from node.config import node_dir
-from node.kv import KVStore, decode_command
+from node.kv import KVStore
 from node.messages import EntryKind
 from node.storage import FileStorage
 from node.transport.zmq import make_client_socket
@@ -203,74 +202,79 @@ def _appender(c: TestCluster, stop: threading.Event, acked: list[bytes],
                 unknown.append(token)
 
 
-def test_sigterm_to_the_leader_under_load_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    """Five leaders in a row get SIGTERM while a client appends: every
-    acknowledged append is there exactly once, and no append is there twice."""
+@pytest.fixture
+def plain(tmp_path: Path) -> Iterator[TestCluster]:
+    """A 3-node cluster with the default settings, on ZeroMQ."""
     for c in make_cluster(tmp_path, 3):
         c.start_all()
         c.wait_for_leader(10.0)
-        stop = threading.Event()
-        acked: list[bytes] = []
-        unknown: list[bytes] = []
-        writer = threading.Thread(target=_appender, args=(c, stop, acked, unknown), daemon=True)
-        writer.start()
-        try:
-            for _ in range(5):
-                before = len(acked)
-                wait_until(lambda b=before: len(acked) >= b + 20, 20.0, "writes acknowledged")
-                lead = c.wait_for_leader(10.0)
-                c.stop(lead)
-                stopping = [json.loads(x) for x in c.log_path(lead).read_text().splitlines()
-                            if '"node_stopping"' in x]
-                assert stopping, f"{lead} did not stop gracefully"
-                c.start(lead)
-        finally:
-            stop.set()
-            writer.join(30.0)
-        value = wait_until(lambda: _same_everywhere(c, "log"), 10.0, "every node has the log")
-        tokens = Counter(t + b"," for t in value.split(b",")[:-1])
-        assert [t for t, k in tokens.items() if k > 1] == [], "an append was applied twice"
-        assert set(acked) <= set(tokens), "an acknowledged append was lost"
-        assert set(tokens) <= set(acked) | set(unknown), "an append nobody made"
+        yield c
 
 
-def test_a_follower_that_lost_its_data_refuses_to_vote_again(tmp_path: Path) -> None:
+def test_sigterm_to_the_leader_under_load_loses_and_repeats_nothing(plain: TestCluster) -> None:
+    """Five leaders in a row get SIGTERM while a client appends: every
+    acknowledged append is there exactly once, and no append is there twice."""
+    c = plain
+    stop = threading.Event()
+    acked: list[bytes] = []
+    unknown: list[bytes] = []
+    writer = threading.Thread(target=_appender, args=(c, stop, acked, unknown), daemon=True)
+    writer.start()
+    try:
+        for _ in range(5):
+            before = len(acked)
+            wait_until(lambda b=before: len(acked) >= b + 20, 20.0, "writes acknowledged")
+            lead = c.wait_for_leader(10.0)
+            c.stop(lead)
+            stopping = [json.loads(x) for x in c.log_path(lead).read_text().splitlines()
+                        if '"node_stopping"' in x]
+            assert stopping, f"{lead} did not stop gracefully"
+            c.start(lead)
+    finally:
+        stop.set()
+        writer.join(30.0)
+    value = wait_until(lambda: _same_everywhere(c, "log"), 10.0, "every node has the log")
+    tokens = Counter(t + b"," for t in value.split(b",")[:-1])
+    assert [t for t, k in tokens.items() if k > 1] == [], "an append was applied twice"
+    assert set(acked) <= set(tokens), "an acknowledged append was lost"
+    assert set(tokens) <= set(acked) | set(unknown), "an append nobody made"
+
+
+def test_a_follower_that_lost_its_data_refuses_to_vote_again(plain: TestCluster) -> None:
     """A follower whose data directory was wiped under load refuses to start
     as a voter with a message naming the way back; forced back in, the leader
     notices once (follower_lost_data) and catches it up, and its rejections
     are a few rate-limited lines, not thousands."""
-    for c in make_cluster(tmp_path, 3):
-        c.start_all()
-        lead = c.wait_for_leader(10.0)
-        stop = threading.Event()
-        acked: list[bytes] = []
-        unknown: list[bytes] = []
-        writer = threading.Thread(target=_appender, args=(c, stop, acked, unknown), daemon=True)
-        writer.start()
-        try:
-            wait_until(lambda: len(acked) >= 50, 20.0, "writes acknowledged")
-            victim = next(n for n in c.node_ids() if n != lead)
-            c.kill(victim)
-            shutil.rmtree(node_dir(c.run_dir, victim) / "data")
-            pid = c.start(victim)
-            wait_until(lambda: c.process_state(victim)[1] == "down", 10.0,
-                       f"{victim} (pid {pid}) refusing to start")
-            out = (node_dir(c.run_dir, victim) / "stdout.log").read_text()
-            assert "has lost its data" in out and "--force-rejoin" in out, out
-            c.start(victim, force_rejoin=True)
-            wait_until(lambda: len(acked) >= 200, 30.0, "more writes acknowledged")
-        finally:
-            stop.set()
-            writer.join(30.0)
-        assert c.leader() == lead, "the test needs the same leader throughout"
-        commit = c.statuses()[lead]["commit"]
-        wait_until(lambda: c.statuses().get(victim, {}).get("applied", 0) >= commit, 20.0,
-                   f"{victim} caught up to {commit}")
-        lost = [x for x in c.log_path(lead).read_text().splitlines()
-                if '"follower_lost_data"' in x]
-        assert len(lost) == 1, lost
-        assert json.loads(lost[0])["follower"] == victim
-        rejected = c.log_path(victim).read_text().count('"append_rejected"')
-        assert rejected <= 5, f"{rejected} append_rejected lines"
-        assert '"rejoined_without_data"' in c.log_path(victim).read_text()
-        assert signal.SIGTERM  # the cluster is stopped by the fixture
+    c = plain
+    lead = c.wait_for_leader(10.0)
+    stop = threading.Event()
+    acked: list[bytes] = []
+    unknown: list[bytes] = []
+    writer = threading.Thread(target=_appender, args=(c, stop, acked, unknown), daemon=True)
+    writer.start()
+    try:
+        wait_until(lambda: len(acked) >= 50, 20.0, "writes acknowledged")
+        victim = next(n for n in c.node_ids() if n != lead)
+        c.kill(victim)
+        shutil.rmtree(node_dir(c.run_dir, victim) / "data")
+        pid = c.start(victim)
+        wait_until(lambda: c.process_state(victim)[1] == "down", 10.0,
+                   f"{victim} (pid {pid}) refusing to start")
+        out = (node_dir(c.run_dir, victim) / "stdout.log").read_text()
+        assert "has lost its data" in out and "--force-rejoin" in out, out
+        c.start(victim, force_rejoin=True)
+        wait_until(lambda: len(acked) >= 200, 30.0, "more writes acknowledged")
+    finally:
+        stop.set()
+        writer.join(30.0)
+    assert c.leader() == lead, "the test needs the same leader throughout"
+    commit = c.statuses()[lead]["commit"]
+    wait_until(lambda: c.statuses().get(victim, {}).get("applied", 0) >= commit, 20.0,
+               f"{victim} caught up to {commit}")
+    lost = [x for x in c.log_path(lead).read_text().splitlines()
+            if '"follower_lost_data"' in x]
+    assert len(lost) == 1, lost
+    assert json.loads(lost[0])["follower"] == victim
+    rejected = c.log_path(victim).read_text().count('"append_rejected"')
+    assert rejected <= 5, f"{rejected} append_rejected lines"
+    assert '"rejoined_without_data"' in c.log_path(victim).read_text()

@@ -236,10 +236,11 @@ def test_timeline_counts_outcomes_per_second() -> None:
 
 
 def test_chaos_run_needs_a_running_cluster(tmp_path: Path) -> None:
-    """Against a cluster that is not up, `chaos run` fails with one clear line."""
+    """Against a cluster that is not up, `chaos run` fails with one clear
+    line and exit 3, cluster unavailable (raftctl/exits.py)."""
     r = CliRunner().invoke(chaos_cmd.chaos, ["run", "--duration", "1s"],
                            obj=Cluster(tmp_path / "run", "test"))
-    assert r.exit_code == 1
+    assert r.exit_code == 3
     assert "not up" in r.output and len(r.output.strip().splitlines()) == 1
 
 

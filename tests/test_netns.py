@@ -131,7 +131,7 @@ def test_cli_sandbox_mode(sandbox_cli: Cli) -> None:
     assert old is not None, st
 
     out = cli("partition", "--leader").stdout
-    assert f"faults: {old} isolated" in out
+    assert f"faults now: {old} isolated" in out
     assert "kernel mode sandbox" in out and "shared sandbox namespace" in out, out
 
     def majority_leads() -> dict[str, dict[str, Any]] | None:

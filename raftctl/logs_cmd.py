@@ -1,0 +1,81 @@
+"""`raftctl logs`: the nodes' log files merged in time order, filtered by
+node, event and time, the last N of them, and followed live with -f."""
+
+from __future__ import annotations
+
+import difflib
+import time
+from typing import Any
+
+import click
+
+from raftctl import render
+from raftctl.exits import CliError, Exit
+from raftctl.logview import LogFilter, complete_size, follow, last, merged, parse_since
+from raftctl.options import cluster_of, complete_events, complete_nodes, json_option
+
+
+def check_events(names: tuple[str, ...]) -> set[str]:
+    """The event names asked for; a name no node logs is a usage error that
+    lists the vocabulary (docs/LOGS.md)."""
+    from node.logs import EVENTS  # only here: it loads structlog
+
+    for name in names:
+        if name not in EVENTS:
+            close = difflib.get_close_matches(name, sorted(EVENTS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise CliError(f"no event is named {name!r}{hint}; the events are: "
+                           f"{', '.join(sorted(EVENTS))} (docs/LOGS.md)", Exit.USAGE)
+    return set(names)
+
+
+@click.command()
+@click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new events.")
+@click.option("--event", "events", multiple=True, shell_complete=complete_events,
+              help="Only this event (repeatable; names in docs/LOGS.md).")
+@click.option("--since", help="Only events newer than this: a duration (250ms, 30s, 5m, 1h) "
+                              "or a time (2026-11-28T19:46:41Z; local time without a zone).")
+@click.option("-n", "--tail", "tail", type=click.IntRange(min=0), default=None,
+              help="Only the last N events (after the filters); with -f, then follow "
+                   "[default: all; with -f, none unless --since].")
+@json_option("Print the raw JSON lines, one event a line.")
+@click.option("--for", "for_s", type=float, default=0.0, hidden=True,
+              help="With -f: stop after this many seconds (for scripts).")
+@click.pass_context
+def logs(ctx: click.Context, nodes: tuple[str, ...], follow_: bool, events: tuple[str, ...],
+         since: str | None, tail: int | None, as_json: bool, for_s: float) -> None:
+    """The nodes' logs merged in time order; -f follows them live."""
+    c = cluster_of(ctx)
+    ids = c.check_nodes(list(nodes)) if nodes else c.node_ids()
+    flt = LogFilter(nodes=set(ids), events=check_events(events))
+    if since:
+        try:
+            flt.since_ts = parse_since(since)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--since") from None
+    paths = [c.log_path(n) for n in ids]
+    con = render.console()
+    colours: dict[str, str] = {n: render.NODE_COLOURS[i % len(render.NODE_COLOURS)]
+                               for i, n in enumerate(c.node_ids())}
+
+    def emit(ev: dict[str, Any], raw: str) -> None:
+        if as_json:
+            click.echo(raw)
+        else:
+            con.print(render.log_line(ev, colours))
+
+    # Where the past ends and following would begin, for every file at once.
+    offsets = {p: complete_size(p) for p in paths}
+    if follow_ and tail is None and since is None:
+        tail = 0  # like `tail -f`: only what comes from now on
+    if tail != 0:
+        for ev, raw in last(merged(paths, flt, offsets), tail):
+            emit(ev, raw)
+    if not follow_:
+        return
+    end = time.monotonic() + for_s if for_s else None
+    try:
+        follow(offsets, flt, emit, stop=lambda: end is not None and time.monotonic() >= end)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how one stops following: not an error
