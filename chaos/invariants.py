@@ -27,7 +27,7 @@ LEADER = "leader"
 
 
 class EntryLike(Protocol):
-    """What the checks need of a log entry (`node.messages.Entry` fits)."""
+    """What the checks need of a log entry (`node.raft.messages.Entry` fits)."""
 
     @property
     def index(self) -> int: ...

@@ -22,16 +22,15 @@ from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
 from chaos.sim_network import SimNetwork, describe
 from node.config import (
-    SIM_CLIENT_ATTEMPT_TICKS,
-    SIM_CLIENT_OP_TICKS,
-    SIM_FAULT_TICKS,
-    SIM_LIVENESS_TICKS,
     TICK_MS,
     CoreConfig,
 )
-from node.core import RaftCore, Role
 from node.errors import NotLeader, ProposalDropped
-from node.kv import (
+from node.raft.base import Role
+from node.raft.core import RaftCore
+from node.raft.messages import Entry, EntryKind, HardState, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.ready import ReadState, Ready, Step, handle_ready
+from node.state.kv import (
     SESSION_EXPIRED,
     Body,
     Command,
@@ -43,9 +42,14 @@ from node.kv import (
     encode_image,
     encode_op,
 )
-from node.messages import Entry, EntryKind, HardState, PeerMessage, Snapshot, SnapshotMeta
-from node.ready import ReadState, Ready, Step, handle_ready
 from node.storage import MemoryStorage
+
+# The simulator's timing, in ticks of its virtual clock.
+SIM_FAULT_TICKS = 300  # the fault phase of one run
+SIM_LIVENESS_TICKS = 150  # after healing, a fresh entry must commit within this
+SIM_CLIENT_ATTEMPT_TICKS = 12  # a client waits this long for one node to answer
+SIM_CLIENT_OP_TICKS = 60  # and this long for an operation before giving up
+
 
 
 def sim_core_config(rng: random.Random | None = None) -> CoreConfig:
@@ -187,7 +191,7 @@ class Simulation:
         ids = [f"n{i}" for i in range(1, nodes + 1)]
         self._ids = ids
         # Session rules, the same on every replica; small, so that sessions
-        # expire and are evicted during runs (node/sessions.py).
+        # expire and are evicted during runs (node/state/sessions.py).
         timeout_ms = self._rng.choice((300, 3_000, 60_000))
         max_sessions = self._rng.choice((2, clients + 1, 64))
 
@@ -317,7 +321,7 @@ class Simulation:
 
     def crash(self, node: str, at: Step | None = None) -> None:
         """Crash `node` now, or (`at`) at that point of its next Ready
-        (node/ready.py: between any two of its steps)."""
+        (node/raft/ready.py: between any two of its steps)."""
         n = self._nodes[node]
         if at is not None:
             n.crash_at = at
@@ -400,7 +404,7 @@ class Simulation:
     # --- one node: handling its Ready -----------------------------------------
 
     def _handle(self, n: _Node) -> None:
-        """Handle the node's Readies as the runner does (node/ready.py)."""
+        """Handle the node's Readies as the runner does (node/raft/ready.py)."""
         core = n.core
         assert core is not None
         io = _SimReady(self, n)
@@ -695,7 +699,7 @@ COVERAGE_STATS = (
 
 
 class _SimReady:
-    """The simulator's side of each step of a Ready (node/ready.py): the
+    """The simulator's side of each step of a Ready (node/raft/ready.py): the
     virtual network and disk, the real state machine, and a crash at the
     point the nemesis or a script chose."""
 
@@ -720,7 +724,7 @@ class _SimReady:
         if rd.entries:
             st.append(rd.entries)
         # A hard state whose term and vote are unchanged is written but not
-        # synced (node/ready.py): it reaches the disk with the next sync,
+        # synced (node/raft/ready.py): it reaches the disk with the next sync,
         # and a crash before that loses it.
         if rd.hard_state is not None:
             n.unsynced_hs = rd.hard_state

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chaos.sim_network import SimNetwork
-from node.ready import Step
+from node.raft.ready import Step
 
 FAULT_KINDS: tuple[str, ...] = (
     "loss", "duplicate", "reorder", "delay", "partition", "isolate", "oneway",
@@ -184,7 +184,7 @@ class Nemesis:
             if f.node not in alive:
                 return None
             if rng.random() < 0.5:
-                # Anywhere inside its next Ready (node/ready.py's steps).
+                # Anywhere inside its next Ready (node/raft/ready.py's steps).
                 at = rng.choice(list(Step))
                 t.crash(f.node, at=at)
                 return f"crash {f.node} at its next Ready, {at.value}"

@@ -10,7 +10,7 @@ import heapq
 import random
 from collections import Counter
 
-from node.messages import PeerMessage, SnapshotMeta
+from node.raft.messages import PeerMessage, SnapshotMeta
 
 
 class SimNetwork:

@@ -17,7 +17,7 @@ from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
 from node.client import ClientError, OutcomeUnknown, Unavailable, WriteResult
 
 CAS = "cas"
-# A failed compare-and-set that reports the value it found (node/kv.py).
+# A failed compare-and-set that reports the value it found (node/state/kv.py).
 CAS_FAILED = "cas_failed"
 
 # The mix of operations a client draws from: (kind, weight).

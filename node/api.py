@@ -16,7 +16,7 @@ import msgspec
 
 from node.config import MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
 from node.errors import NotLeader, ProposalDropped
-from node.kv import (
+from node.state.kv import (
     Append,
     Applied,
     Body,
@@ -34,7 +34,7 @@ from node.kv import (
 )
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
-    from node.core import RaftCore
+    from node.raft.core import RaftCore
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
@@ -341,7 +341,7 @@ class ClientApi:
         return None
 
     def _stamp_ms(self) -> int:
-        """The time to stamp on a proposal (node/sessions.py expires by it).
+        """The time to stamp on a proposal (node/state/sessions.py expires by it).
         It never runs backwards within a term; a new leader starts from the
         log's clock as applied here, which lags the newest stamp at most by
         what is not yet applied: sessions may expire later, never early."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from node.config import MAX_MESSAGE_BYTES
-from node.messages import PeerMessage
+from node.raft.messages import PeerMessage
 
 
 class DecodeError(Exception):

@@ -83,11 +83,11 @@ UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 # A bad datagram is reported (`on_bad`) at most once per reason this often.
 UDP_BAD_REPORT_INTERVAL_MS = 1_000
 
-# The key-value state machine (node/kv.py). Changing any of these changes what
+# The key-value state machine (node/state/kv.py). Changing any of these changes what
 # replicas accept or keep, so every node of a cluster must use the same values.
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1024 * 1024
-# Client sessions (node/sessions.py, thesis §6.3). A session idle for longer
+# Client sessions (node/state/sessions.py, thesis §6.3). A session idle for longer
 # than SESSION_TIMEOUT_MS of log time expires; past MAX_SESSIONS the least
 # recently active goes. Either way its later writes are refused, never
 # applied. A session holds the answers of at most MAX_OUTSTANDING_PER_SESSION
@@ -202,7 +202,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     udp_max_datagram_bytes: int = UDP_MAX_DATAGRAM_BYTES
-    # Rules of the replicated state machine (node/sessions.py): every node
+    # Rules of the replicated state machine (node/state/sessions.py): every node
     # applies them, so they are the cluster's, fixed for its life.
     session_timeout_ms: int = SESSION_TIMEOUT_MS
     max_sessions: int = MAX_SESSIONS
@@ -298,15 +298,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
         return out
 
 
-# Durable storage (node/wal.py): a WAL segment is closed before a write would
+# Durable storage (node/storage/wal.py): a WAL segment is closed before a write would
 # take it past this size; a single larger record gets a segment of its own.
 WAL_SEGMENT_BYTES = 64 * 1024 * 1024
 
-# The deterministic simulator (chaos/sim.py), in ticks of its virtual clock.
-SIM_FAULT_TICKS = 300  # the fault phase of one run
-SIM_LIVENESS_TICKS = 150  # after healing, a fresh entry must commit within this
-SIM_CLIENT_ATTEMPT_TICKS = 12  # a client waits this long for one node to answer
-SIM_CLIENT_OP_TICKS = 60  # and this long for an operation before giving up
 
 
 def node_dir(run_dir: Path, node_id: str) -> Path:
@@ -314,26 +309,6 @@ def node_dir(run_dir: Path, node_id: str) -> Path:
     return run_dir / "nodes" / node_id
 
 
-# The load generator (node/loadgen.py) and `raftctl bench`.
-LOADGEN_ATTEMPT_TIMEOUT_MS = 500  # no answer from one node this long: try the next, same seq
-LOADGEN_OP_TIMEOUT_MS = 5_000  # an operation still unanswered then is unknown (write) or failed
-LOADGEN_BACKOFF_MS = 20  # after an error without a usable leader hint: an election is on
-LOADGEN_CONNECT_TIMEOUT_MS = 5_000  # every node should answer a ping by then
-LOADGEN_PROGRESS_INTERVAL_MS = 250
-LOADGEN_MAX_CLIENTS = 1_000  # below MAX_SESSIONS, so no session is evicted mid-run
-# A load generator whose loop thread is busy this fraction of the wall time is
-# the bottleneck itself: its figures are a lower bound on the cluster's.
-LOADGEN_SATURATED_CPU_FRACTION = 0.9
-BENCH_STATUS_POLL_MS = 200  # leader changes during `bench write` are sampled this often
-BENCH_STATUS_TIMEOUT_MS = 500  # a node that does not answer a status request by then is down
-BENCH_STATUS_RESEND_MS = 5  # a status request to a node not yet connected is tried this often
-BENCH_LEADER_WAIT_MS = 10_000  # the cluster must have a leader before a benchmark starts
-BENCH_STOP_WAIT_MS = 10_000  # a throwaway node stopped with SIGTERM, then SIGKILL
-BENCH_FAILOVER_POLL_MS = 5  # how often `bench failover` asks the survivors who leads
-BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS = 50  # the failover writer moves on from a silent node
-BENCH_FAILOVER_BACKOFF_MS = 10
-BENCH_TRIAL_TIMEOUT_MS = 15_000  # a new leader, a write, a catch-up must happen within this
-BENCH_UP_TIMEOUT_MS = 20_000  # a fresh cluster must acknowledge a write within this
 
 # Nemesis runs against real processes (chaos/nemesis.py, `raftctl chaos run`).
 CHAOS_OP_TIMEOUT_MS = 3_000  # a workload operation gives up (unknown or failed) after this

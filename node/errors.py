@@ -1,4 +1,4 @@
-"""What the core refuses a caller with. Apart from `node.core` so that the
+"""What the core refuses a caller with. Apart from `node.raft.core` so that the
 client side (`node.api`, `node.client`) need not import the whole core."""
 
 from __future__ import annotations

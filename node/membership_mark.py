@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from node.wal import fsync_dir
+from node.storage.wal import fsync_dir
 
 
 class DataLost(Exception):

@@ -29,13 +29,14 @@ from node.config import (
     node_dir,
 )
 from node.control import ControlError, handle_control
-from node.core import RaftCore, Role
 from node.errors import NotLeader
-from node.kv import KVStore, encode_image
 from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
 from node.membership_mark import DataLost, data_lost_message, record_member, was_member
-from node.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
-from node.ready import Ready, SoftState, Step, handle_ready
+from node.raft.base import Role
+from node.raft.core import RaftCore
+from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.ready import Ready, SoftState, Step, handle_ready
+from node.state.kv import KVStore, encode_image
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -198,7 +199,7 @@ class NodeRunner:
     def run(self) -> None:
         # What exists now (modules, config, the recovered state) lives as
         # long as the process: keep it out of every later collection, whose
-        # pauses stall the loop (node/messages.py, Entry).
+        # pauses stall the loop (node/raft/messages.py, Entry).
         gc.freeze()
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
@@ -589,7 +590,7 @@ class NodeRunner:
 
 
 class _ReadyIO:
-    """The runner's side of each step of a Ready (node/ready.py)."""
+    """The runner's side of each step of a Ready (node/raft/ready.py)."""
 
     def __init__(self, r: NodeRunner) -> None:
         self.send = r._send

@@ -1,5 +1,5 @@
 """CLI commands `raftctl bench write|failover|up`: thin; they parse, call one
-function of `raftctl.bench`, and render its report as a table or as JSON."""
+function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from raftctl import render
-from raftctl.bench import (
+from raftctl.bench.runs import (
     FailoverReport,
     FailoverTrial,
     Summary,

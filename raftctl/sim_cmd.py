@@ -16,9 +16,15 @@ from collections.abc import Iterator
 
 import click
 
-from chaos.sim import COVERAGE_STATS, RunSummary, Simulation, run_seed
+from chaos.sim import (
+    COVERAGE_STATS,
+    SIM_FAULT_TICKS,
+    SIM_LIVENESS_TICKS,
+    RunSummary,
+    Simulation,
+    run_seed,
+)
 from chaos.sim_nemesis import format_faults, parse_faults
-from node.config import SIM_FAULT_TICKS, SIM_LIVENESS_TICKS
 from raftctl.exits import Exit
 from raftctl.options import json_option
 

@@ -1,7 +1,7 @@
 """A deterministic in-memory network of `RaftCore`s for the protocol tests:
 seeded message loss, cuts, crashes and restarts; no sockets, clocks or sleeps.
 
-Every `Ready` is handled in the order `node/ready.py` prescribes, and the
+Every `Ready` is handled in the order `node/raft/ready.py` prescribes, and the
 harness checks persist-before-send, election safety and state-machine safety
 as it goes, so every test that uses it also checks those properties.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 
 from node.config import CoreConfig
-from node.core import RaftCore, Role
-from node.messages import (
+from node.raft.core import RaftCore, Role
+from node.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -35,8 +35,8 @@ from node.messages import (
     SnapshotMeta,
     TimeoutNow,
 )
-from node.progress import Progress
-from node.ready import ReadState, Ready
+from node.raft.progress import Progress
+from node.raft.ready import ReadState, Ready
 from node.storage import MemoryStorage
 
 MsgFilter = Callable[[PeerMessage], bool]
@@ -228,7 +228,7 @@ class Network:
     # --- Ready handling -------------------------------------------------------
 
     def process(self, nid: str) -> Ready | None:
-        """Handle one Ready of `nid` as `node/ready.py` says, then advance."""
+        """Handle one Ready of `nid` as `node/raft/ready.py` says, then advance."""
         node = self.nodes[nid]
         c = node.core
         if c is None or not c.has_ready():

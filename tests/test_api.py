@@ -8,9 +8,9 @@ from typing import Any, cast
 import msgspec
 
 from node.api import ClientApi, ClientResponse, decode_responses
-from node.core import RaftCore
 from node.errors import NotLeader
-from node.kv import Command, KVStore, decode_command
+from node.raft.core import RaftCore
+from node.state.kv import Command, KVStore, decode_command
 
 
 class _Core:

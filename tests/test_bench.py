@@ -16,7 +16,7 @@ import psutil
 import pytest
 from click.testing import CliRunner, Result
 
-from node.loadgen import Histogram, LoadResult, split_clients
+from raftctl.bench.loadgen import Histogram, LoadResult, split_clients
 from raftctl.bench_cmd import bench
 from raftctl.cluster import Cluster
 from tests.procs import TestCluster, cluster3, make_cluster

@@ -261,8 +261,8 @@ def test_the_cli_loads_the_heavy_commands_only_when_named() -> None:
     """`raftctl put` should start fast: importing the CLI pulls in neither the
     simulator, the load generator, the chaos runner, rich's live view nor
     the Raft core (each command that needs one imports it)."""
-    code = ("import sys, raftctl.cli; heavy = ['chaos.sim', 'raftctl.bench', 'chaos.nemesis', "
-            "'rich.live', 'node.core', 'node.storage']; "
+    code = ("import sys, raftctl.cli; heavy = ['chaos.sim', 'raftctl.bench.runs', 'chaos.nemesis', "
+            "'rich.live', 'node.raft.core', 'node.storage']; "
             "print([m for m in heavy if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)

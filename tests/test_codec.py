@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from node.codec import DecodeError, decode, encode
 from node.config import MAX_MESSAGE_BYTES
-from node.messages import (
+from node.raft.messages import (
     PEER_MESSAGE_TYPES,
     AppendEntries,
     AppendEntriesResponse,
@@ -318,7 +318,7 @@ def test_log_entries_are_not_tracked_by_the_garbage_collector() -> None:
     collection over a log of them stalled the loop past an election timeout)."""
     import gc
 
-    from node.messages import Entry, EntryKind, HardState, SnapshotMeta
+    from node.raft.messages import Entry, EntryKind, HardState, SnapshotMeta
 
     made = [Entry(1, 1, EntryKind.NORMAL, b"x"), HardState(1, "n1", 1), SnapshotMeta(1, 1)]
     sent = AppendEntries(term=1, src="a", dst="b", prev_index=0, prev_term=0,

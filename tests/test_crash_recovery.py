@@ -13,7 +13,7 @@ import pytest
 
 from node.client import ClientError
 from node.config import WAL_SEGMENT_BYTES
-from node.wal import HEADER_BYTES, Wal
+from node.storage.wal import HEADER_BYTES, Wal
 from tests.procs import TestCluster, make_cluster, wait_until
 
 ROUNDS = 20

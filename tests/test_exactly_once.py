@@ -18,8 +18,8 @@ import zmq
 
 from node.client import Client, ClientError
 from node.config import node_dir
-from node.kv import KVStore
-from node.messages import EntryKind
+from node.raft.messages import EntryKind
+from node.state.kv import KVStore
 from node.storage import FileStorage
 from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, make_cluster, wait_until

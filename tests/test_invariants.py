@@ -19,10 +19,10 @@ from chaos.invariants import (
 )
 from chaos.sim import Simulation
 from node.config import CoreConfig
-from node.core import RaftCore
-from node.messages import Entry, RequestVote
-from node.raft_log import RaftLog
-from node.ready import ReadState
+from node.raft.core import RaftCore
+from node.raft.log import RaftLog
+from node.raft.messages import Entry, RequestVote
+from node.raft.ready import ReadState
 
 
 def log(*terms: int, start: int = 1, data: bytes = b"") -> list[Entry]:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.config import MAX_KEY_BYTES, MAX_VALUE_BYTES
-from node.kv import (
+from node.state.kv import (
     BAD_COMMAND,
     CAS_FAILED,
     VALUE_TOO_LARGE,

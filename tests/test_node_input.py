@@ -13,7 +13,7 @@ import msgspec
 import zmq
 
 from node import codec
-from node.messages import AppendEntries, Entry
+from node.raft.messages import AppendEntries, Entry
 from node.transport.auth import generate_keys, set_curve_client
 from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, cluster3, wait_until

@@ -14,9 +14,9 @@ from typing import TypeVar
 import pytest
 from harness import Network, fmt_msg, seeded_storage, small_config
 
-from node.core import RaftCore, Role
 from node.errors import NotLeader, ProposalDropped
-from node.messages import (
+from node.raft.core import RaftCore, Role
+from node.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Beat,
@@ -32,7 +32,7 @@ from node.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from node.ready import Ready
+from node.raft.ready import Ready
 from node.storage import MemoryStorage
 
 E = 10  # election_ticks of small_config()

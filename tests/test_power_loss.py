@@ -19,7 +19,7 @@ from chaos.powerloss.mount import is_mounted
 from chaos.powerloss.pages import PAGE_BYTES
 from node.client import ClientError
 from node.config import node_dir
-from node.messages import Entry, HardState, SnapshotMeta
+from node.raft.messages import Entry, HardState, SnapshotMeta
 from node.storage import FileStorage
 from tests.procs import TestCluster, make_cluster, wait_until
 

@@ -3,8 +3,8 @@ next index, probe / replicate / snapshot flow states, the in-flight bound."""
 
 from __future__ import annotations
 
-from node.messages import SnapshotMeta
-from node.progress import FlowState, Progress
+from node.raft.messages import SnapshotMeta
+from node.raft.progress import FlowState, Progress
 
 
 def replicating(match: int, max_inflight: int = 3) -> Progress:

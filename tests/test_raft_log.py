@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.messages import Entry, SnapshotMeta
-from node.raft_log import ENTRY_OVERHEAD_BYTES, RaftLog
+from node.raft.log import ENTRY_OVERHEAD_BYTES, RaftLog
+from node.raft.messages import Entry, SnapshotMeta
 
 
 def ents(*terms: int, start: int = 1) -> list[Entry]:

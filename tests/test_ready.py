@@ -1,11 +1,11 @@
 """The two rules that decide when a Ready's messages may leave: what must be
-durable first, and which messages may go before it is (node/ready.py)."""
+durable first, and which messages may go before it is (node/raft/ready.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from node.messages import (
+from node.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -20,7 +20,7 @@ from node.messages import (
     SnapshotMeta,
     TimeoutNow,
 )
-from node.ready import Ready, may_send_early
+from node.raft.ready import Ready, may_send_early
 
 _H = {"term": 3, "src": "n1", "dst": "n2"}
 

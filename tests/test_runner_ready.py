@@ -1,6 +1,6 @@
 """The node's runner in-process, with its storage and transport replaced by
 recorders: the order in which it persists, sends and applies a Ready
-(node/ready.py), and a stop signal that never re-enters the core."""
+(node/raft/ready.py), and a stop signal that never re-enters the core."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from node import codec
-from node.messages import (
+from node.raft.messages import (
     AppendEntries,
     Entry,
     HardState,

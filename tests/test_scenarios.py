@@ -35,7 +35,7 @@ import pytest
 from harness import Network, small_config
 
 from node.errors import NotLeader, ProposalDropped
-from node.messages import Beat, Hup
+from node.raft.messages import Beat, Hup
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 

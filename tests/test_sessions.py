@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.kv import (
+from node.state.kv import (
     SEQUENCE_REUSED,
     SESSION_EXPIRED,
     STALE_SEQUENCE,

@@ -22,10 +22,10 @@ from chaos.invariants import CORE_ERROR, LIVENESS
 from chaos.sim import Simulation, run_seed
 from chaos.sim_nemesis import FAULT_KINDS, format_faults, parse_faults
 from chaos.sim_network import SimNetwork
-from node.core import RaftCore
-from node.messages import Heartbeat
-from node.raft_log import RaftLog
-from node.ready import Step
+from node.raft.core import RaftCore
+from node.raft.log import RaftLog
+from node.raft.messages import Heartbeat
+from node.raft.ready import Step
 from raftctl.sim_cmd import sim
 
 ALL = frozenset(FAULT_KINDS)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from node.config import CoreConfig
-from node.core import RaftCore, Role
-from node.messages import PeerMessage
+from node.raft.core import RaftCore, Role
+from node.raft.messages import PeerMessage
 from node.storage import MemoryStorage
 
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import storage_bench
-from node.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
 from node.storage import FileStorage, InitialState, MemoryStorage, Storage, StorageError
+from raftctl.bench import storage as storage_bench
 
 
 def _image(meta: SnapshotMeta) -> bytes:

@@ -23,7 +23,8 @@ from node.config import (
     UDP_MIN_DATAGRAM_BYTES,
     UDP_SMALL_PATH_DATAGRAM_BYTES,
 )
-from node.messages import (
+from node.raft.log import ENTRY_OVERHEAD_BYTES, RaftLog
+from node.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -38,7 +39,6 @@ from node.messages import (
     SnapshotMeta,
     TimeoutNow,
 )
-from node.raft_log import ENTRY_OVERHEAD_BYTES, RaftLog
 from node.transport.auth import generate_keys
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
 from node.transport.udp import (

@@ -1,5 +1,5 @@
 """The WAL on disk: framing, recovery from torn tails and corruption, group
-commit, segment rollover and deletion (node/wal.py through FileStorage)."""
+commit, segment rollover and deletion (node/storage/wal.py through FileStorage)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from node.config import WAL_SEGMENT_BYTES
-from node.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
 from node.storage import FileStorage, InitialState, StorageError
-from node.wal import HEADER_BYTES, PREALLOC_BYTES, SnapshotMark, Truncate, Wal
+from node.storage.wal import HEADER_BYTES, PREALLOC_BYTES, SnapshotMark, Truncate, Wal
 
 
 def _record_bytes(body: object) -> int:
@@ -343,7 +343,7 @@ def test_dead_segments_and_snapshot_files_go_with_the_sync_of_the_new_mark(
         tmp_path: Path) -> None:
     """The segments and snapshot files that a new snapshot mark makes dead go
     in the sync that makes the mark durable, not before it."""
-    from node.wal import snapshot_files
+    from node.storage.wal import snapshot_files
 
     st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     index = 0

@@ -28,8 +28,8 @@ from node.config import (
     UDP_MIN_DATAGRAM_BYTES,
     UDP_SOCKET_BUFFER_BYTES,
 )
-from node.messages import AppendEntries, Entry, EntryKind, InstallSnapshot, SnapshotMeta
-from node.raft_log import ENTRY_OVERHEAD_BYTES
+from node.raft.log import ENTRY_OVERHEAD_BYTES
+from node.raft.messages import AppendEntries, Entry, EntryKind, InstallSnapshot, SnapshotMeta
 from node.transport.auth import CurveKeys
 
 __all__ = [

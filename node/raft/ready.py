@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from node.messages import (
+from node.raft.messages import (
     AppendEntries,
     Entry,
     HardState,
@@ -46,7 +46,7 @@ from node.messages import (
 )
 
 if TYPE_CHECKING:  # the core imports this module
-    from node.core import RaftCore
+    from node.raft.core import RaftCore
 
 _EARLY = (AppendEntries, Heartbeat, InstallSnapshot)
 

@@ -1,4 +1,4 @@
-"""`python -m node.storage_bench`: how fast `FileStorage` makes entries durable,
+"""`python -m raftctl.bench.storage`: how fast `FileStorage` makes entries durable,
 next to the disk's raw write+fdatasync rate, measured in one run on one disk.
 A measurement tool only: nothing in the node imports it.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import msgspec
 
-from node.messages import Entry, SnapshotMeta
+from node.raft.messages import Entry, SnapshotMeta
 from node.storage import FileStorage
-from node.wal import HEADER_BYTES
+from node.storage.wal import HEADER_BYTES
 
 RAW_BLOCK_BYTES = 4096
 # Targets against the raw 4 KiB rate: one entry per sync costs little more
@@ -140,7 +140,7 @@ def _render(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m node.storage_bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m raftctl.bench.storage", description=__doc__)
     p.add_argument("--dir", type=Path, help="an existing directory on the disk to measure "
                    "(default: a temporary one in the current directory)")
     p.add_argument("--syncs", type=int, default=2000, help="syncs per measurement")

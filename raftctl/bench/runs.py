@@ -22,23 +22,30 @@ import msgspec
 import psutil
 import zmq
 
-from node.config import (
-    BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS,
-    BENCH_FAILOVER_BACKOFF_MS,
-    BENCH_FAILOVER_POLL_MS,
-    BENCH_LEADER_WAIT_MS,
-    BENCH_STATUS_POLL_MS,
-    BENCH_STATUS_RESEND_MS,
-    BENCH_STATUS_TIMEOUT_MS,
-    BENCH_STOP_WAIT_MS,
-    BENCH_TRIAL_TIMEOUT_MS,
-    BENCH_UP_TIMEOUT_MS,
-    LOADGEN_MAX_CLIENTS,
-)
 from node.control import StatusRequest, decode_response, encode_request
-from node.loadgen import LoadError, LoadGen, LoadResult, LoadSpec, run_procs
 from node.transport.zmq import make_client_socket
+from raftctl.bench.loadgen import (
+    LOADGEN_MAX_CLIENTS,
+    LoadError,
+    LoadGen,
+    LoadResult,
+    LoadSpec,
+    run_procs,
+)
 from raftctl.cluster import Cluster, ClusterError, make_config
+
+# Timing of the benchmarks.
+BENCH_STATUS_POLL_MS = 200  # leader changes during `bench write` are sampled this often
+BENCH_STATUS_TIMEOUT_MS = 500  # a node that does not answer a status request by then is down
+BENCH_STATUS_RESEND_MS = 5  # a status request to a node not yet connected is tried this often
+BENCH_LEADER_WAIT_MS = 10_000  # the cluster must have a leader before a benchmark starts
+BENCH_STOP_WAIT_MS = 10_000  # a throwaway node stopped with SIGTERM, then SIGKILL
+BENCH_FAILOVER_POLL_MS = 5  # how often `bench failover` asks the survivors who leads
+BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS = 50  # the failover writer moves on from a silent node
+BENCH_FAILOVER_BACKOFF_MS = 10
+BENCH_TRIAL_TIMEOUT_MS = 15_000  # a new leader, a write, a catch-up must happen within this
+BENCH_UP_TIMEOUT_MS = 20_000  # a fresh cluster must acknowledge a write within this
+
 
 # Virtual clients writing through a failover: several, so that the first
 # write after recovery is not held up by one client's retry timer.

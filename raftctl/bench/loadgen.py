@@ -37,14 +37,20 @@ from node.api import (
 )
 from node.config import (
     CLIENT_BATCH_MAX_BYTES,
-    LOADGEN_ATTEMPT_TIMEOUT_MS,
-    LOADGEN_BACKOFF_MS,
-    LOADGEN_CONNECT_TIMEOUT_MS,
-    LOADGEN_OP_TIMEOUT_MS,
-    LOADGEN_PROGRESS_INTERVAL_MS,
-    LOADGEN_SATURATED_CPU_FRACTION,
 )
 from node.transport.zmq import CurveKeys, make_client_socket
+
+# Timing and limits of the load generator.
+LOADGEN_ATTEMPT_TIMEOUT_MS = 500  # no answer from one node this long: try the next, same seq
+LOADGEN_OP_TIMEOUT_MS = 5_000  # an operation still unanswered then is unknown (write) or failed
+LOADGEN_BACKOFF_MS = 20  # after an error without a usable leader hint: an election is on
+LOADGEN_CONNECT_TIMEOUT_MS = 5_000  # every node should answer a ping by then
+LOADGEN_PROGRESS_INTERVAL_MS = 250
+LOADGEN_MAX_CLIENTS = 1_000  # below MAX_SESSIONS, so no session is evicted mid-run
+# A load generator whose loop thread is busy this fraction of the wall time is
+# the bottleneck itself: its figures are a lower bound on the cluster's.
+LOADGEN_SATURATED_CPU_FRACTION = 0.9
+
 
 # Errors after which the same request (same session and seq) may be sent again;
 # the state machine applies a (session, seq) at most once (docs/PROTOCOL.md).
@@ -537,7 +543,7 @@ class LoadGen:
 
 
 def worker_main(fd: int) -> None:
-    """A worker process (`python -m node.loadgen FD`): read its LoadSpec from
+    """A worker process (`python -m raftctl.bench.loadgen FD`): read its LoadSpec from
     the connection on FD, connect, report ready, run on "go", report the result."""
     # The parent decides when to stop; a Ctrl-C reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -580,7 +586,7 @@ def run_procs(spec: LoadSpec, procs: int, *, on_start: Callable[[], None] | None
             mine, theirs = socket.socketpair()
             with mine, theirs:
                 fd = theirs.fileno()
-                p = subprocess.Popen([sys.executable, "-m", "node.loadgen", str(fd)],
+                p = subprocess.Popen([sys.executable, "-m", "raftctl.bench.loadgen", str(fd)],
                                      pass_fds=[fd], stdin=subprocess.DEVNULL)
                 conn = Connection(mine.detach())
             workers.append((p, conn))
@@ -643,6 +649,6 @@ def _collect(conns: list[Connection], on_progress: Callable[[int], None] | None)
 
 if __name__ == "__main__":
     # Run the copy of this module that the parent's pickles name, not __main__.
-    from node import loadgen
+    from raftctl.bench import loadgen
 
     loadgen.worker_main(int(sys.argv[1]))

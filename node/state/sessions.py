@@ -14,13 +14,13 @@ from collections.abc import Iterable
 
 import msgspec
 
-from node.messages import U64
+from node.raft.messages import U64
 
 
 class Result(msgspec.Struct, frozen=True):
     """The outcome of one command. `value` is the previous value for put and
     delete when asked for (`prev`), and the current value when a cas fails;
-    `error` is one of the codes of node/kv.py."""
+    `error` is one of the codes of node/state/kv.py."""
 
     ok: bool
     value: bytes | None = None

@@ -6,7 +6,7 @@ Pure bookkeeping: no I/O. The runner persists what `unstable()` returns.
 
 from __future__ import annotations
 
-from node.messages import Entry, SnapshotMeta
+from node.raft.messages import Entry, SnapshotMeta
 
 # Per-entry overhead counted against byte limits (framing, term, index).
 ENTRY_OVERHEAD_BYTES = 16

@@ -25,8 +25,8 @@ from node.config import (
     MAX_VALUE_BYTES,
     SESSION_TIMEOUT_MS,
 )
-from node.messages import U64
-from node.sessions import Answer, Result, SessionImage, SessionTable, check_images
+from node.raft.messages import U64
+from node.state.sessions import Answer, Result, SessionImage, SessionTable, check_images
 
 # Codes in `Result.error`; clients match on them, so they never change.
 BAD_COMMAND = "bad_command"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-from node.messages import SnapshotMeta
+from node.raft.messages import SnapshotMeta
 
 
 class FlowState(enum.Enum):

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from node.messages import U64, Entry, HardState, SnapshotMeta
+from node.raft.messages import U64, Entry, HardState, SnapshotMeta
 
 
 class StorageError(Exception):

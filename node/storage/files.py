@@ -14,8 +14,8 @@ from typing import Protocol
 import msgspec
 
 from node.config import FSYNC_POLICIES, WAL_SEGMENT_BYTES
-from node.messages import Entry, HardState, Snapshot, SnapshotMeta
-from node.wal import (
+from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.storage.wal import (
     RecordKind,
     Recovery,
     Replay,

@@ -1,0 +1,112 @@
+"""What the parts of `RaftCore` share: the roles a node takes (§5.1), the
+core's small records, and `CoreState`, the declaration of its state."""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from node.config import CoreConfig
+from node.raft.log import RaftLog
+from node.raft.messages import (
+    HardState,
+    InstallSnapshot,
+    Message,
+    PeerMessage,
+    Snapshot,
+    SnapshotMeta,
+)
+from node.raft.progress import Progress
+from node.raft.ready import ReadState, SoftState
+from node.storage import Storage
+
+
+class Role(enum.StrEnum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(slots=True)
+class PendingRead:
+    ctx: bytes
+    index: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Counters:
+    dropped_messages: int = 0
+    stale_messages: int = 0
+    proposals_refused: int = 0  # over max_uncommitted_bytes
+
+
+class CoreState:
+    """Everything the rules of the core read and write, declared once: each
+    rule lives in its own mixin (elections.py, replication.py, reads.py,
+    snapshots.py) and `RaftCore.__init__` (core.py) sets it all up."""
+
+    id: str
+    peers: list[str]
+    _peer_set: frozenset[str]
+    config: CoreConfig
+    _storage: Storage
+    _rng: random.Random
+    log: RaftLog
+    # The latest snapshot in storage; the log may reach further back than it
+    # (a catch-up tail), never less far.
+    snapshot_meta: SnapshotMeta
+    term: int
+    vote: str | None
+    leader: str | None
+    role: Role
+    election_elapsed: int
+    heartbeat_elapsed: int
+    randomized_timeout: int
+    votes: dict[str, bool]
+    progress: dict[str, Progress]
+    lead_transferee: str | None
+    # Bytes of this leader's proposals not yet committed (overload control).
+    uncommitted_bytes: int
+    counters: Counters
+    _msgs: list[PeerMessage]
+    _events: list[tuple[str, dict[str, Any]]]
+    _prev_hs: HardState
+    _prev_soft: SoftState | None
+    _pending_reads: list[PendingRead]
+    _reads_awaiting_commit: list[bytes]
+    _ready_reads: list[ReadState]
+    _dropped_reads: list[bytes]
+    _read_seq: int
+    _read_round_due: bool
+    _snap_in: tuple[SnapshotMeta, bytearray] | None
+    _snap_out: Snapshot | None
+    _pending_snapshot: Snapshot | None
+    _tick_fn: Callable[[], None]
+    _step_fn: Callable[[PeerMessage], None]
+
+    if TYPE_CHECKING:
+        # The rules each part calls in another (defined in core.py and the mixins).
+        def _become_candidate(self) -> None: ...
+        def _become_follower(
+            self, term: int, leader: str | None, log_event: bool = True, reason: str = "higher_term"
+        ) -> None: ...
+        def _become_leader(self) -> None: ...
+        def _become_pre_candidate(self) -> None: ...
+        def _confirm_reads(self) -> None: ...
+        def _event(self, name: str, **kw: Any) -> None: ...
+        def _handle_snapshot(self, m: InstallSnapshot) -> None: ...
+        def _hup(self, transfer: bool) -> None: ...
+        def _maybe_send_append(self, to: str, send_if_empty: bool) -> bool: ...
+        def _send(self, m: PeerMessage) -> None: ...
+        def _send_snapshot_chunk(self, to: str, pr: Progress) -> None: ...
+        def _send_timeout_now(self, to: str) -> None: ...
+        def _start_read(self, ctx: bytes) -> None: ...
+        def _start_snapshot(self, to: str, pr: Progress) -> None: ...
+        def _step_follower(self, m: PeerMessage) -> None: ...
+        def quorum(self) -> int: ...
+        def step(self, m: Message) -> None: ...

@@ -1,0 +1,106 @@
+"""Elections (§5.2, §5.4.1): the election timer, PreVote (thesis §9.6),
+campaigns, votes and their tally. A mixin of `RaftCore`; no state of its own."""
+
+from __future__ import annotations
+
+from node.raft.base import CoreState, Role
+from node.raft.messages import (
+    AppendEntries,
+    Heartbeat,
+    Hup,
+    InstallSnapshot,
+    PeerMessage,
+    RequestVote,
+    RequestVoteResponse,
+)
+
+
+class Elections(CoreState):
+    """The rules above, as methods of `RaftCore` (core.py)."""
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_timeout:
+            self.election_elapsed = 0
+            self.step(Hup())
+
+    def _hup(self, transfer: bool) -> None:
+        if self.role is Role.LEADER:
+            return
+        if self.config.prevote and not transfer:
+            self._campaign(prevote=True, transfer=False)
+        else:
+            self._campaign(prevote=False, transfer=transfer)
+
+    def _campaign(self, prevote: bool, transfer: bool) -> None:
+        if prevote:
+            self._become_pre_candidate()
+            term = self.term + 1
+        else:
+            self._become_candidate()
+            term = self.term
+        self.votes[self.id] = True
+        if self._tally(prevote):
+            return
+        for p in self.peers:
+            self._send(
+                RequestVote(
+                    term=term,
+                    src=self.id,
+                    dst=p,
+                    last_index=self.log.last_index(),
+                    last_term=self.log.last_term(),
+                    prevote=prevote,
+                    transfer=transfer,
+                )
+            )
+
+    def _tally(self, prevote: bool) -> bool:
+        """Count votes; act on a decided election. True if decided."""
+        granted = sum(1 for v in self.votes.values() if v)
+        rejected = len(self.votes) - granted
+        if granted >= self.quorum():
+            if prevote:
+                self._campaign(prevote=False, transfer=False)
+            else:
+                self._become_leader()
+            return True
+        if rejected >= self.quorum():
+            self._become_follower(self.term, None)
+            return True
+        return False
+
+    def _handle_vote(self, m: RequestVote) -> None:
+        can_vote = (
+            self.vote == m.src
+            or (self.vote is None and self.leader is None)
+            or (m.prevote and m.term > self.term)
+        )
+        up_to_date = self.log.is_up_to_date(m.last_index, m.last_term)
+        if can_vote and up_to_date:
+            self._send(RequestVoteResponse(
+                term=m.term if m.prevote else self.term, src=self.id, dst=m.src,
+                granted=True, prevote=m.prevote))
+            if not m.prevote:
+                self.election_elapsed = 0
+                self.vote = m.src
+            self._event("vote_granted", candidate=m.src, prevote=m.prevote)
+        else:
+            self._send(RequestVoteResponse(
+                term=self.term, src=self.id, dst=m.src, granted=False, prevote=m.prevote))
+            self._event("vote_rejected", candidate=m.src, prevote=m.prevote,
+                        reason="log_behind" if can_vote else "already_voted")
+
+    def _step_candidate(self, m: PeerMessage) -> None:
+        prevote = self.role is Role.PRE_CANDIDATE
+        if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
+            # A leader of our term exists: we lost (§5.2).
+            self._become_follower(m.term, m.src)
+            self._step_follower(m)
+        elif isinstance(m, RequestVoteResponse):
+            if m.prevote != prevote:
+                return
+            if prevote and m.granted and m.term != self.term + 1:
+                return
+            self.votes[m.src] = m.granted
+            self._tally(prevote)
