@@ -36,7 +36,7 @@ def state(node: str, term: int, entries: list[Entry], role: str = "follower", co
 
 
 def props(found: list[Violation]) -> set[str]:
-    return {v.prop for v in found}
+    return {v.check for v in found}
 
 
 # --- the checks on hand-made states --------------------------------------------
@@ -186,7 +186,7 @@ def test_votes_without_the_up_to_date_check_are_caught(monkeypatch: pytest.Monke
     committed entries: leader completeness or state machine safety fires."""
     monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, index, term: True)
     _, v = _first_violation(range(40))
-    assert v.prop in (LEADER_COMPLETENESS, STATE_MACHINE_SAFETY), v
+    assert v.check in (LEADER_COMPLETENESS, STATE_MACHINE_SAFETY), v
 
 
 def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +201,7 @@ def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(RaftCore, "_handle_vote", forgetful)
     _, v = _first_violation(range(40))
-    assert v.prop == ELECTION_SAFETY, v
+    assert v.check == ELECTION_SAFETY, v
 
 
 def test_appends_without_the_consistency_check_are_caught(
@@ -221,7 +221,7 @@ def test_appends_without_the_consistency_check_are_caught(
 
     monkeypatch.setattr(RaftLog, "maybe_append", careless)
     _, v = _first_violation(range(60))
-    assert v.prop == LOG_MATCHING, v
+    assert v.check == LOG_MATCHING, v
 
 
 def _commit_by_counting(self: RaftCore) -> bool:
@@ -278,7 +278,7 @@ def test_figure_8_commit_of_an_old_term_entry_is_caught(monkeypatch: pytest.Monk
     monkeypatch.setattr(RaftCore, "_maybe_commit", _commit_by_counting)
     for seed in range(3):
         found = _figure_8(seed).violations
-        assert [v.prop for v in found][:1] == [LEADER_COMPLETENESS], (seed, found)
+        assert [v.check for v in found][:1] == [LEADER_COMPLETENESS], (seed, found)
 
 
 def test_figure_8_is_safe_with_the_current_term_rule() -> None:
@@ -326,7 +326,7 @@ def test_reads_without_the_quorum_round_are_caught(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(RaftCore, "_start_read", _read_without_quorum)
     for seed in range(3):
         found = _stale_leader_read(seed)
-        assert [v.prop for v in found] == [LINEARIZABILITY], (seed, found)
+        assert [v.check for v in found] == [LINEARIZABILITY], (seed, found)
 
 
 def test_reads_with_the_quorum_round_stay_linearizable() -> None:
