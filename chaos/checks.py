@@ -69,7 +69,7 @@ def _truncated(key_ops: list[Operation], at: int) -> list[Operation]:
             out.append(op)
         elif op.kind == WRITE and op.invoke < at:
             out.append(Operation(op.client, WRITE, op.key, op.value, op.invoke, None, UNKNOWN,
-                                 op.invoke_tick, None))
+                                 op.invoke_tick, None, op.unit))
     return out
 
 

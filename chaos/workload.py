@@ -254,14 +254,14 @@ def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
         if op.kind == READ:
             if op.outcome == OK:
                 out.append(Operation(op.client, READ, op.key, op.value, op.invoke, op.complete,
-                                     OK, ms_in, ms_out))
+                                     OK, ms_in, ms_out, "ms"))
         elif op.outcome == OK:
             out.append(Operation(op.client, WRITE, op.key, op.value, op.invoke, op.complete,
-                                 OK, ms_in, ms_out))
+                                 OK, ms_in, ms_out, "ms"))
         elif op.outcome == UNKNOWN:
             out.append(Operation(op.client, WRITE, op.key, op.value, op.invoke, None,
-                                 UNKNOWN, ms_in, None))
+                                 UNKNOWN, ms_in, None, "ms"))
         elif op.kind == CAS and op.error == CAS_FAILED:
             out.append(Operation(op.client, READ, op.key, op.found, op.invoke, op.complete,
-                                 OK, ms_in, ms_out))
+                                 OK, ms_in, ms_out, "ms"))
     return out
