@@ -4,6 +4,7 @@ short run, and a lying client that it must catch)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +293,28 @@ def test_short_chaos_run_with_every_nemesis_is_clean(cluster3: TestCluster) -> N
     assert kinds >= {"kill", "pause", "partition", "netem"}, kinds
     assert rep["operations"]["write"]["ok"] > 20
     assert rep["recovery_s"] is not None
+
+
+@pytest.mark.parametrize("transport", ["udp"])
+def test_a_short_run_writes_its_page_and_history(cluster3: TestCluster, tmp_path: Path) -> None:
+    """Four seconds against real nodes end in one directory holding the
+    record, the verdict, report.html (a lane per node, a band per fault)
+    and the history as JSON lines and EDN; `chaos report` judges it alike."""
+    out = tmp_path / "out"
+    code, rep = chaos_run(cluster3, "--duration", "4s", "--interval", "1s", "--nemesis",
+                          "isolate,kill", "--seed", "11", "--out", str(out))
+    assert code == 0, rep["verdict"]
+    assert rep["out_dir"] == str(out)
+    page = (out / "report.html").read_text()
+    assert page.count('class="lane"') == 3
+    assert page.count('class="fault-band ') == len(rep["fault_windows"]) == 2
+    ops = sum(sum(c.values()) for c in rep["operations"].values())
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * ops + 2 * len(rep["fault_windows"])
+    assert len((out / "history.edn").read_text().splitlines()) == len(lines)
+    again = CliRunner().invoke(chaos_cmd.chaos, ["report", "--json", str(out)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["verdict"] == rep["verdict"]
 
 
 class _Liar:
