@@ -161,7 +161,8 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
 @chaos.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and verdict as JSON.")
-def report_cmd(run_dir: Path, as_json: bool) -> None:
+@click.pass_context
+def report_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
     """Judge a saved run again and redraw its report.html, history files
     and text summary from RUN_DIR/record.json. Exit code 1 on any violation."""
     try:
@@ -169,7 +170,7 @@ def report_cmd(run_dir: Path, as_json: bool) -> None:
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     verdict = _save(rec, run_dir, write_record=False)
-    _show(click.get_current_context(), rec, verdict, run_dir, as_json)
+    _show(ctx, rec, verdict, run_dir, as_json)
 
 
 def _save(rec: RunRecord, out: Path, write_record: bool = True) -> Verdict:
