@@ -1,13 +1,17 @@
 """The safety properties of Raft (§5.2-§5.4, Figure 3) checked on plain data,
-after LogCabin's `RaftConsensusInvariants`: feed it each node's state after
-every change. It observes; it never drives or repairs a cluster.
+after LogCabin's `RaftConsensusInvariants`: the simulator feeds it each node's
+whole state after every change, a live run each node's status and state
+digest. It observes; it never drives or repairs a cluster.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from chaos.linearizability import Operation, check_history
 
@@ -22,6 +26,14 @@ EXACTLY_ONCE = "exactly_once"
 LIVENESS = "liveness"
 # The core itself refused to go on (an internal assertion or an exception).
 CORE_ERROR = "core_error"
+# Checked on live status: a node's term and commit index never go back
+# while its process lives, and a term it led in survives its restarts.
+TERM_MONOTONIC = "term_monotonic"
+COMMIT_MONOTONIC = "commit_monotonic"
+# Checked on live digests: replicas at one applied index hold one state.
+APPLIED_STATE = "applied_state"
+# An entry acknowledged to a client is in every replica once they converge.
+ACKNOWLEDGED_DURABLE = "acknowledged_durable"
 
 LEADER = "leader"
 
@@ -39,16 +51,28 @@ class EntryLike(Protocol):
     def data(self) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """A property that failed, when (tick) and a sentence about what happened."""
+class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A check that failed, for the simulator and live runs alike: which
+    `check`, a sentence about what happened, and when: `tick` in the
+    simulator, `t_s` (seconds since the start) in a live run. A finding about
+    one key names it, and `ops` is the smallest slice of the run's history
+    that shows it (positions in the run's operations, by invocation)."""
 
-    prop: str
-    tick: int
+    check: str
     detail: str
+    tick: int | None = None
+    t_s: float | None = None
+    key: str | None = None
+    ops: tuple[int, ...] = ()
+
+    def when(self) -> str:
+        if self.tick is not None:
+            return f"tick {self.tick}"
+        return "" if self.t_s is None else f"{self.t_s:.3f}s"
 
     def __str__(self) -> str:
-        return f"tick {self.tick}: {self.prop}: {self.detail}"
+        at = self.when()
+        return f"{at + ': ' if at else ''}{self.check}: {self.detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +112,33 @@ class _Seen:
             return None
         return self.entries[index - self.snapshot_index - 1].term
 
+@dataclass(frozen=True, slots=True)
+class NodeSummary:
+    """One node as its live status shows it: no log entries, only marks.
+    `incarnation` tells its process lives apart (a restart is a new one);
+    `commit_term` is the term of the entry at `commit` (None: unknown);
+    `durable` says its writes are synced before it answers (fsync always)."""
+
+    node: str
+    incarnation: int
+    term: int
+    role: str
+    commit: int
+    commit_term: int | None
+    last_index: int
+    durable: bool = True
+
 
 @dataclass(slots=True)
 class _Decided:
-    """An entry known committed: its term and data, who said so first, and the
-    lowest term of any node seen holding it committed. That term bounds from
-    above the term it was committed in, which is what Leader Completeness
-    speaks of: leaders of later terms must hold it (§5.4, Figure 3)."""
+    """An entry known committed: its term and data (None: a live status
+    gave only the term), who said so first, and the lowest term of any node
+    seen holding it committed. That term bounds from above the term it was
+    committed in, which is what Leader Completeness speaks of: leaders of
+    later terms must hold it (§5.4, Figure 3)."""
 
     term: int
-    data: bytes
+    data: bytes | None
     node: str
     commit_term: int
 
@@ -119,6 +160,24 @@ class RaftInvariants:
         self._decided: dict[int, _Decided] = {}
         # Exactly-once: the index at which each (session, seq) write ran.
         self._executed: dict[tuple[int, int], int] = {}
+        # Live summaries: the last one of each node, the highest term each
+        # node was seen leading, the decided indexes in order, the highest
+        # decided index by the term that bounds its commit, the leaders now
+        # (term, last index), the state digest at each applied index, and the
+        # highest index acknowledged to a client.
+        self._summaries: dict[str, NodeSummary] = {}
+        self._led: dict[str, int] = {}
+        self._points: list[int] = []
+        self._top_by_term: dict[int, int] = {}
+        self._summary_leaders: dict[str, tuple[int, int]] = {}
+        self._digests: dict[int, tuple[str, str]] = {}
+        self._acked: tuple[int, str] | None = None
+        # When the current observation was made: a tick or seconds.
+        self._tick: int | None = None
+        self._t_s: float | None = None
+
+    def _v(self, check: str, detail: str) -> Violation:
+        return Violation(check=check, detail=detail, tick=self._tick, t_s=self._t_s)
 
     def executed(self, tick: int, node: str, session: int, seq: int,
                  index: int) -> list[Violation]:
@@ -128,16 +187,18 @@ class RaftInvariants:
         first = self._executed.setdefault((session, seq), index)
         if first == index:
             return []
-        return [Violation(EXACTLY_ONCE, tick,
-                          f"{node} ran write {seq} of session {session} from entry {index}; "
-                          f"it already ran from entry {first}")]
+        return [Violation(check=EXACTLY_ONCE, tick=tick,
+                          detail=f"{node} ran write {seq} of session {session} from entry "
+                                 f"{index}; it already ran from entry {first}")]
 
     def node_down(self, node: str) -> None:
         """The node crashed: it leads no more; its next state starts afresh."""
         self._nodes.pop(node, None)
         self._leaders.pop(node, None)
+        self._summary_leaders.pop(node, None)
 
     def observe(self, tick: int, st: NodeState) -> list[Violation]:
+        self._tick, self._t_s = tick, None
         out: list[Violation] = []
         prev = self._nodes.get(st.node)
         entries = st.entries
@@ -145,22 +206,22 @@ class RaftInvariants:
         last = st.snapshot_index + len(entries)
         changed_from = self._first_change(prev, st)
         if st.role == LEADER:
-            self._check_election(tick, st, out)
+            self._check_election(st.node, st.term, out)
         if (prev is not None and prev.role == LEADER and st.role == LEADER
                 and prev.term == st.term):
-            self._check_append_only(tick, st, prev, changed_from, out)
+            self._check_append_only(st, prev, changed_from, out)
         if changed_from <= last:
-            self._check_matching(tick, st, changed_from, out)
+            self._check_matching(st, changed_from, out)
         if prev is None or st.snapshot_index != prev.snapshot_index:
-            self._check_snapshot(tick, st, out)
+            self._check_snapshot(st, out)
         # Entries this node now calls committed, then applied (§5.4.3).
         lo = first if prev is None else max(first, min(prev.commit, prev.applied) + 1)
         hi = min(max(st.commit, st.applied), last)
         for i in range(lo, hi + 1):
-            self._decide(tick, st, entries[i - first], "applied" if i <= st.applied
-                          else "committed", out)
+            self._decide(st, entries[i - first], "applied" if i <= st.applied
+                         else "committed", out)
         if st.role == LEADER and (prev is None or prev.role != LEADER or prev.term != st.term):
-            self._check_new_leader(tick, st, out)
+            self._check_new_leader(st, out)
         if st.role == LEADER:
             self._leaders[st.node] = st.term
         else:
@@ -173,6 +234,110 @@ class RaftInvariants:
         self._nodes[st.node] = _Seen(st.term, st.role, st.commit, st.applied,
                                      st.snapshot_index, st.snapshot_term, kept)
         return out
+
+    # --- live runs: status summaries, digests, acknowledgements ---------------
+
+    def observe_summary(self, t_s: float, s: NodeSummary) -> list[Violation]:
+        """One node's status in a live run: the checks its marks allow."""
+        self._tick, self._t_s = None, t_s
+        out: list[Violation] = []
+        prev = self._summaries.get(s.node)
+        if prev is not None and prev.incarnation == s.incarnation:
+            if s.term < prev.term:
+                out.append(self._v(TERM_MONOTONIC, f"{s.node}'s term went from {prev.term} "
+                                   f"back to {s.term} while its process lived"))
+            if s.commit < prev.commit:
+                out.append(self._v(COMMIT_MONOTONIC, f"{s.node}'s commit index went from "
+                                   f"{prev.commit} back to {s.commit} while its process lived"))
+        elif prev is not None and s.durable and s.term < self._led.get(s.node, 0):
+            # A candidate persists its term before asking for votes (§5.1),
+            # so a term it won is on its disk.
+            out.append(self._v(TERM_MONOTONIC, f"{s.node} led term {self._led[s.node]}, yet "
+                               f"came back from a restart in term {s.term}"))
+        self._summaries[s.node] = s
+        if s.role == LEADER:
+            self._check_election(s.node, s.term, out)
+            self._led[s.node] = max(self._led.get(s.node, 0), s.term)
+        if s.commit > 0 and s.commit_term is not None:
+            self._decide_point(s, out)
+        if s.role == LEADER:
+            self._summary_leaders[s.node] = (s.term, s.last_index)
+            top = max((i for t, i in self._top_by_term.items() if t < s.term), default=0)
+            if s.last_index < top:
+                d = self._decided[top]
+                out.append(self._v(LEADER_COMPLETENESS, (
+                    f"{s.node}, leader of term {s.term}, holds entries up to {s.last_index} "
+                    f"only, but {d.node} had committed up to {top} by term {d.commit_term}")))
+        else:
+            self._summary_leaders.pop(s.node, None)
+        return out
+
+    def _decide_point(self, s: NodeSummary, out: list[Violation]) -> None:
+        """`s.commit` is committed with term `s.commit_term`, and so is the
+        log before it: one log, whose terms never go down with the index."""
+        index, term = s.commit, s.commit_term
+        assert term is not None, "only called with a known term"
+        got = self._decided.get(index)
+        if got is None:
+            got = self._decided[index] = _Decided(term, None, s.node, s.term)
+            at = bisect.bisect_left(self._points, index)
+            self._points.insert(at, index)
+            lower = self._decided[self._points[at - 1]] if at > 0 else None
+            upper = (self._decided[self._points[at + 1]] if at + 1 < len(self._points)
+                     else None)
+            if lower is not None and lower.term > term:
+                out.append(self._v(STATE_MACHINE_SAFETY, (
+                    f"{s.node} committed up to entry {index} of term {term}, but {lower.node} "
+                    f"had committed an earlier entry {self._points[at - 1]} of term "
+                    f"{lower.term}: the committed prefixes differ")))
+            if upper is not None and upper.term < term:
+                out.append(self._v(STATE_MACHINE_SAFETY, (
+                    f"{s.node} committed up to entry {index} of term {term}, but {upper.node} "
+                    f"had committed a later entry {self._points[at + 1]} of term "
+                    f"{upper.term}: the committed prefixes differ")))
+        elif got.term != term:
+            out.append(self._v(STATE_MACHINE_SAFETY, (
+                f"{s.node} committed entry {index} of term {term}, but {got.node} committed "
+                f"entry {index} of term {got.term}: the committed prefixes differ")))
+            return
+        got.commit_term = min(got.commit_term, s.term)
+        if self._top_by_term.get(got.commit_term, 0) < index:
+            self._top_by_term[got.commit_term] = index
+        for node, (lead_term, last) in self._summary_leaders.items():
+            if lead_term > got.commit_term and last < index and node != s.node:
+                out.append(self._v(LEADER_COMPLETENESS, (
+                    f"{node}, leader of term {lead_term}, held entries up to {last} only, "
+                    f"but {s.node} says {index} was committed by term {got.commit_term}")))
+
+    def observe_digest(self, t_s: float, node: str, applied: int,
+                       digest: str) -> list[Violation]:
+        """A node's state-machine digest at its applied index: a function of
+        the first `applied` log entries, which are the same everywhere
+        (§5.4.3), so every replica's state there is the same."""
+        self._tick, self._t_s = None, t_s
+        seen = self._digests.setdefault(applied, (digest, node))
+        if seen[0] == digest:
+            return []
+        return [self._v(APPLIED_STATE, (
+            f"at applied index {applied} the state machines differ ({seen[1]}: "
+            f"{seen[0][:12]}, {node}: {digest[:12]})"))]
+
+    def acknowledged(self, index: int, what: str) -> None:
+        """A client was told its command was applied at log `index`."""
+        if self._acked is None or index > self._acked[0]:
+            self._acked = (index, what)
+
+    def converged(self, t_s: float, applied: dict[str, int]) -> list[Violation]:
+        """After healing and quiet, every node applied the same prefix: it
+        must reach every acknowledged entry (committed entries are never
+        lost, and a leader applies what it commits)."""
+        self._tick, self._t_s = None, t_s
+        if self._acked is None:
+            return []
+        index, what = self._acked
+        return [self._v(ACKNOWLEDGED_DURABLE, (
+            f"{what} was acknowledged at log index {index}, but {node} settled at applied "
+            f"index {at}")) for node, at in sorted(applied.items()) if at < index]
 
     # --- the properties ----------------------------------------------------
 
@@ -195,25 +360,23 @@ class RaftInvariants:
                 return lo + k
         return hi + 1
 
-    def _check_election(self, tick: int, st: NodeState, out: list[Violation]) -> None:
-        holder = self._leader_of.setdefault(st.term, st.node)
-        if holder != st.node:
-            out.append(Violation(ELECTION_SAFETY, tick,
-                                 f"{st.node} and {holder} both lead term {st.term}"))
+    def _check_election(self, node: str, term: int, out: list[Violation]) -> None:
+        holder = self._leader_of.setdefault(term, node)
+        if holder != node:
+            out.append(self._v(ELECTION_SAFETY, f"{node} and {holder} both lead term {term}"))
 
-    def _check_append_only(self, tick: int, st: NodeState, prev: _Seen, changed_from: int,
+    def _check_append_only(self, st: NodeState, prev: _Seen, changed_from: int,
                            out: list[Violation]) -> None:
         last = st.snapshot_index + len(st.entries)
         prev_last = prev.last_index()
         if last < prev_last or changed_from <= prev_last:
             at = min(changed_from, last + 1)
-            out.append(Violation(
-                LEADER_APPEND_ONLY, tick,
+            out.append(self._v(
+                LEADER_APPEND_ONLY,
                 f"{st.node}, leader of term {st.term}, changed its log from index {at} "
                 f"(last index {prev_last} -> {last})"))
 
-    def _check_matching(self, tick: int, st: NodeState, changed_from: int,
-                        out: list[Violation]) -> None:
+    def _check_matching(self, st: NodeState, changed_from: int, out: list[Violation]) -> None:
         first = st.snapshot_index + 1
         entries = st.entries
         prev_term = (st.snapshot_term if changed_from == first
@@ -221,9 +384,8 @@ class RaftInvariants:
         expect = changed_from
         for e in entries[changed_from - first :]:
             if e.index != expect:
-                out.append(Violation(
-                    LOG_MATCHING, tick,
-                    f"{st.node} holds entry {e.index} at log position {expect}"))
+                out.append(self._v(LOG_MATCHING,
+                                   f"{st.node} holds entry {e.index} at log position {expect}"))
                 return
             expect += 1
             key = (e.index, e.term)
@@ -231,57 +393,55 @@ class RaftInvariants:
             seen = self._entries.setdefault(key, mine)
             if seen is not mine and (seen[0] != prev_term or seen[1] != e.data):
                 what = "data" if seen[1] != e.data else f"previous term ({seen[0]} vs {prev_term})"
-                out.append(Violation(
-                    LOG_MATCHING, tick,
+                out.append(self._v(
+                    LOG_MATCHING,
                     f"entry {e.index} of term {e.term} differs in {what} between "
                     f"{seen[2]} and {st.node}"))
                 return
             prev_term = e.term
 
-    def _check_snapshot(self, tick: int, st: NodeState, out: list[Violation]) -> None:
+    def _check_snapshot(self, st: NodeState, out: list[Violation]) -> None:
         if st.snapshot_index == 0:
             return
         got = self._decided.get(st.snapshot_index)
         if got is not None and got.term != st.snapshot_term:
-            out.append(Violation(
-                STATE_MACHINE_SAFETY, tick,
+            out.append(self._v(
+                STATE_MACHINE_SAFETY,
                 f"{st.node} holds a snapshot up to {st.snapshot_index} of term "
                 f"{st.snapshot_term}, but {got.node} committed term {got.term} there"))
 
-    def _decide(self, tick: int, st: NodeState, e: EntryLike, how: str,
-                out: list[Violation]) -> None:
+    def _decide(self, st: NodeState, e: EntryLike, how: str, out: list[Violation]) -> None:
         mine = _Decided(e.term, e.data, st.node, st.term)
         got = self._decided.setdefault(e.index, mine)
         if got is mine:
-            self._check_leaders_hold(tick, e.index, mine, out)
+            self._check_leaders_hold(e.index, mine, out)
         elif got.term != e.term or got.data != e.data:
-            out.append(Violation(
-                STATE_MACHINE_SAFETY, tick,
+            out.append(self._v(
+                STATE_MACHINE_SAFETY,
                 f"{st.node} {how} entry {e.index} of term {e.term}, but {got.node} "
                 f"committed entry {e.index} of term {got.term}"))
         elif st.term < got.commit_term:
             got.commit_term = st.term
-            self._check_leaders_hold(tick, e.index, got, out)
+            self._check_leaders_hold(e.index, got, out)
 
-    def _check_leaders_hold(self, tick: int, index: int, d: _Decided,
-                            out: list[Violation]) -> None:
+    def _check_leaders_hold(self, index: int, d: _Decided, out: list[Violation]) -> None:
         """A newly committed entry is in the log of every leader of a later term."""
         for node, term in self._leaders.items():
             if term > d.commit_term:
-                self._check_holds(tick, node, term, self._nodes[node], index, d, out)
+                self._check_holds(node, term, self._nodes[node], index, d, out)
 
-    def _check_new_leader(self, tick: int, st: NodeState, out: list[Violation]) -> None:
+    def _check_new_leader(self, st: NodeState, out: list[Violation]) -> None:
         """§5.4: a leader holds every entry committed in an earlier term."""
         seen = _Seen(st.term, st.role, st.commit, st.applied, st.snapshot_index,
                      st.snapshot_term, list(st.entries))
         for index, decided in self._decided.items():
             if decided.commit_term < st.term:
                 before = len(out)
-                self._check_holds(tick, st.node, st.term, seen, index, decided, out)
+                self._check_holds(st.node, st.term, seen, index, decided, out)
                 if len(out) > before:
                     return
 
-    def _check_holds(self, tick: int, node: str, term: int, log: _Seen, index: int,
+    def _check_holds(self, node: str, term: int, log: _Seen, index: int,
                      decided: _Decided, out: list[Violation]) -> None:
         if index < log.snapshot_index:
             return
@@ -291,12 +451,13 @@ class RaftInvariants:
             same = log.entries[index - log.snapshot_index - 1].data == decided.data
         if not same:
             where = "lacks it" if have is None else f"has term {have} there"
-            out.append(Violation(
-                LEADER_COMPLETENESS, tick,
+            out.append(self._v(
+                LEADER_COMPLETENESS,
                 f"{node}, leader of term {term}, does not hold entry {index} of term "
                 f"{decided.term}, committed by term {decided.commit_term} ({where})"))
 
 
 def check_linearizable(history: Iterable[Operation]) -> list[Violation]:
     """Linearizability of a key-value history, as violations."""
-    return [Violation(LINEARIZABILITY, f.tick, f.detail) for f in check_history(history)]
+    return [Violation(check=LINEARIZABILITY, detail=f.detail, tick=f.tick, key=f.key)
+            for f in check_history(history)]

@@ -41,12 +41,13 @@ class Operation:
     outcome: str
     invoke_tick: int = 0
     complete_tick: int | None = None
+    unit: str = "ticks"  # what invoke_tick and complete_tick count
 
     def describe(self) -> str:
         end = "?" if self.complete_tick is None else str(self.complete_tick)
         arrow = "<-" if self.kind == READ else ":="
         return (f"{self.client} {self.kind} {self.key}{arrow}{self.value!r} "
-                f"[{self.outcome}, ticks {self.invoke_tick}..{end}]")
+                f"[{self.outcome}, {self.unit} {self.invoke_tick}..{end}]")
 
 
 @dataclass(frozen=True, slots=True)

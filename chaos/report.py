@@ -1,242 +1,193 @@
-"""What a nemesis run recorded (faults, status samples, digests, the client
-history), the verdict on it, and the timeline as rows of data. Pure functions
-of the record: nothing here runs, signals or talks to a node.
+"""The verdict on a recorded run, and its timeline as rows of data: pure
+functions of a `RunRecord`, so a saved run is judged again exactly as it was
+(`raftctl chaos report`). Nothing here runs, signals or talks to a node.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter
 
 import msgspec
 
-from chaos.linearizability import OK, READ, UNKNOWN, WRITE, check_history
-from chaos.workload import CAS, CAS_FAILED, OpRecord, checker_ops
+from chaos import checks
+from chaos.checks import ACKED_WRITES, LINEARIZABLE
+from chaos.invariants import (
+    ACKNOWLEDGED_DURABLE,
+    APPLIED_STATE,
+    COMMIT_MONOTONIC,
+    ELECTION_SAFETY,
+    LEADER_COMPLETENESS,
+    STATE_MACHINE_SAFETY,
+    TERM_MONOTONIC,
+    RaftInvariants,
+    Violation,
+)
+from chaos.linearizability import OK, UNKNOWN, WRITE
+from chaos.record import FINAL_CLIENT, RECOVERY_CLIENT, NodeSample, RunRecord, observe_sample
+from chaos.workload import CAS, CAS_FAILED, OpRecord
 
 MISMATCH = "mismatch"
 
-# The client names the run itself uses after the fault phase.
-RECOVERY_CLIENT = "recovery"
-FINAL_CLIENT = "final"
-
-# Verdict check names, in the order they are reported.
-ACKED_WRITES = "acknowledged writes"
-REPLICAS = "replicas agree"
-LINEARIZABLE = "linearizable"
+REPLICAS = "replicas converge"
 RECOVERY = "recovery"
 RUN = "run"
-CHECKS = (ACKED_WRITES, REPLICAS, LINEARIZABLE, RECOVERY, RUN)
-
-
-class FaultEvent(msgspec.Struct, kw_only=True):
-    """Something the run did or saw: a fault, its repair, a leader change."""
-
-    t: float
-    kind: str
-    detail: str
-    targets: list[str] = []
-    error: str | None = None
-
-
-class NodeSample(msgspec.Struct, kw_only=True, omit_defaults=True):
-    process: str  # running | paused | down
-    role: str | None = None  # None: running but did not answer
-    term: int | None = None
-    applied: int | None = None
-    commit: int | None = None
-
-
-class StatusSample(msgspec.Struct, kw_only=True):
-    t: float
-    nodes: dict[str, NodeSample]
-
-
-class DigestSample(msgspec.Struct, kw_only=True):
-    t: float
-    node: str
-    applied: int
-    digest: str
-
-
-class RunRecord(msgspec.Struct, kw_only=True):
-    """Everything a run recorded; `judge` decides on it alone."""
-
-    seed: int
-    duration_s: float
-    interval_s: float
-    nemeses: list[str]
-    clients: int
-    keys: list[str]
-    nodes: list[str]
-    recovery_bound_s: float
-    events: list[FaultEvent] = []
-    samples: list[StatusSample] = []
-    digests: list[DigestSample] = []
-    final_digests: dict[str, DigestSample] = {}
-    ops: list[OpRecord] = []
-    healed_s: float | None = None
-    recovery_s: float | None = None  # heal -> a leader acknowledged a write
-    converged: bool = False
-    problems: list[str] = []  # the run itself could not do something it must
-
-
-class Violation(msgspec.Struct, kw_only=True):
-    check: str
-    message: str
+# The verdict's rows, in order, and the checks each one covers.
+ROWS: dict[str, tuple[str, ...]] = {
+    LINEARIZABLE: (LINEARIZABLE,),
+    ACKED_WRITES: (ACKED_WRITES, ACKNOWLEDGED_DURABLE),
+    ELECTION_SAFETY: (ELECTION_SAFETY,),
+    TERM_MONOTONIC: (TERM_MONOTONIC, COMMIT_MONOTONIC),
+    STATE_MACHINE_SAFETY: (STATE_MACHINE_SAFETY, LEADER_COMPLETENESS),
+    APPLIED_STATE: (APPLIED_STATE,),
+    REPLICAS: (REPLICAS,),
+    RECOVERY: (RECOVERY,),
+    RUN: (RUN,),
+}
+# What each row promises, for the text and the page.
+MEANS: dict[str, str] = {
+    LINEARIZABLE: "every key's history has a linearization (one register per key)",
+    ACKED_WRITES: "every acknowledged write is in the final state",
+    ELECTION_SAFETY: "at most one leader per term (§5.2)",
+    TERM_MONOTONIC: "terms and commit indexes never go back; a term led survives restarts",
+    STATE_MACHINE_SAFETY: "committed prefixes agree, and leaders hold them (§5.4)",
+    APPLIED_STATE: "replicas at one applied index hold one state (digests)",
+    REPLICAS: "after healing every node reaches the same applied index",
+    RECOVERY: "after healing a write is acknowledged within the bound",
+    RUN: "the run did everything it had to",
+}
 
 
 class Verdict(msgspec.Struct, kw_only=True):
     ok: bool
-    checks: dict[str, str]  # check -> "ok: ..." or "FAILED: ..." summary
+    checks: dict[str, str]  # row -> "ok: ..." or "FAILED: ..." summary
     violations: list[Violation]
 
 
-# --- the verdict -----------------------------------------------------------------
-
-
-def _writes(ops: list[OpRecord], key: str) -> list[OpRecord]:
-    return [o for o in ops if o.key == key and o.kind in (WRITE, CAS) and o.outcome != "fail"]
-
-
-def lost_writes(ops: list[OpRecord], keys: list[str]) -> list[str]:
-    """Acknowledged writes that the final linearizable read of their key
-    cannot be reconciled with. With unique values the final value names the
-    write that produced it (W); an acknowledged write invoked after W had
-    completed was ordered after W, so it must have replaced W's value: if W's
-    value is still there, that write is lost. A final value of nothing, while
-    some write was acknowledged, loses them all."""
-    out: list[str] = []
-    finals = {o.key: o for o in ops if o.client == FINAL_CLIENT and o.kind == READ}
-    for key in keys:
-        fin = finals.get(key)
-        if fin is None or fin.outcome != OK:
-            out.append(f"{key}: the final read did not succeed, so no acknowledged write "
-                       "of it can be shown present")
-            continue
-        writes = _writes(ops, key)
-        acked = [w for w in writes if w.outcome == OK]
-        if fin.value is None:
-            out.extend(f"{key}: acknowledged {_desc(w)} is lost (the key is absent)"
-                       for w in acked)
-            continue
-        by = [w for w in writes if w.value == fin.value]
-        if not by:
-            out.append(f"{key}: final value {fin.value!r} was written by no operation")
-            continue
-        w0 = by[0]
-        if w0.outcome != OK:
-            continue  # an unknown write may have taken effect as late as the end
-        out.extend(f"{key}: acknowledged {_desc(w)} is lost: it began after {_desc(w0)} had "
-                   f"completed, yet the final value is {fin.value!r}"
-                   for w in acked if w.invoke > w0.complete)
-    return out
-
-
-def cas_preconditions(ops: list[OpRecord]) -> list[str]:
-    """The parts of a compare-and-set's contract the register model leaves
-    out. With unique values and no deletes, a key holds a value at most once,
-    so two successful cas from the same expected value cannot both be right;
-    and a cas that succeeded expecting the key absent must not follow a write
-    that had already completed."""
-    out: list[str] = []
-    from_value: dict[tuple[str, str | None], OpRecord] = {}
-    for op in sorted((o for o in ops if o.kind == CAS and o.outcome == OK),
-                     key=lambda o: o.invoke):
-        prev = from_value.get((op.key, op.expected))
-        if prev is not None:
-            out.append(f"{op.key}: {_desc(prev)} and {_desc(op)} both succeeded from "
-                       f"{op.expected!r}")
-        from_value[(op.key, op.expected)] = op
-        if op.expected is None:
-            earlier = [w for w in ops if w.key == op.key and w.kind in (WRITE, CAS)
-                       and w.outcome == OK and w.complete < op.invoke]
-            if earlier:
-                out.append(f"{op.key}: {_desc(op)} found the key absent after "
-                           f"{_desc(earlier[0])} had completed")
-    return out
-
-
-def divergent_digests(digests: list[DigestSample]) -> list[str]:
-    """State machines that differ at the same applied index: the digest of a
-    replica at index i is a function of the first i log entries, which Raft
-    makes the same on every node (State Machine Safety, §5.4.3)."""
-    at: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for d in digests:
-        nodes = at[d.applied][d.digest]
-        if d.node not in nodes:
-            nodes.append(d.node)
-    out = []
-    for applied in sorted(at):
-        seen = at[applied]
-        if len(seen) > 1:
-            parts = "; ".join(f"{','.join(sorted(ns))}: {dg[:12]}" for dg, ns in seen.items())
-            out.append(f"at applied index {applied} the state machines differ ({parts})")
-    return out
-
-
-def _desc(o: OpRecord) -> str:
-    what = f"{o.kind} {o.key}={o.value!r}"
-    if o.kind == CAS:
-        what = f"cas {o.key} {o.expected!r}->{o.value!r}"
-    end = f"{o.complete_s:.3f}s" if o.outcome != UNKNOWN else "?"
-    return f"{what} by {o.client} [{o.outcome}, {o.invoke_s:.3f}s..{end}]"
+def raft_invariants(rec: RunRecord) -> list[Violation]:
+    """The simulator's Raft invariants on the run's status samples and
+    digests, in the order they were taken, and on the acknowledged indexes
+    against where the replicas settled."""
+    inv = RaftInvariants()
+    found: list[Violation] = []
+    timed = sorted([(s.t, 0, k) for k, s in enumerate(rec.samples)]
+                   + [(d.t, 1, k) for k, d in enumerate(rec.digests)])
+    for _, what, k in timed:
+        if what == 0:
+            found += observe_sample(inv, rec.samples[k], rec.durable)
+        else:
+            d = rec.digests[k]
+            found += inv.observe_digest(d.t, d.node, d.applied, d.digest)
+    for o in rec.ops:
+        if o.outcome == OK and o.index is not None and o.kind in (WRITE, CAS):
+            inv.acknowledged(o.index, f"{o.kind} {o.key}={o.value!r} by {o.client}")
+    if rec.converged and rec.final_digests:
+        t = max(d.t for d in rec.final_digests.values())
+        found += inv.converged(t, {n: d.applied for n, d in rec.final_digests.items()})
+    return [msgspec.structs.replace(v, ops=checks.time_slice(rec.ops, v.t_s))
+            if v.t_s is not None and not v.ops else v for v in found]
 
 
 def judge(rec: RunRecord) -> Verdict:
-    """The four promises: every acknowledged write is present, replicas agree
-    at equal applied indexes, the history is linearizable per key, and the
-    cluster serves again within the bound after healing."""
+    """Every promise of the run, each as a row: linearizable, no
+    acknowledged write lost, the Raft invariants on live status, replicas
+    converging, and the cluster serving again within the bound."""
     v: list[Violation] = []
-    checks: dict[str, str] = {}
-
-    lost = lost_writes(rec.ops, rec.keys)
-    v += [Violation(check=ACKED_WRITES, message=m) for m in lost]
-    acked = sum(1 for o in rec.ops if o.kind in (WRITE, CAS) and o.outcome == OK
-                and o.client not in (RECOVERY_CLIENT, FINAL_CLIENT))
-    checks[ACKED_WRITES] = (f"FAILED: {len(lost)} problem(s)" if lost else
-                            f"ok: {acked} acknowledged writes, final values of "
-                            f"{len(rec.keys)} keys explained")
-
+    v += checks.linearizability(rec.ops, rec.keys)
+    v += checks.cas_preconditions(rec.ops)
+    v += checks.lost_writes(rec.ops, rec.keys)
+    v += raft_invariants(rec)
     final = list(rec.final_digests.values())
-    div = divergent_digests([*rec.digests, *final])
-    rep: list[str] = list(div)
     if not rec.converged:
         at = ", ".join(f"{d.node}@{d.applied}" for d in final) or "no digests"
-        rep.append(f"the nodes did not reach the same applied index within "
-                   f"{rec.recovery_bound_s:g}s after healing ({at})")
+        v.append(Violation(check=REPLICAS, t_s=rec.healed_s, detail=(
+            f"the nodes did not reach the same applied index within {rec.recovery_bound_s:g}s "
+            f"after healing ({at})")))
     elif len(final) < len(rec.nodes):
-        rep.append(f"only {len(final)} of {len(rec.nodes)} nodes reported a final digest")
-    v += [Violation(check=REPLICAS, message=m) for m in rep]
-    idx = final[0].applied if final else 0
-    checks[REPLICAS] = (f"FAILED: {len(rep)} problem(s)" if rep else
-                        f"ok: {len(rec.digests)} digest samples agree; all {len(final)} nodes "
-                        f"at index {idx} with equal state")
-
-    cops = checker_ops(rec.ops)
-    lin = [f"{f.key}: {f.detail}" for f in check_history(cops)]
-    lin += cas_preconditions(rec.ops)
-    v += [Violation(check=LINEARIZABLE, message=m) for m in lin]
-    checks[LINEARIZABLE] = (f"FAILED: {len(lin)} problem(s)" if lin else
-                            f"ok: {len(cops)} operations on {len(rec.keys)} keys")
-
+        v.append(Violation(check=REPLICAS, t_s=rec.healed_s, detail=(
+            f"only {len(final)} of {len(rec.nodes)} nodes reported a final digest")))
     if rec.recovery_s is None:
-        msg = f"no write was acknowledged within {rec.recovery_bound_s:g}s after healing"
-        v.append(Violation(check=RECOVERY, message=msg))
-        checks[RECOVERY] = "FAILED: " + msg
+        v.append(Violation(check=RECOVERY, t_s=rec.healed_s, detail=(
+            f"no write was acknowledged within {rec.recovery_bound_s:g}s after healing")))
     elif rec.recovery_s > rec.recovery_bound_s:
-        msg = (f"the first write after healing was acknowledged after {rec.recovery_s:.2f}s, "
-               f"over the bound of {rec.recovery_bound_s:g}s")
-        v.append(Violation(check=RECOVERY, message=msg))
-        checks[RECOVERY] = "FAILED: " + msg
-    else:
-        checks[RECOVERY] = (f"ok: a write acknowledged {rec.recovery_s:.2f}s after healing "
-                            f"(bound {rec.recovery_bound_s:g}s)")
+        v.append(Violation(check=RECOVERY, t_s=rec.healed_s, detail=(
+            f"the first write after healing was acknowledged after {rec.recovery_s:.2f}s, "
+            f"over the bound of {rec.recovery_bound_s:g}s")))
+    v += [Violation(check=RUN, detail=m) for m in rec.problems]
+    return Verdict(ok=not v, checks=_rows(rec, v), violations=v)
 
-    v += [Violation(check=RUN, message=m) for m in rec.problems]
-    checks[RUN] = (f"FAILED: {len(rec.problems)} problem(s)" if rec.problems else
-                   f"ok: {sum(1 for e in rec.events if not e.error)} nemesis actions, "
-                   f"{len(rec.samples)} status samples")
-    return Verdict(ok=not v, checks=checks, violations=v)
+
+def _rows(rec: RunRecord, v: list[Violation]) -> dict[str, str]:
+    by = Counter(x.check for x in v)
+    client_ops = [o for o in rec.ops if o.client not in (RECOVERY_CLIENT, FINAL_CLIENT)]
+    acked = sum(1 for o in client_ops if o.kind in (WRITE, CAS) and o.outcome == OK)
+    final = list(rec.final_digests.values())
+    idx = final[0].applied if final else 0
+    ok = {
+        LINEARIZABLE: f"{len(rec.ops)} operations on {len(rec.keys)} keys",
+        ACKED_WRITES: f"{acked} acknowledged writes, final values of {len(rec.keys)} keys "
+                      "explained",
+        ELECTION_SAFETY: f"{_terms_led(rec)} terms with a leader, one each",
+        TERM_MONOTONIC: f"{len(rec.samples)} status samples of {len(rec.nodes)} nodes",
+        STATE_MACHINE_SAFETY: f"{_commit_marks(rec)} committed (index, term) marks agree",
+        APPLIED_STATE: f"{len(rec.digests)} digests agree wherever indexes met",
+        REPLICAS: f"all {len(final)} nodes at index {idx} with equal state",
+        RECOVERY: (f"a write acknowledged {rec.recovery_s:.2f}s after healing "
+                   f"(bound {rec.recovery_bound_s:g}s)" if rec.recovery_s is not None else ""),
+        RUN: f"{len(rec.faults)} faults, {sum(1 for e in rec.events if not e.error)} "
+             f"nemesis actions",
+    }
+    out: dict[str, str] = {}
+    for row, names in ROWS.items():
+        n = sum(by[c] for c in names)
+        if n:
+            which = ", ".join(f"{c} x{by[c]}" for c in names if by[c])
+            out[row] = f"FAILED: {n} problem(s) ({which})"
+        else:
+            out[row] = "ok: " + ok[row]
+    return out
+
+
+def _terms_led(rec: RunRecord) -> int:
+    return len({ns.term for s in rec.samples for ns in s.nodes.values()
+                if ns.role == "leader"})
+
+
+def _commit_marks(rec: RunRecord) -> int:
+    return len({(ns.commit, ns.commit_term) for s in rec.samples for ns in s.nodes.values()
+                if ns.commit_term is not None})
+
+
+# --- counts -------------------------------------------------------------------------
+
+
+def bucket(o: OpRecord) -> str:
+    """ok, mismatch (a cas the cluster answered: the value differed), fail
+    (no answer or refused: certainly no effect) or unknown."""
+    if o.kind == CAS and o.error == CAS_FAILED:
+        return MISMATCH
+    return o.outcome
+
+
+def outcome_counts(rec: RunRecord) -> dict[str, dict[str, int]]:
+    """Per operation kind, how many ended ok, mismatch, fail and unknown."""
+    out: dict[str, dict[str, int]] = {}
+    for o in rec.ops:
+        c = out.setdefault(o.kind, {OK: 0, MISMATCH: 0, "fail": 0, UNKNOWN: 0})
+        c[bucket(o)] += 1
+    return out
+
+
+def fault_counts(rec: RunRecord) -> dict[str, dict[str, int]]:
+    """Per fault kind: how many were injected, how many hit the leader, and
+    how many failed to be carried out."""
+    out: dict[str, dict[str, int]] = {}
+    for w in rec.faults:
+        c = out.setdefault(w.kind, {"injected": 0, "hit_leader": 0, "failed": 0})
+        c["injected"] += 1
+        c["hit_leader"] += int(w.hit_leader)
+        c["failed"] += int(w.error is not None)
+    return dict(sorted(out.items()))
 
 
 # --- the timeline -----------------------------------------------------------------
@@ -256,6 +207,17 @@ class TimelineRow(msgspec.Struct, kw_only=True):
     unknown: int = 0
 
 
+# What a timeline cell and column mean (printed under the text timeline).
+LEGEND = (
+    ("L7", "leader of term 7"), ("F7", "follower in term 7"), ("C8", "candidate in term 8"),
+    ("P7", "pre-candidate (PreVote) in term 7"), ("?", "running, but did not answer"),
+    ("paused", "stopped by SIGSTOP"), ("down", "not running"),
+    ("ok", "operations answered in that second (a cas that found another value too)"),
+    ("fail", "refused or unanswered: certainly no effect"),
+    ("unkn", "outcome unknown: a write that may or may not have taken effect"),
+)
+
+
 def node_cell(s: NodeSample | None) -> str:
     """`L7` leader of term 7, `F7`, `C8` candidate, `P7` pre-candidate,
     `paused`, `down`, `?` (running but no answer)."""
@@ -271,8 +233,7 @@ def node_cell(s: NodeSample | None) -> str:
 
 
 def timeline(rec: RunRecord) -> list[TimelineRow]:
-    end = max([0.0, *(e.t for e in rec.events), *(s.t for s in rec.samples),
-               *(o.complete_s for o in rec.ops)])
+    end = rec.end_s()
     rows = [TimelineRow(second=i, events=[], nodes={}) for i in range(math.floor(end) + 1)]
     for e in rec.events:
         text = e.detail if e.error is None else f"{e.detail} (failed: {e.error})"
@@ -287,7 +248,7 @@ def timeline(rec: RunRecord) -> list[TimelineRow]:
         row.nodes = {n: node_cell(last.get(n)) for n in rec.nodes}
     for o in rec.ops:
         row = rows[int(o.complete_s)]
-        b = _bucket(o)
+        b = bucket(o)
         if b in (OK, MISMATCH):
             row.ok += 1
         elif b == UNKNOWN:
@@ -297,31 +258,18 @@ def timeline(rec: RunRecord) -> list[TimelineRow]:
     return rows
 
 
-def _bucket(o: OpRecord) -> str:
-    """ok, mismatch (a cas the cluster answered: the value differed), fail
-    (no answer or refused: certainly no effect) or unknown."""
-    if o.kind == CAS and o.error == CAS_FAILED:
-        return MISMATCH
-    return o.outcome
-
-
-def outcome_counts(rec: RunRecord) -> dict[str, dict[str, int]]:
-    """Per operation kind, how many ended ok, mismatch, fail and unknown."""
-    out: dict[str, dict[str, int]] = {}
-    for o in rec.ops:
-        c = out.setdefault(o.kind, {OK: 0, MISMATCH: 0, "fail": 0, UNKNOWN: 0})
-        c[_bucket(o)] += 1
-    return out
-
-
 def summary(rec: RunRecord, verdict: Verdict) -> dict[str, object]:
     """The report without the raw history and samples (for `--json`)."""
     return {
         "seed": rec.seed, "duration_s": rec.duration_s, "interval_s": rec.interval_s,
-        "nemeses": rec.nemeses, "clients": rec.clients, "keys": rec.keys, "nodes": rec.nodes,
+        "nemesis": rec.nemesis, "workload": rec.workload, "clients": rec.clients,
+        "keys": rec.keys, "nodes": rec.nodes, "notes": rec.notes,
         "healed_s": rec.healed_s, "recovery_s": rec.recovery_s,
         "recovery_bound_s": rec.recovery_bound_s,
         "operations": outcome_counts(rec),
+        "faults": fault_counts(rec),
+        "leader_targeted": sum(1 for w in rec.faults if w.hit_leader),
+        "fault_windows": msgspec.to_builtins(rec.faults),
         "events": msgspec.to_builtins(rec.events),
         "timeline": msgspec.to_builtins(timeline(rec)),
         "verdict": msgspec.to_builtins(verdict),

@@ -239,9 +239,9 @@ class Simulation:
                     break
             else:
                 self._violations.append(Violation(
-                    LIVENESS, self.now,
-                    f"no fresh entry committed on a majority within {self.liveness_ticks} "
-                    f"ticks of healing ({self._roles()})"))
+                    check=LIVENESS, tick=self.now,
+                    detail=f"no fresh entry committed on a majority within "
+                    f"{self.liveness_ticks} ticks of healing ({self._roles()})"))
         except _Stop:
             pass
         except Exception as exc:  # whatever the core raises is a finding to report
@@ -264,7 +264,8 @@ class Simulation:
                          dict(sorted(self._stats.items())), self._trace or [])
 
     def _core_error(self, exc: Exception) -> None:
-        self._violations.append(Violation(CORE_ERROR, self.now, f"{type(exc).__name__}: {exc}"))
+        self._violations.append(Violation(check=CORE_ERROR, tick=self.now,
+                                         detail=f"{type(exc).__name__}: {exc}"))
         self._log("--", f"VIOLATION {CORE_ERROR}: {exc!r}")
 
     # --- scripting: tests drive a scenario tick by tick -------------------------
@@ -492,7 +493,7 @@ class Simulation:
             self._violations.extend(found)
             if self._trace is not None:
                 for v in found:
-                    self._log(n.id, f"VIOLATION {v.prop}: {v.detail}")
+                    self._log(n.id, f"VIOLATION {v.check}: {v.detail}")
             raise _Stop
 
     def _start(self, n: _Node) -> None:
@@ -686,7 +687,7 @@ def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> RunSu
     r = Simulation(seed, nodes, faults, ticks=ticks).run()
     stats = {k: v for k, v in r.stats.items() if k in COVERAGE_STATS}
     stats["operations"] = len(r.history)
-    return RunSummary(seed, tuple((v.prop, v.tick, v.detail) for v in r.violations),
+    return RunSummary(seed, tuple((v.check, v.tick or 0, v.detail) for v in r.violations),
                       r.live_after_ticks, r.ticks, stats)
 
 

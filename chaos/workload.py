@@ -1,6 +1,7 @@
-"""The chaos workload: client threads writing unique values, reading
-linearizably and doing compare-and-set on a few keys, and the history of what
-each operation really returned. It talks to the cluster only through clients.
+"""Chaos workloads and the history they record: the `Workload` interface,
+a registry of workloads by name, and the register workload (client threads
+writing unique values, reading linearizably and doing compare-and-set on a
+few keys). A workload talks to the cluster only through clients.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -44,7 +46,8 @@ class OpRecord(msgspec.Struct, kw_only=True):
     arrived), `invoke_s`/`complete_s` seconds since the run started. A write
     or cas carries the value it wrote in `value`; a read the value it got; a
     cas also its `expected` value and, when it failed on a mismatch, the value
-    it `found`. `outcome` is ok, fail (certainly no effect) or unknown.
+    it `found`. `outcome` is ok, fail (certainly no effect) or unknown. An
+    acknowledged write carries the log `index` it was applied at.
     """
 
     client: str
@@ -59,6 +62,7 @@ class OpRecord(msgspec.Struct, kw_only=True):
     expected: str | None = None
     found: str | None = None
     error: str | None = None
+    index: int | None = None
 
 
 class History:
@@ -92,7 +96,7 @@ def run_op(cl: KVClient, history: History, client: str, kind: str, key: str,
            value: str | None = None, expected: str | None = None) -> OpRecord:
     """Perform one operation and record what it really returned."""
     inv, inv_s = history.mark()
-    outcome, got, found, error = OK, value, None, None
+    outcome, got, found, error, index = OK, value, None, None, None
     try:
         if kind == READ:
             got = _text(cl.get(key))
@@ -107,6 +111,8 @@ def run_op(cl: KVClient, history: History, client: str, kind: str, key: str,
                 outcome, error = FAIL, res.error
                 if res.error == CAS_FAILED:
                     found = _text(res.value)
+            else:
+                index = res.index
     except OutcomeUnknown as e:
         outcome, error = UNKNOWN, e.code
     except Unavailable as e:
@@ -119,33 +125,63 @@ def run_op(cl: KVClient, history: History, client: str, kind: str, key: str,
     op = OpRecord(client=client, kind=kind, key=key, value=got if kind == READ else value,
                   invoke=inv, complete=comp, invoke_s=round(inv_s, 4),
                   complete_s=round(comp_s, 4), outcome=outcome,
-                  expected=expected if kind == CAS else None, found=found, error=error)
+                  expected=expected if kind == CAS else None, found=found, error=error,
+                  index=index)
     if kind == READ and outcome != OK:
         op.value = None
     history.add(op)
     return op
 
 
-class Workload:
-    """`clients` threads, each with its own client, doing seeded random
-    operations on `keys` until stopped. Every written value is unique
-    (`<client>-<n>`), so a read tells which write it saw."""
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What every workload is made from: a client factory, the history to
+    record into, the keys to use, how many clients, the seed, and at most
+    how many operations a second each client starts (0: no limit)."""
 
-    def __init__(self, factory: ClientFactory, history: History, keys: list[str],
-                 clients: int, seed: int, rate: float = 0.0) -> None:
-        if clients < 1 or not keys:
+    factory: ClientFactory
+    history: History
+    keys: list[str]
+    clients: int
+    seed: int
+    rate: float = 0.0
+
+
+class Workload(Protocol):
+    """A load that runs on its own threads and records every operation it
+    performs in the spec's history; `errors` says what kept it from running."""
+
+    errors: list[str]
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stop after the operations in flight; False if one is still
+        running after `timeout_s` (its operation is missing then)."""
+        ...
+
+
+class RegisterWorkload:
+    """`clients` threads, each with its own client, doing seeded random
+    writes, reads and compare-and-sets on `keys` until stopped. Every
+    written value is unique (`<client>-<n>`), so a read tells which write
+    it saw."""
+
+    def __init__(self, spec: WorkloadSpec) -> None:
+        if spec.clients < 1 or not spec.keys:
             raise ValueError("a workload needs at least one client and one key")
-        self.factory = factory
-        self.history = history
-        self.keys = keys
+        self.factory = spec.factory
+        self.history = spec.history
+        self.keys = spec.keys
         # Each client starts at most `rate` operations a second, which
         # bounds the history the checker must search (0: no limit).
-        self.gap_s = 1.0 / rate if rate > 0 else 0.0
+        self.gap_s = 1.0 / spec.rate if spec.rate > 0 else 0.0
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, args=(f"c{i + 1}", random.Random(seed * 1000 + i)),
+            threading.Thread(target=self._run,
+                             args=(f"c{i + 1}", random.Random(spec.seed * 1000 + i)),
                              name=f"chaos-client-{i + 1}", daemon=True)
-            for i in range(clients)
+            for i in range(spec.clients)
         ]
         self.errors: list[str] = []
 
@@ -199,6 +235,11 @@ class Workload:
             cl.close()
 
 
+# Workloads by name (`raftctl chaos run --workload`).
+WORKLOADS: dict[str, Callable[[WorkloadSpec], Workload]] = {"register": RegisterWorkload}
+DEFAULT_WORKLOAD = "register"
+
+
 def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
     """The history in the linearizability checker's terms (one register per
     key). A cas that succeeded is a write of its new value: the register
@@ -213,14 +254,14 @@ def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
         if op.kind == READ:
             if op.outcome == OK:
                 out.append(Operation(op.client, READ, op.key, op.value, op.invoke, op.complete,
-                                     OK, ms_in, ms_out))
+                                     OK, ms_in, ms_out, "ms"))
         elif op.outcome == OK:
             out.append(Operation(op.client, WRITE, op.key, op.value, op.invoke, op.complete,
-                                 OK, ms_in, ms_out))
+                                 OK, ms_in, ms_out, "ms"))
         elif op.outcome == UNKNOWN:
             out.append(Operation(op.client, WRITE, op.key, op.value, op.invoke, None,
-                                 UNKNOWN, ms_in, None))
+                                 UNKNOWN, ms_in, None, "ms"))
         elif op.kind == CAS and op.error == CAS_FAILED:
             out.append(Operation(op.client, READ, op.key, op.found, op.invoke, op.complete,
-                                 OK, ms_in, ms_out))
+                                 OK, ms_in, ms_out, "ms"))
     return out

@@ -448,7 +448,8 @@ class NodeRunner:
         return {
             "loop_max_busy_ms": max_busy_ms,
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
-            "vote": c.vote, "commit": c.log.commit, "applied": self.kv.applied_index,
+            "vote": c.vote, "commit": c.log.commit, "commit_term": c.log.term(c.log.commit),
+            "applied": self.kv.applied_index,
             "log_first": c.log.first_index(), "log_last": c.log.last_index(),
             "snapshot_index": c.snapshot_meta.index, "peers": peers,
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},

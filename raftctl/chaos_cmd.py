@@ -1,12 +1,15 @@
-"""`raftctl chaos run`: a seeded nemesis run against the running cluster, its
-timeline and its verdict. Thin: `chaos.nemesis` runs, `chaos.report` judges,
-this module parses options and renders."""
+"""`raftctl chaos run` and `raftctl chaos report`: a seeded nemesis run
+against the running cluster, saved with its page and its history, and the
+verdict and page made again from a saved run. Thin: `chaos.run` runs,
+`chaos.report` judges, `chaos.html_report` draws; this module parses options
+and renders text."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,18 +20,22 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from chaos.nemesis import DEFAULT_KINDS, ChaosError, ChaosOptions, parse_kinds, run_chaos
+from chaos import html_report, jepsen_history, record
+from chaos.nemesis import ChaosError
+from chaos.record import FaultEvent, RunRecord
 from chaos.report import (
-    FaultEvent,
-    RunRecord,
+    LEGEND,
     TimelineRow,
     Verdict,
+    fault_counts,
     judge,
     outcome_counts,
     summary,
     timeline,
 )
-from chaos.workload import ClientFactory, KVClient
+from chaos.run import ChaosOptions, run_chaos
+from chaos.schedule import DEFAULT_MIX, KINDS, NEMESIS_INTERVAL_S, parse_mix
+from chaos.workload import DEFAULT_WORKLOAD, WORKLOADS, ClientFactory, KVClient
 from node.client import Client
 from node.config import CHAOS_ATTEMPT_TIMEOUT_MS, CHAOS_CLIENT_OPS_PER_S, CHAOS_OP_TIMEOUT_MS
 from raftctl import render
@@ -39,6 +46,7 @@ from raftctl.options import json_option
 
 # Violations listed one by one before the rest is only counted.
 _SHOWN_VIOLATIONS = 20
+VERDICT_FILE = "verdict.json"
 
 
 def _c(ctx: click.Context) -> Cluster:
@@ -70,17 +78,21 @@ def _seconds(text: str, what: str) -> float:
 
 @click.group()
 def chaos() -> None:
-    """Nemesis runs: faults while clients write and read, then a verdict."""
+    """Nemesis runs: faults while clients write and read, then a verdict,
+    a page (report.html) and a Jepsen-shaped history."""
 
 
 @chaos.command("run")
 @click.option("--duration", default="60s", show_default=True,
               help="How long faults are injected (60, 60s, 2m).")
-@click.option("--nemesis", "nemesis_", default=",".join(DEFAULT_KINDS), show_default=True,
-              help="Fault kinds, comma-separated: kill, pause, partition, netem, majority "
-                   "(kill a majority at once), or all.")
-@click.option("--interval", default="5s", show_default=True,
-              help="Time between nemesis steps (each injects or repairs one fault).")
+@click.option("--nemesis", "nemesis_", default=DEFAULT_MIX, show_default=True,
+              help=f"Fault kinds with optional weights, comma-separated, like "
+                   f"kill:2,partition,netem:0.5; all is every kind. Kinds: {', '.join(KINDS)}.")
+@click.option("--interval", default=f"{NEMESIS_INTERVAL_S:g}s", show_default=True,
+              help="How long each fault lasts; after its heal the cluster gets as long again "
+                   "to recover before the next fault.")
+@click.option("--workload", type=click.Choice(sorted(WORKLOADS)), default=DEFAULT_WORKLOAD,
+              show_default=True, help="What the clients do.")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule [default: random].")
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Concurrent client threads.")
@@ -92,25 +104,31 @@ def chaos() -> None:
               help="Keys the clients share.")
 @click.option("--recovery-timeout", default="10s", show_default=True,
               help="After healing, a write must be acknowledged within this.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for record.json, report.html and the history "
+                   "[default: RUN_DIR/chaos/TIME-seedSEED in the cluster's run directory].")
 @json_option("Print the summary and verdict as JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the whole record (history, samples, timeline, verdict) as JSON.")
+              help="Also write the whole record (history, samples, timeline, verdict) as one "
+                   "JSON file.")
 @click.pass_context
-def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: int | None,
-        clients: int, rate: float, n_keys: int, recovery_timeout: str, as_json: bool,
-        report_file: Path | None) -> None:
-    """Inject seeded faults into the running cluster while clients write,
-    heal, and check that no acknowledged write was lost, replicas agree,
-    the history is linearizable and the cluster recovers. Exit code 1 on any
-    violation, 130 if Ctrl-C cut the run short (it still heals and judges)."""
+def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workload: str,
+        seed: int | None, clients: int, rate: float, n_keys: int, recovery_timeout: str,
+        out_dir: Path | None, as_json: bool, report_file: Path | None) -> None:
+    """Inject seeded faults into the running cluster while clients work,
+    heal, and check that the history is linearizable, no acknowledged write
+    was lost, the Raft invariants held on the nodes' status and digests, and
+    the cluster recovers. Writes report.html, history.jsonl and history.edn
+    into the run's directory. Exit code 1 on any violation, 130 if Ctrl-C
+    cut the run short (it still heals and judges)."""
     c = _c(ctx)
     try:
-        kinds = parse_kinds(nemesis_)
+        mix = parse_mix(nemesis_)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--nemesis") from None
     opts = ChaosOptions(
         duration_s=_seconds(duration, "--duration"), interval_s=_seconds(interval, "--interval"),
-        kinds=kinds, seed=seed if seed is not None else random.randrange(1, 2**31),
+        mix=mix, workload=workload, seed=seed if seed is not None else random.randrange(1, 2**31),
         clients=clients, keys=n_keys, rate=rate,
         recovery_timeout_s=_seconds(recovery_timeout, "--recovery-timeout"),
         key_prefix=f"chaos-{os.urandom(3).hex()}")
@@ -121,12 +139,17 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: i
         factory = client_factory(c)
     except ClusterError as e:
         raise from_cluster_error(e) from None
+    out = out_dir or c.run_dir / "chaos" / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{opts.seed}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create {out}: {e.strerror}") from None
     err = render.console(stderr=True)
     if not as_json:
         click.echo(f"chaos run on cluster {c.name} ({', '.join(c.node_ids())}): seed {opts.seed}, "
-                   f"{opts.duration_s:g}s, nemesis {','.join(kinds)} every {opts.interval_s:g}s, "
-                   f"{clients} clients" + (f" ({rate:g} ops/s each)" if rate else "")
-                   + f" on {n_keys} keys")
+                   f"{opts.duration_s:g}s, nemesis {nemesis_} (each fault {opts.interval_s:g}s, "
+                   f"then {opts.interval_s:g}s to recover), {workload} workload, {clients} "
+                   "clients" + (f" ({rate:g} ops/s each)" if rate else "") + f" on {n_keys} keys")
     live = not as_json and err.is_terminal
 
     def on_event(ev: FaultEvent) -> None:
@@ -140,21 +163,10 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, seed: i
         raise CliError(str(e), Exit.UNAVAILABLE) from None
     except ClusterError as e:
         raise from_cluster_error(e) from None
-    verdict = judge(rec)
+    verdict = _save(rec, out)
     if report_file is not None:
         _write_report(report_file, rec, verdict)
-    if as_json:
-        click.echo(render.dumps(summary(rec, verdict)))
-    else:
-        con = render.console()
-        con.print(timeline_table(rec.nodes, timeline(rec)))
-        con.print(_counts_table(rec))
-        for line in verdict_lines(verdict):
-            con.print(line)
-        if report_file is not None:
-            click.echo(f"report written to {report_file}")
-    if not verdict.ok:
-        ctx.exit(Exit.FAILED)
+    _show(ctx, rec, verdict, out, as_json)
     if interrupted:
         # The checks passed on a run cut short: not the run that was asked for.
         ctx.exit(Exit.INTERRUPTED)
@@ -182,6 +194,53 @@ def _noting_interrupts() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, old)
 
 
+@chaos.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@json_option("Print the summary and verdict as JSON.")
+@click.pass_context
+def report_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
+    """Judge a saved run again and redraw its report.html, history files
+    and text summary from RUN_DIR/record.json. Exit code 1 on any violation."""
+    try:
+        rec = record.load(run_dir)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    verdict = _save(rec, run_dir, write_record=False)
+    _show(ctx, rec, verdict, run_dir, as_json)
+
+
+def _save(rec: RunRecord, out: Path, write_record: bool = True) -> Verdict:
+    verdict = judge(rec)
+    try:
+        if write_record:
+            record.save(rec, out)
+        (out / VERDICT_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(verdict)))
+        jepsen_history.write(rec, out)
+        html_report.write(rec, verdict, out)
+    except OSError as e:
+        raise CliError(f"cannot write the run's files into {out}: {e.strerror}") from None
+    return verdict
+
+
+def _show(ctx: click.Context, rec: RunRecord, verdict: Verdict, out: Path,
+          as_json: bool) -> None:
+    if as_json:
+        click.echo(render.dumps({**summary(rec, verdict), "out_dir": str(out)}))
+    else:
+        con = render.console()
+        con.print(timeline_table(rec.nodes, timeline(rec)))
+        con.print(timeline_legend())
+        con.print(_counts_table(rec))
+        con.print(_faults_table(rec))
+        for line in verdict_lines(verdict):
+            con.print(line)
+        click.echo(f"report: {out / html_report.REPORT_FILE}")
+        click.echo(f"history: {out / jepsen_history.JSONL_FILE}, "
+                   f"{out / jepsen_history.EDN_FILE}")
+    if not verdict.ok:
+        ctx.exit(Exit.FAILED)
+
+
 def _write_report(path: Path, rec: RunRecord, verdict: Verdict) -> None:
     doc = {"record": rec, "verdict": verdict, "timeline": timeline(rec)}
     try:
@@ -193,10 +252,12 @@ def _write_report(path: Path, rec: RunRecord, verdict: Verdict) -> None:
 # --- rendering ------------------------------------------------------------------------
 
 
-_KIND_STYLES = {"kill": "bold red", "majority": "bold red", "pause": "magenta",
-                "partition": "yellow", "netem": "cyan", "leader": "bold green",
-                "start": "green", "resume": "green", "heal": "green", "heal-partition": "green",
-                "clear-netem": "green", "recovered": "bold green", "converged": "bold green"}
+_KIND_STYLES = {"kill": "bold red", "kill-all": "bold red", "snapshot-kill": "bold red",
+                "stop": "red", "compact": "red", "pause": "magenta", "isolate": "yellow",
+                "partition": "yellow", "bridge": "yellow", "ring": "yellow", "one-way": "yellow",
+                "netem": "cyan", "transfer": "bold cyan", "leader": "bold green",
+                "start": "green", "resume": "green", "heal": "green", "recovered": "bold green",
+                "converged": "bold green", "invariant": "bold red", "skip": "dim"}
 
 
 def _event_text(ev: FaultEvent) -> Text:
@@ -218,8 +279,8 @@ def _cell_style(cell: str) -> str:
 
 
 def timeline_table(nodes: list[str], rows: list[TimelineRow]) -> Table:
-    """One row a second: each node's role and term (L leader, F follower,
-    C candidate, P pre-candidate), client outcomes, and what happened."""
+    """One row a second: each node's role and term, client outcomes, and
+    what happened (`timeline_legend` explains the cells)."""
     tab = Table(title="timeline", title_justify="left", header_style="bold")
     tab.add_column("t", justify="right")
     for n in nodes:
@@ -235,6 +296,16 @@ def timeline_table(nodes: list[str], rows: list[TimelineRow]) -> Table:
     return tab
 
 
+def timeline_legend() -> Text:
+    t = Text("legend: ", style="bold")
+    for i, (mark, meaning) in enumerate(LEGEND):
+        if i:
+            t.append("; ")
+        t.append(mark, style=_cell_style(mark) or "bold")
+        t.append(f" {meaning}")
+    return t
+
+
 def _counts_table(rec: RunRecord) -> Table:
     tab = Table(title="operations", title_justify="left", header_style="bold")
     cols = ("ok", "mismatch", "fail", "unknown")
@@ -242,6 +313,18 @@ def _counts_table(rec: RunRecord) -> Table:
     for col in cols:
         tab.add_column(col, justify="right")
     for kind, c in sorted(outcome_counts(rec).items()):
+        tab.add_row(kind, *(str(c[col]) for col in cols))
+    return tab
+
+
+def _faults_table(rec: RunRecord) -> Table:
+    tab = Table(title="faults", title_justify="left", header_style="bold",
+                caption="; ".join(rec.notes) or None)
+    cols = ("injected", "hit_leader", "failed")
+    tab.add_column("kind")
+    for col in cols:
+        tab.add_column(col.replace("_", " "), justify="right")
+    for kind, c in fault_counts(rec).items():
         tab.add_row(kind, *(str(c[col]) for col in cols))
     return tab
 
@@ -255,10 +338,10 @@ def verdict_lines(v: Verdict) -> list[Text]:
         line.append(text)
         out.append(line)
     for viol in v.violations[:_SHOWN_VIOLATIONS]:
-        out.append(Text(f"    {viol.check}: {viol.message}", style="red"))
+        out.append(Text(f"    {viol}", style="red"))
     if len(v.violations) > _SHOWN_VIOLATIONS:
         out.append(Text(f"    ... and {len(v.violations) - _SHOWN_VIOLATIONS} more "
-                        "(--report FILE has them all)", style="red"))
+                        "(report.html and verdict.json have them all)", style="red"))
     verdict = (Text("verdict: OK", style="bold green") if v.ok else
                Text(f"verdict: {len(v.violations)} VIOLATION(S)", style="bold red"))
     return [*out, verdict]

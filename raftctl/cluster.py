@@ -27,6 +27,7 @@ import zmq
 from chaos.faults import FaultState, compile_rules
 from node.config import ClusterConfig, NodeSpec, node_dir
 from node.control import (
+    CompactRequest,
     ControlRequest,
     ControlResponse,
     DigestRequest,
@@ -540,6 +541,16 @@ class Cluster:
         if not r.ok:
             raise ClusterError(r.message or r.error or "transfer refused")
         return lead
+
+    def compact(self, node_id: str) -> dict[str, Any]:
+        """Have a node snapshot its state machine now (written on a thread
+        of the node); returns what it started."""
+        r = self.control(node_id, CompactRequest())
+        if r is None:
+            raise ClusterError(f"node {node_id} did not answer")
+        if not r.ok:
+            raise ClusterError(r.message or r.error or "compaction refused")
+        return r.data or {}
 
     def digest(self, node_id: str) -> dict[str, Any] | None:
         r = self.control(node_id, DigestRequest())

@@ -82,7 +82,7 @@ def _one(seed: int, nodes: int, faults: frozenset[str], ticks: int, trace: bool,
         click.echo(json.dumps({
             "seed": seed, "ticks": r.ticks, "live_after_ticks": r.live_after_ticks,
             "operations": len(r.history), "stats": r.stats,
-            "violations": [{"property": v.prop, "tick": v.tick, "detail": v.detail}
+            "violations": [{"check": v.check, "tick": v.tick, "detail": v.detail}
                            for v in r.violations],
             "trace": r.trace,
         }, indent=2))
@@ -123,7 +123,7 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
             "exercised": dict(sum((Counter(r.stats) for r in results), Counter())),
             "failures": [{
                 "seed": r.seed,
-                "violations": [{"property": p, "tick": t, "detail": d}
+                "violations": [{"check": p, "tick": t, "detail": d}
                                for p, t, d in r.violations],
                 "replay": replay_command(r.seed, nodes, faults, ticks)} for r in failing],
         }, indent=2))

@@ -7,13 +7,18 @@ from __future__ import annotations
 import pytest
 
 from chaos.invariants import (
+    ACKNOWLEDGED_DURABLE,
+    APPLIED_STATE,
+    COMMIT_MONOTONIC,
     ELECTION_SAFETY,
     LEADER_APPEND_ONLY,
     LEADER_COMPLETENESS,
     LINEARIZABILITY,
     LOG_MATCHING,
     STATE_MACHINE_SAFETY,
+    TERM_MONOTONIC,
     NodeState,
+    NodeSummary,
     RaftInvariants,
     Violation,
 )
@@ -36,7 +41,7 @@ def state(node: str, term: int, entries: list[Entry], role: str = "follower", co
 
 
 def props(found: list[Violation]) -> set[str]:
-    return {v.prop for v in found}
+    return {v.check for v in found}
 
 
 # --- the checks on hand-made states --------------------------------------------
@@ -170,6 +175,122 @@ def test_restarted_node_is_seen_afresh() -> None:
     assert inv.observe(2, state("a", 2, log(1, 2), commit=1, applied=0)) == []
 
 
+# --- live runs: status summaries and digests ---------------------------------------
+
+
+def summ(node: str, term: int, role: str = "follower", commit: int = 0,
+         commit_term: int | None = None, last: int | None = None, pid: int = 1,
+         durable: bool = True) -> NodeSummary:
+    return NodeSummary(node=node, incarnation=pid, term=term, role=role, commit=commit,
+                       commit_term=commit_term, last_index=commit if last is None else last,
+                       durable=durable)
+
+
+def test_a_legal_live_history_is_quiet() -> None:
+    """Elections, commits, a crash and a restart in a later term raise nothing."""
+    inv = RaftInvariants()
+    seen = [
+        inv.observe_summary(0.1, summ("a", 1, "leader", 5, 1, last=6)),
+        inv.observe_summary(0.1, summ("b", 1, "follower", 4, 1)),
+        inv.observe_summary(0.2, summ("b", 2, "leader", 7, 2, last=8)),
+        inv.observe_summary(0.3, summ("a", 2, "follower", 7, 2, pid=2)),
+        inv.observe_summary(0.4, summ("a", 3, "leader", 9, 3, last=9, pid=2)),
+        inv.observe_digest(0.5, "a", 9, "d9"), inv.observe_digest(0.6, "b", 9, "d9"),
+    ]
+    inv.acknowledged(8, "write k=v")
+    assert [v for vs in seen for v in vs] == []
+    assert inv.converged(1.0, {"a": 9, "b": 9}) == []
+
+
+def test_two_live_leaders_of_one_term_break_election_safety() -> None:
+    """Two nodes reporting leadership of one term, at any times, is reported."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 3, "leader"))
+    found = inv.observe_summary(9.0, summ("b", 3, "leader"))
+    assert props(found) == {ELECTION_SAFETY} and found[0].t_s == 9.0
+
+
+def test_a_term_going_back_within_one_process_is_reported() -> None:
+    """A live node's term never decreases; a restart that did not lead may."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 5))
+    assert props(inv.observe_summary(2.0, summ("a", 4))) == {TERM_MONOTONIC}
+    assert inv.observe_summary(3.0, summ("a", 3, pid=2)) == []
+
+
+def test_a_restart_below_a_term_it_led_is_reported_when_durable() -> None:
+    """A term a node won was on its disk: with fsync on, a restart keeps it."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 5, "leader"))
+    assert props(inv.observe_summary(2.0, summ("a", 4, pid=2))) == {TERM_MONOTONIC}
+    lax = RaftInvariants()
+    lax.observe_summary(1.0, summ("a", 5, "leader", durable=False))
+    assert lax.observe_summary(2.0, summ("a", 4, pid=2, durable=False)) == []
+
+
+def test_a_commit_index_going_back_within_one_process_is_reported() -> None:
+    """Commit indexes only grow while the process lives (§5.3)."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 2, commit=9, commit_term=2))
+    assert props(inv.observe_summary(2.0, summ("a", 2, commit=7, commit_term=2))) \
+        == {COMMIT_MONOTONIC}
+
+
+def test_two_terms_at_one_committed_index_break_state_machine_safety() -> None:
+    """Two nodes committing index 7 with different terms have different prefixes."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 3, commit=7, commit_term=2))
+    found = inv.observe_summary(2.0, summ("b", 3, commit=7, commit_term=3))
+    assert props(found) == {STATE_MACHINE_SAFETY} and "prefixes differ" in found[0].detail
+
+
+def test_committed_terms_going_down_with_the_index_are_reported() -> None:
+    """One committed log: a later index never carries an earlier term."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 4, commit=10, commit_term=4))
+    assert props(inv.observe_summary(2.0, summ("b", 4, commit=12, commit_term=3))) \
+        == {STATE_MACHINE_SAFETY}
+    assert props(inv.observe_summary(3.0, summ("c", 4, commit=8, commit_term=5))) \
+        == {STATE_MACHINE_SAFETY}
+
+
+def test_a_live_leader_lacking_a_commit_of_an_earlier_term_is_reported() -> None:
+    """A leader of term 5 whose log ends before an index committed by term 4
+    breaks Leader Completeness, whichever was seen first."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("a", 4, commit=20, commit_term=4))
+    assert props(inv.observe_summary(2.0, summ("b", 5, "leader", 15, 4, last=18))) \
+        == {LEADER_COMPLETENESS}
+    other = RaftInvariants()
+    other.observe_summary(1.0, summ("b", 5, "leader", 15, 4, last=18))
+    assert props(other.observe_summary(2.0, summ("a", 4, commit=20, commit_term=4))) \
+        == {LEADER_COMPLETENESS}
+
+
+def test_a_deposed_leader_need_not_hold_later_commits() -> None:
+    """A leader of term 3 need not hold what term 4 committed."""
+    inv = RaftInvariants()
+    inv.observe_summary(1.0, summ("s", 3, "leader", 5, 3, last=6))
+    assert inv.observe_summary(2.0, summ("n", 4, commit=9, commit_term=4)) == []
+
+
+def test_differing_digests_at_one_applied_index_are_reported() -> None:
+    """Two replicas at one applied index hold one state."""
+    inv = RaftInvariants()
+    assert inv.observe_digest(1.0, "a", 7, "aaa") == []
+    assert inv.observe_digest(1.5, "b", 8, "bbb") == []
+    assert props(inv.observe_digest(2.0, "c", 7, "ccc")) == {APPLIED_STATE}
+
+
+def test_an_acknowledged_index_beyond_where_replicas_settled_is_lost() -> None:
+    """Replicas that settle below an acknowledged index lost that write."""
+    inv = RaftInvariants()
+    inv.acknowledged(12, "write k=v by c1")
+    inv.acknowledged(9, "write k=w by c2")
+    found = inv.converged(5.0, {"a": 11, "b": 12})
+    assert props(found) == {ACKNOWLEDGED_DURABLE} and "a settled" in found[0].detail
+
+
 # --- bugs planted in the core --------------------------------------------------
 
 
@@ -186,7 +307,7 @@ def test_votes_without_the_up_to_date_check_are_caught(monkeypatch: pytest.Monke
     committed entries: leader completeness or state machine safety fires."""
     monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, index, term: True)
     _, v = _first_violation(range(40))
-    assert v.prop in (LEADER_COMPLETENESS, STATE_MACHINE_SAFETY), v
+    assert v.check in (LEADER_COMPLETENESS, STATE_MACHINE_SAFETY), v
 
 
 def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +322,7 @@ def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(RaftCore, "_handle_vote", forgetful)
     _, v = _first_violation(range(40))
-    assert v.prop == ELECTION_SAFETY, v
+    assert v.check == ELECTION_SAFETY, v
 
 
 def test_appends_without_the_consistency_check_are_caught(
@@ -221,7 +342,7 @@ def test_appends_without_the_consistency_check_are_caught(
 
     monkeypatch.setattr(RaftLog, "maybe_append", careless)
     _, v = _first_violation(range(60))
-    assert v.prop == LOG_MATCHING, v
+    assert v.check == LOG_MATCHING, v
 
 
 def _commit_by_counting(self: RaftCore) -> bool:
@@ -278,7 +399,7 @@ def test_figure_8_commit_of_an_old_term_entry_is_caught(monkeypatch: pytest.Monk
     monkeypatch.setattr(RaftCore, "_maybe_commit", _commit_by_counting)
     for seed in range(3):
         found = _figure_8(seed).violations
-        assert [v.prop for v in found][:1] == [LEADER_COMPLETENESS], (seed, found)
+        assert [v.check for v in found][:1] == [LEADER_COMPLETENESS], (seed, found)
 
 
 def test_figure_8_is_safe_with_the_current_term_rule() -> None:
@@ -326,7 +447,7 @@ def test_reads_without_the_quorum_round_are_caught(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(RaftCore, "_start_read", _read_without_quorum)
     for seed in range(3):
         found = _stale_leader_read(seed)
-        assert [v.prop for v in found] == [LINEARIZABILITY], (seed, found)
+        assert [v.check for v in found] == [LINEARIZABILITY], (seed, found)
 
 
 def test_reads_with_the_quorum_round_stay_linearizable() -> None:

@@ -1,10 +1,10 @@
-"""Nemesis runs: the schedule's rules on a fake cluster, the verdict on
+"""Nemesis runs: carrying out a schedule on a fake cluster, the verdict on
 planted violations, and `raftctl chaos run` against real processes (a clean
 short run, and a lying client that it must catch)."""
 
 from __future__ import annotations
 
-import random
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,19 +13,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from chaos.checks import ACKED_WRITES, LINEARIZABLE
 from chaos.faults import FaultState
-from chaos.nemesis import EventLog, Nemesis, parse_kinds
-from chaos.report import (
-    ACKED_WRITES,
-    FINAL_CLIENT,
-    LINEARIZABLE,
-    RECOVERY,
-    REPLICAS,
-    DigestSample,
-    RunRecord,
-    judge,
-    timeline,
-)
+from chaos.invariants import APPLIED_STATE
+from chaos.nemesis import EventLog, Nemesis
+from chaos.record import FINAL_CLIENT, DigestSample, RunRecord
+from chaos.report import RECOVERY, judge, timeline
+from chaos.schedule import Step, View, parse_mix, plan
 from chaos.workload import CAS, CAS_FAILED, ClientFactory, KVClient, OpRecord
 from node.client import WriteResult
 from raftctl import chaos_cmd
@@ -35,7 +29,7 @@ from tests.procs import TestCluster, chaos_run, cluster3, make_cluster
 __all__ = ["cluster3"]
 
 
-# --- the schedule, on a fake cluster ---------------------------------------------------
+# --- carrying out a schedule, on a fake cluster ------------------------------------------
 
 
 @dataclass
@@ -52,26 +46,42 @@ class FakeCluster:
         self.ids = [f"n{i + 1}" for i in range(n)]
         self.proc = dict.fromkeys(self.ids, "running")
         self.faults = FaultState()
+        self.calls: list[tuple[str, str]] = []
+        self.fail: set[str] = set()  # calls that raise
 
     def node_ids(self) -> list[str]:
         return list(self.ids)
 
-    def _set(self, n: str, want: str, to: str) -> int:
+    def _set(self, call: str, n: str, want: str, to: str) -> int:
+        self.calls.append((call, n))
+        if call in self.fail:
+            raise RuntimeError(f"{call} {n} refused")
         assert self.proc[n] == want, f"{n} is {self.proc[n]}, not {want}"
         self.proc[n] = to
         return 1
 
     def kill(self, n: str) -> int:
-        return self._set(n, "running", "down")
+        return self._set("kill", n, "running", "down")
+
+    def stop(self, n: str) -> int:
+        return self._set("stop", n, "running", "down")
 
     def start(self, n: str) -> int:
-        return self._set(n, "down", "running")
+        return self._set("start", n, "down", "running")
 
     def pause(self, n: str) -> int:
-        return self._set(n, "running", "paused")
+        return self._set("pause", n, "running", "paused")
 
     def resume(self, n: str) -> int:
-        return self._set(n, "paused", "running")
+        return self._set("resume", n, "paused", "running")
+
+    def compact(self, n: str) -> dict[str, Any]:
+        self.calls.append(("compact", n))
+        return {"started": True}
+
+    def transfer(self, to: str) -> str:
+        self.calls.append(("transfer", to))
+        return "n1"
 
     def apply_faults(self, state: FaultState) -> list[str]:
         self.faults = state
@@ -88,62 +98,86 @@ class FakeCluster:
         return sum(1 for p in self.proc.values() if p != "running")
 
 
-def _nemesis(fake: FakeCluster, kinds: str, seed: int) -> tuple[Nemesis, EventLog]:
-    log = EventLog(lambda: 0.0)
-    return Nemesis(fake, parse_kinds(kinds), random.Random(seed), log), log
+def _steps(n: int, mix: str, seed: int, leader: str = "n1") -> list[Step]:
+    nodes = [f"n{i + 1}" for i in range(n)]
+    return plan(seed, nodes, parse_mix(mix), lambda t: View(leader, "n2"), 60.0)
 
 
 @pytest.mark.parametrize("n", [3, 5])
-def test_nemesis_never_takes_down_a_majority(n: int) -> None:
-    """Without the majority kind, killed plus paused nodes stay a minority."""
+def test_every_fault_is_healed_before_the_next(n: int) -> None:
+    """Each step's heal brings back its nodes and clears its links, so the
+    next fault starts from a whole cluster; no action fails on the way."""
     fake = FakeCluster(n)
-    nem, log = _nemesis(fake, "kill,pause,partition,netem", seed=n)
-    worst = 0
-    for i in range(400):
-        nem.step(leader=fake.ids[i % n])
-        worst = max(worst, fake.down())
-    assert worst == (n - 1) // 2
-    assert not [e for e in log.events if e.error]
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    for step in _steps(n, "all", seed=n):
+        w = nem.inject(step)
+        nem.heal(step, w)
+        assert fake.down() == 0, step
+        assert fake.faults.is_clear(), step
+        assert w.end_s is not None and w.error is None, w
+    assert not [e for e in nem.log.events if e.error]
 
 
-def test_majority_nemesis_kills_a_majority_then_restarts_it() -> None:
-    """The majority kind kills more than half the nodes, and its repair restarts them."""
+def test_kill_all_kills_every_node_and_its_heal_restarts_them() -> None:
+    """kill-all takes the whole cluster down; the heal starts every node."""
     fake = FakeCluster(5)
-    nem, _ = _nemesis(fake, "majority", seed=1)
-    nem.step(leader="n2")
-    assert fake.down() == 3 and fake.proc["n2"] == "down"
-    nem.step(leader=None)
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    step = next(s for s in _steps(5, "kill-all", seed=1))
+    w = nem.inject(step)
+    assert fake.down() == 5 and w.hit_leader
+    nem.heal(step, w)
     assert fake.down() == 0
+    assert sorted(n for c, n in fake.calls if c == "start") == fake.ids
 
 
-def test_same_seed_gives_the_same_schedule() -> None:
-    """A seed replays the same faults on the same targets."""
-    runs = []
-    for _ in range(2):
-        fake = FakeCluster(5)
-        nem, log = _nemesis(fake, "all", seed=42)
-        for i in range(60):
-            nem.step(leader=f"n{i % 5 + 1}")
-        runs.append([e.detail for e in log.events])
-    assert runs[0] == runs[1]
-    assert any("killed" in d for d in runs[0]) and any("paused" in d for d in runs[0])
-
-
-def test_heal_leaves_every_node_running_and_every_link_up() -> None:
-    """After any schedule, heal resumes, restarts and clears everything."""
+def test_snapshot_kill_compacts_then_kills() -> None:
+    """The node is asked to compact its log and killed right after."""
     fake = FakeCluster(3)
-    nem, _ = _nemesis(fake, "all", seed=7)
-    for i in range(25):
-        nem.step(leader=f"n{i % 3 + 1}")
-    assert nem.heal() == []
-    assert fake.down() == 0
-    assert fake.faults.is_clear()
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    step = _steps(3, "snapshot-kill", seed=2)[0]
+    nem.inject(step)
+    (node,) = step.targets
+    assert fake.calls[:2] == [("compact", node), ("kill", node)]
 
 
-def test_unknown_nemesis_is_refused() -> None:
-    """`--nemesis` names only known kinds."""
-    with pytest.raises(ValueError, match="unknown nemesis fire"):
-        parse_kinds("kill,fire")
+def test_transfer_hands_leadership_to_the_successor() -> None:
+    """A transfer aimed at the successor asks the leader to hand over to it."""
+    fake = FakeCluster(3)
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    step = next(s for s in _steps(3, "transfer", seed=4) if s.spec == "successor")
+    w = nem.inject(step)
+    assert step.targets == ("n1", "n2") and fake.calls == [("transfer", "n2")]
+    assert w.hit_leader
+
+
+def test_heal_all_brings_back_what_a_failed_heal_left_down() -> None:
+    """A restart that fails is recorded; the final heal starts the node."""
+    fake = FakeCluster(3)
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    step = next(s for s in _steps(3, "kill", seed=5))
+    w = nem.inject(step)
+    fake.fail = {"start"}
+    assert nem.heal(step, w)
+    assert fake.down() == len(step.targets)
+    fake.fail = set()
+    assert nem.heal_all() == []
+    assert fake.down() == 0 and fake.faults.is_clear()
+
+
+def test_link_faults_reach_the_cluster_as_one_fault_state() -> None:
+    """A partition blocks its links and a netem step sets rates; heals clear both."""
+    fake = FakeCluster(5)
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    for kind in ("partition", "netem"):
+        step = _steps(5, kind, seed=6)[0]
+        w = nem.inject(step)
+        if kind == "partition":
+            assert fake.faults.blocked_set() == set(step.links) and step.links
+        else:
+            assert set(fake.faults.netem) == {f"{a}>{b}" for a, b in step.links}
+        assert fake.faults.description == [step.label]
+        nem.heal(step, w)
+        assert fake.faults.is_clear()
 
 
 # --- the verdict, on planted records ------------------------------------------------------
@@ -158,7 +192,7 @@ def _op(client: str, kind: str, key: str, value: str | None, inv: int, comp: int
 def _record(ops: list[OpRecord], digests: list[DigestSample] | None = None,
             recovery_s: float | None = 0.5) -> RunRecord:
     final = {n: DigestSample(t=9.0, node=n, applied=40, digest="same") for n in ("n1", "n2")}
-    return RunRecord(seed=1, duration_s=1.0, interval_s=1.0, nemeses=["kill"], clients=2,
+    return RunRecord(seed=1, duration_s=1.0, interval_s=1.0, nemesis={"kill": 1.0}, clients=2,
                      keys=["k"], nodes=["n1", "n2"], recovery_bound_s=2.0, ops=ops,
                      digests=digests or [], final_digests=final, converged=True,
                      recovery_s=recovery_s)
@@ -189,7 +223,7 @@ def test_judge_reports_a_lost_acknowledged_write() -> None:
            _op(FINAL_CLIENT, "read", "k", "a", 5, 6)]
     v = judge(_record(ops))
     assert not v.ok
-    lost = [x.message for x in v.violations if x.check == ACKED_WRITES]
+    lost = [x.detail for x in v.violations if x.check == ACKED_WRITES]
     assert lost and "'b'" in lost[0] and "lost" in lost[0]
     assert any(x.check == LINEARIZABLE for x in v.violations)
 
@@ -209,7 +243,7 @@ def test_judge_reports_two_cas_from_the_same_value() -> None:
            _op("c2", CAS, "k", "c", 5, 6, expected="a"),
            _op(FINAL_CLIENT, "read", "k", "c", 7, 8)]
     v = judge(_record(ops))
-    assert any("both succeeded" in x.message for x in v.violations)
+    assert any("both succeeded" in x.detail for x in v.violations)
 
 
 def test_judge_reports_differing_digests_at_one_index() -> None:
@@ -218,8 +252,8 @@ def test_judge_reports_differing_digests_at_one_index() -> None:
                DigestSample(t=1.2, node="n2", applied=7, digest="bbb"),
                DigestSample(t=1.3, node="n2", applied=8, digest="ccc")]
     v = judge(_record(_clean_ops(), digests))
-    assert [x.check for x in v.violations] == [REPLICAS]
-    assert "applied index 7" in v.violations[0].message
+    assert [x.check for x in v.violations] == [APPLIED_STATE]
+    assert "applied index 7" in v.violations[0].detail
 
 
 def test_judge_reports_slow_recovery() -> None:
@@ -252,14 +286,36 @@ def test_chaos_run_needs_a_running_cluster(tmp_path: Path) -> None:
 def test_short_chaos_run_with_every_nemesis_is_clean(cluster3: TestCluster) -> None:
     """Nine seconds of every nemesis on three nodes over UDP with the faults
     in the transport: faults happen, clients get answers, the verdict is clean."""
-    code, rep = chaos_run(cluster3, "--duration", "9s", "--interval", "1s", "--nemesis", "all",
-                       "--seed", "3", "--recovery-timeout", "15s")
+    code, rep = chaos_run(cluster3, "--duration", "9s", "--interval", "1s", "--nemesis",
+                          "kill,pause,partition,netem", "--seed", "3", "--recovery-timeout", "15s")
     assert code == 0, rep["verdict"]
     assert rep["verdict"]["ok"]
     kinds = {e["kind"] for e in rep["events"] if not e.get("error")}
-    assert len(kinds & {"kill", "pause", "partition", "netem"}) >= 2, kinds
+    assert kinds >= {"kill", "pause", "partition", "netem"}, kinds
     assert rep["operations"]["write"]["ok"] > 20
     assert rep["recovery_s"] is not None
+
+
+@pytest.mark.parametrize("transport", ["udp"])
+def test_a_short_run_writes_its_page_and_history(cluster3: TestCluster, tmp_path: Path) -> None:
+    """Four seconds against real nodes end in one directory holding the
+    record, the verdict, report.html (a lane per node, a band per fault)
+    and the history as JSON lines and EDN; `chaos report` judges it alike."""
+    out = tmp_path / "out"
+    code, rep = chaos_run(cluster3, "--duration", "4s", "--interval", "1s", "--nemesis",
+                          "isolate,kill", "--seed", "11", "--out", str(out))
+    assert code == 0, rep["verdict"]
+    assert rep["out_dir"] == str(out)
+    page = (out / "report.html").read_text()
+    assert page.count('class="lane"') == 3
+    assert page.count('class="fault-band ') == len(rep["fault_windows"]) == 2
+    ops = sum(sum(c.values()) for c in rep["operations"].values())
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * ops + 2 * len(rep["fault_windows"])
+    assert len((out / "history.edn").read_text().splitlines()) == len(lines)
+    again = CliRunner().invoke(chaos_cmd.chaos, ["report", "--json", str(out)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["verdict"] == rep["verdict"]
 
 
 class _Liar:

@@ -167,7 +167,7 @@ def test_dead_elections_are_a_liveness_violation(monkeypatch: pytest.MonkeyPatch
     """If no node ever campaigns, the run fails the liveness bound."""
     monkeypatch.setattr(RaftCore, "_hup", lambda self, transfer: None)
     r = Simulation(0, faults=frozenset(), ticks=20, liveness_ticks=40).run()
-    assert [v.prop for v in r.violations] == [LIVENESS]
+    assert [v.check for v in r.violations] == [LIVENESS]
 
 
 def test_an_exception_in_the_core_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,7 +177,7 @@ def test_an_exception_in_the_core_is_reported(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(RaftLog, "commit_to", broken)
     r = Simulation(0, faults=frozenset(), ticks=100).run()
-    assert r.violations[0].prop == CORE_ERROR and "planted" in r.violations[0].detail
+    assert r.violations[0].check == CORE_ERROR and "planted" in r.violations[0].detail
 
 
 # --- the command line ---------------------------------------------------------

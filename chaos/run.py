@@ -1,0 +1,197 @@
+"""One live nemesis run: start from a whole cluster, run a workload while
+the schedule's faults come and go, heal, wait for recovery, and hand back
+the record that `chaos.report.judge` decides on. Handed a cluster-like
+object and a client factory; it never imports the CLI or the supervisor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chaos.faults import FaultState
+from chaos.linearizability import OK, READ, WRITE
+from chaos.monitor import Monitor
+from chaos.nemesis import ChaosError, ClusterLike, EventLog, Nemesis
+from chaos.record import FINAL_CLIENT, RECOVERY_CLIENT, DigestSample, FaultEvent, RunRecord
+from chaos.schedule import DEFAULT_MIX, NEMESIS_INTERVAL_S, Schedule, parse_mix
+from chaos.workload import (
+    DEFAULT_WORKLOAD,
+    WORKLOADS,
+    ClientFactory,
+    History,
+    KVClient,
+    WorkloadSpec,
+    run_op,
+)
+from node.config import CHAOS_CLIENT_OPS_PER_S, CHAOS_OP_TIMEOUT_MS, CHAOS_STATUS_TIMEOUT_MS
+
+
+@dataclass
+class ChaosOptions:
+    duration_s: float = 60.0
+    interval_s: float = NEMESIS_INTERVAL_S  # a fault lasts this long, then as long of quiet
+    mix: dict[str, float] = field(default_factory=lambda: parse_mix(DEFAULT_MIX))
+    workload: str = DEFAULT_WORKLOAD
+    seed: int = 0
+    clients: int = 4
+    keys: int = 5
+    recovery_timeout_s: float = 10.0
+    rate: float = CHAOS_CLIENT_OPS_PER_S  # per client; 0: as fast as answers come
+    key_prefix: str = "chaos"
+
+
+def _first_leader(cluster: ClusterLike, timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for s in cluster.status(timeout_s=CHAOS_STATUS_TIMEOUT_MS / 1000.0):
+            if s.status is not None and s.status.get("role") == "leader":
+                return s.id
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)  # polling cadence
+
+
+def _prepare(cluster: ClusterLike, log: EventLog, timeout_s: float) -> None:
+    """Start from a whole cluster: no link faults, every node running."""
+    cluster.apply_faults(FaultState())
+    for s in cluster.status(timeout_s=CHAOS_STATUS_TIMEOUT_MS / 1000.0):
+        if s.process == "down":
+            cluster.start(s.id)
+            log.add("setup", f"{s.id} was down: started", [s.id])
+        elif s.process == "paused":
+            cluster.resume(s.id)
+            log.add("setup", f"{s.id} was paused: resumed", [s.id])
+    lead = _first_leader(cluster, timeout_s)
+    if lead is None:
+        raise ChaosError(f"the cluster has no leader after {timeout_s:g}s; "
+                         "the run needs a working cluster to start from")
+    log.add("setup", f"links healed, all nodes running, {lead} leads", [lead])
+
+
+def _until(deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left > 0:
+        time.sleep(left)  # the schedule's clock, not a synchronisation
+
+
+def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
+              on_event: Callable[[FaultEvent], None] | None = None) -> RunRecord:
+    """One nemesis run; returns what it recorded (`chaos.report.judge` it).
+    Raises ChaosError if the cluster is not in a state to start from or the
+    options cannot be run on it. Ctrl-C ends the fault phase early; healing,
+    recovery and the record still follow."""
+    nodes = cluster.node_ids()
+    try:
+        schedule = Schedule(opts.seed, nodes, opts.mix, opts.interval_s)
+    except ValueError as e:
+        raise ChaosError(str(e)) from None
+    make_workload = WORKLOADS.get(opts.workload)
+    if make_workload is None:
+        raise ChaosError(f"unknown workload {opts.workload}; choose from "
+                         f"{', '.join(WORKLOADS)}")
+    history = History()
+    log = EventLog(history.now_s, on_event)
+    keys = [f"{opts.key_prefix}/k{i}" for i in range(opts.keys)]
+    rec = RunRecord(seed=opts.seed, duration_s=opts.duration_s, interval_s=opts.interval_s,
+                    nemesis=dict(opts.mix), workload=opts.workload, clients=opts.clients,
+                    keys=keys, nodes=nodes, recovery_bound_s=opts.recovery_timeout_s,
+                    notes=list(schedule.notes))
+    for note in schedule.notes:
+        log.add("skip", note)
+    _prepare(cluster, log, opts.recovery_timeout_s)
+
+    monitor = Monitor(cluster, log)
+    nemesis = Nemesis(cluster, log)
+    workload = make_workload(WorkloadSpec(factory, history, keys, opts.clients, opts.seed,
+                                          opts.rate))
+    monitor.start()
+    workload.start()
+    start = history.t0
+    failed: list[str] = []
+    try:
+        while (t := schedule.next_time()) < opts.duration_s:
+            _until(start + t)
+            step = schedule.next(monitor.view())
+            window = nemesis.inject(step)
+            _until(start + min(step.heal_s, opts.duration_s))
+            failed += nemesis.heal(step, window)
+        _until(start + opts.duration_s)
+    except KeyboardInterrupt:
+        # Ctrl-C ends the fault phase early; healing and the verdict still run.
+        log.add("stop", "interrupted: the fault phase ended early")
+    finally:
+        if not workload.stop(CHAOS_OP_TIMEOUT_MS / 1000.0 + 5.0):
+            rec.problems.append("a client was still running after the run; its last "
+                                "operation is missing from the history")
+        rec.problems += workload.errors
+        log.add("stop", f"clients stopped ({len(history.ops)} operations)")
+        failed += nemesis.heal_all()
+    rec.problems += [f"heal failed: {f}" for f in failed]
+    rec.healed_s = round(history.now_s(), 3)
+    _recover(factory, history, log, monitor, rec, opts)
+    monitor.stop()
+    rec.durable = monitor.durable
+    rec.faults = nemesis.windows
+    rec.events = log.events
+    rec.samples = monitor.samples
+    rec.digests = monitor.digests
+    rec.ops = sorted(history.ops, key=lambda o: o.invoke)
+    return rec
+
+
+def _recover(factory: ClientFactory, history: History, log: EventLog, monitor: Monitor,
+             rec: RunRecord, opts: ChaosOptions) -> None:
+    """After healing: the first acknowledged write (availability), the final
+    linearizable read of every key, and every node at one applied index."""
+    healed = time.monotonic()
+    bound = opts.recovery_timeout_s
+    cl: KVClient | None = None
+    try:
+        cl = factory()
+        n = 0
+        while time.monotonic() - healed < bound:
+            n += 1
+            op = run_op(cl, history, RECOVERY_CLIENT, WRITE, f"{opts.key_prefix}/recovery",
+                        f"{RECOVERY_CLIENT}-{n}")
+            if op.outcome == OK:
+                rec.recovery_s = round(time.monotonic() - healed, 3)
+                log.add("recovered", f"a write was acknowledged {rec.recovery_s:.2f}s "
+                        "after healing")
+                break
+        # Final reads get their own bound: recovery may have used all of its.
+        deadline = time.monotonic() + bound
+        for key in rec.keys:
+            while True:
+                op = run_op(cl, history, FINAL_CLIENT, READ, key)
+                if op.outcome == OK or time.monotonic() >= deadline:
+                    break
+    except Exception as e:  # a client that cannot even be made: recorded, judged
+        rec.problems.append(f"recovery client failed: {type(e).__name__}: {e}")
+    finally:
+        if cl is not None:
+            cl.close()
+    rec.converged, rec.final_digests = _converge(monitor, rec.nodes, bound)
+    if rec.converged:
+        idx = next(iter(rec.final_digests.values())).applied
+        log.add("converged", f"all nodes applied index {idx}")
+
+
+def _converge(monitor: Monitor, nodes: list[str],
+              timeout_s: float) -> tuple[bool, dict[str, DigestSample]]:
+    """Wait until every node reports the same applied index (no client
+    writes any more, so they must get there); the digests taken then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        monitor.poll(with_digests=False)
+        last: dict[str, DigestSample] = {}
+        for n in nodes:
+            d = monitor.digest(n)
+            if d is not None:
+                last[n] = d
+        if len(last) == len(nodes) and len({d.applied for d in last.values()}) == 1:
+            return True, last
+        if time.monotonic() >= deadline:
+            return False, last
+        time.sleep(0.1)  # polling cadence
