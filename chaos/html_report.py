@@ -14,10 +14,10 @@ from pathlib import Path
 
 from chaos.invariants import Violation
 from chaos.linearizability import OK, UNKNOWN
+from chaos.monitor import CHAOS_STATUS_POLL_MS
 from chaos.record import FaultWindow, RunRecord
 from chaos.report import MEANS, MISMATCH, ROWS, Verdict, bucket, fault_counts, outcome_counts
 from chaos.workload import CAS, OpRecord
-from node.config import CHAOS_STATUS_POLL_MS
 
 REPORT_FILE = "report.html"
 

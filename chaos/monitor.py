@@ -13,7 +13,11 @@ from chaos.invariants import RaftInvariants, Violation
 from chaos.nemesis import ClusterLike, EventLog
 from chaos.record import DigestSample, NodeSample, StatusSample, observe_sample
 from chaos.schedule import View
-from node.config import CHAOS_DIGEST_EVERY_POLLS, CHAOS_STATUS_POLL_MS, CHAOS_STATUS_TIMEOUT_MS
+
+# How the nodes are watched during a run.
+CHAOS_STATUS_POLL_MS = 250  # every node's status is sampled this often
+CHAOS_STATUS_TIMEOUT_MS = 300  # a node that has not answered a status request by then is "?"
+CHAOS_DIGEST_EVERY_POLLS = 2  # state-machine digests are taken every this many status polls
 
 
 def node_sample(process: str, st: dict[str, Any] | None) -> NodeSample:

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from chaos.faults import FaultState
 from chaos.linearizability import OK, READ, WRITE
-from chaos.monitor import Monitor
+from chaos.monitor import CHAOS_STATUS_TIMEOUT_MS, Monitor
 from chaos.nemesis import ChaosError, ClusterLike, EventLog, Nemesis
 from chaos.record import FINAL_CLIENT, RECOVERY_CLIENT, DigestSample, FaultEvent, RunRecord
 from chaos.schedule import DEFAULT_MIX, NEMESIS_INTERVAL_S, Schedule, parse_mix
 from chaos.workload import (
+    CHAOS_CLIENT_OPS_PER_S,
+    CHAOS_OP_TIMEOUT_MS,
     DEFAULT_WORKLOAD,
     WORKLOADS,
     ClientFactory,
@@ -25,7 +27,6 @@ from chaos.workload import (
     WorkloadSpec,
     run_op,
 )
-from node.config import CHAOS_CLIENT_OPS_PER_S, CHAOS_OP_TIMEOUT_MS, CHAOS_STATUS_TIMEOUT_MS
 
 
 @dataclass

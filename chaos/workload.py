@@ -18,6 +18,11 @@ import msgspec
 from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
 from node.client import ClientError, OutcomeUnknown, Unavailable, WriteResult
 
+# The workload's clients.
+CHAOS_OP_TIMEOUT_MS = 3_000  # a workload operation gives up (unknown or failed) after this
+CHAOS_ATTEMPT_TIMEOUT_MS = 500  # one node gets this long to answer before the next is tried
+CHAOS_CLIENT_OPS_PER_S = 20.0  # each workload client starts at most this many operations a second
+
 CAS = "cas"
 # A failed compare-and-set that reports the value it found (node/state/kv.py).
 CAS_FAILED = "cas_failed"

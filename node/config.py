@@ -307,13 +307,3 @@ WAL_SEGMENT_BYTES = 64 * 1024 * 1024
 def node_dir(run_dir: Path, node_id: str) -> Path:
     """Where one node keeps its data, log file and link rules."""
     return run_dir / "nodes" / node_id
-
-
-
-# Nemesis runs against real processes (chaos/nemesis.py, `raftctl chaos run`).
-CHAOS_OP_TIMEOUT_MS = 3_000  # a workload operation gives up (unknown or failed) after this
-CHAOS_ATTEMPT_TIMEOUT_MS = 500  # one node gets this long to answer before the next is tried
-CHAOS_STATUS_POLL_MS = 250  # every node's status is sampled this often
-CHAOS_STATUS_TIMEOUT_MS = 300  # a node that has not answered a status request by then is "?"
-CHAOS_DIGEST_EVERY_POLLS = 2  # state-machine digests are taken every this many status polls
-CHAOS_CLIENT_OPS_PER_S = 20.0  # each workload client starts at most this many operations a second

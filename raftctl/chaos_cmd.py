@@ -35,9 +35,16 @@ from chaos.report import (
 )
 from chaos.run import ChaosOptions, run_chaos
 from chaos.schedule import DEFAULT_MIX, KINDS, NEMESIS_INTERVAL_S, parse_mix
-from chaos.workload import DEFAULT_WORKLOAD, WORKLOADS, ClientFactory, KVClient
+from chaos.workload import (
+    CHAOS_ATTEMPT_TIMEOUT_MS,
+    CHAOS_CLIENT_OPS_PER_S,
+    CHAOS_OP_TIMEOUT_MS,
+    DEFAULT_WORKLOAD,
+    WORKLOADS,
+    ClientFactory,
+    KVClient,
+)
 from node.client import Client
-from node.config import CHAOS_ATTEMPT_TIMEOUT_MS, CHAOS_CLIENT_OPS_PER_S, CHAOS_OP_TIMEOUT_MS
 from raftctl import render
 from raftctl.cluster import Cluster, ClusterError
 from raftctl.exits import CliError, Exit, from_cluster_error

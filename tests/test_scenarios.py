@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Network, small_config
 
 from node.errors import NotLeader, ProposalDropped
 from node.raft.messages import Beat, Hup
+from tests.harness import Network, small_config
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
