@@ -8,7 +8,7 @@ import functools
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,11 @@ def wait_until(cond: Callable[[], T | None], timeout_s: float, what: str,
             return last
         time.sleep(interval_s)  # polling cadence; the condition is what we wait for
     pytest.fail(f"timed out after {timeout_s:.1f}s waiting for: {what} (last: {last!r})")
+
+
+def at_least(items: Sized, n: int) -> Callable[[], bool]:
+    """A condition for `wait_until`: `items` holds at least `n` things."""
+    return lambda: len(items) >= n
 
 
 class TestCluster(Cluster):

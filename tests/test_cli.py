@@ -118,7 +118,7 @@ def test_operators_day(cli: Cli, transport: str) -> None:
     cli("start", old)
     def caught_up() -> bool:
         s = cli.status()
-        return s[old]["state"] == "follower" and s[old]["applied"] == s[new]["commit"]
+        return bool(s[old]["state"] == "follower" and s[old]["applied"] == s[new]["commit"])
     wait_until(caught_up, 15, f"{old} rejoined and caught up")
     assert cli("get", "colour", "--stale", "--node", old).stdout.strip() == "green"
 

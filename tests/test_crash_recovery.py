@@ -3,6 +3,7 @@ comes back with every write it acknowledged (fsync = always)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -14,7 +15,7 @@ import pytest
 from node.client import ClientError
 from node.config import WAL_SEGMENT_BYTES
 from node.storage.wal import HEADER_BYTES, Wal
-from tests.procs import TestCluster, make_cluster, wait_until
+from tests.procs import TestCluster, at_least, make_cluster, wait_until
 
 ROUNDS = 20
 
@@ -61,7 +62,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(single: TestCluster) -> 
         t.start()
         target = rng.randint(1, 80)
         try:
-            wait_until(lambda n=target, done=this_round: len(done) >= n, 20.0,
+            wait_until(at_least(this_round, target), 20.0,
                        f"round {rnd}: {target} writes acknowledged")
             single.kill("n1")
         finally:
@@ -112,5 +113,9 @@ def test_compaction_triggers_on_bytes_as_well_as_entries(tmp_path: Path) -> None
         with c.client() as cl:
             for i in range(60):
                 assert cl.put(f"k{i}", b"x" * 1000).ok
-        wait_until(lambda c=c: (c.statuses().get("n1") or {}).get("snapshot_index", 0) > 0, 10.0,
+        wait_until(functools.partial(_snapshotted, c, "n1"), 10.0,
                    "a snapshot after 60 KB of commands")
+
+
+def _snapshotted(c: TestCluster, node: str) -> bool:
+    return bool((c.statuses().get(node) or {}).get("snapshot_index", 0) > 0)

@@ -4,6 +4,7 @@ load, and a follower that lost its data directory."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import threading
@@ -22,7 +23,7 @@ from node.raft.messages import EntryKind
 from node.state.kv import KVStore
 from node.storage import FileStorage
 from node.transport.zmq import make_client_socket
-from tests.procs import TestCluster, make_cluster, wait_until
+from tests.procs import TestCluster, at_least, make_cluster, wait_until
 
 _enc = msgspec.msgpack.Encoder()
 
@@ -110,7 +111,7 @@ def test_retried_writes_apply_once_among_thousands_of_short_lived_clients(
     made = Counter[str]()
 
     def short_lived(k: int) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         while not stop.is_set() and made["clients"] < 2_000:
             made["clients"] += 1
             n = made["clients"]
@@ -149,9 +150,8 @@ def test_retried_writes_apply_once_among_thousands_of_short_lived_clients(
             if seq % 10 == 0:
                 # A retry after a lost answer, sent once 200 newcomers (100 of
                 # them leaving their sessions open) may have evicted this one.
-                made_then = made["clients"]
-                wait_until(lambda m=made_then: made["clients"] >= min(2_000, m + 200), 30.0,
-                           "200 more short-lived clients")
+                wait_until(functools.partial(_made, made, min(2_000, made["clients"] + 200)),
+                           30.0, "200 more short-lived clients")
             again = raw.ask(req)
             assert again, "no answer to a retry"
             if again[0].get("error") == "session_expired":
@@ -177,6 +177,10 @@ def test_retried_writes_apply_once_among_thousands_of_short_lived_clients(
         mine = [k for k, times in carried.items() if times >= 2]
         assert mine, f"{n}'s WAL holds no write twice: the retries were not exercised"
         assert kv.applied_index >= commit - 1
+
+
+def _made(made: Counter[str], n: int) -> bool:
+    return made["clients"] >= n
 
 
 def _same_everywhere(c: TestCluster, key: str) -> bytes | None:
@@ -223,7 +227,7 @@ def test_sigterm_to_the_leader_under_load_loses_and_repeats_nothing(plain: TestC
     try:
         for _ in range(5):
             before = len(acked)
-            wait_until(lambda b=before: len(acked) >= b + 20, 20.0, "writes acknowledged")
+            wait_until(at_least(acked, before + 20), 20.0, "writes acknowledged")
             lead = c.wait_for_leader(10.0)
             c.stop(lead)
             stopping = [json.loads(x) for x in c.log_path(lead).read_text().splitlines()

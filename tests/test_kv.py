@@ -30,7 +30,6 @@ from node.state.kv import (
     Op,
     Put,
     RegisterSession,
-    Result,
     Write,
     decode_command,
     decode_image,
@@ -38,6 +37,7 @@ from node.state.kv import (
     encode_image,
     encode_op,
 )
+from node.state.sessions import Result
 
 
 class _Feeder:

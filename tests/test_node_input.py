@@ -145,7 +145,7 @@ def test_socket_with_another_key_gets_nothing(cluster3: TestCluster) -> None:
     spec = c.config().node(node)
     cluster_keys = c.keys()
     intruder = generate_keys()
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     addrs = [spec.client_addr(), spec.control_addr()]
     if c.config().transport == "zmq":
         addrs.append(spec.peer_addr())

@@ -67,6 +67,7 @@ def test_follower_answers_not_leader_with_hint(cluster3: TestCluster) -> None:
     """A follower answers a linearizable read with not_leader and the leader's address."""
     lead = cluster3.leader()
     follower = next(n for n in cluster3.node_ids() if n != lead)
+    assert lead is not None
     with cluster3.client() as cl:
         r = cl.ping(follower)
         assert r.leader == lead

@@ -3,6 +3,8 @@ durable first, and which messages may go before it is (node/raft/ready.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from node.raft.messages import (
@@ -22,7 +24,7 @@ from node.raft.messages import (
 )
 from node.raft.ready import Ready, may_send_early
 
-_H = {"term": 3, "src": "n1", "dst": "n2"}
+_H: dict[str, Any] = {"term": 3, "src": "n1", "dst": "n2"}
 
 PROMISES: list[PeerMessage] = [
     RequestVote(**_H, last_index=1, last_term=1),

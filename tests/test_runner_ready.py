@@ -64,7 +64,7 @@ def runner(tmp_path: Path) -> Iterator[tuple[NodeRunner, list[str]]]:
     journal: list[str] = []
     storage: FileStorage = r.storage
     r.storage = _Recorder(journal, storage, "disk")  # type: ignore[assignment]  # a recorder
-    r.transport = _Recorder(journal, r.transport, "net")  # type: ignore[assignment]  # a recorder
+    r.transport = _Recorder(journal, r.transport, "net")
     try:
         yield r, journal
     finally:

@@ -40,6 +40,9 @@ from node.raft.snapshots import Snapshots
 from node.storage import Storage
 
 
+__all__ = ["RaftCore", "Role"]
+
+
 class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
     """One Raft node's protocol state. Not thread-safe; one caller drives it."""
 
