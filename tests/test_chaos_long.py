@@ -15,6 +15,9 @@ from chaos.schedule import KINDS
 from raftctl import netns
 from tests.procs import TestCluster, chaos_run, make_cluster, make_kernel_cluster
 
+# Two 60 s runs: a soak, run by its own step of .ci/run (`pytest -m soak`).
+pytestmark = pytest.mark.soak
+
 RUN_S = 60
 # A majorities ring needs 5 nodes; these clusters have 3.
 EXPECTED = set(KINDS) - {"ring"}
