@@ -28,6 +28,8 @@ class SimNetwork:
         self._blocked: Counter[tuple[str, str]] = Counter()
         self._last_at: dict[tuple[str, str], int] = {}
         self.loss = 0.0
+        # Loss on one link (src, dst), on top of `loss`.
+        self.link_loss: dict[tuple[str, str], float] = {}
         self.duplicate = 0.0
         self.jitter_ticks = 0
         self.slow_ticks: dict[str, int] = {}
@@ -53,12 +55,31 @@ class SimNetwork:
     def heal(self) -> None:
         """Every link up, no loss, duplication, delay or reordering."""
         self._blocked.clear()
+        self.link_loss.clear()
         self.loss = self.duplicate = 0.0
         self.jitter_ticks = 0
         self.slow_ticks.clear()
 
     def blocked(self, a: str, b: str) -> bool:
         return (a, b) in self._blocked
+
+    def set_link(self, a: str, b: str, loss: float) -> None:
+        """Make the link from `a` to `b` lose exactly this fraction (1: cut
+        one way), whatever faults it had."""
+        del self._blocked[(a, b)]
+        self.link_loss.pop((a, b), None)
+        if loss >= 1.0:
+            self._blocked[(a, b)] = 1
+        elif loss > 0.0:
+            self.link_loss[(a, b)] = loss
+
+    def lost(self, a: str, b: str) -> bool:
+        """Whether a message from `a` to `b` is lost now: the link is blocked,
+        or its own loss rate says so (the test harness delivers through this)."""
+        if (a, b) in self._blocked:
+            return True
+        prob = self.link_loss.get((a, b), 0.0)
+        return prob > 0 and self._rng.random() < prob
 
     def send(self, now: int, m: PeerMessage) -> str | None:
         """Queue `m` for delivery a tick or two from `now`; the reason it was

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from chaos.sim_network import SimNetwork
 from node.config import CoreConfig
 from node.raft.core import RaftCore, Role
 from node.raft.messages import (
@@ -32,11 +33,12 @@ from node.raft.messages import (
     PeerMessage,
     RequestVote,
     RequestVoteResponse,
+    Snapshot,
     SnapshotMeta,
     TimeoutNow,
 )
 from node.raft.progress import Progress
-from node.raft.ready import ReadState, Ready
+from node.raft.ready import ReadState, Ready, Step, handle_ready
 from node.storage import MemoryStorage
 
 MsgFilter = Callable[[PeerMessage], bool]
@@ -184,7 +186,9 @@ class Network:
         self.sent: list[PeerMessage] = []
         self.dropped: list[PeerMessage] = []
         self.lines: list[str] = []
-        self._drops: dict[tuple[str, str], float] = {}
+        # Link faults: the simulator's network model (chaos/sim_network.py);
+        # delivery here stays etcd-style, a queue stepped until quiet.
+        self.links = SimNetwork(self.rng)
         self._filters: list[MsgFilter] = []
         self._leader_of_term: dict[int, str] = {}
         self._applied_at: dict[int, tuple[int, EntryKind, bytes]] = {}
@@ -228,56 +232,23 @@ class Network:
     # --- Ready handling -------------------------------------------------------
 
     def process(self, nid: str) -> Ready | None:
-        """Handle one Ready of `nid` as `node/raft/ready.py` says, then advance."""
+        """Handle one Ready of `nid` with `handle_ready`, the routine the
+        runner and the simulator use (node/raft/ready.py)."""
         node = self.nodes[nid]
         c = node.core
         if c is None or not c.has_ready():
             return None
-        rd = c.ready()
         node.readies += 1
-        st = node.storage
-        # 1. persist snapshot, entries, hard state
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-        st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-        st.sync()
-        self._check_persisted(nid, rd)
-        for name, kw in rd.events:
-            node.events.append((name, kw))
-            self.lines.append(fmt_event(nid, c.term, name, kw))
-            if name == "became_leader":
-                first = self._leader_of_term.setdefault(c.term, nid)
-                assert first == nid, f"election safety: {first} and {nid} lead term {c.term}"
-        # 2. send
-        for m in rd.messages:
-            self.lines.append(fmt_msg(m))
-        self.queue.extend(rd.messages)
-        self.sent.extend(rd.messages)
-        # 3. restore, then apply
-        if rd.snapshot is not None:
-            node.applied = _SM_DECODER.decode(rd.snapshot.data) if rd.snapshot.data else []
-            node.applied_index = rd.snapshot.meta.index
-        if rd.committed_entries:
-            self._apply(node, rd.committed_entries)
-        # 4. reads, once applied
-        node.reads_waiting.extend(rd.read_states)
-        for ctx in rd.dropped_reads:
-            node.reads_dropped.append(ctx)
-            self.lines.append(f"{nid} read_dropped ctx={_fmt_value(ctx)}")
-        self._serve_reads(node)
-        c.advance(rd)
-        return rd
+        return handle_ready(c, _HarnessReady(self, node))
 
-    def _check_persisted(self, nid: str, rd: Ready) -> None:
+    def _check_sendable(self, nid: str, msgs: Sequence[PeerMessage]) -> None:
         """Persist before send (§5.1): what a message promises is on disk.
         A stored higher term also keeps an older term's promise: the node can
         never act in that term again."""
         st = self.nodes[nid].storage.initial_state()
         last = st.snapshot.index + len(st.entries)
         stored_term = st.hard_state.term
-        for m in rd.messages:
+        for m in msgs:
             assert m.term <= stored_term or (isinstance(m, RequestVote) and m.prevote) or (
                 isinstance(m, RequestVoteResponse) and m.prevote
             ), f"{nid} sent {fmt_msg(m)} before persisting term {m.term}"
@@ -289,10 +260,12 @@ class Network:
                     f"stored {st.hard_state}")
             if isinstance(m, AppendEntriesResponse) and m.success:
                 assert m.index <= last, f"{nid} acked {m.index} but stored up to {last}"
-        for e in rd.committed_entries:
-            assert e.index <= last, f"{nid} applies {e.index} before storing it"
 
-    def _apply(self, node: Node, entries: list[Entry]) -> None:
+    def _apply(self, node: Node, entries: Sequence[Entry]) -> None:
+        st = node.storage.initial_state()
+        stored = st.snapshot.index + len(st.entries)
+        assert entries[-1].index <= stored, (
+            f"{node.id} applies {entries[-1].index} before storing it")
         assert entries[0].index == node.applied_index + 1, (
             f"{node.id} applies {entries[0].index} after {node.applied_index}")
         for e in entries:
@@ -328,8 +301,7 @@ class Network:
             return True
         if any(f(m) for f in self._filters):
             return True
-        prob = self._drops.get((m.src, m.dst), 0.0)
-        return prob > 0 and self.rng.random() < prob
+        return self.links.lost(m.src, m.dst)
 
     def deliver(self, only: MsgFilter | None = None, drop_to: Iterable[str] = ()) -> int:
         """Step every queued message (or those matching `only`) into its
@@ -417,24 +389,21 @@ class Network:
 
     def drop(self, src: str, dst: str, prob: float = 1.0) -> None:
         """Lose messages from `src` to `dst` with probability `prob`."""
-        self._drops[(src, dst)] = prob
+        self.links.set_link(src, dst, prob)
 
     def cut(self, a: str, b: str) -> None:
-        self.drop(a, b)
-        self.drop(b, a)
+        self.links.cut(a, b)
 
     def drop_where(self, pred: MsgFilter) -> None:
         """Lose every message for which `pred` is true (checked at delivery)."""
         self._filters.append(pred)
 
     def isolate(self, nid: str) -> None:
-        for other in self.ids:
-            if other != nid:
-                self.cut(nid, other)
+        self.links.isolate(nid, self.ids)
 
     def recover(self) -> None:
         """Heal every link fault and drop filter."""
-        self._drops.clear()
+        self.links.heal()
         self._filters.clear()
 
     # --- client operations ----------------------------------------------------
@@ -539,3 +508,54 @@ def seeded_storage(terms: Sequence[int], term: int = 0, vote: str | None = None,
     st.append([Entry(t, i + 1, EntryKind.NORMAL, b"") for i, t in enumerate(terms)])
     st.set_hard_state(HardState(max([term, *terms]), vote, commit))
     return st
+
+
+class _HarnessReady:
+    """The harness's side of each step of a Ready: messages queued (after
+    checking that what they promise is stored), storage synced at once, the
+    list state machine, and every step written to the scenario lines."""
+
+    def __init__(self, net: Network, node: Node) -> None:
+        self.net = net
+        self.node = node
+
+    def send(self, messages: Sequence[PeerMessage]) -> None:
+        self.net._check_sendable(self.node.id, messages)
+        for m in messages:
+            self.net.lines.append(fmt_msg(m))
+        self.net.queue.extend(messages)
+        self.net.sent.extend(messages)
+
+    def persist(self, rd: Ready) -> None:
+        st = self.node.storage
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        st.append(rd.entries)
+        if rd.hard_state is not None:
+            st.set_hard_state(rd.hard_state)
+        st.sync()
+
+    def install(self, snapshot: Snapshot) -> None:
+        self.node.applied = _SM_DECODER.decode(snapshot.data) if snapshot.data else []
+        self.node.applied_index = snapshot.meta.index
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        self.net._apply(self.node, entries)
+
+    def finish(self, rd: Ready) -> None:
+        net, node = self.net, self.node
+        term = node.core.term if node.core is not None else 0
+        for name, kw in rd.events:
+            node.events.append((name, kw))
+            net.lines.append(fmt_event(node.id, term, name, kw))
+            if name == "became_leader":
+                first = net._leader_of_term.setdefault(term, node.id)
+                assert first == node.id, f"election safety: {first} and {node.id} lead term {term}"
+        node.reads_waiting.extend(rd.read_states)
+        for ctx in rd.dropped_reads:
+            node.reads_dropped.append(ctx)
+            net.lines.append(f"{node.id} read_dropped ctx={_fmt_value(ctx)}")
+        net._serve_reads(node)
+
+    def reached(self, step: Step) -> None:
+        """Nothing happens between the steps here."""

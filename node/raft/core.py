@@ -39,7 +39,6 @@ from node.raft.replication import Replication
 from node.raft.snapshots import Snapshots
 from node.storage import Storage
 
-
 __all__ = ["RaftCore", "Role"]
 
 

@@ -58,9 +58,6 @@ class RaftLog:
             return None
         return self.entries[index - self.snapshot.index - 1].term
 
-    def entry(self, index: int) -> Entry:
-        return self.entries[index - self.snapshot.index - 1]
-
     def match_term(self, index: int, term: int) -> bool:
         return self.term(index) == term
 
