@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from raftctl import render
+from raftctl.bench.failover import bench_failover
 from raftctl.bench.runs import (
     FailoverReport,
     FailoverTrial,
@@ -20,11 +21,10 @@ from raftctl.bench.runs import (
     UpReport,
     UpTrial,
     WriteReport,
-    bench_failover,
-    bench_up,
     bench_write,
     to_json,
 )
+from raftctl.bench.up import bench_up
 from raftctl.cluster import Cluster, ClusterError
 from raftctl.exits import CliError, Exit, from_cluster_error
 from raftctl.options import json_option

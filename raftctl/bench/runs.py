@@ -1,21 +1,17 @@
-"""`raftctl bench`: write throughput and latency, failover time and start-up
-time, measured on real node processes. Returns reports; never prints (the
-CLI renders them).
-"""
+"""`raftctl bench write` (throughput and latency under a pipelined load), the
+reports of every benchmark (their `--json` schemas) and what they share:
+status over kept-open control sockets. failover.py and up.py hold the
+others. Measured on real node processes; never prints (the CLI renders)."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import math
-import shutil
-import signal
 import statistics
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -27,12 +23,11 @@ from node.transport.zmq import make_client_socket
 from raftctl.bench.loadgen import (
     LOADGEN_MAX_CLIENTS,
     LoadError,
-    LoadGen,
     LoadResult,
     LoadSpec,
     run_procs,
 )
-from raftctl.cluster import Cluster, ClusterError, make_config
+from raftctl.cluster import Cluster, ClusterError
 
 # Timing of the benchmarks.
 BENCH_STATUS_POLL_MS = 200  # leader changes during `bench write` are sampled this often
@@ -47,14 +42,9 @@ BENCH_TRIAL_TIMEOUT_MS = 15_000  # a new leader, a write, a catch-up must happen
 BENCH_UP_TIMEOUT_MS = 20_000  # a fresh cluster must acknowledge a write within this
 
 
-# Virtual clients writing through a failover: several, so that the first
-# write after recovery is not held up by one client's retry timer.
-_FAILOVER_WRITERS = 4
-# Writers of the `up` benchmark, one per node of a default cluster.
-_UP_WRITERS = 3
-_LEADER_WAIT_S = BENCH_LEADER_WAIT_MS / 1000
-_STATUS_TIMEOUT_S = BENCH_STATUS_TIMEOUT_MS / 1000
-_STOP_WAIT_S = BENCH_STOP_WAIT_MS / 1000
+LEADER_WAIT_S = BENCH_LEADER_WAIT_MS / 1000
+STATUS_TIMEOUT_S = BENCH_STATUS_TIMEOUT_MS / 1000
+STOP_WAIT_S = BENCH_STOP_WAIT_MS / 1000
 
 
 # --- reports (the `--json` schemas) ---------------------------------------------------
@@ -159,11 +149,11 @@ def to_json(report: WriteReport | FailoverReport | UpReport) -> Any:
     return msgspec.to_builtins(report)
 
 
-def _ms(seconds: float) -> float:
+def ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def _summary(values: list[float | None]) -> Summary:
+def summarize(values: list[float | None]) -> Summary:
     got = [v for v in values if v is not None]
     if not got:
         return Summary(None, None)
@@ -173,7 +163,7 @@ def _summary(values: list[float | None]) -> Summary:
 # --- status over kept-open control sockets ----------------------------------------------
 
 
-class _StatusPoller:
+class StatusPoller:
     """Status requests to many nodes at once over control sockets kept open
     (`Cluster.control` makes a socket, and a CURVE handshake, per call).
     IMMEDIATE: nothing queues for a node that is down, to arrive in a burst
@@ -190,7 +180,7 @@ class _StatusPoller:
         self._ids = itertools.count(1)
 
     def status(self, nodes: list[str] | None = None,
-               timeout_s: float = _STATUS_TIMEOUT_S) -> dict[str, dict[str, Any]]:
+               timeout_s: float = STATUS_TIMEOUT_S) -> dict[str, dict[str, Any]]:
         """The status of each node (of `nodes`, default all) that answered
         within `timeout_s`. A node not connected yet (just created, or
         restarting) is tried again every few milliseconds meanwhile."""
@@ -244,14 +234,14 @@ class _LeaderWatch(threading.Thread):
 
     def run(self) -> None:
         try:
-            poller = _StatusPoller(self._cluster)
+            poller = StatusPoller(self._cluster)
         except Exception as e:  # handed to the caller, which raises it
             self.error = e
             self._ready.set()
             return
         try:
             # A first sample before the load starts: the leader it sees is no change.
-            deadline = time.monotonic() + _LEADER_WAIT_S
+            deadline = time.monotonic() + LEADER_WAIT_S
             while not self.seen and time.monotonic() < deadline:
                 self._sample(poller)
             self._ready.set()
@@ -262,7 +252,7 @@ class _LeaderWatch(threading.Thread):
             self._ready.set()
             poller.close()
 
-    def _sample(self, poller: _StatusPoller) -> None:
+    def _sample(self, poller: StatusPoller) -> None:
         for st in poller.status().values():
             if st.get("leader"):
                 self.seen.add((int(st["term"]), str(st["leader"])))
@@ -322,10 +312,10 @@ class _CpuMeter:
         return out
 
 
-def _running_cluster(c: Cluster) -> None:
+def running_cluster(c: Cluster) -> None:
     if not c.running_nodes():
         raise ClusterError(f"cluster {c.name} is not up; start it with `raftctl up`")
-    c.wait_for_leader(_LEADER_WAIT_S)
+    c.wait_for_leader(LEADER_WAIT_S)
 
 
 def bench_write(
@@ -348,7 +338,7 @@ def bench_write(
         raise ClusterError("--duration must be positive")
     if not 0.0 <= read_ratio <= 1.0:
         raise ClusterError("--read-ratio must be between 0 and 1")
-    _running_cluster(c)
+    running_cluster(c)
     cfg = c.config()
     spec = LoadSpec(nodes=c.client_addrs(), keys=c.keys(), clients=clients,
                     duration_s=duration_s, value_size=value_size, key_space=keys,
@@ -403,254 +393,3 @@ def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, res: LoadR
     )
 
 
-# --- bench failover -----------------------------------------------------------------------
-
-
-class _Writer(threading.Thread):
-    """A few virtual clients writing without pause, with short attempt
-    timeouts; every acknowledgement is logged as (time, answering node)."""
-
-    def __init__(self, spec: LoadSpec) -> None:
-        super().__init__(name="bench-writer", daemon=True)
-        self.acks: list[tuple[float, str | None]] = []
-        self._gen = LoadGen(spec, on_ack=lambda t, n: self.acks.append((t, n)))
-        self.connected = threading.Event()
-        self.result: LoadResult | None = None
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        try:
-            self._gen.connect()
-            self.connected.set()
-            self.result = self._gen.run()
-        except Exception as e:  # handed to the caller
-            self.error = e
-        finally:
-            self.connected.set()
-            self._gen.close()
-
-    def first_ack(self, after: float, not_from: str | None = None,
-                  start: int = 0) -> float | None:
-        acks = self.acks
-        for i in range(start, len(acks)):
-            t, node = acks[i]
-            if t > after and (not_from is None or node != not_from):
-                return t
-        return None
-
-    def stop(self) -> None:
-        self._gen.stop()
-        self.join()
-
-
-def _deadline_wait(cond: Callable[[], Any], timeout_s: float, interval_s: float) -> Any:
-    """Poll `cond` until it returns something other than None or the time is up."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = cond()
-        if got is not None or time.monotonic() >= deadline:
-            return got
-        time.sleep(interval_s)  # the polling cadence of the measurement
-
-
-def bench_failover(c: Cluster, *, trials: int,
-                   on_trial: Callable[[FailoverTrial], None] | None = None) -> FailoverReport:
-    """`trials` times: SIGKILL the leader, time a new leader and the next
-    acknowledged write, restart the victim and wait for it to catch up."""
-    if trials < 1:
-        raise ClusterError("--trials must be at least 1")
-    ids = c.node_ids()
-    if len(ids) < 3:
-        raise ClusterError("failover needs a cluster of at least 3 nodes "
-                           "(a majority must survive the leader)")
-    down = [n for n in ids if c.process_state(n)[1] != "running"]
-    if down:
-        raise ClusterError(f"{', '.join(down)} not running; `raftctl start` "
-                           "them first so that every trial starts from a whole cluster")
-    _running_cluster(c)
-    writer = _Writer(LoadSpec(
-        nodes=c.client_addrs(), keys=c.keys(), clients=_FAILOVER_WRITERS,
-        duration_s=math.inf, key_space=1000,
-        attempt_timeout_s=BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS / 1000,
-        backoff_s=BENCH_FAILOVER_BACKOFF_MS / 1000,
-        op_timeout_s=BENCH_TRIAL_TIMEOUT_MS / 1000))
-    poller = _StatusPoller(c)
-    results: list[FailoverTrial] = []
-    victim_down: str | None = None
-    writer.start()
-    try:
-        writer.connected.wait()
-        if writer.error is not None:
-            raise ClusterError(f"the failover writer failed: {writer.error}")
-        for trial in range(1, trials + 1):
-            victim = _deadline_wait(lambda: _leader(poller.status()), _LEADER_WAIT_S,
-                                    BENCH_FAILOVER_POLL_MS / 1000)
-            if victim is None:
-                raise ClusterError(f"no leader within {_LEADER_WAIT_S:.0f}s; "
-                                   "see `raftctl status` and `raftctl logs`")
-            victim_down = victim
-            r = _one_failover(c, poller, writer, trial, victim)
-            r = _restart_and_catch_up(c, poller, r)
-            victim_down = None
-            results.append(r)
-            if on_trial is not None:
-                on_trial(r)
-    finally:
-        if victim_down is not None and c.process_state(victim_down)[1] == "down":
-            with contextlib.suppress(ClusterError):
-                c.start(victim_down)  # leave the operator's cluster whole
-        writer.stop()
-        poller.close()
-    res = writer.result or LoadResult()
-    done = [r for r in results if r.leader_ms is not None and r.write_ms is not None]
-    return FailoverReport(
-        cluster=c.name, nodes=len(ids), trials=trials, completed=len(done),
-        leader_ms=_summary([r.leader_ms for r in results]),
-        write_ms=_summary([r.write_ms for r in results]),
-        writes=res.writes, unknown=res.unknown, errors=sum(res.errors.values()),
-        results=results)
-
-
-def _leader(statuses: dict[str, dict[str, Any]]) -> str | None:
-    """The node that reports itself leader in the highest term."""
-    leaders = [(int(st["term"]), n) for n, st in statuses.items() if st.get("role") == "leader"]
-    return max(leaders)[1] if leaders else None
-
-
-def _one_failover(c: Cluster, poller: _StatusPoller, writer: _Writer, trial: int,
-                  victim: str) -> FailoverTrial:
-    timeout_s = BENCH_TRIAL_TIMEOUT_MS / 1000
-    interval_s = BENCH_FAILOVER_POLL_MS / 1000
-    st = poller.status([victim]).get(victim)
-    if st is None or st.get("role") != "leader":
-        raise ClusterError(f"{victim} stopped leading before the kill; is the cluster stable?")
-    old_term = int(st["term"])
-    # Writes must flow through this leader before it dies, or the first
-    # write after the kill would measure the writer's own start-up.
-    now = time.monotonic()
-    if _deadline_wait(lambda: writer.first_ack(now), timeout_s, interval_s) is None:
-        raise ClusterError(f"no write was acknowledged within {timeout_s:.0f}s before the kill")
-    mark = len(writer.acks)
-    survivors = [n for n in c.node_ids() if n != victim]
-    t_kill = time.monotonic()
-    c.kill(victim)
-    new_leader: str | None = None
-    new_term: int | None = None
-    t_leader: float | None = None
-    t_write: float | None = None
-    deadline = t_kill + timeout_s
-    while time.monotonic() < deadline and (t_leader is None or t_write is None):
-        if t_leader is None:
-            for n, s in poller.status(survivors, timeout_s=interval_s * 10).items():
-                if s.get("role") == "leader" and int(s["term"]) > old_term:
-                    t_leader, new_leader, new_term = time.monotonic(), n, int(s["term"])
-                    break
-        if t_write is None:
-            t_write = writer.first_ack(t_kill, not_from=victim, start=mark)
-        if t_leader is None or t_write is None:
-            time.sleep(interval_s)  # the polling cadence of the measurement
-    return FailoverTrial(
-        trial=trial, victim=victim, old_term=old_term, new_leader=new_leader,
-        new_term=new_term,
-        leader_ms=None if t_leader is None else _ms(t_leader - t_kill),
-        write_ms=None if t_write is None else _ms(t_write - t_kill),
-        catch_up_ms=None)
-
-
-def _restart_and_catch_up(c: Cluster, poller: _StatusPoller, r: FailoverTrial) -> FailoverTrial:
-    timeout_s = BENCH_TRIAL_TIMEOUT_MS / 1000
-    t0 = time.monotonic()
-    c.start(r.victim)
-    # Caught up: its applied index reached the commit index the leader had
-    # when asked (the writer keeps the leader's commit moving).
-    target: int | None = None
-
-    def caught_up() -> bool | None:
-        nonlocal target
-        if target is None:
-            statuses = poller.status([n for n in c.node_ids() if n != r.victim])
-            lead = _leader(statuses)
-            if lead is None:
-                return None
-            target = int(statuses[lead]["commit"])
-        st = poller.status([r.victim]).get(r.victim)
-        return True if st is not None and int(st["applied"]) >= target else None
-
-    if _deadline_wait(caught_up, timeout_s, BENCH_FAILOVER_POLL_MS / 1000) is None:
-        raise ClusterError(f"{r.victim} did not catch up within {timeout_s:.0f}s of its restart; "
-                           "see `raftctl logs`")
-    return msgspec.structs.replace(r, catch_up_ms=_ms(time.monotonic() - t0))
-
-
-# --- bench up -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _throwaway_cluster() -> Iterator[tuple[Cluster, list[psutil.Process]]]:
-    """A cluster in a fresh temporary run directory on free ports. At the end
-    its nodes are stopped as `down` does, anything left is killed by pid,
-    and the directory is removed."""
-    tmp = Path(tempfile.mkdtemp(prefix="raftctl-bench-up-"))
-    procs: list[psutil.Process] = []
-    c = Cluster(tmp / "run", "bench-up")
-    try:
-        yield c, procs
-    finally:
-        try:
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    p.send_signal(signal.SIGTERM)
-            _gone, alive = psutil.wait_procs(procs, timeout=_STOP_WAIT_S)
-            for p in alive:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            psutil.wait_procs(alive, timeout=5.0)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def bench_up(*, trials: int, nodes: int = 3, fsync: str = "always",
-             on_trial: Callable[[UpTrial], None] | None = None) -> UpReport:
-    """`trials` times: a fresh cluster, from the start of `up` (config, keys,
-    processes) to the first acknowledged write. Never touches another cluster."""
-    if trials < 1:
-        raise ClusterError("--trials must be at least 1")
-    results: list[UpTrial] = []
-    for trial in range(1, trials + 1):
-        r = _one_up(trial, nodes, fsync)
-        results.append(r)
-        if on_trial is not None:
-            on_trial(r)
-    return UpReport(nodes=nodes, fsync=fsync, trials=trials,
-                    completed=sum(r.first_write_ms is not None for r in results),
-                    first_write_ms=_summary([r.first_write_ms for r in results]),
-                    results=results)
-
-
-def _one_up(trial: int, nodes: int, fsync: str) -> UpTrial:
-    with _throwaway_cluster() as (c, procs):
-        t0 = time.monotonic()
-        c.create(make_config(nodes, name=c.name, fsync=fsync))
-        acks: list[float] = []
-
-        def acked(t: float, _node: str | None) -> None:
-            acks.append(t)
-            gen.stop()
-
-        gen = LoadGen(LoadSpec(
-            nodes=c.client_addrs(), keys=c.keys(), clients=min(_UP_WRITERS, nodes),
-            duration_s=math.inf, key_space=1000,
-            attempt_timeout_s=BENCH_FAILOVER_ATTEMPT_TIMEOUT_MS / 1000,
-            op_timeout_s=BENCH_UP_TIMEOUT_MS / 1000), on_ack=acked)
-        try:
-            gen.open()
-            for n in c.node_ids():
-                pid = c.start(n)
-                with contextlib.suppress(psutil.Error):
-                    procs.append(psutil.Process(pid))
-            t_spawned = time.monotonic()
-            gen.run()
-        finally:
-            gen.close()
-        return UpTrial(trial=trial, spawned_ms=_ms(t_spawned - t0),
-                       first_write_ms=_ms(acks[0] - t0) if acks else None)
