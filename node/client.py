@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -38,6 +38,20 @@ _RETRYABLE = {"not_leader", "leader_changed", "busy"}
 _NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large"}
 # `close()` gives closing the session this long, then leaves it to expire.
 _CLOSE_TIMEOUT_S = 1.0
+
+
+def drain_responses(sock: zmq.Socket[bytes]) -> Iterator[ClientResponse]:
+    """Every response waiting on `sock` now, one frame holding one or a
+    batch of them; a frame that does not decode is skipped."""
+    while True:
+        try:
+            data = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            yield from decode_responses(data)
+        except msgspec.DecodeError:
+            continue
 
 
 class ClientError(Exception):
@@ -279,15 +293,6 @@ class Client:
             if left <= 0:
                 return None
             for s, _ in poller.poll(max(1, int(left * 1000))):
-                while True:
-                    try:
-                        data = s.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        got = decode_responses(data)
-                    except msgspec.DecodeError:
-                        continue
-                    for resp in got:
-                        if resp.id in ids:
-                            return resp
+                for resp in drain_responses(s):
+                    if resp.id in ids:
+                        return resp

@@ -13,7 +13,7 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -158,6 +158,9 @@ class Applied:
     executed: bool = False
 
 
+T = TypeVar("T")
+
+
 class CommandError(Exception):
     """The bytes are not one valid `Command`."""
 
@@ -176,22 +179,21 @@ def encode_op(op: Op) -> msgspec.Raw:
     return msgspec.Raw(_command_encoder.encode(op))
 
 
-def decode_command(data: bytes | memoryview) -> Command:
+def _decode(decoder: msgspec.msgpack.Decoder[T], data: bytes | memoryview | msgspec.Raw) -> T:
     try:
-        return _command_decoder.decode(data)
+        return decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise CommandError(str(e)) from None
     except Exception as e:  # the contract: only CommandError escapes
         raise CommandError(f"{type(e).__name__}: {e}") from None
+
+
+def decode_command(data: bytes | memoryview) -> Command:
+    return _decode(_command_decoder, data)
 
 
 def decode_op(raw: msgspec.Raw) -> Op:
-    try:
-        return _op_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise CommandError(str(e)) from None
-    except Exception as e:  # the contract: only CommandError escapes
-        raise CommandError(f"{type(e).__name__}: {e}") from None
+    return _decode(_op_decoder, raw)
 
 
 def fingerprint(raw: msgspec.Raw) -> int:

@@ -35,6 +35,7 @@ from node.api import (
     decode_responses,
     join_batch,
 )
+from node.client import drain_responses
 from node.config import (
     CLIENT_BATCH_MAX_BYTES,
 )
@@ -394,19 +395,10 @@ class LoadGen:
             if left_ms <= 0:
                 break
             for sock, _ in self._poller.poll(left_ms):
-                while True:
-                    try:
-                        data = sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        got = decode_responses(data)
-                    except msgspec.DecodeError:
-                        continue
-                    for resp in got:
-                        if resp.id in ids:
-                            ids.discard(resp.id)
-                            out.append(resp)
+                for resp in drain_responses(sock):
+                    if resp.id in ids:
+                        ids.discard(resp.id)
+                        out.append(resp)
         if ids and not out:
             # Nobody answered: the next exchange tries the next node.
             self.leader = self._next_node[target]
@@ -414,20 +406,11 @@ class LoadGen:
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         owner = self._owner
-        while True:
-            try:
-                data = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                got = decode_responses(data)
-            except msgspec.DecodeError:
-                continue
-            now = time.monotonic()
-            for resp in got:
-                c = owner.get(resp.id)
-                if c is not None:
-                    self._on_response(c, resp, now)
+        now = time.monotonic()
+        for resp in drain_responses(sock):
+            c = owner.get(resp.id)
+            if c is not None:
+                self._on_response(c, resp, now)
 
     def _new_op(self, c: _VClient, now: float) -> None:
         spec = self.spec
