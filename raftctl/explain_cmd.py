@@ -14,7 +14,7 @@ from rich.text import Text
 
 from raftctl import render
 from raftctl.exits import CliError, Exit
-from raftctl.explain import AGAIN, NO_LEADER, NOW, TERM, Narrator, Sentence, clock, parse_terms
+from raftctl.explain import AGAIN, NO_LEADER, NOW, TERM, Narrator, Sentence, parse_terms
 from raftctl.logview import (
     LogFilter,
     complete_size,
@@ -25,6 +25,7 @@ from raftctl.logview import (
     parse_since,
 )
 from raftctl.options import cluster_of, complete_nodes, json_option
+from raftctl.sentences import clock
 
 _EVENT_STYLES = {"became_leader": "bold green", "stepped_down": "bold red",
                  "vote_rejected": "yellow", "link_faults_set": "magenta"}

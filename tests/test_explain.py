@@ -22,7 +22,8 @@ from node.logs import EVENTS
 from raftctl.cli import main
 from raftctl.cluster import Cluster, make_config
 from raftctl.exits import Exit
-from raftctl.explain import KINDS, SAYERS, Narrator, Track, parse_terms, say
+from raftctl.explain import KINDS, Narrator, parse_terms
+from raftctl.sentences import SAYERS, Track, say
 from tests.procs import wait_until
 
 ROOT = Path(__file__).parent.parent
