@@ -61,13 +61,14 @@ def _render(s: Sentence, first: bool) -> list[Text]:
 
 @click.command()
 @click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
-@click.option("--node", "node_opts", multiple=True, shell_complete=complete_nodes,
+@click.option("--node", "node_opts", multiple=True, metavar="NODE", shell_complete=complete_nodes,
               help="Only what this node did (repeatable; the same as naming it as an argument).")
 @click.option("--term", "terms", metavar="TERM",
               help="Only this term (4), a range (3..5), or from a term on (3..).")
 @click.option("--since", help="Only what happened after this: a duration (30s, 5m) or a time "
                               "(2026-11-28T19:46:41Z; local time without a zone).")
-@click.option("--from", "from_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--from", "from_dir", metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Explain the logs saved in DIR (a run directory, or a copy of one holding "
                    "nodes/NODE/node.log) instead of the cluster's.")
 @click.option("-f", "--follow", "follow_", is_flag=True,
