@@ -280,8 +280,10 @@ def test_follow_tells_new_lines_and_sums_up_on_ctrl_c(tmp_path: Path) -> None:
                           "--since", "2026-01-01T00:00:00Z", "--from", str(tmp_path)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out: list[dict[str, Any]] = []
+    stdout = p.stdout
+    assert stdout is not None
     reader = threading.Thread(target=lambda: out.extend(
-        json.loads(x) for x in iter(p.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+        json.loads(x) for x in iter(stdout.readline, "")), daemon=True)
     reader.start()
     try:
         wait_until(lambda: any(r["text"].startswith("n1 started again") for r in out), 20.0,

@@ -30,7 +30,7 @@ ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
 from raftctl.cluster import Cluster  # noqa: E402  (after the path is set, as a script)
-from raftctl.logview import now_ts  # noqa: E402
+from raftctl.logview import now_ts  # noqa: E402  (likewise)
 
 
 class Run:
