@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from node.client import ClientError
-from raftctl import faults_cmd, kv_cmd, logs_cmd, process_cmd, render
+from raftctl import explain_cmd, faults_cmd, kv_cmd, logs_cmd, process_cmd, render
 from raftctl.cluster import (
     CLUSTER_ENV,
     DEFAULT_CLUSTER,
@@ -394,6 +394,7 @@ def transfer(ctx: click.Context, node: str, wait_s: float, as_json: bool) -> Non
 process_cmd.register(main)
 kv_cmd.register(main)
 main.add_command(logs_cmd.logs)
+main.add_command(explain_cmd.explain)
 faults_cmd.register(main)
 
 

@@ -42,6 +42,12 @@ class LogFilter:
         return not (self.since_ts and str(ev.get("ts", "")) < self.since_ts)
 
 
+def node_logs(run_dir: Path) -> dict[str, Path]:
+    """Each node's log file in a run directory, or in a copy of one that
+    holds only `nodes/NODE/node.log`, by node id."""
+    return {p.parent.name: p for p in sorted((run_dir / "nodes").glob("*/node.log"))}
+
+
 def since_ts(seconds: float) -> str:
     """`seconds` ago, in the logs' time format."""
     t = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)

@@ -224,7 +224,7 @@ def test_every_named_scenario_exists() -> None:
     """The protocol's scenario scripts are all present."""
     names = {p.stem for p in SCENARIOS.glob("*.txt")}
     assert {"election", "prevote", "check_quorum", "log_repair", "snapshot", "read_index",
-            "transfer"} <= names
+            "transfer", "figure8"} <= names
 
 
 def test_parse_and_render_round_trip() -> None:
