@@ -344,7 +344,8 @@ def test_figure8_fails_when_a_leader_commits_by_counting_old_entries(
     """The page's Figure 8 experiment: with the current-term test removed
     from the leader's commit rule (§5.4.2), the scenario breaks State
     Machine Safety, and the harness says so."""
-    from node.core import RaftCore
+    from node.raft.core import RaftCore
+
     from tests.test_scenarios import SCENARIOS, run_script
 
     def commit_by_counting(self: RaftCore) -> bool:
