@@ -113,6 +113,10 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_apply_bytes: int = MAX_APPLY_BYTES
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     catchup_entries: int = CATCHUP_ENTRIES
+    # The election timeout is election_ticks plus a random 0 to this many
+    # minus one (§5.2); None: election_ticks (150-300 ms by default); 0
+    # turns the randomization off (split votes then repeat).
+    election_jitter_ticks: int | None = None
     prevote: bool = True
     check_quorum: bool = True
 
@@ -131,6 +135,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_uncommitted_bytes must be positive")
         if self.catchup_entries < 0:
             raise ValueError("catchup_entries must not be negative")
+        if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
+            raise ValueError("election_jitter_ticks must not be negative")
 
 
 # --- a cluster as the node process and the supervisor see it ----------------
@@ -194,6 +200,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     tick_ms: int = TICK_MS
     election_ticks: int = ELECTION_TICKS
     heartbeat_ticks: int = HEARTBEAT_TICKS
+    # Randomization of the election timeout (§5.2): None is election_ticks,
+    # 0 turns it off.
+    election_jitter_ticks: int | None = None
     fsync: str = "always"
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
@@ -235,6 +244,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             max_inflight_appends=self.max_inflight_appends,
             max_uncommitted_bytes=self.max_uncommitted_bytes,
             catchup_entries=self.catchup_entries,
+            election_jitter_ticks=self.election_jitter_ticks,
         )
 
     def problems(self) -> list[str]:
@@ -266,6 +276,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("max_uncommitted_bytes: must be at least 1")
         if self.catchup_entries < 0:
             out.append("catchup_entries: must not be negative")
+        if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
+            out.append("election_jitter_ticks: must not be negative")
         if self.session_timeout_ms < 1:
             out.append("session_timeout_ms: must be at least 1")
         if self.max_sessions < 1:

@@ -339,3 +339,16 @@ def test_a_value_over_one_mib_on_stdin_is_refused(tmp_path: Path) -> None:
     """`put k -` refuses more than 1 MiB before it looks for a cluster (exit 2)."""
     r = invoke("--run-dir", str(tmp_path), "put", "k", "-", stdin=b"x" * (1024 * 1024 + 1))
     assert r.exit_code == Exit.USAGE and "over 1,048,576 bytes" in r.stderr
+
+
+def test_a_cluster_file_with_an_unknown_setting_is_refused_naming_it(tmp_path: Path) -> None:
+    """A misspelt setting in a cluster file is an error that names it (it was
+    once dropped in silence), and nothing is created."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('electon_ticks = 20\n[[nodes]]\nid = "n1"\npeer_port = 1\n'
+                   'client_port = 2\ncontrol_port = 3\n')
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(main, ["--run-dir", str(run_dir), "up", "-c", str(cfg)])
+    assert r.exit_code == Exit.FAILED, r.output
+    assert "unknown setting electon_ticks" in r.output and "election_ticks" in r.output
+    assert not (run_dir / "cluster.json").exists()

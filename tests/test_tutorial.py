@@ -345,7 +345,6 @@ def test_figure8_fails_when_a_leader_commits_by_counting_old_entries(
     from the leader's commit rule (§5.4.2), the scenario breaks State
     Machine Safety, and the harness says so."""
     from node.raft.core import RaftCore
-
     from tests.test_scenarios import SCENARIOS, run_script
 
     def commit_by_counting(self: RaftCore) -> bool:

@@ -215,9 +215,11 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         self.leader = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
-        self.randomized_timeout = self.config.election_ticks + self._rng.randrange(
-            self.config.election_ticks
-        )
+        jitter = self.config.election_jitter_ticks
+        if jitter is None:
+            jitter = self.config.election_ticks
+        self.randomized_timeout = self.config.election_ticks + (self._rng.randrange(jitter)
+                                                                if jitter else 0)
         self.votes = {}
         self.lead_transferee = None
         self.uncommitted_bytes = 0  # each leadership counts its own proposals
@@ -248,7 +250,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         self.leader = None
         self._tick_fn = self._tick_election
         self._step_fn = self._step_candidate
-        self._event("prevote_started", proposed_term=self.term + 1)
+        self._event("prevote_started", proposed_term=self.term + 1,
+                    timeout_ticks=self.randomized_timeout)
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
@@ -256,9 +259,10 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         self.role = Role.CANDIDATE
         self._tick_fn = self._tick_election
         self._step_fn = self._step_candidate
-        self._event("election_started")
+        self._event("election_started", timeout_ticks=self.randomized_timeout)
 
     def _become_leader(self) -> None:
+        votes = sorted(p for p, granted in self.votes.items() if granted)
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader = self.id
@@ -268,7 +272,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         # majority in its first election timeout steps down at its end.
         # A no-op of the new term lets the leader commit (§5.4.2, §8).
         self._append_entries([Entry(self.term, self.log.last_index() + 1, EntryKind.NOOP)])
-        self._event("became_leader", last_index=self.log.last_index())
+        self._event("became_leader", last_index=self.log.last_index(),
+                    votes=votes)
 
     # --- ticking ------------------------------------------------------------
 

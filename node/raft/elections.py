@@ -84,12 +84,25 @@ class Elections(CoreState):
             if not m.prevote:
                 self.election_elapsed = 0
                 self.vote = m.src
-            self._event("vote_granted", candidate=m.src, prevote=m.prevote)
+            self._event("vote_granted", candidate=m.src, prevote=m.prevote,
+                        **self._vote_positions(m))
         else:
             self._send(RequestVoteResponse(
                 term=self.term, src=self.id, dst=m.src, granted=False, prevote=m.prevote))
-            self._event("vote_rejected", candidate=m.src, prevote=m.prevote,
-                        reason="log_behind" if can_vote else "already_voted")
+            if can_vote:
+                self._event("vote_rejected", candidate=m.src, prevote=m.prevote,
+                            reason="log_behind", **self._vote_positions(m))
+            else:
+                self._event("vote_rejected", candidate=m.src, prevote=m.prevote,
+                            reason="already_voted", voted_for=self.vote or self.leader,
+                            **self._vote_positions(m))
+
+    def _vote_positions(self, m: RequestVote) -> dict[str, int]:
+        """Both logs' last positions and the term asked for: what a reader
+        of the log needs to see why a vote went as it did (§5.4.1)."""
+        return {"requested_term": m.term, "last_index": self.log.last_index(),
+                "last_term": self.log.last_term(), "candidate_last_index": m.last_index,
+                "candidate_last_term": m.last_term}
 
     def _step_candidate(self, m: PeerMessage) -> None:
         prevote = self.role is Role.PRE_CANDIDATE
