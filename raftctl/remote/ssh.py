@@ -9,6 +9,7 @@ import asyncio
 import atexit
 import contextlib
 import getpass
+import os
 import shlex
 import threading
 import time
@@ -87,7 +88,8 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, asyncssh.Error):
         return e.reason or type(e).__name__
     if isinstance(e, OSError):
-        return e.strerror or str(e)
+        # asyncio's own words ("Connect call failed (addr)") hide the cause.
+        return os.strerror(e.errno) if e.errno else (e.strerror or str(e))
     return f"{type(e).__name__}: {e}"
 
 
