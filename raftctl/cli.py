@@ -189,6 +189,7 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
             raise CliError(f"cluster {c.name} already exists in {c.run_dir} with "
                            f"{len(c.node_ids())} nodes; `raftctl up` restarts it as it is, "
                            "`raftctl down --purge` removes it to make a new one")
+        _refuse_wheel_without_hosts(has_hosts(c.run_dir), wheel, wheelhouse)
     else:
         settings: dict[str, Any] = {}
         if fsync:
@@ -211,6 +212,7 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
             raise CliError("--netns puts every node in a namespace of this machine, and the "
                            "cluster file runs them on hosts; for faults in the hosts' kernels "
                            "use `raftctl partition --kernel` once it is up", Exit.USAGE)
+        _refuse_wheel_without_hosts(bool(hosts), wheel, wheelhouse)
         if netns_mode:
             cfg = c.with_netns_addresses(cfg, netns_mode)
         if hosts:
@@ -249,14 +251,18 @@ def _host_cluster(c: Cluster) -> Any:
     return HostCluster(c.run_dir, c.name)
 
 
+def _refuse_wheel_without_hosts(hosts: bool, wheel: Path | None,
+                                wheelhouse: Path | None) -> None:
+    if (wheel or wheelhouse) and not hosts:
+        raise CliError("--wheel and --wheelhouse are for clusters on hosts ([hosts] in the "
+                       "cluster file); this one runs here", Exit.USAGE)
+
+
 def _install_on_hosts(c: Cluster, wheel: Path | None, wheelhouse: Path | None,
                       ) -> dict[str, str]:
     """Install raftctl on the cluster's hosts, if it has any; by node, the
     hosts where that failed (their nodes are not started, the others are)."""
     if not has_hosts(c.run_dir):
-        if wheel or wheelhouse:
-            raise CliError("--wheel and --wheelhouse are for clusters on hosts ([hosts] in "
-                           "the cluster file); this one runs here", Exit.USAGE)
         return {}
     from raftctl.remote.cluster import HostCluster  # only here: it loads asyncssh
 

@@ -103,8 +103,9 @@ def netem_script(rules: dict[str, dict[str, LinkRule]], nodes: list[NodeSpec],
     """Replace the netem of a host whose nodes are `senders`: per device
     towards a peer, a prio qdisc whose band 1 passes everything, and one
     netem band per faulty link chosen by a u32 filter on source address,
-    destination address and destination port. Empty rules: no qdisc is
-    left. Raises ValueError past NETEM_MAX_LINKS_PER_DEVICE links."""
+    destination address and destination port. No faulty link: nothing to
+    run (`netem_clear_script` has removed the old qdisc). Raises ValueError
+    past NETEM_MAX_LINKS_PER_DEVICE links."""
     by_id = {n.id: n for n in nodes}
     links: list[tuple[NodeSpec, NodeSpec, list[str]]] = []
     for sender in senders:
@@ -112,6 +113,8 @@ def netem_script(rules: dict[str, dict[str, LinkRule]], nodes: list[NodeSpec],
             args = _netem_args(rule)
             if args and peer in by_id:
                 links.append((by_id[sender], by_id[peer], args))
+    if not links:
+        return ""
     # The devices are found on the host: the route to each peer says which.
     lines = ["set -e", "devs=''"]
     for i, (_, to, _) in enumerate(links):
