@@ -72,7 +72,7 @@ class _RaftctlGroup(click.Group):
     every error a command lets through leaves with its exit code."""
 
     LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
-            "sim": "raftctl.sim_cmd:sim"}
+            "sim": "raftctl.sim_cmd:sim", "k8s": "raftctl.k8s_cmd:k8s"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
