@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from chaos import faults
 from chaos.faults import FaultState, Link, Netem
@@ -35,8 +35,10 @@ from node.config import (
     CHAOS_STATUS_TIMEOUT_MS,
 )
 
-KINDS = ("kill", "pause", "partition", "netem", "majority")
+KINDS = ("kill", "pause", "partition", "netem", "majority", "clock")
 DEFAULT_KINDS = ("kill", "pause", "partition", "netem")
+# `all`: every kind but clock, which sets real machines' clocks: only by name.
+ALL_KINDS = tuple(k for k in KINDS if k != "clock")
 # The kinds that take processes down (killed or paused).
 _PROCESS_KINDS = ("kill", "pause", "majority")
 PARTITIONS = ("halves", "isolate-leader", "bridge", "ring", "one-way")
@@ -66,6 +68,15 @@ class ClusterLike(Protocol):
     def digest(self, node_id: str) -> dict[str, Any] | None: ...
 
 
+@runtime_checkable
+class ClockLike(Protocol):
+    """A cluster whose nodes' clocks can be set apart (the `clock` kind):
+    raftctl's cluster on hosts fits, a cluster on one machine does not."""
+
+    def clock_unavailable(self) -> str | None: ...
+    def skew_clock(self, node_id: str, offset_s: float) -> None: ...
+
+
 class ChaosError(Exception):
     """The run cannot start or go on; the message says why."""
 
@@ -73,7 +84,7 @@ class ChaosError(Exception):
 def parse_kinds(text: str) -> tuple[str, ...]:
     """`kill,pause,partition,netem` (or `all`) -> the nemesis kinds, checked."""
     if text.strip() == "all":
-        return KINDS
+        return ALL_KINDS
     kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
@@ -223,6 +234,7 @@ class Nemesis:
         self.partition_desc = ""
         self.netem: dict[str, Netem] = {}
         self.netem_desc = ""
+        self.skewed: tuple[str, float] | None = None  # (node, seconds) its host is off by
 
     # --- the schedule -------------------------------------------------------------
 
@@ -246,6 +258,8 @@ class Nemesis:
             return kind in self.down
         if kind == "partition":
             return bool(self.blocked)
+        if kind == "clock":
+            return self.skewed is not None
         return bool(self.netem)
 
     def _down_nodes(self) -> set[str]:
@@ -286,6 +300,8 @@ class Nemesis:
             self._kill_nodes(kind, (first + rest)[:k])
         elif kind == "partition":
             self._partition(leader)
+        elif kind == "clock":
+            self._skew(leader)
         else:
             self._netem()
 
@@ -331,6 +347,16 @@ class Nemesis:
         self.blocked, self.partition_desc = set(links), desc
         self._push("partition", desc, sorted({a for a, _ in links}))
 
+    def _skew(self, leader: str | None) -> None:
+        t = self._target(leader)
+        clock = self.cluster
+        if t is None or not isinstance(clock, ClockLike):
+            return
+        offset = round(self.rng.uniform(2.0, 30.0), 1) * self.rng.choice((-1, 1))
+        if self._do("clock", f"{t}'s host clock {offset:+g}s", [t],
+                    lambda: clock.skew_clock(t, offset)):
+            self.skewed = (t, offset)
+
     def _netem(self) -> None:
         rng = self.rng
         chosen = [k for k in ("delay", "loss", "duplicate", "reorder") if rng.random() < 0.5]
@@ -373,6 +399,13 @@ class Nemesis:
         elif kind == "partition":
             self.blocked, self.partition_desc = set(), ""
             self._push("heal-partition", "partition healed", [])
+        elif kind == "clock":
+            t, offset = self.skewed or ("", 0.0)
+            clock = self.cluster
+            if isinstance(clock, ClockLike) and self._do(
+                    "clock-reset", f"{t}'s host clock set back", [t],
+                    lambda: clock.skew_clock(t, -offset)):
+                self.skewed = None
         else:
             self.netem, self.netem_desc = {}, ""
             self._push("clear-netem", "netem cleared", [])
@@ -390,6 +423,10 @@ class Nemesis:
             self._repair(kind)
             if kind in self.down:
                 failed.append(f"repairing {kind} of {', '.join(self.down[kind].nodes)}")
+        if self.skewed is not None:
+            self._repair("clock")
+            if self.skewed is not None:
+                failed.append(f"setting back the clock of {self.skewed[0]}'s host")
         return failed
 
     # --- doing -------------------------------------------------------------------
@@ -471,6 +508,12 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
     rec = RunRecord(seed=opts.seed, duration_s=opts.duration_s, interval_s=opts.interval_s,
                     nemeses=list(opts.kinds), clients=opts.clients, keys=keys, nodes=nodes,
                     recovery_bound_s=opts.recovery_timeout_s)
+    if "clock" in opts.kinds:
+        why = (cluster.clock_unavailable() if isinstance(cluster, ClockLike) else
+               "the nodes run on this machine, and it has one clock; it needs a cluster on "
+               "hosts of their own (docs/DEPLOY.md)")
+        if why is not None:
+            raise ChaosError(f"clock skew is unavailable: {why}")
     _prepare(cluster, log, opts.recovery_timeout_s)
 
     monitor = Monitor(cluster, log)

@@ -78,7 +78,8 @@ def chaos() -> None:
               help="How long faults are injected (60, 60s, 2m).")
 @click.option("--nemesis", "nemesis_", default=",".join(DEFAULT_KINDS), show_default=True,
               help="Fault kinds, comma-separated: kill, pause, partition, netem, majority "
-                   "(kill a majority at once), or all.")
+                   "(kill a majority at once), clock (skew a host's clock: clusters on hosts "
+                   "with kernels of their own; never part of all), or all.")
 @click.option("--interval", default="5s", show_default=True,
               help="Time between nemesis steps (each injects or repairs one fault).")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule [default: random].")
@@ -196,7 +197,8 @@ def _write_report(path: Path, rec: RunRecord, verdict: Verdict) -> None:
 _KIND_STYLES = {"kill": "bold red", "majority": "bold red", "pause": "magenta",
                 "partition": "yellow", "netem": "cyan", "leader": "bold green",
                 "start": "green", "resume": "green", "heal": "green", "heal-partition": "green",
-                "clear-netem": "green", "recovered": "bold green", "converged": "bold green"}
+                "clear-netem": "green", "recovered": "bold green", "converged": "bold green",
+                "clock": "blue", "clock-reset": "green"}
 
 
 def _event_text(ev: FaultEvent) -> Text:

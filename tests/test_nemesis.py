@@ -129,6 +129,56 @@ def test_same_seed_gives_the_same_schedule() -> None:
     assert any("killed" in d for d in runs[0]) and any("paused" in d for d in runs[0])
 
 
+class FakeHostsCluster(FakeCluster):
+    """A fake cluster whose hosts' clocks can be set: offsets by node."""
+
+    def __init__(self, n: int, why: str | None = None) -> None:
+        super().__init__(n)
+        self.why = why
+        self.clock = dict.fromkeys(self.ids, 0.0)
+
+    def clock_unavailable(self) -> str | None:
+        return self.why
+
+    def skew_clock(self, node_id: str, offset_s: float) -> None:
+        self.clock[node_id] += offset_s
+
+
+def test_clock_nemesis_skews_one_host_and_sets_it_back() -> None:
+    """The clock kind moves one host's clock by 2-30 s, the next clock step
+    sets it back, and heal leaves every clock where it was."""
+    fake = FakeHostsCluster(3)
+    nem, log = _nemesis(fake, "clock", seed=5)
+    nem.step(leader="n1")
+    skewed = [n for n, off in fake.clock.items() if off]
+    assert len(skewed) == 1 and 2.0 <= abs(fake.clock[skewed[0]]) <= 30.0, fake.clock
+    nem.step(leader="n1")
+    assert all(off == 0.0 for off in fake.clock.values()), fake.clock
+    nem.step(leader="n2")
+    assert nem.heal() == []
+    assert all(abs(off) < 1e-9 for off in fake.clock.values()), fake.clock
+    assert [e.kind for e in log.events] == ["clock", "clock-reset", "clock", "heal",
+                                            "clock-reset"]
+
+
+def test_clock_nemesis_is_refused_where_clocks_cannot_differ() -> None:
+    """A cluster on one machine, or on hosts that share a kernel, gets no
+    clock fault: the run stops before it starts, saying why; `all` never
+    includes clock."""
+    from chaos.nemesis import ChaosError, ChaosOptions, run_chaos
+
+    assert "clock" not in parse_kinds("all")
+    shared = FakeHostsCluster(3, why="hosts share one kernel")
+    for cluster, why in ((FakeCluster(3), "run on this machine"), (shared, "share one kernel")):
+        with pytest.raises(ChaosError, match=f"clock skew is unavailable: .*{why}"):
+            run_chaos(cluster, _no_client, ChaosOptions(kinds=("clock",), duration_s=1))
+    assert all(off == 0.0 for off in shared.clock.values())
+
+
+def _no_client() -> KVClient:
+    raise AssertionError("a refused run makes no client")
+
+
 def test_heal_leaves_every_node_running_and_every_link_up() -> None:
     """After any schedule, heal resumes, restarts and clears everything."""
     fake = FakeCluster(3)

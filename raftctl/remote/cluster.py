@@ -28,6 +28,7 @@ from raftctl.cluster import (
     ClusterUnavailable,
     NodeState,
 )
+from raftctl.remote import clock
 from raftctl.remote import kernel as hk
 from raftctl.remote.install import build_wheel, install, venv_python
 from raftctl.remote.inventory import HostSpec, read_hosts, save_hosts
@@ -389,6 +390,8 @@ class HostCluster(Cluster):
         """As the base class; with `--kernel` on, cuts and loss (and, where
         there is netem, delay and the rest) go to the hosts' kernels, and
         `heal` takes them away and turns `--kernel` off."""
+        if state.is_clear():
+            clock.reset(self)
         st = self.host_kernel()
         if not st.on:
             return super().apply_faults(state)
@@ -450,9 +453,11 @@ class HostCluster(Cluster):
                                           one).values() if isinstance(r, str)]
 
     def teardown_kernel(self) -> list[str]:
-        """As the base class, and the hosts' kernel faults (`--kernel` stays
-        on: `up` puts the recorded faults back)."""
+        """As the base class, the hosts' kernel faults (`--kernel` stays on:
+        `up` puts the recorded faults back) and any clock skew."""
         removed = super().teardown_kernel()
+        if self.exists():
+            removed += [f"clock skew on {h}" for h in clock.reset(self)]
         if self.exists() and self.host_kernel().on:
             removed += [f"iptables chain on {h}" for h in self._clear_kernel()]
         return removed
@@ -471,6 +476,14 @@ class HostCluster(Cluster):
             rules = compile_rules(self.load_faults(), self.node_ids())
             s.status["links"] = {p: msgspec.to_builtins(r) for p, r in rules[node_id].items()}
         return s
+
+    # --- clocks (raftctl/remote/clock.py) -------------------------------------------------
+
+    def clock_unavailable(self) -> str | None:
+        return clock.unavailable(self)
+
+    def skew_clock(self, node_id: str, offset_s: float) -> None:
+        clock.skew(self, node_id, offset_s)
 
     # --- logs ----------------------------------------------------------------------------
 
