@@ -11,6 +11,7 @@ node running and no fault, for the next."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import psutil
 import pytest
 
 from node.control import StatusRequest
+from raftctl.cluster import ClusterUnavailable
 from raftctl.remote.cluster import HostCluster
 from raftctl.remote.kernel import chain_name
 from tests import sshlab
@@ -153,6 +155,30 @@ def test_pause_and_resume_over_ssh(hosts: HostsCli) -> None:
     wait_until(lambda: hosts.status()[follower]["state"] == "follower", 10, f"{follower} resumed")
 
 
+def test_a_process_that_is_not_the_one_started_is_never_signalled(hosts: HostsCli) -> None:
+    """A recorded pid whose start time differs (a reused pid) is down to
+    raftctl: `kill` reports it down and the process lives on; with the true
+    record back, it is the node again."""
+    lead = wait_until(hosts.all_follow, 20, "a settled cluster")
+    node = next(n for n in ("n1", "n2", "n3") if n != lead)
+    path = hosts.run_dir / "remote.json"
+    true = path.read_text()
+    recs = json.loads(true)
+    pid = recs[node]["pid"]
+    recs[node]["start_ticks"] += 1
+    path.write_text(json.dumps(recs))
+    try:
+        assert hosts.status()[node]["state"] == "down"
+        out = json.loads(hosts("kill", node, "--json").stdout)
+        assert out["nodes"][0]["result"] == "already down", out
+        with pytest.raises(ClusterUnavailable, match="not running"):
+            hosts.cluster().signal(node, signal.SIGSTOP)  # the check on the host itself
+        assert psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED)
+    finally:
+        path.write_text(true)
+    assert hosts.status()[node]["pid"] == pid
+
+
 def test_partition_kernel_cuts_in_the_hosts_iptables(hosts: HostsCli) -> None:
     """partition --kernel --leader puts DROP rules in the old leader's host
     (not in its transport); the others elect and commit; heal removes the
@@ -236,7 +262,8 @@ def test_clock_skew_is_unavailable_on_hosts_sharing_this_kernel(hosts: HostsCli)
 def test_a_host_that_cannot_be_reached_is_named(hosts: HostsCli) -> None:
     """With n2's sshd refusing connections: status shows n2 unreachable,
     `kill` of all three kills n1 and n3 and names n2's host with the SSH
-    error (exit 3); once reachable again, n2 is still the node it was."""
+    error (exit 3), `down --purge` keeps the run directory (n2 may still
+    run); once reachable again, n2 is still the node it was."""
     wait_until(hosts.all_follow, 20, "a settled cluster")
     h = hosts.host_of("n2")
     block = ["-p", "tcp", "--dport", str(sshlab.SSH_PORT), "-j", "REJECT",
@@ -254,6 +281,9 @@ def test_a_host_that_cannot_be_reached_is_named(hosts: HostsCli) -> None:
         assert not res["n2"]["ok"]
         assert f"{h.address}:{sshlab.SSH_PORT}" in res["n2"]["error"], res["n2"]
         assert "refused" in res["n2"]["error"].lower(), res["n2"]
+        p = hosts("down", "--purge", ok=False)
+        assert p.returncode == 3 and "n2" in p.stderr and "may still run" in p.stderr, p.stderr
+        assert (hosts.run_dir / "cluster.json").exists(), "purged while n2 may still run"
     finally:
         subprocess.run(["ip", "netns", "exec", h.namespace, "iptables", "-D", "INPUT", *block],
                        check=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from collections import defaultdict
 from pathlib import Path
 
 import msgspec
@@ -161,10 +160,3 @@ def transport_part(rule: LinkRule, netem: bool) -> LinkRule:
                                        reorder=0.0)
     return rule
 
-
-def group_by(items: dict[str, str]) -> dict[str, list[str]]:
-    """{node: key} -> {key: [nodes]} in node order."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for node, key in items.items():
-        out[key].append(node)
-    return dict(out)
