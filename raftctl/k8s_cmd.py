@@ -13,7 +13,7 @@ import click
 from raftctl.cluster import load_config_file
 from raftctl.exits import CliError, Exit
 from raftctl.k8s import DEFAULT_STORAGE, manifest
-from raftctl.options import cluster_of
+from raftctl.options import cluster_of, json_option
 
 # A StatefulSet's pods are NAME-ORDINAL, and a pod name is a DNS label (63).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
@@ -35,9 +35,10 @@ def k8s() -> None:
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
               help="Each node's data volume.")
+@json_option("The manifest is JSON either way; with --json a failure is JSON too.")
 @click.pass_context
 def manifest_cmd(ctx: click.Context, config_file: Path | None, image: str, name: str | None,
-                 namespace: str, storage: str) -> None:
+                 namespace: str, storage: str, as_json: bool) -> None:
     """Print a headless Service, a Secret (keys and config) and a
     StatefulSet, one pod a node, ready once its node knows a leader:
     `raftctl k8s manifest --image IMG | kubectl apply -f -`."""
