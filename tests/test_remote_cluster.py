@@ -10,16 +10,20 @@ node running and no fault, for the next."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from node.control import StatusRequest
+from raftctl import render
 from raftctl.cluster import ClusterUnavailable
 from raftctl.remote.cluster import HostCluster
 from raftctl.remote.kernel import chain_name
@@ -38,9 +42,24 @@ class HostsCli(Cli):
         super().__init__(tmp)
         self.lab = lab
         self.inventory = tmp / "cluster.toml"
+        self._cluster: HostCluster | None = None
 
     def cluster(self) -> HostCluster:
-        return HostCluster(self.run_dir, "default")
+        """The supervisor in this process, its SSH connections kept open."""
+        if self._cluster is None:
+            self._cluster = HostCluster(self.run_dir, "default")
+        return self._cluster
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Every node's row as `status --json` gives it, asked in this
+        process: polling through a new raftctl process (and SSH handshakes)
+        each time would cost most of the module's time. The command's own
+        output is checked where it matters."""
+        return {r["node"]: r for r in render.status_rows(self.cluster().status(timeout_s=0.5))}
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.pool.close()
 
     def host_of(self, node: str) -> sshlab.Host:
         return self.lab.hosts[int(node[1:]) - 1]
@@ -77,6 +96,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostsCli]:
         cli.inventory.write_text(lab.inventory())
         cli("up", "-c", str(cli.inventory), "--wait", "30", timeout=240)
         yield cli
+        cli.close()
     finally:
         lab.close()
         for h in lab.hosts:
@@ -95,8 +115,8 @@ def test_up_runs_each_node_on_its_host(hosts: HostsCli) -> None:
     directory or source tree is open in it, and its config and keys there
     have mode 0600."""
     lead = wait_until(hosts.all_follow, 20, "a leader that every node follows")
-    st = hosts.status()
-    assert lead in st and sorted(st) == ["n1", "n2", "n3"]
+    st = {r["node"]: r for r in json.loads(hosts("status", "--json").stdout)}
+    assert sorted(st) == ["n1", "n2", "n3"] and st[lead]["state"] == "leader", st
     here = Path.cwd().resolve()
     for node, row in st.items():
         h = hosts.host_of(node)
@@ -217,20 +237,28 @@ def test_logs_merge_every_host(hosts: HostsCli) -> None:
 
 
 def test_logs_follow_shows_a_remote_election(hosts: HostsCli) -> None:
-    """logs -f streams the remote logs: killing the leader shows the new
-    leader's became_leader while following."""
+    """logs -f streams the remote logs: once it shows the past, killing the
+    leader shows another node's became_leader while following."""
     old = wait_until(hosts.all_follow, 20, "a settled cluster")
-    follow = hosts.popen("logs", "-f", "--json", "--event", "became_leader", "--for", "6")
+    # --since shows the past too: once it printed, the tail runs.
+    tail = hosts.popen("logs", "-f", "--json", "--event", "became_leader", "--since", "1h",
+                       "--for", "15")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(tail.stdout or []), daemon=True)
+    reader.start()
     try:
+        wait_until(lambda: lines, 20, "logs -f printed the past elections")
+        killed_at = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
         hosts("kill", old)
-        out, err = follow.communicate(timeout=30)
+        wait_until(lambda: any(json.loads(x)["ts"] >= killed_at for x in list(lines)), 20,
+                   "logs -f showed an election after the kill")
     finally:
-        if follow.poll() is None:
-            follow.kill()
-            follow.wait()
-    events = [json.loads(x) for x in out.splitlines()]
-    assert any(ev["node"] != old for ev in events), (out, err)
-    hosts("start", old)
+        tail.kill()
+        tail.wait(5)
+        reader.join(5)
+        hosts("start", old)
+    after = [ev for ev in (json.loads(x) for x in lines) if ev["ts"] >= killed_at]
+    assert after and all(ev["node"] != old for ev in after), after
     wait_until(hosts.all_follow, 20, f"{old} back")
 
 
@@ -272,7 +300,7 @@ def test_a_host_that_cannot_be_reached_is_named(hosts: HostsCli) -> None:
     subprocess.run(["ip", "netns", "exec", h.namespace, "iptables", "-I", "INPUT", *block],
                    check=True)
     try:
-        st = hosts.status()
+        st = {r["node"]: r for r in json.loads(hosts("status", "--json", ok=False).stdout)}
         assert st["n2"]["state"] == "unreachable", st["n2"]
         p = hosts("kill", "n1", "n2", "n3", "--json", ok=False)
         assert p.returncode == 3, p.stderr
