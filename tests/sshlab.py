@@ -11,6 +11,7 @@ and waits for Ctrl-C, then removes everything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -34,6 +35,7 @@ _CMD_TIMEOUT_S = 20
 SSHD_START_TIMEOUT_S = 10.0
 
 
+@functools.cache
 def missing() -> str | None:
     """Why the lab cannot be built here, or None if it can."""
     if os.geteuid() != 0:
@@ -43,6 +45,14 @@ def missing() -> str | None:
             return f"the multi-host tests need `{tool}` (Debian: iproute2, iptables)"
     if not Path(SSHD).exists():
         return f"the multi-host tests need {SSHD} (Debian: openssh-server)"
+    # A host's virtualenv sees the site-packages of the Python it is made
+    # from, and one made from a virtualenv's Python sees its base's.
+    base = getattr(sys, "_base_executable", sys.executable)
+    deps = "import asyncssh, click, msgspec, psutil, rich, structlog, zmq"
+    if subprocess.run([base, "-c", deps], capture_output=True).returncode != 0:
+        return (f"the hosts install raftctl into a virtualenv made from {base}, which lacks "
+                "the dependencies (a virtualenv's own packages are not seen there); run these "
+                "tests with a Python that has them installed, as .ci/run does")
     return None
 
 
