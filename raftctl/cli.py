@@ -26,7 +26,6 @@ from raftctl.cluster import (
     ClusterError,
     ClusterUnavailable,
     default_home,
-    load_config_file,
     make_config,
 )
 from raftctl.discovery import find_clusters
@@ -44,6 +43,7 @@ from raftctl.netns import MODES as NETNS_KERNEL_MODES
 from raftctl.netns import auto_mode as netns_auto_mode
 from raftctl.netns import unavailable as netns_unavailable
 from raftctl.options import cluster_of, complete_nodes, json_option, run_dir_of
+from raftctl.remote import has_hosts, open_cluster
 
 LEADER_WAIT_S = 10.0
 
@@ -72,7 +72,7 @@ class _RaftctlGroup(click.Group):
     every error a command lets through leaves with its exit code."""
 
     LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
-            "sim": "raftctl.sim_cmd:sim"}
+            "sim": "raftctl.sim_cmd:sim", "k8s": "raftctl.k8s_cmd:k8s"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -131,7 +131,7 @@ def main(ctx: click.Context, cluster: str, home: Path | None, run_dir: Path | No
     Shell completion: eval "$(_RAFTCTL_COMPLETE=bash_source raftctl)"
     (zsh_source, fish_source for those shells).
     """
-    ctx.obj = Cluster(run_dir_of(run_dir, home, cluster), cluster)
+    ctx.obj = open_cluster(run_dir_of(run_dir, home, cluster), cluster)
 
 
 @main.command("version")
@@ -163,11 +163,19 @@ def version_cmd(as_json: bool) -> None:
                    "sandbox. Delay, duplicate and reorder stay in the transport.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,
               help="Seconds to wait for a leader.")
+@click.option("--wheel", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Hosts ([hosts] in the cluster file): install this wheel of raftctl there "
+                   "[default: one built from this source checkout].")
+@click.option("--wheelhouse", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Hosts: wheels of the dependencies, for hosts that lack them and have no "
+                   "package index.")
 @json_option("Print the status as JSON (as `status --json`).")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, netns_mode: str | None, wait_s: float, as_json: bool) -> None:
-    """Start the cluster's nodes and wait for a leader."""
+       fsync: str | None, netns_mode: str | None, wait_s: float, wheel: Path | None,
+       wheelhouse: Path | None, as_json: bool) -> None:
+    """Start the cluster's nodes and wait for a leader. A cluster file with
+    [hosts] tables runs its nodes on those hosts over SSH (docs/DEPLOY.md)."""
     c = cluster_of(ctx)
     if nodes is not None and config_file is not None:
         raise click.UsageError("give either -n or -c, not both")
@@ -181,12 +189,17 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
             raise CliError(f"cluster {c.name} already exists in {c.run_dir} with "
                            f"{len(c.node_ids())} nodes; `raftctl up` restarts it as it is, "
                            "`raftctl down --purge` removes it to make a new one")
+        _refuse_wheel_without_hosts(has_hosts(c.run_dir), wheel, wheelhouse)
     else:
         settings: dict[str, Any] = {}
         if fsync:
             settings["fsync"] = fsync
+        hosts: dict[str, Any] = {}
         if config_file is not None:
-            cfg = load_config_file(config_file, name=c.name)
+            # Only here: the inventory's module loads asyncssh.
+            from raftctl.remote.inventory import load_hosts_config
+
+            cfg, hosts = load_hosts_config(config_file, name=c.name)
             if transport or fsync:
                 import msgspec
 
@@ -195,18 +208,66 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
         else:
             cfg = make_config(nodes or 3, name=c.name, transport=transport or "zmq",
                               **settings)
+        if netns_mode and hosts:
+            raise CliError("--netns puts every node in a namespace of this machine, and the "
+                           "cluster file runs them on hosts; for faults in the hosts' kernels "
+                           "use `raftctl partition --kernel` once it is up", Exit.USAGE)
+        _refuse_wheel_without_hosts(bool(hosts), wheel, wheelhouse)
         if netns_mode:
             cfg = c.with_netns_addresses(cfg, netns_mode)
-        c.create(cfg)
+        if hosts:
+            c = ctx.obj = _host_cluster(c)
+            c.create(cfg, hosts)
+        else:
+            c.create(cfg)
     cfg = c.config()
     _warn_durability(c)
     c.check_ports()
+    failed = _install_on_hosts(c, wheel, wheelhouse)
     c.prepare_kernel()
     for n in cfg.nodes:
-        c.start(n.id)
-    with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
-        c.wait_for_leader(wait_s)
+        if n.id in failed:
+            continue
+        try:
+            c.start(n.id)
+        except ClusterError as e:
+            if not has_hosts(c.run_dir):
+                raise
+            failed[n.id] = str(e)  # on hosts, one node's trouble does not stop the others
+    try:
+        with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
+            c.wait_for_leader(wait_s)
+    finally:
+        for node, why in failed.items():
+            click.echo(f"Error: {node} not started: {why}", err=True)
     _print_status(ctx, c, as_json)
+    if failed:
+        ctx.exit(Exit.UNAVAILABLE)
+
+
+def _host_cluster(c: Cluster) -> Any:
+    from raftctl.remote.cluster import HostCluster  # only here: it loads asyncssh
+
+    return HostCluster(c.run_dir, c.name)
+
+
+def _refuse_wheel_without_hosts(hosts: bool, wheel: Path | None,
+                                wheelhouse: Path | None) -> None:
+    if (wheel or wheelhouse) and not hosts:
+        raise CliError("--wheel and --wheelhouse are for clusters on hosts ([hosts] in the "
+                       "cluster file); this one runs here", Exit.USAGE)
+
+
+def _install_on_hosts(c: Cluster, wheel: Path | None, wheelhouse: Path | None,
+                      ) -> dict[str, str]:
+    """Install raftctl on the cluster's hosts, if it has any; by node, the
+    hosts where that failed (their nodes are not started, the others are)."""
+    if not has_hosts(c.run_dir):
+        return {}
+    from raftctl.remote.cluster import HostCluster  # only here: it loads asyncssh
+
+    assert isinstance(c, HostCluster), "open_cluster gives a HostCluster where there are hosts"
+    return {n: str(e) for n, e in c.install(wheel, wheelhouse).items()}
 
 
 def _refuse_if_running(c: Cluster) -> None:

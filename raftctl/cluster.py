@@ -167,7 +167,8 @@ def load_config_file(path: Path, name: str | None = None) -> ClusterConfig:
     if "netns" in raw:
         raise ClusterError(f"{path}: netns: kernel mode is chosen with `raftctl up --netns`, "
                            "which also gives the nodes their addresses; remove it from the file")
-    unknown = sorted(set(raw) - set(ClusterConfig.__struct_fields__) - {"hosts"})
+    # [hosts] and [ssh] are the inventory of a multi-host cluster (raftctl/remote/).
+    unknown = sorted(set(raw) - set(ClusterConfig.__struct_fields__) - {"hosts", "ssh"})
     if unknown:
         known = ", ".join(sorted(f for f in ClusterConfig.__struct_fields__ if f != "netns"))
         raise ClusterError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from raftctl.cluster import Cluster, ClusterError, leader_of
+from raftctl.cluster import ClusterError, leader_of
+from raftctl.remote import open_cluster
 
 # A cluster's nodes get this long to answer `ls`'s status request.
 LS_STATUS_TIMEOUT_S = 0.3
@@ -56,7 +57,7 @@ def running_run_dirs() -> set[Path]:
 
 def describe(run_dir: Path, current: Path) -> FoundCluster | None:
     """What `ls` shows of one run directory (None if it holds no cluster)."""
-    c = Cluster(run_dir)
+    c = open_cluster(run_dir)
     try:
         cfg = c.config()
     except ClusterError as e:

@@ -28,17 +28,40 @@ from raftctl.cluster import Cluster, ClusterUnavailable
 from raftctl.exits import CliError, Exit
 from raftctl.logview import parse_duration_s
 from raftctl.options import cluster_of, complete_nodes, json_option
+from raftctl.remote import has_hosts
+
+_KERNEL_HELP = ("On a cluster on hosts: enforce cuts and loss as iptables rules on the hosts "
+                "(and delay, duplicate, reorder as netem where their kernel has it), over SSH; "
+                "needs root or CAP_NET_ADMIN there. Stays on until `heal`.")
 
 
-def _apply(c: Cluster, state: FaultState, change: str, as_json: bool) -> None:
+def _kernel_mode(c: Cluster, kernel: bool) -> str:
+    """The cluster's kernel mode ("" if none), after turning `--kernel` on if asked."""
+    mode = c.config().kernel_mode()  # first: says so if the cluster is not set up
+    if not has_hosts(c.run_dir):
+        if kernel:
+            raise CliError("--kernel is for clusters on hosts ([hosts] in the cluster file); "
+                           "on this machine, `raftctl up --netns` enforces faults in the kernel",
+                           Exit.USAGE)
+        return mode
+    from raftctl.remote.cluster import HostCluster  # only here: it loads asyncssh
+
+    assert isinstance(c, HostCluster), "open_cluster gives a HostCluster where there are hosts"
+    if kernel:
+        c.enable_kernel_faults()
+    return "hosts" if c.host_kernel().on else mode
+
+
+def _apply(c: Cluster, state: FaultState, change: str, as_json: bool,
+           kernel: bool = False) -> None:
     """Record and push `state`; say what changed, then every fault now active."""
-    kernel = c.config().kernel_mode()  # first: says so if the cluster is not set up
+    kernel_mode = _kernel_mode(c, kernel)
     unconfirmed = c.apply_faults(state)
     if as_json:
         click.echo(render.dumps({
             "cluster": c.name, "change": change, "healed": state.is_clear(),
             "faults": state.description, "blocked": [list(x) for x in state.blocked],
-            "netem": msgspec.to_builtins(state.netem), "kernel_mode": kernel or None,
+            "netem": msgspec.to_builtins(state.netem), "kernel_mode": kernel_mode or None,
             "not_running": unconfirmed}))
         return
     click.echo(change)
@@ -46,10 +69,14 @@ def _apply(c: Cluster, state: FaultState, change: str, as_json: bool) -> None:
         click.echo("healed: every link is up")
     else:
         click.echo("faults now: " + "; ".join(state.description))
-    if kernel and not state.is_clear():
-        where = ("the nodes' namespaces" if kernel == "bridge"
+    if kernel_mode == "hosts" and not state.is_clear():
+        click.echo("(kernel mode hosts: cuts and loss are iptables rules on the nodes' hosts; "
+                   "delay, duplicate and reorder are netem on hosts whose kernel has it, and "
+                   "stay in the nodes' transports on the others; `heal` removes them all)")
+    elif kernel_mode and not state.is_clear():
+        where = ("the nodes' namespaces" if kernel_mode == "bridge"
                  else "the nodes' shared sandbox namespace")
-        click.echo(f"(kernel mode {kernel}: cuts and loss are iptables rules in {where}; "
+        click.echo(f"(kernel mode {kernel_mode}: cuts and loss are iptables rules in {where}; "
                    "delay, duplicate and reorder stay in the nodes' transports, as this kernel "
                    "has no netem)")
     if unconfirmed:
@@ -88,10 +115,12 @@ def _ms(text: str | None, what: str) -> float | None:
               help="Two halves joined only through one node (Jepsen's bridge; 3+ nodes).")
 @click.option("--ring", is_flag=True,
               help="Each node sees a different majority (Jepsen's majorities ring; 4+ nodes).")
+@click.option("--kernel", is_flag=True, help=_KERNEL_HELP)
 @json_option()
 @click.pass_context
 def partition_cmd(ctx: click.Context, groups: tuple[str, ...], isolate_node: str | None,
-                  leader: bool, rnd: bool, bridge_: bool, ring: bool, as_json: bool) -> None:
+                  leader: bool, rnd: bool, bridge_: bool, ring: bool, kernel: bool,
+                  as_json: bool) -> None:
     """Split the cluster: `partition n1,n2 n3,n4,n5`. Nodes not named form one
     more group. Replaces the current partition; `heal` undoes it."""
     c = cluster_of(ctx)
@@ -125,7 +154,7 @@ def partition_cmd(ctx: click.Context, groups: tuple[str, ...], isolate_node: str
         raise CliError(str(e), Exit.USAGE) from None
     if not links:
         raise CliError(_cuts_nothing(what, ring, len(nodes)), Exit.USAGE)
-    _apply(c, with_blocks(state, links, what), f"partition: {what}", as_json)
+    _apply(c, with_blocks(state, links, what), f"partition: {what}", as_json, kernel)
 
 
 def _cuts_nothing(what: str, ring: bool, n: int) -> str:
@@ -140,9 +169,11 @@ def _cuts_nothing(what: str, ring: bool, n: int) -> str:
 @click.argument("a", shell_complete=complete_nodes)
 @click.argument("b", shell_complete=complete_nodes)
 @click.option("--one-way", "oneway", is_flag=True, help="Only traffic from A to B is dropped.")
+@click.option("--kernel", is_flag=True, help=_KERNEL_HELP)
 @json_option()
 @click.pass_context
-def block(ctx: click.Context, a: str, b: str, oneway: bool, as_json: bool) -> None:
+def block(ctx: click.Context, a: str, b: str, oneway: bool, kernel: bool,
+          as_json: bool) -> None:
     """Drop traffic between A and B (both ways unless --one-way)."""
     c = cluster_of(ctx)
     c.check_nodes([a, b])
@@ -150,14 +181,15 @@ def block(ctx: click.Context, a: str, b: str, oneway: bool, as_json: bool) -> No
         raise click.UsageError("A and B must be different nodes")
     links = one_way(a, b) if oneway else one_way(a, b) | one_way(b, a)
     what = f"{a}->{b} blocked" if oneway else f"{a}<->{b} blocked"
-    _apply(c, add_blocks(c.load_faults(), links, what), f"block: {what}", as_json)
+    _apply(c, add_blocks(c.load_faults(), links, what), f"block: {what}", as_json, kernel)
 
 
 @click.command()
 @json_option()
 @click.pass_context
 def heal(ctx: click.Context, as_json: bool) -> None:
-    """Remove every link fault: partitions, blocks and netem."""
+    """Remove every link fault: partitions, blocks and netem, in the
+    transports and in the hosts' kernels (which turns --kernel off)."""
     _apply(cluster_of(ctx), FaultState(), "heal: every fault removed", as_json)
 
 
@@ -173,11 +205,12 @@ def heal(ctx: click.Context, as_json: bool) -> None:
               help="Make each link's rule exactly the settings given (the others back to 0); "
                    "without it, the settings given are added to the link's rule.")
 @click.option("--clear", is_flag=True, help="Remove netem settings (from --link, or all).")
+@click.option("--kernel", is_flag=True, help=_KERNEL_HELP)
 @json_option()
 @click.pass_context
 def netem(ctx: click.Context, links: tuple[str, ...], delay: str | None, jitter: str | None,
           loss: str | None, duplicate: str | None, reorder: str | None, replace: bool,
-          clear: bool, as_json: bool) -> None:
+          clear: bool, kernel: bool, as_json: bool) -> None:
     """Delay, drop, duplicate and reorder messages on links (enforced in the
     nodes' transports).
 
@@ -217,7 +250,7 @@ def netem(ctx: click.Context, links: tuple[str, ...], delay: str | None, jitter:
                   "--replace drops them)")
     state = change_netem(c.load_faults(), chosen or all_links(nodes),
                          {} if clear else given, replace or clear, nodes)
-    _apply(c, state, change, as_json)
+    _apply(c, state, change, as_json, kernel)
 
 
 def register(group: click.Group) -> None:

@@ -3,16 +3,20 @@ node, event and time, the last N of them, and followed live with -f."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from raftctl import render
+from raftctl.cluster import Cluster
 from raftctl.exits import CliError, Exit
 from raftctl.logview import LogFilter, complete_size, follow, last, merged, parse_since
 from raftctl.options import cluster_of, complete_events, complete_nodes, json_option
+from raftctl.remote import has_hosts
 
 
 def check_events(names: tuple[str, ...]) -> set[str]:
@@ -54,6 +58,28 @@ def logs(ctx: click.Context, nodes: tuple[str, ...], follow_: bool, events: tupl
             flt.since_ts = parse_since(since)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--since") from None
+    with _mirrored(c, ids, follow_):
+        _show(c, ids, flt, follow_, tail, since, as_json, for_s)
+
+
+@contextlib.contextmanager
+def _mirrored(c: Cluster, ids: list[str], follow_: bool) -> Iterator[None]:
+    """Nodes on other hosts: their logs copied here over SSH first (and, with
+    -f, all along); a host that cannot be reached is named on stderr."""
+    if not has_hosts(c.run_dir):
+        yield
+        return
+    from raftctl.remote.cluster import HostCluster  # only here: it loads asyncssh
+
+    assert isinstance(c, HostCluster), "open_cluster gives a HostCluster where there are hosts"
+    with c.mirrored_logs(ids, follow_) as problems:
+        for n, why in problems.items():
+            click.echo(f"warning: {n}: showing its log as last copied: {why}", err=True)
+        yield
+
+
+def _show(c: Cluster, ids: list[str], flt: LogFilter, follow_: bool, tail: int | None,
+          since: str | None, as_json: bool, for_s: float) -> None:
     paths = [c.log_path(n) for n in ids]
     con = render.console()
     colours: dict[str, str] = {n: render.NODE_COLOURS[i % len(render.NODE_COLOURS)]
