@@ -28,7 +28,7 @@ from node.config import (
 from node.errors import NotLeader, ProposalDropped
 from node.raft.base import Role
 from node.raft.core import RaftCore
-from node.raft.messages import Entry, EntryKind, HardState, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.messages import ConfState, Entry, EntryKind, HardState, PeerMessage, Snapshot
 from node.raft.ready import ReadState, Ready, Step, handle_ready
 from node.state.kv import (
     SESSION_EXPIRED,
@@ -527,9 +527,7 @@ class Simulation:
         assert core is not None
         if n.applied - core.snapshot_meta.index < _COMPACT_MIN_ENTRIES:
             return
-        term = core.log.term(n.applied)
-        assert term is not None
-        meta = SnapshotMeta(n.applied, term)
+        meta = core.snapshot_point(n.applied)
         n.storage.create_snapshot(meta, encode_image(n.kv.freeze()))
         core.compact(meta)
         self._stats["compactions"] += 1
@@ -711,6 +709,11 @@ class _SimReady:
         # these steps; a Ready of messages alone changes nothing the
         # invariants look at.
         self.changed = False
+
+    def reconfigure(self, conf: ConfState) -> None:
+        # The virtual network reaches every node by its id: nothing to
+        # rewire; the configuration is in the next observation.
+        self.changed = True
 
     def send(self, messages: Sequence[PeerMessage]) -> None:
         self.sim._send_all(self.n, messages)

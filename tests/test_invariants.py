@@ -347,9 +347,9 @@ def test_appends_without_the_consistency_check_are_caught(
 
 def _commit_by_counting(self: RaftCore) -> bool:
     """`_maybe_commit` without "only entries of the current term" (§5.4.2)."""
-    matches = sorted([self.log.last_index(), *(pr.match for pr in self.progress.values())],
-                     reverse=True)
-    index = matches[self.quorum() - 1]
+    acked = {p: pr.match for p, pr in self.progress.items()}
+    acked[self.id] = self.log.last_index()
+    index = self._joint.committed_index(acked)
     if index <= self.log.commit:
         return False
     self.log.commit_to(index)
