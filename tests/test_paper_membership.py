@@ -20,7 +20,7 @@ from node.raft.messages import (
     RequestVote,
 )
 from tests.harness import Network, small_config
-from tests.paper import E, elected, vote_reply
+from tests.paper import E, elected, rv, vote_reply
 
 LEARNER, VOTER, REMOVE = (ConfChangeType.ADD_LEARNER, ConfChangeType.ADD_VOTER,
                           ConfChangeType.REMOVE)
@@ -309,3 +309,17 @@ def test_removed_server_requests_are_ignored_by_leader_and_followers() -> None:
     ignored = [kw for n, kw in net.nodes["n2"].events if n == "vote_ignored"]
     assert ignored and ignored[0]["candidate"] == "n3"
     assert net.leader() == "n1" and net.term("n1") == term
+
+
+def test_a_learner_lets_its_leader_lease_expire() -> None:
+    """A learner does not campaign, but its election timer still runs out
+    (it is not restarted): once its leader is gone it grants the vote a
+    candidate that counts it as a voter needs (C_old,new promoted it, and
+    only the candidate holds that yet). Reference: thesis §4.2.3, §4.2.1."""
+    net = with_learner(elected(Network(3, small_config(prevote=True, check_quorum=True))))
+    net.crash("n1")
+    before = len(net.nodes["n4"].events)
+    net.tick(2 * E - 1, nodes=["n4"])
+    net.step("n4", rv("n2", "n4", net.term("n4") + 1, last=(99, net.term("n4")), prevote=True))
+    got = [n for n, _ in net.nodes["n4"].events[before:]]
+    assert "vote_granted" in got and "vote_ignored" not in got, got

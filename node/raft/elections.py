@@ -23,7 +23,11 @@ class Elections(CoreState):
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout:
+        # Only a node that may campaign restarts its timer: one that may not
+        # (a learner) must let it run, or it would take a leader long gone
+        # for one it just heard and ignore the votes of its successors
+        # (thesis §4.2.3's lease).
+        if self.election_elapsed >= self.randomized_timeout and self.conf.is_voter(self.id):
             self.election_elapsed = 0
             self.step(Hup())
 
