@@ -72,7 +72,7 @@ class _RaftctlGroup(click.Group):
     every error a command lets through leaves with its exit code."""
 
     LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
-            "sim": "raftctl.sim_cmd:sim"}
+            "sim": "raftctl.sim_cmd:sim", "member": "raftctl.member_cmd:member"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -202,8 +202,8 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
     _warn_durability(c)
     c.check_ports()
     c.prepare_kernel()
-    for n in cfg.nodes:
-        c.start(n.id)
+    for n in c.node_ids():
+        c.start(n)
     with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
         c.wait_for_leader(wait_s)
     _print_status(ctx, c, as_json)
