@@ -83,6 +83,7 @@ class Outcome:
     action: str
     node: str
     index: int | None = None
+    joined: str | None = None  # the member it brought in (add, replace)
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     voters: list[str] = field(default_factory=list)
@@ -156,8 +157,8 @@ def add(c: Cluster, name: str | None = None) -> Outcome:
     except ClusterError:
         _undo_start(c, node, fresh)
         raise
-    return Outcome(c.name, "add", node, index, started=started, voters=conf.voters,
-                   learners=conf.learners)
+    return Outcome(c.name, "add", node, index, joined=node, started=started,
+                   voters=conf.voters, learners=conf.learners)
 
 
 def promote(c: Cluster, node: str, wait_s: float = 0.0) -> Outcome:
@@ -195,10 +196,11 @@ def remove(c: Cluster, node: str, force: bool = False) -> Outcome:
                    learners=conf.learners, forced=forced)
 
 
-def replace(c: Cluster, node: str, force: bool = False) -> Outcome:
+def replace(c: Cluster, node: str, force: bool = False, by: str | None = None) -> Outcome:
     """Replace voter `node` by a new member (the way back for a node whose
     data is lost): the new one joins as a learner, catches up, then one
-    joint change removes `node` and promotes it; `node` is then stopped."""
+    joint change removes `node` and promotes it; `node` is then stopped.
+    `by` names the new member (a removed node with its data may be one)."""
     _refuse_kernel_mode(c)
     states = c.status()
     conf = conf_of(states)
@@ -206,23 +208,23 @@ def replace(c: Cluster, node: str, force: bool = False) -> Outcome:
     if node not in conf.voters:
         raise ClusterError(f"{node} is not a voter; `raftctl member remove {node}` and "
                            "`raftctl member add` do for a learner")
-    spec, _ = _new_member(c, None)
+    spec, fresh = _new_member(c, by)
     new = spec.id
-    forced = _check_quorum(states, conf, node, new, force)
     try:
+        forced = _check_quorum(states, conf, node, new, force)
         started = _start(c, new)
         _settled(c, _change(c, [MemberChange(type="add_learner", node=new, spec=spec)]),
                  lambda cf: new in cf.learners, f"{new} added as a learner")
     except ClusterError:
-        _undo_start(c, new, fresh=True)
+        _undo_start(c, new, fresh)
         raise
     index = _change(c, [MemberChange(type="remove", node=node),
                         MemberChange(type="promote", node=new)], CATCH_UP_TIMEOUT_S)
     conf = _settled(c, index, lambda cf: new in cf.voters and node not in cf.members(),
                     f"{node} replaced by {new}")
     stopped = _retire(c, node)
-    return Outcome(c.name, "replace", node, index, started=started, stopped=stopped,
-                   voters=conf.voters, learners=conf.learners, forced=forced)
+    return Outcome(c.name, "replace", node, index, joined=new, started=started,
+                   stopped=stopped, voters=conf.voters, learners=conf.learners, forced=forced)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -408,3 +410,25 @@ def _settled(c: Cluster, index: int, done: Callable[[Conf], bool], what: str) ->
                                f"({where}); a majority of the old and of the new voters must "
                                "run: see `raftctl member list`")
         time.sleep(_POLL_S)
+
+
+class ChaosMembers:
+    """These changes as a nemesis makes them (chaos/nemesis.py, MembersLike):
+    never forced, each returning the member it brought in."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+
+    def add(self, name: str | None = None) -> str:
+        return add(self.c, name).node
+
+    def promote(self, node: str, wait_s: float) -> None:
+        promote(self.c, node, wait_s)
+
+    def remove(self, node: str) -> None:
+        remove(self.c, node)
+
+    def replace(self, node: str, by: str | None = None) -> str:
+        joined = replace(self.c, node, by=by).joined
+        assert joined is not None
+        return joined

@@ -158,8 +158,7 @@ def members_table(rows: list[Member], conf: Conf | None, title: str) -> Table:
 def member_outcome(o: Outcome) -> str:
     """One line saying what a `member` command did."""
     did = {"add": f"{o.node} added as a learner", "promote": f"{o.node} promoted to voter",
-           "remove": f"{o.node} removed", "replace": f"{o.node} replaced by "
-           f"{o.started[0] if o.started else '?'}"}[o.action]
+           "remove": f"{o.node} removed", "replace": f"{o.node} replaced by {o.joined}"}[o.action]
     extra = []
     if o.started and o.action == "add":
         extra.append(f"started {', '.join(o.started)}")
