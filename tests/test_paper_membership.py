@@ -323,3 +323,26 @@ def test_a_learner_lets_its_leader_lease_expire() -> None:
     net.step("n4", rv("n2", "n4", net.term("n4") + 1, last=(99, net.term("n4")), prevote=True))
     got = [n for n, _ in net.nodes["n4"].events[before:]]
     assert "vote_granted" in got and "vote_ignored" not in got, got
+
+
+def test_a_removed_leader_holding_c_new_uncommitted_still_campaigns() -> None:
+    """n1 removes itself from {n1,n2}: C_old,new commits, C_new reaches only
+    n1, which then loses n2 and steps down. n2 (joint) needs n1's vote, but
+    n1's log is longer; so n1, not in its latest configuration but needed
+    until C_new commits, campaigns, wins, commits C_new and hands over.
+    Reference: thesis §4.2.2."""
+    net = elected(Network(2, small_config(prevote=True, check_quorum=True)))
+    net.change("n1", cc((REMOVE, "n1")))
+    net.deliver(only=lambda m: m.src == "n1" and isinstance(m, AppendEntries))
+    net.process("n2")
+    net.deliver(only=lambda m: m.dst == "n1")
+    net.process("n1")
+    assert not net.core("n1").conf.is_joint() and net.core("n2").conf.is_joint()
+    net.take(lambda m: m.src == "n1")
+    net.cut("n1", "n2")
+    net.run(3 * E)
+    assert net.role("n1") is not Role.LEADER
+    net.recover()
+    net.run_until(lambda: "n2" in net.leaders() and not net.core("n2").conf.is_joint(),
+                  20 * E, "n2 leading C_new")
+    assert net.core("n2").conf == ConfState(voters=("n2",))

@@ -27,16 +27,16 @@ class Elections(CoreState):
         # (a learner) must let it run, or it would take a leader long gone
         # for one it just heard and ignore the votes of its successors
         # (thesis §4.2.3's lease).
-        if self.election_elapsed >= self.randomized_timeout and self.conf.is_voter(self.id):
+        if self.election_elapsed >= self.randomized_timeout and self._may_campaign():
             self.election_elapsed = 0
             self.step(Hup())
 
     def _hup(self, transfer: bool) -> None:
         if self.role is Role.LEADER:
             return
-        if not self.conf.is_voter(self.id):
-            # A learner, a member not yet told it joined, or one removed:
-            # its vote does not count, so neither may its campaign.
+        if not self._may_campaign():
+            # A learner, a member not yet told it joined, or one removed for
+            # good: it is in no majority, so it leads nobody.
             return
         if self.config.prevote and not transfer:
             self._campaign(prevote=True, transfer=False)

@@ -71,6 +71,18 @@ class Reconfiguration(CoreState):
         """The configurations of the log, oldest first (the last is in force)."""
         return self._membership.points()
 
+    def _may_campaign(self) -> bool:
+        """Thesis §4.2.2: a voter of its latest configuration; or, while that
+        configuration's entry is not committed, a voter of the one before:
+        it may still be needed to commit it (its own vote counts only as
+        the configuration in force says)."""
+        if self.conf.is_voter(self.id):
+            return True
+        if self._membership.index <= self.log.commit:
+            return False
+        points = self._membership.points()
+        return len(points) > 1 and points[-2].conf.is_voter(self.id)
+
     def _conf_changed(self, announce: bool = True) -> None:
         """The configuration in force changed (appended, truncated or from a
         snapshot): who the peers are and who decides follow it at once."""
