@@ -241,8 +241,9 @@ def test_cli_rejects_unknown_fault_kinds() -> None:
 @pytest.mark.timeout(900)
 def test_a_thousand_seeds_of_five_nodes_with_every_fault_break_nothing() -> None:
     """The simulator's acceptance sweep (`raftctl sim --seeds 1000 --nodes 5
-    --faults all`): no invariant broken, exactly-once included, and every
-    run live again after healing."""
+    --faults all`, membership changes among the faults): no invariant
+    broken, exactly-once and the quorum check included, and every run live
+    again after healing."""
     job = functools.partial(run_seed, nodes=5, faults=ALL, ticks=SIM_FAULT_TICKS)
     with multiprocessing.Pool(2) as pool:
         results = pool.map(job, range(1000), chunksize=16)
