@@ -7,6 +7,7 @@ digest. It observes; it never drives or repairs a cluster.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,9 @@ LOG_MATCHING = "log_matching"
 LEADER_COMPLETENESS = "leader_completeness"
 STATE_MACHINE_SAFETY = "state_machine_safety"
 LINEARIZABILITY = "linearizability"
+# A leader elected, or an entry committed, without a majority of each half of
+# the configuration in force (thesis §4.3); or a node that voted twice in a term.
+QUORUM = "quorum"
 # A client's write (session, seq) ran at two log indexes (thesis §6.3).
 EXACTLY_ONCE = "exactly_once"
 LIVENESS = "liveness"
@@ -75,10 +79,30 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return f"{at + ': ' if at else ''}{self.check}: {self.detail}"
 
 
+def majority(n: int) -> int:
+    """How many of `n` voters make a majority."""
+    return n // 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ConfView:
+    """A configuration of a node's log, from the entry at `index` on: the
+    voters that decide, and while joint the old voters too (thesis §4.3)."""
+
+    index: int
+    voters: frozenset[str]
+    outgoing: frozenset[str] = frozenset()
+
+    def halves(self) -> list[frozenset[str]]:
+        return [self.voters, self.outgoing] if self.outgoing else [self.voters]
+
+
 @dataclass(frozen=True, slots=True)
 class NodeState:
     """One node as seen from outside: `entries` are the log entries after the
-    snapshot point, `applied` the last index its state machine holds."""
+    snapshot point, `applied` the last index its state machine holds, `vote`
+    whom it voted for in `term`, `confs` the configurations of its log, the
+    last one in force (empty: not known, and the quorum checks are off)."""
 
     node: str
     term: int
@@ -88,6 +112,8 @@ class NodeState:
     snapshot_index: int
     snapshot_term: int
     entries: Sequence[EntryLike]
+    vote: str | None = None
+    confs: Sequence[ConfView] = ()
 
 
 @dataclass(slots=True)
@@ -101,6 +127,7 @@ class _Seen:
     snapshot_index: int
     snapshot_term: int
     entries: list[EntryLike]
+    confs: Sequence[ConfView] = ()
 
     def last_index(self) -> int:
         return self.snapshot_index + len(self.entries)
@@ -111,6 +138,10 @@ class _Seen:
         if index < self.snapshot_index or index > self.last_index():
             return None
         return self.entries[index - self.snapshot_index - 1].term
+
+    def holds(self, index: int, term: int) -> bool:
+        """The log has entry (`index`, `term`), or a snapshot past it."""
+        return self.snapshot_index > index or self.term_at(index) == term
 
 @dataclass(frozen=True, slots=True)
 class NodeSummary:
@@ -172,6 +203,10 @@ class RaftInvariants:
         self._summary_leaders: dict[str, tuple[int, int]] = {}
         self._digests: dict[int, tuple[str, str]] = {}
         self._acked: tuple[int, str] | None = None
+        # Quorums: each node's vote in each term, and each node's latest log
+        # as last seen (kept when it crashes: what it acknowledged is on disk).
+        self._votes: dict[tuple[int, str], str] = {}
+        self._last: dict[str, _Seen] = {}
         # When the current observation was made: a tick or seconds.
         self._tick: int | None = None
         self._t_s: float | None = None
@@ -231,8 +266,10 @@ class RaftInvariants:
             kept = prev.entries
         else:
             kept = list(entries)
-        self._nodes[st.node] = _Seen(st.term, st.role, st.commit, st.applied,
-                                     st.snapshot_index, st.snapshot_term, kept)
+        seen = _Seen(st.term, st.role, st.commit, st.applied, st.snapshot_index,
+                     st.snapshot_term, kept, st.confs)
+        self._check_quorums(st, prev, seen, out)
+        self._nodes[st.node] = self._last[st.node] = seen
         return out
 
     # --- live runs: status summaries, digests, acknowledgements ---------------
@@ -338,6 +375,62 @@ class RaftInvariants:
         return [self._v(ACKNOWLEDGED_DURABLE, (
             f"{what} was acknowledged at log index {index}, but {node} settled at applied "
             f"index {at}")) for node, at in sorted(applied.items()) if at < index]
+
+    # --- quorums under changing configurations (thesis §4.3) ------------------
+
+    def _check_quorums(self, st: NodeState, prev: _Seen | None, seen: _Seen,
+                       out: list[Violation]) -> None:
+        """Every vote is cast once a term; a new leader holds the votes of a
+        majority of each half of the configuration it campaigned under; and
+        a leader's commit index moves only to an entry that a majority of
+        each half of the configuration in force holds."""
+        if st.vote is not None:
+            cast = self._votes.setdefault((st.term, st.node), st.vote)
+            if cast != st.vote:
+                out.append(self._v(QUORUM, f"{st.node} voted for {cast} and then for {st.vote} "
+                                   f"in term {st.term}"))
+        if st.role != LEADER or not st.confs:
+            return
+        # It won under the latest configuration of its last observation (a
+        # candidate's log does not change while it campaigns).
+        before = prev.confs[-1] if prev is not None and prev.confs else st.confs[-1]
+        if prev is None or prev.role != LEADER or prev.term != st.term:
+            for half in before.halves():
+                votes = sorted(v for v in half if self._votes.get((st.term, v)) == st.node)
+                if len(votes) < majority(len(half)):
+                    out.append(self._v(QUORUM, (
+                        f"{st.node} leads term {st.term} with the votes of "
+                        f"{','.join(votes) or 'nobody'} only, not a majority of "
+                        f"{','.join(sorted(half))} (configuration of entry {before.index})")))
+                    return
+        if prev is None or st.commit <= prev.commit:
+            return
+        # The commit index ends under the configuration in force now. One
+        # step may also have committed C_old,new and appended C_new at once:
+        # then C_old,new itself was committed under C_old,new.
+        since = prev.last_index()
+        decided = [(st.commit, st.confs[-1])]
+        for older, conf in itertools.pairwise(st.confs):
+            if conf.index > since and older.outgoing and not conf.outgoing:
+                decided.append((older.index, older))
+        for index, conf in decided:
+            term = seen.term_at(index)
+            if term is None:
+                continue
+            for half in conf.halves():
+                holders = sorted(v for v in half if self._holds(v, st.node, seen, index, term))
+                if len(holders) < majority(len(half)):
+                    out.append(self._v(QUORUM, (
+                        f"{st.node}, leader of term {st.term}, committed entry {index} held "
+                        f"by {','.join(holders) or 'nobody'} only, not a majority of "
+                        f"{','.join(sorted(half))} (configuration of entry {conf.index})")))
+                    return
+
+    def _holds(self, node: str, observed: str, seen: _Seen, index: int, term: int) -> bool:
+        """`node` holds entry (`index`, `term`): as `seen` now if it is the
+        node observed, else as last seen (what it acknowledged is on disk)."""
+        log = seen if node == observed else self._last.get(node)
+        return log is not None and log.holds(index, term)
 
     # --- the properties ----------------------------------------------------
 

@@ -42,6 +42,28 @@ class ClusterLike(Protocol):
     def digest(self, node_id: str) -> dict[str, Any] | None: ...
 
 
+class MembersLike(Protocol):
+    """Membership changes as the supervisor makes them (raftctl's
+    ChaosMembers fits): each waits until its change committed and raises
+    if it was refused or did not commit."""
+
+    def add(self, name: str | None = None) -> str:
+        """Add a member as a learner (`name`: a removed one, with its data);
+        returns its name."""
+        ...
+
+    def promote(self, node: str, wait_s: float) -> None: ...
+    def remove(self, node: str) -> None: ...
+
+    def replace(self, node: str, by: str | None = None) -> str:
+        """Replace voter `node` by a new member (or `by`); returns its name."""
+        ...
+
+
+# A member added back at a heal must catch up within this to be promoted.
+CHAOS_CATCH_UP_S = 30.0
+
+
 class ChaosError(Exception):
     """The run cannot start or go on; the message says why."""
 
@@ -76,12 +98,16 @@ class Nemesis:
     """Injects one step at a time and heals it. It remembers which nodes it
     took down and how, so that `heal_all` brings back every one of them."""
 
-    def __init__(self, cluster: ClusterLike, log: EventLog) -> None:
+    def __init__(self, cluster: ClusterLike, log: EventLog,
+                 members: MembersLike | None = None) -> None:
         self.cluster = cluster
         self.log = log
+        self.members = members
         self.windows: list[FaultWindow] = []
         self._down: dict[str, str] = {}  # node -> kill | stop | pause
         self._links = False
+        # Membership changes to undo at the heal, in order: (how, node, by).
+        self._undo: list[tuple[str, str, str]] = []
 
     def inject(self, step: Step) -> FaultWindow:
         w = FaultWindow(kind=step.kind, label=step.label, targets=list(step.targets),
@@ -94,6 +120,8 @@ class Nemesis:
                 err = self._take_down(step.kind, n)
                 if err:
                     errors.append(err)
+        elif step.kind == "membership":
+            errors += self._change_members(step)
         elif step.kind == "transfer":
             if len(step.targets) == 2:
                 errors += self._do("transfer", step.label, list(step.targets),
@@ -133,9 +161,59 @@ class Nemesis:
         self._down[node] = how
         return None
 
+    def _change_members(self, step: Step) -> list[str]:
+        """Remove, replace or grow (chaos/schedule.py); what could not be done."""
+        m = self.members
+        if m is None:
+            return self._do("membership", step.label, list(step.targets), lambda: _no_members())
+        if step.change == "grow":
+            added: list[str] = []
+
+            def grow() -> None:
+                added.append(m.add())
+                self._undo.append(("remove", added[0], ""))
+                m.promote(added[0], CHAOS_CATCH_UP_S)
+
+            return self._do("membership", step.label, [], grow)
+        node = step.targets[0]
+        if step.change == "remove":
+            def out() -> None:
+                m.remove(node)
+                self._undo.append(("readd", node, ""))
+
+            return self._do("membership", step.label, [node], out)
+
+        def swap() -> None:
+            by = m.replace(node)
+            self._undo.append(("replace", by, node))
+
+        return self._do("membership", step.label, [node], swap)
+
+    def _undo_members(self) -> list[str]:
+        """Undo the membership changes of the faults healed, newest first."""
+        failed: list[str] = []
+        while self._undo and self.members is not None:
+            failed += self._undo_one(self.members, *self._undo.pop())
+        return failed
+
+    def _undo_one(self, m: MembersLike, how: str, node: str, by: str) -> list[str]:
+        if how == "remove":
+            return self._do("membership", f"{node} removed again", [node],
+                            lambda: m.remove(node))
+        if how == "readd":
+            def readd() -> None:
+                m.add(node)
+                m.promote(node, CHAOS_CATCH_UP_S)
+
+            return self._do("membership", f"{node} added back", [node], readd)
+        return self._do("membership", f"{node} replaced by {by} again", [node, by],
+                        lambda: m.replace(node, by=by))
+
     def heal(self, step: Step, window: FaultWindow) -> list[str]:
         """Undo `step`; returns what could not be undone."""
         failed: list[str] = []
+        if step.kind == "membership":
+            failed += self._undo_members()
         if step.kind in _DOWN_BY:
             for n in step.targets:
                 failed += self._bring_back(n)
@@ -168,6 +246,7 @@ class Nemesis:
                           lambda: self.cluster.apply_faults(FaultState()))
         for n in list(self._down):
             failed += self._bring_back(n)
+        failed += self._undo_members()
         now = round(self.log.clock(), 3)
         for w in self.windows:
             if w.end_s is None:
@@ -184,3 +263,8 @@ class Nemesis:
             return [f"{detail}: {err}"]
         self.log.add(kind, detail, targets)
         return []
+
+
+def _no_members() -> None:
+    raise ChaosError("membership faults need the supervisor's membership changes; "
+                     "`raftctl chaos run` provides them")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from chaos.faults import FaultState
 from chaos.linearizability import OK, READ, WRITE
 from chaos.monitor import CHAOS_STATUS_TIMEOUT_MS, Monitor
-from chaos.nemesis import ChaosError, ClusterLike, EventLog, Nemesis
+from chaos.nemesis import ChaosError, ClusterLike, EventLog, MembersLike, Nemesis
 from chaos.record import FINAL_CLIENT, RECOVERY_CLIENT, DigestSample, FaultEvent, RunRecord
 from chaos.schedule import DEFAULT_MIX, NEMESIS_INTERVAL_S, Schedule, parse_mix
 from chaos.workload import (
@@ -78,8 +78,10 @@ def _until(deadline: float) -> None:
 
 
 def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
-              on_event: Callable[[FaultEvent], None] | None = None) -> RunRecord:
+              on_event: Callable[[FaultEvent], None] | None = None,
+              members: MembersLike | None = None) -> RunRecord:
     """One nemesis run; returns what it recorded (`chaos.report.judge` it).
+    `members` makes the membership faults (the supervisor's changes).
     Raises ChaosError if the cluster is not in a state to start from or the
     options cannot be run on it. Ctrl-C ends the fault phase early; healing,
     recovery and the record still follow."""
@@ -104,7 +106,7 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
     _prepare(cluster, log, opts.recovery_timeout_s)
 
     monitor = Monitor(cluster, log)
-    nemesis = Nemesis(cluster, log)
+    nemesis = Nemesis(cluster, log, members)
     workload = make_workload(WorkloadSpec(factory, history, keys, opts.clients, opts.seed,
                                           opts.rate))
     monitor.start()

@@ -22,6 +22,15 @@ from chaos.faults import Link, Netem
 # (delay, loss, duplicate and reorder). And transfer (leadership transfer).
 KINDS = ("kill", "pause", "stop", "kill-all", "snapshot-kill", "isolate", "partition",
          "bridge", "ring", "one-way", "netem", "transfer")
+# Named on its own, never part of `all`: membership removes a member,
+# replaces it or adds one, each undone at the heal (docs/MEMBERSHIP.md). It
+# changes who is in the cluster, and takes longer than the faults above.
+MEMBERSHIP = "membership"
+KNOWN_KINDS = (*KINDS, MEMBERSHIP)
+# What a membership fault does: remove the target (added back with its data
+# at the heal), replace it by a new member (and the new one by it at the
+# heal), or grow the cluster by a voter (removed at the heal).
+MEMBERSHIP_CHANGES = ("remove", "replace", "grow")
 DEFAULT_MIX = "all"
 # How long a fault lasts, and then the quiet after its heal: twelve cycles,
 # one of each kind, in a 60 s run.
@@ -49,6 +58,7 @@ _SPECS: dict[str, tuple[str, ...]] = {
     "one-way": (LEADER, SUCCESSOR, ONE),
     "netem": (LEADER, MINORITY, MAJORITY),
     "transfer": (SUCCESSOR, ONE),
+    "membership": (LEADER, SUCCESSOR, ONE),
     "kill-all": (ALL,),
     "ring": (ALL,),
 }
@@ -61,6 +71,7 @@ _NEEDS: dict[str, tuple[int, str]] = {
     "one-way": (2, "a link"),
     "netem": (2, "a link"),
     "transfer": (2, "a follower to hand leadership to"),
+    "membership": (3, "a member to take out while the others keep a quorum"),
 }
 # Seeded ranges of the netem rates.
 _DELAY_MS = (5.0, 50.0)
@@ -96,6 +107,7 @@ class Step:
     leader: str | None
     links: tuple[Link, ...] = ()
     rates: Netem | None = None
+    change: str = ""  # membership: one of MEMBERSHIP_CHANGES
 
     def key(self) -> tuple[float, str, tuple[str, ...]]:
         return self.t_s, self.kind, self.targets
@@ -122,13 +134,13 @@ def parse_mix(text: str) -> dict[str, float]:
             raise ValueError(f"weight of {name} must be above 0, not {w}")
         if name == "all":
             mix.update(dict.fromkeys(KINDS, weight))
-        elif name in KINDS:
+        elif name in KNOWN_KINDS:
             mix[name] = weight
         else:
-            raise ValueError(f"unknown nemesis {name}; choose from {', '.join(KINDS)} or all, "
-                             "each with an optional :weight")
+            raise ValueError(f"unknown nemesis {name}; choose from {', '.join(KNOWN_KINDS)} or "
+                             "all, each with an optional :weight")
     if not mix:
-        raise ValueError(f"no nemesis given; choose from {', '.join(KINDS)} or all")
+        raise ValueError(f"no nemesis given; choose from {', '.join(KNOWN_KINDS)} or all")
     return mix
 
 
@@ -219,6 +231,7 @@ class Schedule:
         targets = self._pick(spec, view)
         links: set[Link] = set()
         rates: Netem | None = None
+        change = ""
         names = ",".join(targets)
         if kind in ("kill", "pause", "stop", "snapshot-kill", "kill-all"):
             verb = {"kill": "killed", "pause": "paused", "stop": "stopped (SIGTERM)",
@@ -253,6 +266,14 @@ class Schedule:
             rates = self._rates()
             where = "every link" if len(targets) == len(nodes) else f"the links of {names}"
             label = f"netem on {where}: {describe_rates(rates)}"
+        elif kind == "membership":
+            change = self._rng.choice(MEMBERSHIP_CHANGES)
+            if change == "grow":
+                targets, label = [], "a new member added and promoted (removed at the heal)"
+            elif change == "remove":
+                label = f"{names} removed from the cluster (added back at the heal)"
+            else:
+                label = f"{names} replaced by a new member (and back at the heal)"
         else:  # transfer
             lead, to = view.leader, targets[0]
             if to == lead:
@@ -262,7 +283,8 @@ class Schedule:
             else:
                 targets, label = [lead, to], f"leadership {lead} -> {to}"
         return Step(t_s=t, heal_s=heal, kind=kind, targets=tuple(targets), spec=spec,
-                    label=label, leader=view.leader, links=tuple(sorted(links)), rates=rates)
+                    label=label, leader=view.leader, links=tuple(sorted(links)), rates=rates,
+                    change=change)
 
     def _halves(self, spec: str, view: View,
                 targets: list[str]) -> tuple[list[str], str, set[Link]]:

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from chaos.invariants import (
     CORE_ERROR,
     LIVENESS,
+    ConfView,
     NodeState,
     RaftInvariants,
     Violation,
     check_linearizable,
 )
 from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
+from chaos.sim_members import Members
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
 from chaos.sim_network import SimNetwork, describe
 from node.config import (
@@ -27,8 +29,18 @@ from node.config import (
 )
 from node.errors import NotLeader, ProposalDropped
 from node.raft.base import Role
+from node.raft.confchange import describe_conf, initial
 from node.raft.core import RaftCore
-from node.raft.messages import Entry, EntryKind, HardState, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.messages import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    PeerMessage,
+    Snapshot,
+)
+from node.raft.quorum import majority
 from node.raft.ready import ReadState, Ready, Step, handle_ready
 from node.state.kv import (
     SESSION_EXPIRED,
@@ -93,6 +105,8 @@ class _Node:
     read_states: list[ReadState] = field(default_factory=list)
     crash_at: Step | None = None  # crash at this point of its next Ready
     unsynced_hs: HardState | None = None
+    # A node added after the start: it joins this initial configuration.
+    base: ConfState | None = None
 
 
 @dataclass(slots=True)
@@ -190,6 +204,7 @@ class Simulation:
         self._net = SimNetwork(self._rng)
         ids = [f"n{i}" for i in range(1, nodes + 1)]
         self._ids = ids
+        self._initial = list(ids)
         # Session rules, the same on every replica; small, so that sessions
         # expire and are evicted during runs (node/state/sessions.py).
         timeout_ms = self._rng.choice((300, 3_000, 60_000))
@@ -199,7 +214,8 @@ class Simulation:
             return KVStore(session_timeout_ms=timeout_ms, max_sessions=max_sessions)
 
         self._nodes = {i: _Node(i, [p for p in ids if p != i], new_kv) for i in ids}
-        self._quorum = nodes // 2 + 1
+        self._new_kv = new_kv
+        self._members = Members(self._rng, ids, min_voters=min(3, nodes))
         self._keys = [f"k{i}" for i in range(keys)]
         self._clients = [_Client(f"c{i}", self._rng.choice(ids)) for i in range(clients)]
         self._checker = RaftInvariants()
@@ -331,7 +347,9 @@ class Simulation:
 
     def restart(self, node: str) -> None:
         """Start a crashed node again from its disk (and cancel a pending
-        crash inside a Ready)."""
+        crash inside a Ready); not one stopped for good after its removal."""
+        if node in self._members.removed:
+            return
         n = self._nodes[node]
         n.crash_at = None
         if n.core is None:
@@ -345,7 +363,11 @@ class Simulation:
         """Ask the current leader, if any, to hand leadership to `to`."""
         lead = self._leader()
         if lead is not None and lead.core is not None and lead.id != to:
-            lead.core.transfer_leader(to)
+            try:
+                lead.core.transfer_leader(to)
+            except ValueError as e:  # not a voter (any more): refused, as it should be
+                self._log(lead.id, f"transfer to {to} refused: {e}")
+                return
             self._guard(lambda: self._handle(lead))
 
     def note(self, who: str, text: str) -> None:
@@ -367,10 +389,45 @@ class Simulation:
         except _Stop:
             self._stopped = True
 
+    # --- membership, for the supervisor (chaos/sim_members.py) ----------------
+
+    def change_members(self, action: str) -> str | None:
+        """Ask the leader for a membership change (`add`, `promote`,
+        `remove`, `replace`); what was asked, or None if nothing could be."""
+        return self._members.change(self, action)
+
+    def leader_core(self) -> tuple[str, RaftCore] | None:
+        lead = self._leader()
+        return None if lead is None or lead.core is None else (lead.id, lead.core)
+
+    def propose_change(self, leader: str, cc: ConfChange) -> None:
+        n = self._nodes[leader]
+        assert n.core is not None
+        n.core.propose_conf_change(cc)
+        self._guard(lambda: self._handle(n))
+
+    def new_node(self, node: str) -> None:
+        n = _Node(node, [], self._new_kv, base=initial(self._initial))
+        self._nodes[node] = n
+        self._ids.append(node)
+        self._log(node, "started with an empty disk, to join")
+        self._guard(lambda: self._start(n))
+
+    def stop(self, node: str) -> None:
+        n = self._nodes[node]
+        n.crash_at = None
+        if n.core is not None:
+            self._crash(n, "and stopped for good: its removal committed")
+
+    def revive(self, node: str) -> None:
+        self._log(node, "started again from its disk, to join again")
+        self.restart(node)
+
     def _tick(self, faulty: bool) -> None:
         self.now += 1
         outer, self._in_tick = self._in_tick, True
         try:
+            self._members.step(self)
             if faulty:
                 self._nemesis.step(self)
             for n in self._nodes.values():
@@ -488,7 +545,9 @@ class Simulation:
         log = core.log
         found = self._checker.observe(self.now, NodeState(
             n.id, core.term, core.role.value, log.commit, n.applied,
-            log.snapshot.index, log.snapshot.term, log.entries))
+            log.snapshot.index, log.snapshot.term, log.entries, vote=core.vote,
+            confs=[ConfView(p.index, frozenset(p.conf.voters), frozenset(p.conf.voters_outgoing))
+                   for p in core.conf_history()]))
         if found:
             self._violations.extend(found)
             if self._trace is not None:
@@ -504,11 +563,19 @@ class Simulation:
             n.kv.restore(snap.data)
         n.applied = snap.meta.index
         n.core = RaftCore(n.id, n.peers, n.storage, self.config,
-                          random.Random(self._rng.getrandbits(64)))
+                          random.Random(self._rng.getrandbits(64)), base=n.base)
         self._observe(n)
         self._handle(n)
 
     def _crash(self, n: _Node, how: str) -> None:
+        # What the node promised is on its disk: the checker sees it once more
+        # as the disk holds it (its votes and entries count in quorums).
+        st = n.storage.initial_state()
+        found = self._checker.observe(self.now, NodeState(
+            n.id, st.hard_state.term, Role.FOLLOWER.value, st.hard_state.commit,
+            st.snapshot.index, st.snapshot.index, st.snapshot.term, st.entries,
+            vote=st.hard_state.vote))
+        self._violations.extend(found)
         n.core = None
         n.kv = n.new_kv()
         n.applied = 0
@@ -527,9 +594,7 @@ class Simulation:
         assert core is not None
         if n.applied - core.snapshot_meta.index < _COMPACT_MIN_ENTRIES:
             return
-        term = core.log.term(n.applied)
-        assert term is not None
-        meta = SnapshotMeta(n.applied, term)
+        meta = core.snapshot_point(n.applied)
         n.storage.create_snapshot(meta, encode_image(n.kv.freeze()))
         core.compact(meta)
         self._stats["compactions"] += 1
@@ -562,14 +627,19 @@ class Simulation:
             self._log(lead.id, f"liveness probe proposed at {index}")
             self._handle(lead)
         _, index, term = self._probe
-        holders = sum(1 for n in self._nodes.values() if n.core is not None
-                      and n.core.log.commit >= index and n.core.log.term(index) == term)
-        return holders >= self._quorum
+        voters = core.conf.voters
+        holders = sum(1 for v in voters if (n := self._nodes.get(v)) is not None
+                      and n.core is not None and n.core.log.commit >= index
+                      and n.core.log.term(index) == term)
+        return holders >= majority(len(voters))
 
     def _roles(self) -> str:
+        lead = self._leader()
+        conf = "" if lead is None or lead.core is None else \
+            f"; {describe_conf(lead.core.conf)} at {lead.id}"
         return ", ".join(f"{n.id}:{'down' if n.core is None else n.core.role.value}"
                          f"@{0 if n.core is None else n.core.term}"
-                         for n in self._nodes.values())
+                         for n in self._nodes.values()) + conf
 
     # --- clients ------------------------------------------------------------------
 
@@ -694,8 +764,8 @@ def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> RunSu
 # The counters a sweep adds up to show which paths its runs went through.
 COVERAGE_STATS = (
     "became_leader", "crashes", "compactions", "snapshot_installed", "leadership_transferred",
-    "append_rejected", "messages_delivered", "messages_dropped", "ops_ok", "ops_unknown",
-    "ops_fail",
+    "append_rejected", "membership_changed", "messages_delivered", "messages_dropped", "ops_ok",
+    "ops_unknown", "ops_fail",
 )
 
 
@@ -711,6 +781,11 @@ class _SimReady:
         # these steps; a Ready of messages alone changes nothing the
         # invariants look at.
         self.changed = False
+
+    def reconfigure(self, conf: ConfState) -> None:
+        # The virtual network reaches every node by its id: nothing to
+        # rewire; the configuration is in the next observation.
+        self.changed = True
 
     def send(self, messages: Sequence[PeerMessage]) -> None:
         self.sim._send_all(self.n, messages)

@@ -11,19 +11,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chaos.sim_members import MEMBERSHIP_ACTIONS
 from chaos.sim_network import SimNetwork
 from node.raft.ready import Step
 
 FAULT_KINDS: tuple[str, ...] = (
     "loss", "duplicate", "reorder", "delay", "partition", "isolate", "oneway",
-    "crash", "snapshot", "transfer",
+    "crash", "snapshot", "transfer", "membership",
 )
 
 # Chance per tick of starting a fault, and how many may be active at once.
 _FAULT_CHANCE = 0.06
 _MAX_ACTIVE_FAULTS = 3
-# Chance that a new leader is cut off or crashed a few ticks after winning.
+# Chance that a new leader is cut off or crashed a few ticks after winning,
+# and that the leader is, a few ticks after it took a membership change (it
+# may then fall between C_old,new and C_new, thesis §4.3).
 _STRIKE_CHANCE = 0.25
+_MEMBERSHIP_STRIKE_CHANCE = 0.3
+# Chance per tick of a membership change besides the other faults: a change
+# takes two (add, then promote), and each wants faults around it.
+_MEMBERSHIP_CHANCE = 0.03
 
 
 def parse_faults(text: str) -> frozenset[str]:
@@ -66,6 +73,11 @@ class Target(Protocol):
 
     def transfer(self, to: str) -> None:
         """Ask the leader to hand its leadership over to `to`."""
+        ...
+
+    def change_members(self, action: str) -> str | None:
+        """Ask the leader for a membership change of kind `action` (one of
+        MEMBERSHIP_ACTIONS); what was asked, or None if nothing could be."""
         ...
 
     def note(self, who: str, text: str) -> None: ...
@@ -111,6 +123,8 @@ class Nemesis:
             self._start(t, self._rng.choice(self._strike_kinds), node)
         if self._kinds and self._rng.random() < _FAULT_CHANCE:
             self._start(t, self._rng.choice(self._kinds), None)
+        if "membership" in self._kinds and self._rng.random() < _MEMBERSHIP_CHANCE:
+            self._start(t, "membership", None)
 
     def heal(self, t: Target) -> None:
         """End every fault: links up, nodes restarted, the network clean."""
@@ -190,6 +204,18 @@ class Nemesis:
                 return f"crash {f.node} at its next Ready, {at.value}"
             t.crash(f.node)
             return f"crash {f.node}"
+        if f.kind == "membership":
+            # One-shot: add, promote, remove or replace a member (thesis ch. 4).
+            lead = t.leader()
+            what = t.change_members(rng.choice(MEMBERSHIP_ACTIONS))
+            if what is None:
+                return None
+            f.until = t.now
+            if lead is not None and self._strike_kinds \
+                    and rng.random() < _MEMBERSHIP_STRIKE_CHANCE:
+                self._strikes.append((t.now + rng.randint(1, 4), lead))
+                self._strikes.sort()
+            return what
         # transfer: a one-shot request to the leader (thesis §3.10)
         lead = t.leader()
         if lead is None or len(ids) == 1:
@@ -212,5 +238,5 @@ class Nemesis:
         elif f.kind == "crash" and f.node is not None:
             t.restart(f.node)
         net.recover(f.links)
-        if f.kind != "transfer":
+        if f.kind not in ("transfer", "membership"):
             t.note("--", f"fault {f.kind} ended")

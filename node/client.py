@@ -251,6 +251,11 @@ class Client:
                 continue
             if resp is not None:
                 last_error = resp.error or last_error
+                if resp.leader and resp.leader_addr and resp.leader not in self.nodes:
+                    # A member added after this client was made: the hint
+                    # brings its address (docs/MEMBERSHIP.md).
+                    self.nodes[resp.leader] = resp.leader_addr
+                    self._order.append(resp.leader)
                 if resp.leader and resp.leader in self.nodes and resp.leader != target:
                     target = self.leader = resp.leader
                     continue

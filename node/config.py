@@ -29,6 +29,10 @@ MAX_UNCOMMITTED_BYTES = 32 * 1024 * 1024
 # After a local snapshot the log keeps this many entries before it, so that a
 # follower briefly behind is caught up by appends (etcd's default too).
 CATCHUP_ENTRIES = 5_000
+# A learner is promoted to voter only once its log is within this many
+# entries of the leader's (thesis §4.2.1): a voter far behind would hold back
+# every commit that needs it.
+PROMOTE_MAX_LAG_ENTRIES = 1_000
 
 # The largest wire message a node accepts; anything bigger is a bad message.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -117,6 +121,7 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     # minus one (§5.2); None: election_ticks (150-300 ms by default); 0
     # turns the randomization off (split votes then repeat).
     election_jitter_ticks: int | None = None
+    promote_max_lag_entries: int = PROMOTE_MAX_LAG_ENTRIES
     prevote: bool = True
     check_quorum: bool = True
 
@@ -137,6 +142,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("catchup_entries must not be negative")
         if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
             raise ValueError("election_jitter_ticks must not be negative")
+        if self.promote_max_lag_entries < 0:
+            raise ValueError("promote_max_lag_entries must not be negative")
 
 
 # --- a cluster as the node process and the supervisor see it ----------------
@@ -196,7 +203,13 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str = "default"
     transport: str = "zmq"
+    # Every node process the supervisor knows, with its addresses; which of
+    # them vote is the replicated configuration's business (docs/MEMBERSHIP.md).
     nodes: list[NodeSpec]
+    # The voters the cluster was created with: the configuration in force
+    # where a log starts from nothing. Empty: all of `nodes` (a run
+    # directory from before membership changes).
+    initial_members: list[str] = []
     tick_ms: int = TICK_MS
     election_ticks: int = ELECTION_TICKS
     heartbeat_ticks: int = HEARTBEAT_TICKS
@@ -207,6 +220,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
     catchup_entries: int = CATCHUP_ENTRIES  # kept in the log before a snapshot
+    promote_max_lag_entries: int = PROMOTE_MAX_LAG_ENTRIES
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
@@ -229,6 +243,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
         """`netns` as the mode name ("" when off)."""
         return self.netns if isinstance(self.netns, str) else ""
 
+    def initial_ids(self) -> list[str]:
+        """The voters of the cluster's initial configuration."""
+        return list(self.initial_members) or [n.id for n in self.nodes]
+
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
             if n.id == node_id:
@@ -245,6 +263,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             max_uncommitted_bytes=self.max_uncommitted_bytes,
             catchup_entries=self.catchup_entries,
             election_jitter_ticks=self.election_jitter_ticks,
+            promote_max_lag_entries=self.promote_max_lag_entries,
         )
 
     def problems(self) -> list[str]:
@@ -278,6 +297,11 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("catchup_entries: must not be negative")
         if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
             out.append("election_jitter_ticks: must not be negative")
+        if self.promote_max_lag_entries < 0:
+            out.append("promote_max_lag_entries: must not be negative")
+        strangers = sorted(set(self.initial_members) - {n.id for n in self.nodes})
+        if strangers:
+            out.append(f"initial_members: {', '.join(strangers)} not among the nodes")
         if self.session_timeout_ms < 1:
             out.append("session_timeout_ms: must be at least 1")
         if self.max_sessions < 1:

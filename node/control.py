@@ -1,14 +1,16 @@
 """Operator commands on the control socket: status, link faults, leadership
-transfer, compaction, digest, shutdown. Requests and replies are msgpack maps;
-the runner implements `Controlled`. No socket I/O here.
+transfer, membership changes, compaction, digest, shutdown. Requests and
+replies are msgpack maps; the runner implements `Controlled`. No socket I/O
+here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
+from node.config import NodeSpec
 from node.transport.links import LinkRule
 
 
@@ -30,6 +32,22 @@ class TransferRequest(_Ctl, tag="transfer_leader", frozen=True):
     to: str
 
 
+class MemberChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One member's part of a membership change: `add_learner` (with its
+    addresses in `spec`), `promote` (a learner to voter) or `remove`."""
+
+    type: Literal["add_learner", "promote", "remove"]
+    node: str
+    spec: NodeSpec | None = None
+
+
+class ChangeMembersRequest(_Ctl, tag="change_members", frozen=True):
+    """Start a membership change (all of `changes` at once, through joint
+    consensus); only the leader takes it."""
+
+    changes: list[MemberChange]
+
+
 class CompactRequest(_Ctl, tag="compact", frozen=True):
     pass
 
@@ -43,8 +61,8 @@ class ShutdownRequest(_Ctl, tag="shutdown", frozen=True):
 
 
 ControlRequest = (
-    StatusRequest | SetLinksRequest | TransferRequest | CompactRequest | DigestRequest
-    | ShutdownRequest
+    StatusRequest | SetLinksRequest | TransferRequest | ChangeMembersRequest | CompactRequest
+    | DigestRequest | ShutdownRequest
 )
 
 
@@ -60,6 +78,7 @@ class Controlled(Protocol):
     def status(self) -> dict[str, Any]: ...
     def set_links(self, rules: dict[str, LinkRule]) -> None: ...
     def transfer_leader(self, to: str) -> None: ...
+    def change_members(self, changes: list[MemberChange]) -> dict[str, Any]: ...
     def compact(self) -> dict[str, Any]: ...
     def digest(self) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
@@ -88,6 +107,8 @@ def handle_control(node: Controlled, data: bytes) -> tuple[bytes, str | None]:
             node.set_links(req.rules)
         elif isinstance(req, TransferRequest):
             node.transfer_leader(req.to)
+        elif isinstance(req, ChangeMembersRequest):
+            result = node.change_members(req.changes)
         elif isinstance(req, CompactRequest):
             result = node.compact()
         elif isinstance(req, DigestRequest):

@@ -15,3 +15,13 @@ class NotLeader(Exception):
 class ProposalDropped(Exception):
     """The leader cannot take proposals now: a leadership transfer is
     running, or too many of its proposals wait for their commit."""
+
+
+class ConfChangeRefused(Exception):
+    """The leader will not start this membership change now. `code` says
+    why for machines: `change_in_progress` (retry once it has committed),
+    `not_caught_up` (a learner too far behind to vote), `invalid_change`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

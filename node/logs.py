@@ -25,6 +25,7 @@ EVENTS = frozenset(
         "bad_request", "commit_progress", "wal_tail_truncated", "wal_reservation_off",
         "snapshot_failed",
         "bad_datagram", "message_oversize", "follower_lost_data", "rejoined_without_data",
+        "membership_changed", "peer_added", "peer_removed", "peer_unknown",
     }
 )
 

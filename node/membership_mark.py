@@ -49,5 +49,6 @@ def data_lost_message(node_id: str, data_dir: Path) -> str:
     return (f"{node_id} has lost its data: {data_dir} holds no log, vote or snapshot, "
             f"but {node_id} was a member of this cluster. Coming back as a voter with an "
             "empty log could let it vote twice in one term or elect a leader that lacks "
-            "committed writes. Bring it back as a new member, or, accepting that risk, "
-            f"start it with `raftctl start --force-rejoin {node_id}`")
+            f"committed writes. Replace it by a new member: `raftctl member replace {node_id}` "
+            "(docs/MEMBERSHIP.md); or, accepting that risk, start its process with "
+            "--force-rejoin")

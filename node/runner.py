@@ -28,13 +28,15 @@ from node.config import (
     ClusterConfig,
     node_dir,
 )
-from node.control import ControlError, handle_control
+from node.control import ControlError, MemberChange, handle_control
 from node.errors import NotLeader
 from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
 from node.membership_mark import DataLost, data_lost_message, record_member, was_member
+from node.peers import PeerBook, conf_status, propose_members, transport_addr
 from node.raft.base import Role
+from node.raft.confchange import initial
 from node.raft.core import RaftCore
-from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
 from node.raft.ready import Ready, SoftState, Step, handle_ready
 from node.state.kv import KVStore, encode_image
 from node.storage import FileStorage
@@ -128,7 +130,6 @@ class NodeRunner:
         snap = self.storage.snapshot()
         if snap.meta.index > 0:
             self.kv.restore(snap.data)
-        peers = [n.id for n in self.cfg.nodes if n.id != node_id]
         seed = int.from_bytes(os.urandom(8), "big")
         core_cfg = self.cfg.core_config()
         max_command = MAX_MESSAGE_BYTES
@@ -140,7 +141,10 @@ class NodeRunner:
                 core_cfg, max_append_bytes=lim.max_append_bytes,
                 snapshot_chunk_bytes=lim.snapshot_chunk_bytes)
             max_command = lim.max_entry_data_bytes
-        self.core = RaftCore(node_id, peers, self.storage, core_cfg, random.Random(seed))
+        # The configuration in force is the latest in the log; where the log
+        # holds none, it is the cluster's initial one (docs/MEMBERSHIP.md).
+        self.core = RaftCore(node_id, [], self.storage, core_cfg, random.Random(seed),
+                             base=initial(self.cfg.initial_ids()))
         self._core = self.core
         self._last_role = self.core.role
         self._last_term = self.core.term
@@ -150,12 +154,18 @@ class NodeRunner:
         self.zap = ZapHandler(self.ctx, {self.keys.public}, self._auth_rejected)
         self.links = LinkFilter(random.Random(seed ^ 0x5EED))
         self.links.set_rules(load_links(ndir / "links.json"))
+        self._client_addrs = {n.id: n.client_addr() for n in self.cfg.nodes}
+        self.peer_book = PeerBook(node_id, run_dir, {n.id: n for n in self.cfg.nodes},
+                                  transport_addr(self.cfg.transport, self.spec),
+                                  self._client_addrs,
+                                  lambda event, **kw: self.log.info(event, **kw))
         self.transport: PeerTransport = FaultyTransport(self._make_transport(), self.links)
+        self.peer_book.attach(self.transport)
         self.client_sock = make_server_socket(self.ctx, self.spec.client_addr(), self.keys)
         self.control_sock = make_server_socket(self.ctx, self.spec.control_addr(), self.keys)
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
-            {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request, max_command)
+            self._client_addrs, self._bad_request, max_command)
         # Replies to DEALER clients, per routing id, sent as one frame at the
         # end of the loop iteration (node/api.py, batch frames).
         self._outbox: dict[bytes, list[bytes]] = {}
@@ -176,19 +186,23 @@ class NodeRunner:
                       last_index=self.core.log.last_index(), snapshot_index=snap.meta.index)
 
     def _make_transport(self) -> PeerTransport:
-        others = [n for n in self.cfg.nodes if n.id != self.id]
+        # The members of the configuration in force; others come and go
+        # with it (node/peers.py).
+        peers = self.peer_book.wanted(self.core.conf)
         if self.cfg.transport == "udp":
             return UdpTransport(
                 self.id, (self.spec.host, self.spec.peer_port),
-                {n.id: (n.host, n.peer_port) for n in others}, udp_mac_key(self.keys),
+                peers, udp_mac_key(self.keys),
                 self.cfg.udp_max_datagram_bytes,
                 on_bad=lambda reason, detail: self.log.warning(
                     "bad_datagram", reason=reason, detail=detail[:200]),
                 on_oversize=lambda dst, size: self.log.error(
                     "message_oversize", to=dst, bytes=size,
-                    limit=self.cfg.udp_max_datagram_bytes))
-        return ZmqTransport(self.ctx, self.id, self.spec.peer_addr(),
-                            {n.id: n.peer_addr_from(self.spec) for n in others}, self.keys)
+                    limit=self.cfg.udp_max_datagram_bytes),
+                on_unknown=self.peer_book.unknown_sender)
+        return ZmqTransport(self.ctx, self.id, self.spec.peer_addr(), peers, self.keys,
+                            on_unknown=self.peer_book.unknown_sender)
+
 
     def _log_state(self) -> tuple[int, str]:
         c = self._core
@@ -347,6 +361,9 @@ class NodeRunner:
                 self._reservation_logged = True
                 self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
 
+    def _reconfigure(self, conf: ConfState) -> None:
+        self.peer_book.apply(conf)
+
     def _send(self, messages: Sequence[PeerMessage]) -> None:
         for m in messages:
             self.transport.send(m.dst, codec.encode(m))
@@ -440,7 +457,7 @@ class NodeRunner:
         c = self.core
         peers = {
             p: {"match": pr.match, "next": pr.next, "state": pr.state.value,
-                "active": pr.recent_active}
+                "active": pr.recent_active, "voter": c.conf.is_voter(p)}
             for p, pr in c.progress.items()
         } if c.role is Role.LEADER else {}
         tstats = dict(self.transport.stats)
@@ -452,6 +469,7 @@ class NodeRunner:
             "applied": self.kv.applied_index,
             "log_first": c.log.first_index(), "log_last": c.log.last_index(),
             "snapshot_index": c.snapshot_meta.index, "peers": peers,
+            "conf": conf_status(c),
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
@@ -474,9 +492,10 @@ class NodeRunner:
         }
 
     def set_links(self, rules: dict[str, LinkRule]) -> None:
-        unknown = sorted(set(rules) - set(self.core.peers))
-        if unknown:
-            raise ControlError("unknown_peer", f"not peers of {self.id}: {', '.join(unknown)}")
+        # Rules may name nodes this node does not know yet (members added
+        # after its log ends); only its own id makes no sense.
+        if self.id in rules:
+            raise ControlError("unknown_peer", f"{self.id} has no link to itself")
         self.links.set_rules(rules)
         self.log.info("link_faults_set",
                       rules={p: msgspec.to_builtins(r) for p, r in rules.items()})
@@ -489,6 +508,9 @@ class NodeRunner:
                                f"(leader: {e.leader or 'unknown'})") from None
         except ValueError as e:
             raise ControlError("unknown_peer", str(e)) from None
+
+    def change_members(self, changes: list[MemberChange]) -> dict[str, Any]:
+        return propose_members(self.core, changes)
 
     def compact(self) -> dict[str, Any]:
         started = self._maybe_snapshot(force=True)
@@ -518,9 +540,10 @@ class NodeRunner:
             self.core.transfer_leader(target)
 
     def _best_successor(self) -> str | None:
-        if self.core.role is not Role.LEADER or not self.core.peers:
+        voters = [p for p in self.core.conf.voters if p in self.core.progress]
+        if self.core.role is not Role.LEADER or not voters:
             return None
-        return max(self.core.progress.items(), key=lambda kv: kv[1].match)[0]
+        return max(voters, key=lambda p: self.core.progress[p].match)
 
     def _may_exit(self, now: float) -> bool:
         return self.core.role is not Role.LEADER or now >= self._stop_deadline
@@ -594,6 +617,7 @@ class _ReadyIO:
     """The runner's side of each step of a Ready (node/raft/ready.py)."""
 
     def __init__(self, r: NodeRunner) -> None:
+        self.reconfigure = r._reconfigure
         self.send = r._send
         self.persist = r._persist
         self.install = r._install

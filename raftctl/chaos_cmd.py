@@ -34,7 +34,7 @@ from chaos.report import (
     timeline,
 )
 from chaos.run import ChaosOptions, run_chaos
-from chaos.schedule import DEFAULT_MIX, KINDS, NEMESIS_INTERVAL_S, parse_mix
+from chaos.schedule import DEFAULT_MIX, KNOWN_KINDS, MEMBERSHIP, NEMESIS_INTERVAL_S, parse_mix
 from chaos.workload import (
     CHAOS_ATTEMPT_TIMEOUT_MS,
     CHAOS_CLIENT_OPS_PER_S,
@@ -49,6 +49,7 @@ from raftctl import render
 from raftctl.cluster import Cluster, ClusterError
 from raftctl.exits import CliError, Exit, from_cluster_error
 from raftctl.logview import parse_duration_s
+from raftctl.members import ChaosMembers
 from raftctl.options import json_option
 
 # Violations listed one by one before the rest is only counted.
@@ -94,7 +95,8 @@ def chaos() -> None:
               help="How long faults are injected (60, 60s, 2m).")
 @click.option("--nemesis", "nemesis_", default=DEFAULT_MIX, show_default=True,
               help=f"Fault kinds with optional weights, comma-separated, like "
-                   f"kill:2,partition,netem:0.5; all is every kind. Kinds: {', '.join(KINDS)}.")
+                   f"kill:2,partition,netem:0.5; all is every kind but {MEMBERSHIP}, which "
+                   f"changes the members (name it). Kinds: {', '.join(KNOWN_KINDS)}.")
 @click.option("--interval", default=f"{NEMESIS_INTERVAL_S:g}s", show_default=True,
               help="How long each fault lasts; after its heal the cluster gets as long again "
                    "to recover before the next fault.")
@@ -165,7 +167,7 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
 
     try:
         with _noting_interrupts() as interrupted:
-            rec = run_chaos(c, factory, opts, on_event=on_event)
+            rec = run_chaos(c, factory, opts, on_event=on_event, members=ChaosMembers(c))
     except ChaosError as e:
         raise CliError(str(e), Exit.UNAVAILABLE) from None
     except ClusterError as e:

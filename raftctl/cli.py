@@ -72,7 +72,8 @@ class _RaftctlGroup(click.Group):
     every error a command lets through leaves with its exit code."""
 
     LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
-            "sim": "raftctl.sim_cmd:sim", "k8s": "raftctl.k8s_cmd:k8s"}
+            "sim": "raftctl.sim_cmd:sim", "k8s": "raftctl.k8s_cmd:k8s",
+            "member": "raftctl.member_cmd:member"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -225,15 +226,15 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
     c.check_ports()
     failed = _install_on_hosts(c, wheel, wheelhouse)
     c.prepare_kernel()
-    for n in cfg.nodes:
-        if n.id in failed:
+    for n in c.node_ids():
+        if n in failed:
             continue
         try:
-            c.start(n.id)
+            c.start(n)
         except ClusterError as e:
             if not has_hosts(c.run_dir):
                 raise
-            failed[n.id] = str(e)  # on hosts, one node's trouble does not stop the others
+            failed[n] = str(e)  # on hosts, one node's trouble does not stop the others
     try:
         with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
             c.wait_for_leader(wait_s)

@@ -79,10 +79,13 @@ class ProcessInfo(msgspec.Struct, frozen=True):
 
 
 class ClusterFile(msgspec.Struct):
-    """`cluster.json`: the config the nodes read and the processes we started."""
+    """`cluster.json`: the config the nodes read, the processes we started,
+    and the nodes removed from the cluster (`raftctl member remove`: kept in
+    `config.nodes` with their addresses, never counted as nodes again)."""
 
     config: ClusterConfig
     processes: dict[str, ProcessInfo] = {}
+    removed: list[str] = []
 
 
 def default_home() -> Path:
@@ -225,6 +228,8 @@ class Cluster:
         self.name = name
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._config: ClusterConfig | None = None
+        self._removed: list[str] = []
+        self._file_key: tuple[int, int] | None = None
         self._keys: CurveKeys | None = None
 
     # --- files ----------------------------------------------------------------
@@ -264,11 +269,31 @@ class Cluster:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def config(self) -> ClusterConfig:
-        # A cluster's config and keys never change after `create`: read each
-        # once per command, not on every control request (`watch` polls).
-        if self._config is None:
-            self._config = self.load().config
+        # Read again only when the file changed (`raftctl member` adds and
+        # removes nodes), not on every control request (`watch` polls).
+        try:
+            st = self.file.stat()
+            key = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if self._config is None or key != self._file_key:
+            cf = self.load()
+            self._config, self._removed, self._file_key = cf.config, cf.removed, key
         return self._config
+
+    def removed_ids(self) -> list[str]:
+        """Nodes removed from the cluster (`raftctl member remove`)."""
+        self.config()
+        return list(self._removed)
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[ClusterFile]:
+        """Change `cluster.json` under the run directory's lock: the file
+        as it is now, saved as the block leaves it."""
+        with self.locked():
+            cf = self.load()
+            yield cf
+            self._save(cf)
 
     def keys(self) -> CurveKeys:
         if self._keys is None:
@@ -279,7 +304,9 @@ class Cluster:
         return self._keys
 
     def node_ids(self) -> list[str]:
-        return [n.id for n in self.config().nodes]
+        """The cluster's nodes, those removed from it left out."""
+        cfg = self.config()
+        return [n.id for n in cfg.nodes if n.id not in self._removed]
 
     def check_nodes(self, names: list[str]) -> list[str]:
         ids = self.node_ids()
@@ -322,6 +349,9 @@ class Cluster:
                 if n.ipc_dir:
                     Path(n.ipc_dir).mkdir(parents=True, exist_ok=True)
             write_keys(self.run_dir / "keys", generate_keys())
+            if not cfg.initial_members:
+                # Fixed now: later members join this configuration.
+                cfg = msgspec.structs.replace(cfg, initial_members=[n.id for n in cfg.nodes])
             self._save(ClusterFile(config=cfg))
 
     def purge(self) -> None:
@@ -368,8 +398,8 @@ class Cluster:
 
     def check_ports(self) -> None:
         """Refuse, naming the first one, if any node's port is taken."""
-        for spec in self.config().nodes:
-            self._check_node_ports(spec)
+        for n in self.node_ids():
+            self._check_node_ports(self.config().node(n))
 
     def _check_node_ports(self, spec: NodeSpec) -> None:
         udp = self.config().transport == "udp"
@@ -659,7 +689,7 @@ class Cluster:
             return [n for n in nodes if not self.set_links(n, rules[n])]
 
     def client_addrs(self) -> dict[str, str]:
-        return {n.id: n.client_addr() for n in self.config().nodes}
+        return {n: self.config().node(n).client_addr() for n in self.node_ids()}
 
     def up_client_addrs(self) -> dict[str, str]:
         """The client addresses of the nodes whose process runs (not paused),

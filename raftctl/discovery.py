@@ -68,10 +68,10 @@ def describe(run_dir: Path, current: Path) -> FoundCluster | None:
     try:
         states = c.status(timeout_s=LS_STATUS_TIMEOUT_S)
     except ClusterError as e:
-        return FoundCluster(cfg.name, str(run_dir), len(cfg.nodes), 0, None,
+        return FoundCluster(cfg.name, str(run_dir), len(c.node_ids()), 0, None,
                             run_dir == current, problem=str(e))
     up = sum(1 for s in states if s.process == "running")
-    return FoundCluster(cfg.name, str(run_dir), len(cfg.nodes), up, leader_of(states),
+    return FoundCluster(cfg.name, str(run_dir), len(states), up, leader_of(states),
                         run_dir == current)
 
 

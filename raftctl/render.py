@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from raftctl.cluster import NodeState
+from raftctl.cluster import NodeState, leader_of
 from raftctl.discovery import FoundCluster
+
+if TYPE_CHECKING:  # `raftctl member` only: its module loads storage code
+    from raftctl.members import Conf, Member, Outcome
 
 NODE_COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan",
                 "bright_magenta", "bright_green", "bright_yellow", "bright_blue", "bright_red"]
 STATE_STYLES = {"leader": "bold green", "follower": "", "candidate": "yellow",
                 "pre_candidate": "yellow", "paused": "bold magenta", "down": "bold red",
                 "unreachable": "red"}
+ROLE_STYLES = {"voter": "bold", "learner": "cyan", "leaving": "yellow", "removed": "dim"}
 HIGHLIGHT_EVENTS = {"became_leader": "bold green", "stepped_down": "bold red",
                     "election_started": "yellow", "prevote_started": "yellow",
                     "node_started": "bold", "node_stopping": "bold", "snapshot_installed": "cyan",
@@ -61,9 +65,43 @@ def faults_summary(st: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def _lead_conf(states: list[NodeState]) -> dict[str, Any] | None:
+    """The configuration the leader reports (None: no node leads)."""
+    lead = leader_of(states)
+    st = next((s.status for s in states if s.id == lead), None)
+    return st.get("conf") if st else None
+
+
+def member_role(conf: dict[str, Any] | None, node: str) -> str | None:
+    """voter, learner, leaving (an old voter while joint) or none; None when
+    no node leads."""
+    if conf is None:
+        return None
+    if node in conf["voters"]:
+        return "voter"
+    if node in conf["learners"]:
+        return "learner"
+    return "leaving" if node in conf["outgoing"] else "none"
+
+
+def conf_caption(conf: dict[str, Any] | None) -> str:
+    """`voters n1,n2,n3 · learners n4`, and while joint the old voters."""
+    if conf is None:
+        return "configuration unknown (no leader)"
+    parts = [f"voters {','.join(conf['voters'])}"]
+    if conf["learners"]:
+        parts.append(f"learners {','.join(conf['learners'])}")
+    if conf["joint"]:
+        parts.append(f"joint with old voters {','.join(conf['outgoing'])}")
+    elif not conf["committed"]:
+        parts.append("change committing")
+    return " · ".join(parts)
+
+
 def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
     """The stable `--json` schema of `raftctl status`."""
     rows = []
+    lead_conf = _lead_conf(states)
     for s in states:
         st = s.status or {}
         rows.append({
@@ -72,13 +110,17 @@ def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
             "applied": st.get("applied"), "log_first": st.get("log_first"),
             "log_last": st.get("log_last"), "snapshot_index": st.get("snapshot_index"),
             "faults": st.get("links") or {},
+            "member": member_role(lead_conf, s.id), "conf": st.get("conf"),
         })
     return rows
 
 
 def status_table(states: list[NodeState], title: str | None = None) -> Table:
-    t = Table(title=title, title_justify="left", header_style="bold")
-    for col in ("NODE", "PID", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG", "FAULTS"):
+    lead_conf = _lead_conf(states)
+    t = Table(title=title, title_justify="left", header_style="bold",
+              caption=conf_caption(lead_conf), caption_justify="left")
+    for col in ("NODE", "MEMBER", "PID", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG",
+                "FAULTS"):
         t.add_column(col, justify="right" if col in {"PID", "TERM", "COMMIT", "APPLIED"}
                      else "left", no_wrap=col != "FAULTS")
     for s in states:
@@ -90,11 +132,41 @@ def status_table(states: list[NodeState], title: str | None = None) -> Table:
             if st.get("snapshot_index"):
                 log += f" snap {st['snapshot_index']}"
         t.add_row(
-            s.id, str(s.pid or "-"), Text(state, style=STATE_STYLES.get(state, "")),
+            s.id, _s(member_role(lead_conf, s.id)), str(s.pid or "-"),
+            Text(state, style=STATE_STYLES.get(state, "")),
             _s(st.get("term")), _s(st.get("leader")), _s(st.get("commit")),
             _s(st.get("applied")), log, faults_summary(st),
         )
     return t
+
+
+def members_table(rows: list[Member], conf: Conf | None, title: str) -> Table:
+    """`raftctl member list`."""
+    caption = "configuration unknown (no leader)" if conf is None else conf_caption({
+        "voters": conf.voters, "learners": conf.learners, "outgoing": conf.outgoing,
+        "joint": conf.joint, "committed": conf.committed})
+    t = Table(title=title, title_justify="left", header_style="bold", caption=caption,
+              caption_justify="left")
+    for col in ("NODE", "ROLE", "STATE", "PID", "BEHIND"):
+        t.add_column(col, justify="right" if col in {"PID", "BEHIND"} else "left", no_wrap=True)
+    for r in rows:
+        t.add_row(r.node, Text(r.role, style=ROLE_STYLES.get(r.role, "")),
+                  Text(r.state, style=STATE_STYLES.get(r.state, "")), _s(r.pid), _s(r.behind))
+    return t
+
+
+def member_outcome(o: Outcome) -> str:
+    """One line saying what a `member` command did."""
+    did = {"add": f"{o.node} added as a learner", "promote": f"{o.node} promoted to voter",
+           "remove": f"{o.node} removed", "replace": f"{o.node} replaced by {o.joined}"}[o.action]
+    extra = []
+    if o.started and o.action == "add":
+        extra.append(f"started {', '.join(o.started)}")
+    if o.stopped:
+        extra.append(f"stopped {', '.join(o.stopped)}")
+    tail = f" ({'; '.join(extra)})" if extra else ""
+    learners = f"; learners {','.join(o.learners)}" if o.learners else ""
+    return f"{did}{tail}; voters {','.join(o.voters)}{learners}"
 
 
 def _s(v: Any) -> str:

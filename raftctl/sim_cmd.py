@@ -44,7 +44,7 @@ def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int) ->
 @click.option("--nodes", type=click.IntRange(1, 15), default=5, show_default=True)
 @click.option("--faults", "faults_text", default="all", show_default=True,
               help="all, none, or a comma-separated list of: loss, duplicate, reorder, delay, "
-                   "partition, isolate, oneway, crash, snapshot, transfer.")
+                   "partition, isolate, oneway, crash, snapshot, transfer, membership.")
 @click.option("--ticks", type=click.IntRange(min=1), default=SIM_FAULT_TICKS, show_default=True,
               help="Ticks of the fault phase of each run.")
 @click.option("--trace", is_flag=True, help="Print the run's trace (needs --seed).")

@@ -17,10 +17,13 @@ import msgspec
 
 from chaos.sim_network import SimNetwork
 from node.config import CoreConfig
+from node.raft.confchange import initial
 from node.raft.core import RaftCore, Role
 from node.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    ConfChange,
+    ConfState,
     Entry,
     EntryKind,
     HardState,
@@ -175,6 +178,8 @@ class Network:
         storages: dict[str, MemoryStorage] | None = None,
     ) -> None:
         self.ids = ids_for(n) if isinstance(n, int) else list(n)
+        # The cluster's initial configuration; nodes added later join it.
+        self.initial = list(self.ids)
         self.config = config or small_config()
         self.rng = random.Random(seed)
         self.nodes: dict[str, Node] = {}
@@ -197,9 +202,13 @@ class Network:
 
     def _start(self, nid: str) -> None:
         node = self.nodes[nid]
-        peers = [p for p in self.ids if p != nid]
-        node.core = RaftCore(nid, peers, node.storage, self.config,
-                             random.Random(node.seed + 7919 * node.restarts))
+        rng = random.Random(node.seed + 7919 * node.restarts)
+        if nid in self.initial:
+            peers = [p for p in self.initial if p != nid]
+            node.core = RaftCore(nid, peers, node.storage, self.config, rng)
+        else:
+            node.core = RaftCore(nid, [], node.storage, self.config, rng,
+                                 base=initial(self.initial))
         snap = node.storage.snapshot()
         node.applied = _SM_DECODER.decode(snap.data) if snap.data else []
         node.applied_index = snap.meta.index
@@ -210,6 +219,14 @@ class Network:
         if c is None:
             raise AssertionError(f"{nid} is crashed")
         return c
+
+    def add_node(self, nid: str) -> None:
+        """Start a new node with an empty log, outside the configuration
+        until a change adds it (it learns the rest from the leader)."""
+        assert nid not in self.nodes, f"{nid} exists"
+        self.ids.append(nid)
+        self.nodes[nid] = Node(nid, MemoryStorage(), seed=len(self.ids) * 7 + 1)
+        self._start(nid)
 
     def live(self) -> list[str]:
         return [i for i in self.ids if self.nodes[i].core is not None]
@@ -422,14 +439,18 @@ class Network:
         self.process(nid)
         return index
 
+    def change(self, nid: str, cc: ConfChange) -> int:
+        """Propose a membership change at `nid` (raises what the core raises)."""
+        index = self.core(nid).propose_conf_change(cc)
+        self.process(nid)
+        return index
+
     def compact(self, nid: str, index: int) -> SnapshotMeta:
         """Snapshot `nid`'s state machine at `index` (applied) and compact."""
         node = self.nodes[nid]
         c = self.core(nid)
         assert index <= node.applied_index, f"{nid} applied only {node.applied_index}"
-        term = c.log.term(index)
-        assert term is not None, f"{nid} has no entry {index}"
-        meta = SnapshotMeta(index, term)
+        meta = c.snapshot_point(index)
         data = msgspec.msgpack.encode([a for a in node.applied if a[0] <= index])
         node.storage.create_snapshot(meta, data)
         c.compact(meta)
@@ -518,6 +539,9 @@ class _HarnessReady:
     def __init__(self, net: Network, node: Node) -> None:
         self.net = net
         self.node = node
+
+    def reconfigure(self, conf: ConfState) -> None:
+        """Nothing to connect: the harness delivers to any node by its id."""
 
     def send(self, messages: Sequence[PeerMessage]) -> None:
         self.net._check_sendable(self.node.id, messages)

@@ -15,6 +15,7 @@ from chaos.invariants import (
     LEADER_COMPLETENESS,
     LINEARIZABILITY,
     LOG_MATCHING,
+    QUORUM,
     STATE_MACHINE_SAFETY,
     TERM_MONOTONIC,
     NodeState,
@@ -23,6 +24,7 @@ from chaos.invariants import (
     Violation,
 )
 from chaos.sim import Simulation
+from chaos.sim_nemesis import FAULT_KINDS
 from node.config import CoreConfig
 from node.raft.core import RaftCore
 from node.raft.log import RaftLog
@@ -294,9 +296,14 @@ def test_an_acknowledged_index_beyond_where_replicas_settled_is_lost() -> None:
 # --- bugs planted in the core --------------------------------------------------
 
 
+# The planted bugs below predate membership changes: their runs leave them out,
+# so that each bug shows as the property it breaks first.
+_FIXED_MEMBERSHIP = frozenset(FAULT_KINDS) - {"membership"}
+
+
 def _first_violation(seeds: range) -> tuple[int, Violation]:
     for seed in seeds:
-        r = Simulation(seed).run()
+        r = Simulation(seed, faults=_FIXED_MEMBERSHIP).run()
         if r.violations:
             return seed, r.violations[0]
     pytest.fail(f"no seed in {seeds} broke any invariant")
@@ -311,8 +318,8 @@ def test_votes_without_the_up_to_date_check_are_caught(monkeypatch: pytest.Monke
 
 
 def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A node that forgets its vote votes twice in a term: two leaders of one
-    term, which election safety reports (§5.2)."""
+    """A node that forgets its vote votes twice in a term: the quorum check
+    sees the second vote, or election safety the two leaders (§5.2)."""
     original = RaftCore._handle_vote
 
     def forgetful(self: RaftCore, m: RequestVote) -> None:
@@ -322,7 +329,7 @@ def test_two_votes_in_one_term_are_caught(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(RaftCore, "_handle_vote", forgetful)
     _, v = _first_violation(range(40))
-    assert v.check == ELECTION_SAFETY, v
+    assert v.check in (QUORUM, ELECTION_SAFETY), v
 
 
 def test_appends_without_the_consistency_check_are_caught(
@@ -347,9 +354,9 @@ def test_appends_without_the_consistency_check_are_caught(
 
 def _commit_by_counting(self: RaftCore) -> bool:
     """`_maybe_commit` without "only entries of the current term" (§5.4.2)."""
-    matches = sorted([self.log.last_index(), *(pr.match for pr in self.progress.values())],
-                     reverse=True)
-    index = matches[self.quorum() - 1]
+    acked = {p: pr.match for p, pr in self.progress.items()}
+    acked[self.id] = self.log.last_index()
+    index = self._joint.committed_index(acked)
     if index <= self.log.commit:
         return False
     self.log.commit_to(index)

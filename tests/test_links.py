@@ -34,9 +34,19 @@ class FakeInner:
         self.inbox: list[tuple[str, bytes]] = []
         self._clock = clock
         self.closed = False
+        self.addrs: dict[str, Any] = {}
 
     def poll_sockets(self) -> list[Any]:
         return ["sock"]
+
+    def peers(self) -> dict[str, Any]:
+        return dict(self.addrs)
+
+    def set_peer(self, peer: str, addr: Any) -> None:
+        self.addrs[peer] = addr
+
+    def remove_peer(self, peer: str) -> None:
+        self.addrs.pop(peer, None)
 
     def send(self, dst: str, data: bytes) -> bool:
         self.sent.append((dst, data, self._clock() if self._clock else 0.0))
@@ -287,6 +297,21 @@ def test_close_discards_held_messages_and_closes_inner() -> None:
     t.send("n2", b"a")
     t.close()
     assert inner.closed and t.next_deadline_ms() is None
+
+
+def test_removing_a_peer_drops_what_was_held_for_it() -> None:
+    """A peer that left the configuration gets nothing more, not even what
+    a delay still held for it; other peers' held messages stay."""
+    t, inner, _, clock = make({"n2": LinkRule(delay_ms=40), "n3": LinkRule(delay_ms=40)})
+    t.set_peer("n2", "addr-2")
+    assert inner.peers() == {"n2": "addr-2"}
+    t.send("n2", b"a")
+    t.send("n3", b"b")
+    t.remove_peer("n2")
+    assert inner.peers() == {}
+    clock.now += 40
+    t.receive()
+    assert [(d, m) for d, m, _ in inner.sent] == [("n3", b"b")]
 
 
 def test_link_rules_round_trip_as_json_and_msgpack() -> None:

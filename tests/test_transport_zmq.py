@@ -54,14 +54,16 @@ class Net:
         for i in ids:
             self.ports.setdefault(i, free_port())
 
-    def start(self, node_id: str, timeout_s: float = 5.0) -> ZmqTransport:
+    def start(self, node_id: str, timeout_s: float = 5.0,
+              on_unknown: Callable[[str], None] | None = None) -> ZmqTransport:
         """Start `node_id`, retrying the bind while a just-closed socket of
         the same port is still being torn down by libzmq's I/O thread."""
         peers = {p: tcp(port) for p, port in self.ports.items() if p != node_id}
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                t = ZmqTransport(self.ctx, node_id, tcp(self.ports[node_id]), peers, self.keys)
+                t = ZmqTransport(self.ctx, node_id, tcp(self.ports[node_id]), peers, self.keys,
+                                 on_unknown=on_unknown)
                 break
             except zmq.ZMQError as e:
                 if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
@@ -203,6 +205,39 @@ def test_frames_from_an_unknown_identity_are_dropped(net: Net, keys: CurveKeys) 
     net.send_until_accepted("n2", "n1", b"legit")
     net.pump_until(net.got("n1", ("n2", b"legit")), "the legitimate message")
     assert net.inbox["n1"] == [("n2", b"legit")]
+
+
+def test_a_peer_added_at_run_time_is_heard_and_reached(net: Net) -> None:
+    """A node not among the peers is dropped and reported as unknown; once
+    added it is heard and reached (a member that joined the cluster)."""
+    net.ids("n1", "n2")
+    unknown: list[str] = []
+    n1 = net.start("n1", on_unknown=unknown.append)
+    net.ids("n3")
+    net.start("n3")
+    net.send_until_accepted("n3", "n1", b"before")
+    net.pump_until(lambda: unknown == ["n3"], "n3 reported as unknown")
+    assert net.inbox["n1"] == [] and n1.stats["bad_peer"] == 1
+    n1.set_peer("n3", tcp(net.ports["n3"]))
+    assert set(n1.peers()) == {"n2", "n3"}
+    net.send_until_accepted("n3", "n1", b"after")
+    net.pump_until(net.got("n1", ("n3", b"after")), "n3 heard once added")
+    net.send_until_accepted("n1", "n3", b"back")
+    net.pump_until(net.got("n3", ("n1", b"back")), "n3 reached once added")
+
+
+def test_a_removed_peer_is_neither_reached_nor_heard(net: Net) -> None:
+    """After remove_peer, sends to it fail and its frames are dropped."""
+    net.ids("n1", "n2")
+    n1 = net.start("n1")
+    net.start("n2")
+    net.send_until_accepted("n2", "n1", b"member")
+    net.pump_until(net.got("n1", ("n2", b"member")), "n2 heard while a member")
+    n1.remove_peer("n2")
+    assert n1.peers() == {} and n1.send("n2", b"x") is False
+    net.send_until_accepted("n2", "n1", b"removed")
+    net.pump_until(lambda: n1.stats["bad_peer"] >= 1, "n2's frame dropped")
+    assert ("n2", b"removed") not in net.inbox["n1"]
 
 
 def test_multipart_messages_are_dropped(net: Net, keys: CurveKeys) -> None:

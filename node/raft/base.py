@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from node.config import CoreConfig
 from node.raft.log import RaftLog
+from node.raft.membership import Membership
 from node.raft.messages import (
+    ConfChange,
+    ConfState,
+    Entry,
     HardState,
     InstallSnapshot,
     Message,
@@ -20,6 +24,7 @@ from node.raft.messages import (
     SnapshotMeta,
 )
 from node.raft.progress import Progress
+from node.raft.quorum import JointConfig
 from node.raft.ready import ReadState, SoftState
 from node.storage import Storage
 
@@ -51,9 +56,19 @@ class CoreState:
     snapshots.py) and `RaftCore.__init__` (core.py) sets it all up."""
 
     id: str
+    # Every other member of the configuration in force (voters of both
+    # halves and learners): the nodes the leader replicates to.
     peers: list[str]
-    _peer_set: frozenset[str]
     config: CoreConfig
+    # The configurations of the log (node/raft/membership.py), the one in
+    # force, and who decides under it (node/raft/quorum.py).
+    _membership: Membership
+    conf: ConfState
+    _joint: JointConfig
+    # The cluster's initial configuration: in force where a log starts from
+    # nothing, or from a snapshot that recorded none.
+    _base: ConfState
+    _prev_conf: ConfState
     _storage: Storage
     _rng: random.Random
     log: RaftLog
@@ -97,6 +112,11 @@ class CoreState:
         ) -> None: ...
         def _become_leader(self) -> None: ...
         def _become_pre_candidate(self) -> None: ...
+        def _after_commit(self) -> None: ...
+        def _append_entries(self, entries: list[Entry]) -> None: ...
+        def _conf_changed(self, announce: bool = True) -> None: ...
+        def _may_campaign(self) -> bool: ...
+        def _propose_conf_change(self, cc: ConfChange) -> None: ...
         def _confirm_reads(self) -> None: ...
         def _event(self, name: str, **kw: Any) -> None: ...
         def _handle_snapshot(self, m: InstallSnapshot) -> None: ...
@@ -108,5 +128,4 @@ class CoreState:
         def _start_read(self, ctx: bytes) -> None: ...
         def _start_snapshot(self, to: str, pr: Progress) -> None: ...
         def _step_follower(self, m: PeerMessage) -> None: ...
-        def quorum(self) -> int: ...
         def step(self, m: Message) -> None: ...

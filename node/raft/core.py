@@ -1,8 +1,9 @@
 """`RaftCore`: the whole Raft algorithm and nothing else.
 
 No sockets, clocks, files, threads or global random. Inputs are `step()`,
-`tick()`, `propose()`, `read_index()` and `transfer_leader()`; the output is a
-`Ready` (see `node/raft/ready.py`) that the caller handles before `advance()`.
+`tick()`, `propose()`, `propose_conf_change()`, `read_index()` and
+`transfer_leader()`; the output is a `Ready` (see `node/raft/ready.py`) that
+the caller handles before `advance()`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from typing import Any
 
 from node.config import CoreConfig
 from node.raft.base import Counters, Role
+from node.raft.confchange import initial
 from node.raft.elections import Elections
 from node.raft.log import RaftLog
+from node.raft.membership import Membership
 from node.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Beat,
+    ConfChange,
+    ConfState,
     Entry,
     EntryKind,
     HardState,
@@ -27,6 +32,7 @@ from node.raft.messages import (
     Message,
     PeerMessage,
     Propose,
+    ProposeConfChange,
     ReadIndexRequest,
     RequestVote,
     RequestVoteResponse,
@@ -35,6 +41,7 @@ from node.raft.messages import (
 from node.raft.progress import Progress
 from node.raft.reads import ReadsAndTransfer
 from node.raft.ready import Ready, SoftState
+from node.raft.reconfigure import Reconfiguration
 from node.raft.replication import Replication
 from node.raft.snapshots import Snapshots
 from node.storage import Storage
@@ -42,7 +49,7 @@ from node.storage import Storage
 __all__ = ["RaftCore", "Role"]
 
 
-class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
+class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfiguration):
     """One Raft node's protocol state. Not thread-safe; one caller drives it."""
 
     def __init__(
@@ -52,22 +59,33 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         storage: Storage,
         config: CoreConfig,
         rng: random.Random,
+        *,
+        base: ConfState | None = None,
     ) -> None:
+        """`peers` are the other voters of the cluster's initial
+        configuration; or `base` is that configuration, for a node that was
+        not in it (a member added later joins from an empty log, learning
+        the rest from the leader) or to give the members' addresses. The
+        configuration in force is the latest in the log (thesis §4.1)."""
         if node_id in peers:
             raise ValueError(f"node {node_id} must not be among its own peers")
+        if base is not None and peers:
+            raise ValueError("give the initial configuration as peers or as base, not both")
         self.id = node_id
-        self.peers = sorted(peers)
-        self._peer_set = frozenset(peers)
         self.config = config
         self._storage = storage
         self._rng = rng
+        self._base = base if base is not None else initial([node_id, *peers])
         st = storage.initial_state()
         self.log = RaftLog(st.snapshot, st.entries, st.hard_state.commit, st.snapshot.index)
+        self._membership = Membership(st.snapshot, self._base, st.entries)
+        self.role = Role.FOLLOWER
+        self._conf_changed(announce=False)
+        self._prev_conf = self.conf
         self.snapshot_meta = st.snapshot
         self.term = st.hard_state.term
         self.vote = st.hard_state.vote
         self.leader = None
-        self.role = Role.FOLLOWER
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_ticks
@@ -95,9 +113,6 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
 
     # --- public inputs ------------------------------------------------------
 
-    def quorum(self) -> int:
-        return (len(self.peers) + 1) // 2 + 1
-
     def tick(self) -> None:
         """Advance the logical clock by one tick."""
         self._tick_fn()
@@ -105,6 +120,12 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
     def propose(self, data: bytes) -> int:
         """Append `data` to the log if this node leads; returns its index."""
         self.step(Propose(data))
+        return self.log.last_index()
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        """Start a membership change if this node leads and no other is under
+        way (raises `NotLeader`, `ConfChangeRefused`); returns its index."""
+        self.step(ProposeConfChange(cc))
         return self.log.last_index()
 
     def read_index(self, ctx: bytes) -> None:
@@ -128,6 +149,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
             self._read(m.ctx)
         elif isinstance(m, TransferLeader):
             self._transfer(m.to)
+        elif isinstance(m, ProposeConfChange):
+            self._propose_conf_change(m.change)
         else:
             self._step_peer(m)
 
@@ -145,6 +168,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
             or self._read_round_due
             or self._hard_state() != self._prev_hs
             or self._soft_state() != self._prev_soft
+            or self.conf != self._prev_conf
             or (self.role is Role.LEADER and self._any_append_due())
         )
 
@@ -153,6 +177,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         if self.role is Role.LEADER:
             self._flush_leader()
         rd = Ready()
+        if self.conf != self._prev_conf:
+            rd.conf_state = self.conf
         hs = self._hard_state()
         if hs != self._prev_hs:
             rd.hard_state = hs
@@ -187,6 +213,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
         """The caller persisted, sent and applied `rd`."""
         if rd.snapshot is not None and rd.snapshot is self._pending_snapshot:
             self._pending_snapshot = None
+        if rd.conf_state is not None:
+            self._prev_conf = rd.conf_state
         if rd.entries:
             last = rd.entries[-1]
             if self.log.term(last.index) == last.term:
@@ -282,7 +310,10 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots):
     # --- peer messages ------------------------------------------------------
 
     def _step_peer(self, m: PeerMessage) -> None:
-        if m.dst != self.id or m.src not in self._peer_set:
+        # Any sender is heard: a member added after this node's log ends is
+        # one it cannot know yet, and it may lead. Only the configuration
+        # decides whose votes and acknowledgements count.
+        if m.dst != self.id or m.src == self.id:
             self.counters.dropped_messages += 1
             return
         if m.term > self.term:

@@ -1,5 +1,7 @@
 """Elections (§5.2, §5.4.1): the election timer, PreVote (thesis §9.6),
-campaigns, votes and their tally. A mixin of `RaftCore`; no state of its own."""
+campaigns, votes and their tally under the configuration in force (a
+majority of each half while joint, thesis §4.3). A mixin of `RaftCore`; no
+state of its own."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from node.raft.messages import (
     RequestVote,
     RequestVoteResponse,
 )
+from node.raft.quorum import VoteResult
 
 
 class Elections(CoreState):
@@ -20,12 +23,20 @@ class Elections(CoreState):
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout:
+        # Only a node that may campaign restarts its timer: one that may not
+        # (a learner) must let it run, or it would take a leader long gone
+        # for one it just heard and ignore the votes of its successors
+        # (thesis §4.2.3's lease).
+        if self.election_elapsed >= self.randomized_timeout and self._may_campaign():
             self.election_elapsed = 0
             self.step(Hup())
 
     def _hup(self, transfer: bool) -> None:
         if self.role is Role.LEADER:
+            return
+        if not self._may_campaign():
+            # A learner, a member not yet told it joined, or one removed for
+            # good: it is in no majority, so it leads nobody.
             return
         if self.config.prevote and not transfer:
             self._campaign(prevote=True, transfer=False)
@@ -42,7 +53,7 @@ class Elections(CoreState):
         self.votes[self.id] = True
         if self._tally(prevote):
             return
-        for p in self.peers:
+        for p in sorted(self._joint.voters() - {self.id}):
             self._send(
                 RequestVote(
                     term=term,
@@ -57,15 +68,14 @@ class Elections(CoreState):
 
     def _tally(self, prevote: bool) -> bool:
         """Count votes; act on a decided election. True if decided."""
-        granted = sum(1 for v in self.votes.values() if v)
-        rejected = len(self.votes) - granted
-        if granted >= self.quorum():
+        result = self._joint.vote_result(self.votes)
+        if result is VoteResult.WON:
             if prevote:
                 self._campaign(prevote=False, transfer=False)
             else:
                 self._become_leader()
             return True
-        if rejected >= self.quorum():
+        if result is VoteResult.LOST:
             self._become_follower(self.term, None)
             return True
         return False

@@ -15,6 +15,9 @@ import msgspec
 # Wire integers are never negative; ids are short. Enforced when decoding.
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# A member's address as its configuration carries it: opaque to the core (the
+# runner puts its network addresses there, docs/MEMBERSHIP.md).
+Address = Annotated[str, msgspec.Meta(max_length=1024)]
 
 
 class EntryKind(enum.IntEnum):
@@ -22,6 +25,7 @@ class EntryKind(enum.IntEnum):
 
     NORMAL = 0
     NOOP = 1
+    CONF_CHANGE = 2  # `data` is an encoded `ConfChange` (node/raft/confchange.py)
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -44,11 +48,66 @@ class HardState(msgspec.Struct, frozen=True, array_like=True, gc=False):
     commit: U64 = 0
 
 
+class ConfState(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A cluster configuration (thesis ch. 4, etcd's ConfState): who votes,
+    who only learns, and while a change is under way (joint consensus,
+    C_old,new) the voters of the old configuration too. `addrs` holds each
+    member's address. Every tuple is sorted, so equal configurations are
+    equal values. It holds only strings, so no reference cycle: no GC."""
+
+    voters: tuple[NodeId, ...] = ()
+    learners: tuple[NodeId, ...] = ()
+    # Non-empty exactly while joint: then decisions need a majority of
+    # `voters` (C_new) and one of `voters_outgoing` (C_old).
+    voters_outgoing: tuple[NodeId, ...] = ()
+    addrs: tuple[tuple[NodeId, Address], ...] = ()
+
+    def is_joint(self) -> bool:
+        return bool(self.voters_outgoing)
+
+    def members(self) -> frozenset[str]:
+        """Every node the log is replicated to: voters of both halves, learners."""
+        return frozenset((*self.voters, *self.voters_outgoing, *self.learners))
+
+    def is_voter(self, node: str) -> bool:
+        """A voter of either half: it may campaign and its vote counts."""
+        return node in self.voters or node in self.voters_outgoing
+
+    def addr(self, node: str) -> str:
+        """The member's address ("" when none is known)."""
+        for n, a in self.addrs:
+            if n == node:
+                return a
+        return ""
+
+
+class ConfChangeType(enum.IntEnum):
+    ADD_LEARNER = 0  # a new member, which receives the log but never votes
+    ADD_VOTER = 1  # promote a learner
+    REMOVE = 2  # a voter or a learner leaves
+
+
+class ConfChangeSingle(msgspec.Struct, frozen=True, array_like=True):
+    type: ConfChangeType
+    node: NodeId
+    addr: Address = ""  # ADD_LEARNER: where the new member listens
+
+
+class ConfChange(msgspec.Struct, frozen=True, array_like=True):
+    """What a CONF_CHANGE entry carries (etcd's ConfChangeV2): the changes
+    made at once through a joint configuration; none means "leave the joint
+    configuration" (C_new, appended by the leader once C_old,new commits)."""
+
+    changes: tuple[ConfChangeSingle, ...] = ()
+
+
 class SnapshotMeta(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """The last log entry a snapshot covers."""
+    """The last log entry a snapshot covers, and the configuration in force
+    there (None: none was recorded, which means the cluster's initial one)."""
 
     index: U64 = 0
     term: U64 = 0
+    conf: ConfState | None = None
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -187,5 +246,12 @@ class TransferLeader(msgspec.Struct, frozen=True):
     to: str
 
 
-LocalMessage = Hup | Beat | Propose | ReadIndexRequest | TransferLeader
+class ProposeConfChange(msgspec.Struct, frozen=True):
+    """Change the membership (thesis ch. 4): the leader appends it if no
+    other change is under way (node/raft/membership.py)."""
+
+    change: ConfChange
+
+
+LocalMessage = Hup | Beat | Propose | ReadIndexRequest | TransferLeader | ProposeConfChange
 Message = PeerMessage | LocalMessage

@@ -1,5 +1,6 @@
-"""Linearizable reads by ReadIndex (thesis §6.4) and leadership transfer
-(thesis §3.10). A mixin of `RaftCore`."""
+"""Linearizable reads by ReadIndex (thesis §6.4), confirmed by a majority of
+each half of the configuration in force, and leadership transfer (thesis
+§3.10) to a voter. A mixin of `RaftCore`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from node.raft.base import CoreState, PendingRead, Role
 from node.raft.messages import (
     TimeoutNow,
 )
+from node.raft.quorum import VoteResult
 from node.raft.ready import ReadState
 
 
@@ -25,7 +27,7 @@ class ReadsAndTransfer(CoreState):
         self._start_read(ctx)
 
     def _start_read(self, ctx: bytes) -> None:
-        if self.quorum() == 1:
+        if self._joint.vote_result({self.id: True}) is VoteResult.WON:
             self._ready_reads.append(ReadState(ctx, self.log.commit))
             return
         # Thesis §6.4 step 3: confirm leadership with a round of heartbeats
@@ -36,8 +38,9 @@ class ReadsAndTransfer(CoreState):
     def _confirm_reads(self) -> None:
         while self._pending_reads:
             r = self._pending_reads[0]
-            acks = 1 + sum(1 for pr in self.progress.values() if pr.read_seq >= r.seq)
-            if acks < self.quorum():
+            acks = {p: True for p, pr in self.progress.items() if pr.read_seq >= r.seq}
+            acks[self.id] = True
+            if self._joint.vote_result(acks) is not VoteResult.WON:
                 return
             self._pending_reads.pop(0)
             self._ready_reads.append(ReadState(r.ctx, r.index))
@@ -56,6 +59,9 @@ class ReadsAndTransfer(CoreState):
             return
         if to not in self.progress:
             raise ValueError(f"{to} is not a peer of {self.id}")
+        if to not in self.conf.voters:
+            raise ValueError(f"{to} is not a voter of the configuration in force, so it "
+                             "cannot lead")
         if self.lead_transferee == to:
             return
         self.lead_transferee = to

@@ -5,6 +5,9 @@ each step does (sockets and files, or a virtual network and disk) differs.
 
 The order, and why:
 
+0. if the configuration in force changed (`conf_state`), tell the
+   transports: a member's address comes with its configuration, and the
+   messages of this very Ready may be for a member it has just added;
 1. send the leader's own replication traffic (`may_send_early()`:
    AppendEntries, Heartbeat, InstallSnapshot). It promises nothing about the
    leader's disk, so it may leave before the leader persists, and the
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from node.raft.messages import (
     AppendEntries,
+    ConfState,
     Entry,
     HardState,
     Heartbeat,
@@ -91,6 +95,10 @@ class Ready:
     # How many of `committed_entries` were on this node's disk before this
     # Ready, so may be applied before it persists (a leader's only).
     apply_early: int = 0
+    # The configuration in force, when it changed since the last Ready: an
+    # entry that changes it takes effect when appended, and is undone when
+    # truncated (thesis §4.1), so it comes with `entries`, not when applied.
+    conf_state: ConfState | None = None
 
     def must_sync(self) -> bool:
         """True when something must reach disk before messages leave."""
@@ -109,6 +117,10 @@ class Step(enum.Enum):
 
 class ReadyHandler(Protocol):
     """What a caller does for each step of a Ready."""
+
+    def reconfigure(self, conf: ConfState) -> None:
+        """The configuration in force is now `conf`: reach its members (at
+        the addresses it gives), and no longer the nodes that left it."""
 
     def send(self, messages: Sequence[PeerMessage]) -> None:
         """Hand `messages` to the network."""
@@ -137,6 +149,8 @@ def handle_ready(core: RaftCore, h: ReadyHandler) -> Ready:
     then advance the core. Returns the Ready handled. If `h` raises (a
     simulated crash), the core is not advanced: the caller drops it."""
     rd = core.ready()
+    if rd.conf_state is not None:
+        h.reconfigure(rd.conf_state)
     early = [m for m in rd.messages if may_send_early(m)]
     late = [m for m in rd.messages if not may_send_early(m)] if early else rd.messages
     if early:

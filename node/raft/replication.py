@@ -1,6 +1,8 @@
 """Log replication (§5.3) and commitment (§5.4.2): proposals, AppendEntries
 and heartbeats on the leader with flow control, the follower's consistency
-check, and CheckQuorum (thesis §6.2). A mixin of `RaftCore`."""
+check, and CheckQuorum (thesis §6.2); commit and CheckQuorum count the
+voters of the configuration in force, a majority of each half while joint
+(thesis §4.3), and never a learner. A mixin of `RaftCore`."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from node.raft.messages import (
     TimeoutNow,
 )
 from node.raft.progress import FlowState, Progress
+from node.raft.quorum import VoteResult
 
 
 class Replication(CoreState):
@@ -34,8 +37,9 @@ class Replication(CoreState):
             if self.config.check_quorum:
                 # CheckQuorum (thesis §6.2): a leader that has not heard from a
                 # quorum in an election timeout steps down.
-                active = 1 + sum(1 for pr in self.progress.values() if pr.recent_active)
-                if active < self.quorum():
+                active = {p: True for p, pr in self.progress.items() if pr.recent_active}
+                active[self.id] = True
+                if self._joint.vote_result(active) is not VoteResult.WON:
                     self._become_follower(self.term, None, reason="check_quorum")
                     return
                 for pr in self.progress.values():
@@ -101,6 +105,8 @@ class Replication(CoreState):
                     term=self.term, src=self.id, dst=m.src, success=True, index=self.log.commit))
                 return
         last_new = self.log.maybe_append(prev_index, prev_term, m.commit, entries)
+        if last_new is not None and self._membership.synced(self.log, entries):
+            self._conf_changed()
         if last_new is not None:
             self._send(AppendEntriesResponse(
                 term=self.term, src=self.id, dst=m.src, success=True, index=last_new))
@@ -139,6 +145,8 @@ class Replication(CoreState):
 
     def _append_entries(self, entries: list[Entry]) -> None:
         self.log.append(entries)
+        if self._membership.appended(entries):
+            self._conf_changed()
 
     def _any_append_due(self) -> bool:
         last = self.log.last_index()
@@ -211,6 +219,9 @@ class Replication(CoreState):
         # most heartbeat_ticks away), not in a broadcast of its own: that
         # would double the messages per write, and no follower waits for it.
         self._maybe_commit()
+        if self.role is not Role.LEADER or m.src not in self.progress:
+            # It committed C_new, which it (thesis §4.2.2) or the sender is not in.
+            return
         if was_paused:
             self._maybe_send_append(m.src, send_if_empty=False)
         while self._maybe_send_append(m.src, send_if_empty=False):
@@ -219,16 +230,17 @@ class Replication(CoreState):
             self._send_timeout_now(m.src)
 
     def _maybe_commit(self) -> bool:
-        """Advance the commit index to the highest index a quorum holds, but
-        only if that entry is of the current term (§5.4.2, Figure 8)."""
+        """Advance the commit index to the highest index a majority of each
+        half of the configuration holds, but only if that entry is of the
+        current term (§5.4.2, Figure 8)."""
+        acked = {p: pr.match for p, pr in self.progress.items()}
         # The leader counts only what it has on disk: its replication may
         # leave before its own persist (node/raft/ready.py), so an entry held by
         # followers alone must not be counted as on the leader too.
-        matches = sorted(
-            [self.log.stable_index, *(pr.match for pr in self.progress.values())], reverse=True
-        )
-        index = matches[self.quorum() - 1]
-        if index <= self.log.commit or self.log.term(index) != self.term:
+        acked[self.id] = self.log.stable_index
+        index = self._joint.committed_index(acked)
+        if index <= self.log.commit or index > self.log.last_index() \
+                or self.log.term(index) != self.term:
             return False
         first_of_term = self.log.term(self.log.commit) != self.term
         if self.uncommitted_bytes:
@@ -242,6 +254,7 @@ class Replication(CoreState):
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for ctx in waiting:
                 self._start_read(ctx)
+        self._after_commit()
         return True
 
     def _broadcast_heartbeat(self) -> None:

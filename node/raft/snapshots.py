@@ -1,18 +1,51 @@
 """Snapshots (§7): local compaction with a catch-up tail, sending a
-snapshot in chunks to a follower behind the log, and installing one. A mixin
+snapshot in chunks to a follower behind the log, and installing one; the
+configuration in force at the snapshot's last entry travels with it. A mixin
 of `RaftCore`."""
 
 from __future__ import annotations
 
+import struct
+
+import msgspec
+
 from node.raft.base import CoreState
 from node.raft.messages import (
     AppendEntriesResponse,
+    ConfState,
     InstallSnapshot,
     InstallSnapshotResponse,
     Snapshot,
     SnapshotMeta,
 )
 from node.raft.progress import Progress
+
+# What an InstallSnapshot stream holds: u32 length of the configuration
+# (msgpack), the configuration, then the state machine's image. In the
+# stream, not in each chunk's header: chunks keep their size, which a UDP
+# cluster fits to one datagram.
+_CONF_LEN = struct.Struct("<I")
+_conf_encoder = msgspec.msgpack.Encoder()
+_conf_decoder = msgspec.msgpack.Decoder(ConfState)
+
+
+def pack_stream(conf: ConfState, image: bytes) -> bytes:
+    """The bytes a leader sends for a snapshot: its configuration and image."""
+    head = _conf_encoder.encode(conf)
+    return _CONF_LEN.pack(len(head)) + head + image
+
+
+def unpack_stream(data: bytes) -> tuple[ConfState, bytes] | None:
+    """The configuration and image of a received stream; None if malformed."""
+    if len(data) < _CONF_LEN.size:
+        return None
+    (n,) = _CONF_LEN.unpack_from(data)
+    end = _CONF_LEN.size + n
+    try:
+        conf = _conf_decoder.decode(data[_CONF_LEN.size : end])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return conf, data[end:]
 
 
 class Snapshots(CoreState):
@@ -31,6 +64,7 @@ class Snapshots(CoreState):
         term = self.log.term(keep_from)
         if keep_from > self.log.snapshot.index and term is not None:
             self.log.compact(SnapshotMeta(keep_from, term))
+            self._membership.compacted(keep_from)
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         meta = m.meta
@@ -53,12 +87,21 @@ class Snapshots(CoreState):
                 term=self.term, src=self.id, dst=m.src, meta=meta, next_offset=len(buf)))
             return
         self._snap_in = None
+        got = unpack_stream(bytes(buf))
+        if got is None:
+            # Only a broken leader sends this; take nothing from it.
+            self.counters.dropped_messages += 1
+            return
+        conf, image = got
         self.log.restore(meta)
+        meta = SnapshotMeta(meta.index, meta.term, conf)
+        if self._membership.restored(meta, self._base, self.log):
+            self._conf_changed()
         self.snapshot_meta = meta
         self._snap_out = None
-        self._pending_snapshot = Snapshot(meta, bytes(buf))
+        self._pending_snapshot = Snapshot(meta, image)
         self._event("snapshot_installed", index=meta.index, snapshot_term=meta.term,
-                    bytes=len(buf), leader=m.src)
+                    bytes=len(image), leader=m.src)
         self._send(AppendEntriesResponse(
             term=self.term, src=self.id, dst=m.src, success=True, index=meta.index))
 
@@ -71,9 +114,17 @@ class Snapshots(CoreState):
         self._send_snapshot_chunk(to, pr)
 
     def _outgoing_snapshot(self) -> Snapshot:
-        if self._snap_out is None or self._snap_out.meta != self.snapshot_meta:
-            self._snap_out = self._storage.snapshot()
-        return self._snap_out
+        """The stored snapshot as it is sent: index and term in each chunk's
+        header, the configuration and image in the stream."""
+        cur = self.snapshot_meta
+        out = self._snap_out
+        if out is None or (out.meta.index, out.meta.term) != (cur.index, cur.term):
+            snap = self._storage.snapshot()
+            meta = snap.meta
+            conf = meta.conf or self._membership.at(meta.index)
+            self._snap_out = out = Snapshot(SnapshotMeta(meta.index, meta.term),
+                                            pack_stream(conf, snap.data))
+        return out
 
     def _send_snapshot_chunk(self, to: str, pr: Progress) -> None:
         snap = self._outgoing_snapshot()

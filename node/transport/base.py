@@ -19,12 +19,30 @@ class PeerTransport(Protocol):
     `stats` counts what happened, by name. Keys every transport keeps:
     `sent`, `received`, `dropped_send` (send returned False), `bad_peer`
     (a frame from an identity that is not a peer). A transport may add more.
+
+    The peers change while the node runs (membership changes): `set_peer`
+    and `remove_peer`. A transport made with `on_unknown` calls it with the
+    id of an authenticated sender that is not a peer.
     """
 
     stats: dict[str, int]
 
     def poll_sockets(self) -> list[Any]:
         """The zmq sockets (or file descriptors) to poll for POLLIN."""
+        ...
+
+    def peers(self) -> dict[str, Any]:
+        """Each peer and its address, in the transport's own form."""
+        ...
+
+    def set_peer(self, peer: str, addr: Any) -> None:
+        """Reach `peer` at `addr` (the transport's form) from now on and take
+        what it sends; a known peer at another address is moved there."""
+        ...
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget `peer`: nothing more is sent to it, and what it sends is
+        dropped as a stranger's (a member that left the configuration)."""
         ...
 
     def send(self, dst: str, data: bytes) -> bool:

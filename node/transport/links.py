@@ -168,6 +168,18 @@ class FaultyTransport:
     def poll_sockets(self) -> list[Any]:
         return self._inner.poll_sockets()
 
+    def peers(self) -> dict[str, Any]:
+        return self._inner.peers()
+
+    def set_peer(self, peer: str, addr: Any) -> None:
+        self._inner.set_peer(peer, addr)
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget `peer`, and what was held back for it."""
+        self._heap = [h for h in self._heap if h[2] != peer]
+        heapq.heapify(self._heap)
+        self._inner.remove_peer(peer)
+
     def send(self, dst: str, data: bytes) -> bool:
         if self._heap:
             self.flush_due()

@@ -206,6 +206,8 @@ class _Bad(NamedTuple):
     reason: str  # the stats key
     # Called with the source address only if reported, so a flood costs little.
     detail: Callable[[str], str]
+    # An authenticated sender that is not a peer (bad_peer): its id.
+    sender: str = ""
 
 
 def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Any]:
@@ -235,7 +237,10 @@ class UdpTransport:
     another node) and `bad_source` (a peer's datagram from an address that is
     not that peer's); `recv_error` reports a failing socket. Each peer must
     send from the address it is configured with: bind a node on that address,
-    not on a wildcard.
+    not on a wildcard. A `bad_peer` datagram passed the MAC, so its sender
+    holds the cluster's key: its id also goes to `on_unknown` (a member this
+    node does not know yet, or one removed). Peers come and go with
+    `set_peer` and `remove_peer` (membership changes).
 
     Replays: a datagram made with another cluster's key fails the MAC. Within
     the cluster a replayed datagram is a copy of a message once sent, which
@@ -259,6 +264,7 @@ class UdpTransport:
         *,
         on_bad: Callable[[str, str], None] | None = None,
         on_oversize: Callable[[str, int], None] | None = None,
+        on_unknown: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         recv_batch: int = PEER_RECV_BATCH_MSGS,
     ) -> None:
@@ -275,6 +281,7 @@ class UdpTransport:
         self._key_id = _key_id(mac_key)
         self._on_bad = on_bad
         self._on_oversize = on_oversize
+        self._on_unknown = on_unknown
         self._clock = clock
         self._report_interval_s = UDP_BAD_REPORT_INTERVAL_MS / 1000.0
         self._reported: dict[str, float] = {}
@@ -283,17 +290,11 @@ class UdpTransport:
         self._view = memoryview(self._buf)
 
         family, bind_addr = _resolve(*bind)
+        self._family = family
         self._peers: dict[str, _Peer] = {}
         self._peer_of: dict[bytes, _Peer] = {}
-        for peer_id, (host, port) in peers.items():
-            if peer_id == node_id:
-                continue
-            _, sockaddr = _resolve(host, port, family)
-            raw = _id_bytes(peer_id)
-            p = _Peer(peer_id, sockaddr, (sockaddr[0], sockaddr[1]),
-                      _header(self._key_id, self._own, raw))
-            self._peers[peer_id] = p
-            self._peer_of[raw] = p
+        for peer_id, addr in peers.items():
+            self.set_peer(peer_id, addr)
 
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -317,6 +318,29 @@ class UdpTransport:
         """The host and port the socket is bound to."""
         name = self._sock.getsockname()
         return name[0], name[1]
+
+    def peers(self) -> dict[str, tuple[str, int]]:
+        """Each peer and the host and port its datagrams go to."""
+        return {p.node_id: p.source for p in self._peers.values()}
+
+    def set_peer(self, peer: str, addr: tuple[str, int]) -> None:
+        """Send to and take datagrams from `peer` at `addr` (host, port)
+        from now on, replacing a known address."""
+        if peer == self.node_id:
+            return
+        _, sockaddr = _resolve(addr[0], addr[1], self._family)
+        raw = _id_bytes(peer)
+        p = _Peer(peer, sockaddr, (sockaddr[0], sockaddr[1]),
+                  _header(self._key_id, self._own, raw))
+        self._peers[peer] = p
+        self._peer_of[raw] = p
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget `peer`: nothing more is sent to it, and its datagrams are
+        dropped as a stranger's (`bad_peer`)."""
+        p = self._peers.pop(peer, None)
+        if p is not None:
+            self._peer_of.pop(_id_bytes(peer), None)
 
     def poll_sockets(self) -> list[Any]:
         """The socket's file descriptor. Not the socket object: a `zmq.Poller`
@@ -387,6 +411,8 @@ class UdpTransport:
             got = self._open(view[:n], addr)
             if isinstance(got, _Bad):
                 self.stats[got.reason] += 1
+                if got.sender and self._on_unknown is not None:
+                    self._on_unknown(got.sender)
                 if self._on_bad is not None and self._may_report(got.reason):
                     self._on_bad(got.reason, got.detail(_where(addr)))
             else:
@@ -436,7 +462,8 @@ class UdpTransport:
         peer = self._peer_of.get(src)
         if peer is None:
             return _Bad("bad_peer", lambda w: f"datagram from {w} claims sender "
-                        f"{src.decode(errors='replace')!r}, not a peer")
+                        f"{src.decode(errors='replace')!r}, not a peer",
+                        src.decode(errors="replace"))
         if (addr[0], addr[1]) != peer.source:
             return _Bad("bad_source", lambda w: f"datagram of {peer.node_id} from {w}, "
                         f"not from its address {_where(peer.source)}")

@@ -7,6 +7,7 @@ message instead of holding it for a late burst.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -149,9 +150,12 @@ class ZmqTransport:
     connection dropped by the heartbeat after PEER_HEARTBEAT_TIMEOUT_MS of
     silence) `send` returns False at once, and nothing queued meanwhile is
     delivered when it comes back. Frames from an identity that is not a peer
-    are dropped (`stats["bad_peer"]`), as are multi-part messages
+    are dropped (`stats["bad_peer"]`) and, since CURVE admitted them, the
+    identity is reported to `on_unknown` (a member this node does not know
+    yet, or one removed); multi-part messages are dropped too
     (`stats["bad_frame"]`); a frame over MAX_MESSAGE_BYTES is dropped by
-    libzmq together with the connection that sent it.
+    libzmq together with the connection that sent it. Peers come and go
+    with `set_peer` and `remove_peer` (membership changes).
     """
 
     def __init__(
@@ -161,9 +165,14 @@ class ZmqTransport:
         bind_addr: str,
         peers: dict[str, str],
         keys: CurveKeys | None,
+        on_unknown: Callable[[str], None] | None = None,
     ) -> None:
         own = _routing_id(node_id)
         self.node_id = node_id
+        self._ctx = ctx
+        self._own = own
+        self._keys = keys
+        self._on_unknown = on_unknown
         self.stats: dict[str, int] = {
             "sent": 0, "received": 0, "dropped_send": 0, "unknown_dst": 0,
             "oversize": 0, "bad_peer": 0, "bad_frame": 0,
@@ -173,11 +182,11 @@ class ZmqTransport:
         }
         self._router = make_server_socket(ctx, bind_addr, keys)
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
+        self._addrs: dict[str, str] = {}
         try:
             for peer, addr in peers.items():
                 if peer != node_id:
-                    self._dealers[peer] = make_client_socket(
-                        ctx, addr, keys, routing_id=own, immediate=True)
+                    self.set_peer(peer, addr)
         except zmq.ZMQError:
             self.close()
             raise
@@ -190,6 +199,30 @@ class ZmqTransport:
     def poll_sockets(self) -> list[Any]:
         """The ROUTER: DEALERs only send, so nothing else becomes readable."""
         return [self._router]
+
+    def peers(self) -> dict[str, str]:
+        """Each peer and the endpoint its DEALER connects to."""
+        return dict(self._addrs)
+
+    def set_peer(self, peer: str, addr: str) -> None:
+        """Reach `peer` at `addr` ("tcp://host:port") from now on, and take
+        its frames; a known peer at another address is reconnected."""
+        if peer == self.node_id or self._addrs.get(peer) == addr:
+            return
+        self.remove_peer(peer)
+        self._dealers[peer] = make_client_socket(
+            self._ctx, addr, self._keys, routing_id=self._own, immediate=True)
+        self._addrs[peer] = addr
+        self._peer_of[_routing_id(peer)] = peer
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget `peer`: what is queued for it is dropped, nothing more is
+        sent to it, and its frames are dropped as a stranger's."""
+        sock = self._dealers.pop(peer, None)
+        if sock is not None:
+            sock.close(linger=0)
+        self._addrs.pop(peer, None)
+        self._peer_of = {r: p for r, p in self._peer_of.items() if p != peer}
 
     def send(self, dst: str, data: bytes) -> bool:
         """Queue `data` for `dst`; False (counted in `dropped_send`) when
@@ -229,6 +262,8 @@ class ZmqTransport:
             peer = self._peer_of.get(frames[0])
             if peer is None:
                 self.stats["bad_peer"] += 1
+                if self._on_unknown is not None:
+                    self._on_unknown(frames[0].decode(errors="replace"))
                 continue
             out.append((peer, frames[1]))
         self.stats["received"] += len(out)
