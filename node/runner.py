@@ -20,9 +20,10 @@ import msgspec
 import zmq
 
 from node import codec
-from node.api import ClientApi, batch_bounds, is_batch, join_batch, split_batch
+from node.api import ClientApi, ClientRequest, RequestRefused, is_batch, split_batch
 from node.config import (
-    CLIENT_BATCH_MAX_BYTES,
+    CLIENT_FRAME_HARD_LIMIT_BYTES,
+    CLIENT_QUEUE_FRAMES,
     MAX_MESSAGE_BYTES,
     STATUS_LOG_INTERVAL_MS,
     ClusterConfig,
@@ -36,7 +37,8 @@ from node.raft.base import Role
 from node.raft.core import RaftCore
 from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
 from node.raft.ready import Ready, SoftState, Step, handle_ready
-from node.state.kv import KVStore, encode_image
+from node.replies import ClientReplies
+from node.state.kv import KVStore, encode_image, image_digest
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -151,19 +153,27 @@ class NodeRunner:
         self.links = LinkFilter(random.Random(seed ^ 0x5EED))
         self.links.set_rules(load_links(ndir / "links.json"))
         self.transport: PeerTransport = FaultyTransport(self._make_transport(), self.links)
-        self.client_sock = make_server_socket(self.ctx, self.spec.client_addr(), self.keys)
-        self.control_sock = make_server_socket(self.ctx, self.spec.control_addr(), self.keys)
+        # Client and control frames over the limit still reach the loop, to
+        # be answered `too_large`, up to a hard limit (node/config.py).
+        self.client_sock, self.control_sock = (
+            make_server_socket(self.ctx, addr, self.keys,
+                               max_frame_bytes=CLIENT_FRAME_HARD_LIMIT_BYTES,
+                               queue_frames=CLIENT_QUEUE_FRAMES)
+            for addr in (self.spec.client_addr(), self.spec.control_addr()))
+        self.client_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # node/replies.py
+        self._replies = ClientReplies(self.client_sock)
+        self._poller = zmq.Poller()
+        self._watching_clients = True
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
             {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request, max_command)
-        # Replies to DEALER clients, per routing id, sent as one frame at the
-        # end of the loop iteration (node/api.py, batch frames).
-        self._outbox: dict[bytes, list[bytes]] = {}
         # Requests of a batch frame that the client drain's time budget left
         # for the next turns, in order, ahead of any new frame.
-        self._client_backlog: collections.deque[tuple[list[bytes], bytes]] = collections.deque()
+        self._client_backlog: collections.deque[
+            tuple[list[bytes], bytes | ClientRequest]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
+        self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
         self._bytes_since_snapshot = 0
@@ -203,7 +213,7 @@ class NodeRunner:
         gc.freeze()
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        poller = zmq.Poller()
+        poller = self._poller
         peer_socks = self.transport.poll_sockets()
         for s in peer_socks:
             poller.register(s, zmq.POLLIN)
@@ -220,7 +230,7 @@ class NodeRunner:
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
-                if self.core.has_ready() or self._client_backlog:
+                if self.core.has_ready() or self._clients_waiting():
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
@@ -230,7 +240,7 @@ class NodeRunner:
                     self.zap.handle()
                 if any(s in events for s in peer_socks) or due is not None:
                     self._receive_peers()
-                if self.client_sock in events or self._client_backlog:
+                if self.client_sock in events or self._clients_waiting():
                     self._receive_clients()
                 if self.control_sock in events:
                     self._receive_control()
@@ -243,6 +253,7 @@ class NodeRunner:
                 self._handle_ready()
                 self._flush_replies()
                 self._check_snapshot_job()
+                self._answer_deferred_control()
                 self._maybe_log_progress(now)
                 # How long the loop went without polling: what a stall costs
                 # heartbeats and clients (shown in status, reset when read).
@@ -275,14 +286,17 @@ class NodeRunner:
         # frame may hold thousands of requests, and a turn of the loop that
         # outlasts an election timeout sends no heartbeat. What is left waits
         # for the next turn: the rest of a batch here, new frames in ZeroMQ.
+        # So is what the answers take: reads of large values stop the drain
+        # while too many answers wait to leave (node/replies.py).
         until = time.monotonic() + _CLIENT_DRAIN_BUDGET_S
         backlog = self._client_backlog
+        congested = self._replies.congested
         for _ in range(_DRAIN_LIMIT):
             while backlog:
-                if time.monotonic() >= until:
+                if time.monotonic() >= until or congested():
                     return
                 self.api.handle(*backlog.popleft())
-            if time.monotonic() >= until:
+            if time.monotonic() >= until or congested():
                 return
             try:
                 frames = self.client_sock.recv_multipart(zmq.NOBLOCK)
@@ -300,6 +314,9 @@ class NodeRunner:
                     # A REQ socket takes one reply per request message.
                     raise ValueError("batch frames need a DEALER socket")
                 items = split_batch(payload)
+            except RequestRefused as e:
+                self.api.refuse(route, str(e), e.code)
+                continue
             except ValueError as e:
                 self.api.refuse(route, str(e))
                 continue
@@ -317,7 +334,22 @@ class NodeRunner:
             reply, bad = handle_control(self, payload)
             if bad is not None:
                 self._bad_request(bad)
-            self.control_sock.send_multipart([*route, reply], zmq.NOBLOCK)
+            if isinstance(reply, bytes):
+                self.control_sock.send_multipart([*route, reply], zmq.NOBLOCK)
+            else:
+                self._control_deferred.append((route, reply))
+
+    def _answer_deferred_control(self) -> None:
+        """Send the answers of control requests whose work (off the loop) is done."""
+        if not self._control_deferred:
+            return
+        waiting = []
+        for route, fut in self._control_deferred:
+            if fut.done():
+                self.control_sock.send_multipart([*route, fut.result()], zmq.NOBLOCK)
+            else:
+                waiting.append((route, fut))
+        self._control_deferred = waiting
 
     # --- Ready ----------------------------------------------------------------
 
@@ -469,6 +501,7 @@ class NodeRunner:
                 "writes_acked": self.api.counters.writes_acked,
                 "reads_served": self.api.counters.reads_served,
                 "client_errors": dict(self.api.counters.by_error),
+                "client_replies": self._replies.stats(),
                 "transport": tstats,
             },
         }
@@ -495,8 +528,13 @@ class NodeRunner:
         return {"started": started, "applied": self.kv.applied_index,
                 "snapshot_index": self.core.snapshot_meta.index}
 
-    def digest(self) -> dict[str, Any]:
-        return {"applied": self.kv.applied_index, "digest": self.kv.digest(), "keys": len(self.kv)}
+    def digest(self) -> concurrent.futures.Future[dict[str, Any]]:
+        """The state machine's digest, computed on the snapshot thread from
+        a frozen image (cheap here): hashing a large state on the loop once
+        held it for longer than an election timeout."""
+        image = self.kv.freeze()
+        return self._snapshotter.submit(lambda: {
+            "applied": image.applied_index, "digest": image_digest(image), "keys": len(image)})
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         """SIGTERM/SIGINT. A handler runs between any two bytecodes of the
@@ -538,23 +576,21 @@ class NodeRunner:
             self._logged_commit = commit
 
     def _reply_client(self, route: list[bytes], data: bytes) -> None:
-        if len(route) != 1:
-            # A ROUTER drops a reply to a client that went away; that is fine.
-            self.client_sock.send_multipart([*route, data], zmq.NOBLOCK)
-            return
-        self._outbox.setdefault(route[0], []).append(data)
+        self._replies.reply(route, data)
 
     def _flush_replies(self) -> None:
-        """Send what waits in the outbox: per client connection, as few
-        frames as CLIENT_BATCH_MAX_BYTES allows."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, {}
-        for rid, items in outbox.items():
-            for a, b in batch_bounds([len(d) for d in items], CLIENT_BATCH_MAX_BYTES):
-                frame = items[a] if b - a == 1 else join_batch(items[a:b])
-                # A ROUTER drops a reply to a client that went away; that is fine.
-                self.client_sock.send_multipart([rid, frame], zmq.NOBLOCK)
+        """Send the answers of this turn (node/replies.py), and stop polling
+        for client frames while the answers are congested: the loop would
+        wake for frames it will not take."""
+        self._replies.flush()
+        watching = not self._replies.congested()
+        if watching != self._watching_clients:
+            self._watching_clients = watching
+            self._poller.modify(self.client_sock, zmq.POLLIN if watching else 0)
+
+    def _clients_waiting(self) -> bool:
+        """Requests of a batch wait for a turn, and the answers let them."""
+        return bool(self._client_backlog) and not self._replies.congested()
 
     def _bad_request(self, reason: str) -> None:
         self.counters["bad_requests"] += 1

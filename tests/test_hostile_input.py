@@ -1,0 +1,195 @@
+"""A live leader facing hostile client frames: nested a thousand deep, a
+batch of 400,000 requests, an empty batch, a frame over the size limit,
+unknown fields, a digest of a large state and stale reads of a large value.
+Each frame is answered, the node keeps its leadership and its loop keeps
+its rhythm, and its memory stays bounded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import pytest
+import zmq
+
+from node.config import MAX_MESSAGE_BYTES
+from node.control import DigestRequest
+from node.transport.zmq import make_client_socket
+from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
+
+# What a node's loop may take for one turn under hostile input before its
+# heartbeats (every 20 ms) are late: far under an election timeout (150 ms).
+LOOP_TURN_BOUND_MS = 40.0
+
+
+@pytest.fixture(scope="module")
+def hostile3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """One 3-node cluster for every test here: none of them changes its config."""
+    for c in make_cluster(tmp_path_factory.mktemp("hostile"), 3):
+        start_and_settle(c)
+        yield c
+
+
+def _leader(c: TestCluster) -> str:
+    lead = c.leader()
+    assert lead is not None, "the cluster has no leader"
+    return lead
+
+
+def _dealer(c: TestCluster, node: str) -> zmq.Socket[bytes]:
+    return make_client_socket(zmq.Context.instance(), c.client_addrs()[node], c.keys())
+
+
+def _answers(sock: zmq.Socket[bytes], want: int, timeout_ms: int = 5000) -> list[dict[str, Any]]:
+    """Responses until `want` have come, each frame one response or an array."""
+    got: list[dict[str, Any]] = []
+    while len(got) < want and sock.poll(timeout_ms):
+        frame = msgspec.msgpack.decode(sock.recv())
+        got.extend(frame if isinstance(frame, list) else [frame])
+    return got
+
+
+def _ask(c: TestCluster, node: str, frame: bytes) -> dict[str, Any]:
+    sock = _dealer(c, node)
+    try:
+        sock.send(frame)
+        got = _answers(sock, 1)
+    finally:
+        sock.close(linger=0)
+    assert got, f"no answer to a frame starting {frame[:12]!r}"
+    return got[0]
+
+
+class _Watch:
+    """The leader before a hostile frame, to check it still leads after it
+    and that no loop turn took long (status resets its busiest turn)."""
+
+    def __init__(self, c: TestCluster) -> None:
+        self.c = c
+        self.lead = _leader(c)
+        st = c.statuses()[self.lead]
+        self.term, self.pid = st["term"], st["pid"]
+
+    def check(self) -> None:
+        st = self.c.statuses()[self.lead]
+        assert st["pid"] == self.pid, "the node was restarted or replaced"
+        assert (st["role"], st["term"]) == ("leader", self.term), \
+            f"{self.lead} lost its leadership: {st['role']} in term {st['term']}"
+        assert st["loop_max_busy_ms"] < LOOP_TURN_BOUND_MS, \
+            f"a loop turn took {st['loop_max_busy_ms']} ms"
+
+
+def test_a_frame_nested_1100_deep_is_refused_and_the_node_lives(hostile3: TestCluster) -> None:
+    """An array nested 1,100 deep (once a RecursionError that killed the
+    node) gets bad_request, alone or inside a batch, and the node leads on."""
+    w = _Watch(hostile3)
+    for frame in (b"\x91" * 1100 + b"\xc0", b"\x81\xa2id" + b"\x91" * 1100 + b"\xc0",
+                  b"\x92\x80" + b"\x91" * 1100 + b"\xc0"):
+        reply = _ask(hostile3, w.lead, frame)
+        assert reply["error"] == "bad_request", reply
+    w.check()
+
+
+def test_a_batch_of_400k_pings_is_refused_without_stalling_the_loop(
+        hostile3: TestCluster) -> None:
+    """A batch frame over the request count limit gets one too_large, at
+    once: decoding it whole once stalled the loop 263 ms and cost an election."""
+    w = _Watch(hostile3)
+    ping = msgspec.msgpack.encode({"op": "ping", "id": 1})
+    frame = b"\xdd" + (400_000).to_bytes(4, "big") + ping * 400_000
+    reply = _ask(hostile3, w.lead, frame)
+    assert reply["error"] == "too_large", reply
+    w.check()
+
+
+def test_an_empty_batch_frame_gets_bad_request(hostile3: TestCluster) -> None:
+    """An empty array holds no request, and once got no answer at all."""
+    reply = _ask(hostile3, _leader(hostile3), b"\x90")
+    assert reply["error"] == "bad_request" and "empty" in reply["message"], reply
+
+
+def test_a_frame_over_the_size_limit_gets_too_large(hostile3: TestCluster) -> None:
+    """A frame one byte over the limit is answered (it was once dropped
+    with its connection and left the client waiting)."""
+    big = msgspec.msgpack.encode({"op": "ping", "id": 5, "pad": b"x" * MAX_MESSAGE_BYTES})
+    reply = _ask(hostile3, _leader(hostile3), big)
+    assert reply["error"] == "too_large", reply
+
+
+def test_an_unknown_field_is_refused_naming_it(hostile3: TestCluster) -> None:
+    """A request holds only its op's fields: any other is refused, so the
+    shape (and the nesting) of every request is known before decoding."""
+    reply = _ask(hostile3, _leader(hostile3),
+                 msgspec.msgpack.encode({"op": "ping", "id": 9, "extra": [[[1]]]}))
+    assert reply["error"] == "bad_request" and "extra" in reply["message"], reply
+    assert reply["id"] == 9, "the id of a refused request is echoed"
+
+
+def test_a_batch_with_one_bad_request_answers_each(hostile3: TestCluster) -> None:
+    """In a well-formed batch an unknown op or a key too long for its bytes
+    fails alone; the other requests are answered as usual."""
+    items = [msgspec.msgpack.encode({"op": "ping", "id": 1}),
+             msgspec.msgpack.encode({"op": "explode", "id": 2}),
+             msgspec.msgpack.encode({"op": "get", "id": 3, "key": "é" * 1000, "stale": True}),
+             msgspec.msgpack.encode({"op": "get", "id": 4, "key": "k", "stale": True})]
+    sock = _dealer(hostile3, _leader(hostile3))
+    try:
+        sock.send(msgspec.msgpack.encode([msgspec.Raw(i) for i in items]))
+        by_id = {r["id"]: r for r in _answers(sock, 4)}
+    finally:
+        sock.close(linger=0)
+    assert by_id[1]["ok"] and by_id[4]["ok"], by_id
+    assert by_id[2]["error"] == by_id[3]["error"] == "bad_request", by_id
+
+
+def _fill(c: TestCluster, total_bytes: int, value_bytes: int = 1 << 20) -> None:
+    with c.client(timeout_s=10.0) as cl:
+        for i in range(total_bytes // value_bytes):
+            assert cl.put(f"big{i}", bytes([i % 251]) * value_bytes).ok
+
+
+def test_a_digest_of_a_large_state_does_not_stall_the_leader(hostile3: TestCluster) -> None:
+    """`digest` of a state of 40 MB is computed off the loop (it once took
+    the loop 263 ms for 130 MB and unseated the leader); it still answers."""
+    _fill(hostile3, 40 << 20)
+    w = _Watch(hostile3)
+    r = hostile3.control(w.lead, DigestRequest(), timeout_s=10.0)
+    assert r is not None and r.ok and r.data is not None, r
+    assert re.fullmatch(r"[0-9a-f]{64}", r.data["digest"]), r.data
+    w.check()
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set since the last reset, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_stale_reads_of_a_large_value_hold_bounded_memory(hostile3: TestCluster) -> None:
+    """1,200 stale gets of a 1 MiB value, pipelined in batches: the answers
+    leave a few MiB at a time instead of all at once (463 MB before)."""
+    node = next(n for n in hostile3.node_ids() if n != _leader(hostile3))
+    with hostile3.client() as cl:
+        assert cl.put("huge", b"h" * (1 << 20)).ok
+    pid = hostile3.statuses()[node]["pid"]
+    wait_until(lambda: hostile3.statuses()[node]["applied"]
+               >= hostile3.statuses()[_leader(hostile3)]["commit"], 5.0, f"{node} caught up")
+    before = psutil.Process(pid).memory_info().rss
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    get = msgspec.msgpack.encode({"op": "get", "id": 1, "key": "huge", "stale": True})
+    sock = _dealer(hostile3, node)
+    try:
+        for _ in range(1200 // 100):
+            sock.send(msgspec.msgpack.encode([msgspec.Raw(get)] * 100))
+        got = _answers(sock, 1200, timeout_ms=20_000)
+    finally:
+        sock.close(linger=0)
+    assert len(got) == 1200 and all(r["ok"] and len(r["value"]) == 1 << 20 for r in got)
+    grew = _peak_rss(pid) - before
+    assert grew < 64 << 20, f"the node's peak memory grew by {grew >> 20} MiB"
