@@ -33,7 +33,8 @@ EVENTS = frozenset(
 # interval per source, with the number left out since the last line.
 RATE_LIMITED_EVENTS = {"append_rejected": "leader", "vote_ignored": "candidate",
                        "auth_rejected": "address", "bad_message": "source",
-                       "bad_request": None, "bad_datagram": "reason"}
+                       "bad_request": None, "bad_datagram": "reason",
+                       "message_oversize": "to", "snapshot_failed": None}
 RATE_LIMIT_INTERVAL_S = 1.0
 
 

@@ -192,11 +192,11 @@ class NodeRunner:
                 self.id, (self.spec.host, self.spec.peer_port),
                 {n.id: (n.host, n.peer_port) for n in others}, udp_mac_key(self.keys),
                 self.cfg.udp_max_datagram_bytes,
-                on_bad=lambda reason, detail: self.log.warning(
+                on_bad=lambda reason, detail: self._log_bad(
                     "bad_datagram", reason=reason, detail=detail[:200]),
-                on_oversize=lambda dst, size: self.log.error(
-                    "message_oversize", to=dst, bytes=size,
-                    limit=self.cfg.udp_max_datagram_bytes))
+                on_oversize=lambda dst, size: self._log_event(
+                    self.log.error, "message_oversize",
+                    {"to": dst, "bytes": size, "limit": self.cfg.udp_max_datagram_bytes}))
         return ZmqTransport(self.ctx, self.id, self.spec.peer_addr(),
                             {n.id: n.peer_addr_from(self.spec) for n in others}, self.keys)
 
@@ -457,7 +457,8 @@ class NodeRunner:
         try:
             fut.result()
         except OSError as e:
-            self.log.error("snapshot_failed", index=meta.index, error=str(e))
+            self._log_event(self.log.error, "snapshot_failed",
+                            {"index": meta.index, "error": str(e)})
             return
         if meta.index <= self.core.snapshot_meta.index:
             return  # a leader's snapshot overtook ours

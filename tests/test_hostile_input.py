@@ -18,6 +18,7 @@ import zmq
 
 from node.config import MAX_MESSAGE_BYTES
 from node.control import DigestRequest
+from node.transport.auth import generate_keys
 from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
@@ -193,3 +194,50 @@ def test_stale_reads_of_a_large_value_hold_bounded_memory(hostile3: TestCluster)
     assert len(got) == 1200 and all(r["ok"] and len(r["value"]) == 1 << 20 for r in got)
     grew = _peak_rss(pid) - before
     assert grew < 64 << 20, f"the node's peak memory grew by {grew >> 20} MiB"
+
+
+def test_a_flood_of_bad_keys_is_logged_once_a_second(hostile3: TestCluster) -> None:
+    """300 connections, each with a keypair of its own, from one address:
+    every one is counted, but auth_rejected is written about once a second,
+    with the number left out (1,871 lines in 4.3 s before the limiter)."""
+    node = _leader(hostile3)
+    log = hostile3.log_path(node)
+    start = log.stat().st_size
+    before = hostile3.statuses()[node]["counters"]["auth_rejected"]
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    spec = hostile3.config().node(node)
+
+    def intrude(n: int) -> None:
+        for _ in range(n):
+            keys = generate_keys()
+            s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.curve_serverkey = hostile3.keys().public
+            s.curve_publickey, s.curve_secretkey = keys.public, keys.secret
+            s.connect(spec.client_addr())
+            s.send(b"\x80")
+            sockets.append(s)
+
+    sockets: list[zmq.Socket[bytes]] = []
+    try:
+        intrude(300)
+        wait_until(lambda: hostile3.statuses()[node]["counters"]["auth_rejected"]
+                   >= before + 300, 10.0, "300 rejections counted")
+
+        def suppressed_line() -> bool:
+            intrude(1)  # one more, until a second has passed and a line is due
+            return any('"suppressed"' in ln for ln in _auth_lines(log, start))
+
+        wait_until(suppressed_line, 5.0, "an auth_rejected line with its suppressed count",
+                   interval_s=0.1)
+    finally:
+        for s in sockets:
+            s.close(linger=0)
+    lines = _auth_lines(log, start)
+    assert 2 <= len(lines) <= 8, f"{len(lines)} auth_rejected lines for 300+ rejections"
+
+
+def _auth_lines(log: Path, start: int) -> list[str]:
+    with open(log, "rb") as f:
+        f.seek(start)
+        return [ln.decode() for ln in f if b'"auth_rejected"' in ln]
