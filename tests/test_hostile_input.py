@@ -15,7 +15,10 @@ import msgspec
 import psutil
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from node.api import RequestRefused, is_batch, split_batch
 from node.config import MAX_MESSAGE_BYTES
 from node.control import DigestRequest
 from node.transport.auth import generate_keys
@@ -241,3 +244,76 @@ def _auth_lines(log: Path, start: int) -> list[str]:
     with open(log, "rb") as f:
         f.seek(start)
         return [ln.decode() for ln in f if b'"auth_rejected"' in ln]
+
+
+# --- property: random and adversarial frames at a live leader ------------------------
+
+_SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+            | st.floats(allow_nan=True) | st.text(max_size=12) | st.binary(max_size=24))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=20)
+_OPS = ["put", "delete", "cas", "append", "get", "ping", "register", "close_session", "explode"]
+_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "id": st.integers(0, 2**63 - 1), "session": st.integers(1, 4), "seq": st.integers(1, 3),
+    "first_outstanding": st.integers(1, 3), "key": st.text(min_size=1, max_size=8),
+    "value": st.binary(max_size=64), "expected": st.none() | st.binary(max_size=8),
+    "prev": st.booleans(), "stale": st.booleans(),
+}
+# A request: a known or made-up op, fields of the right type or of any value.
+_REQUEST = st.fixed_dictionaries(
+    {"op": st.sampled_from(_OPS) | st.text(max_size=6)},
+    optional={k: v | _VALUES for k, v in _FIELDS.items()} | {"junk": _VALUES})
+
+
+def _claims(head: int, width: int) -> st.SearchStrategy[bytes]:
+    """A header claiming up to 2**32 - 1 elements or bytes, then a little."""
+    return st.builds(lambda n, tail: bytes([head]) + n.to_bytes(width, "big") + tail,
+                     st.integers(0, 2**(8 * width) - 1), st.binary(max_size=16))
+
+
+_FRAMES = st.one_of(
+    _REQUEST.map(msgspec.msgpack.encode),
+    st.lists(_REQUEST, min_size=1, max_size=24).map(msgspec.msgpack.encode),
+    _VALUES.map(msgspec.msgpack.encode),
+    st.binary(max_size=128),
+    st.integers(1, 3000).map(lambda n: b"\x91" * n + b"\xc0"),
+    st.integers(1, 3000).map(lambda n: b"\x92\x81\xa2op\xa4ping" + b"\x81\xa1x" * n + b"\xc0"),
+    _claims(0xDD, 4), _claims(0xDF, 4), _claims(0xDC, 2), _claims(0xC6, 4), _claims(0xDB, 4),
+    st.tuples(_REQUEST.map(msgspec.msgpack.encode), st.integers(0, 64)).map(
+        lambda t: t[0][: t[1]]),
+)
+
+
+def _answers_owed(frame: bytes) -> int:
+    """How many answers a frame gets: one, or one per request of a batch
+    the node takes apart (the same function the node uses decides)."""
+    if not is_batch(frame):
+        return 1
+    try:
+        return len(split_batch(frame))
+    except RequestRefused:
+        return 1
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(frames=st.lists(_FRAMES, min_size=1, max_size=4))
+def test_any_frame_is_answered_and_the_leader_keeps_leading(
+        hostile3: TestCluster, frames: list[bytes]) -> None:
+    """Whatever a client with the key sends, every frame gets its answers
+    (well-formed maps with `ok`, and `error` when not ok), the node keeps
+    serving and keeps its leadership, and no loop turn runs long."""
+    w = _Watch(hostile3)
+    sock = _dealer(hostile3, w.lead)
+    try:
+        for f in frames:
+            sock.send(f)
+        owed = sum(map(_answers_owed, frames))
+        got = _answers(sock, owed, timeout_ms=5000)
+    finally:
+        sock.close(linger=0)
+    assert len(got) == owed, f"{len(got)} answers of {owed} to {[f[:16] for f in frames]}"
+    for r in got:
+        assert isinstance(r, dict) and isinstance(r.get("ok"), bool), r
+        assert r["ok"] or isinstance(r.get("error"), str), r
+    w.check()
