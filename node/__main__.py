@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,12 +16,16 @@ sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None marks "no
 
 from node.config import node_dir  # noqa: E402 - must come after the line above
 from node.membership_mark import DataLost  # noqa: E402
+from node.private_files import open_private, private_dir  # noqa: E402
 from node.runner import NodeRunner  # noqa: E402
 from node.storage import StorageError  # noqa: E402
 from node.transport.zmq import KeysError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever the node creates is its owner's alone (docs/SECURITY.md);
+    # the files it makes also say so themselves (node/private_files.py).
+    os.umask(0o077)
     ap = argparse.ArgumentParser(prog="python -m node", description=__doc__)
     ap.add_argument("--run-dir", required=True, type=Path, help="the cluster's run directory")
     ap.add_argument("--id", required=True, help="this node's id in cluster.json")
@@ -29,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir.resolve()
     log_path = node_dir(run_dir, args.id) / "node.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1, encoding="utf-8") as log_stream:
+    private_dir(log_path.parent)
+    fd = open_private(log_path, os.O_WRONLY | os.O_APPEND)
+    with open(fd, "a", buffering=1, encoding="utf-8") as log_stream:
         try:
             runner = NodeRunner(run_dir, args.id, log_stream, force_rejoin=args.force_rejoin)
         except KeyError as e:

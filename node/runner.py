@@ -33,6 +33,7 @@ from node.control import ControlError, handle_control
 from node.errors import NotLeader
 from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
 from node.membership_mark import DataLost, data_lost_message, record_member, was_member
+from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.core import RaftCore
 from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
@@ -104,7 +105,7 @@ class NodeRunner:
         self._core: RaftCore | None = None
         self.log = make_logger(log_stream, node_id, self._log_state)
         ndir = node_dir(run_dir, node_id)
-        (ndir / "data").mkdir(parents=True, exist_ok=True)
+        private_dir(ndir / "data")
 
         self.storage = FileStorage(ndir / "data", fsync=self.cfg.fsync)
         if self.cfg.fsync == "never":

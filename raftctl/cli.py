@@ -25,6 +25,7 @@ from raftctl.cluster import (
     Cluster,
     ClusterError,
     ClusterUnavailable,
+    check_cluster_name,
     default_home,
     load_config_file,
     make_config,
@@ -56,6 +57,13 @@ def _version() -> str:
         return version("raftctl")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _cluster_name(name: str) -> str:
+    try:
+        return check_cluster_name(name)
+    except ClusterError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _print_version(ctx: click.Context) -> None:
@@ -114,7 +122,8 @@ class _RaftctlGroup(click.Group):
               callback=lambda ctx, _p, v: _print_version(ctx) if v else None,
               help="Show the version and exit.")
 @click.option("--cluster", "-C", envvar=CLUSTER_ENV, default=DEFAULT_CLUSTER, show_default=True,
-              help=f"Cluster name (env {CLUSTER_ENV}).")
+              callback=lambda _ctx, _p, v: _cluster_name(v),
+              help=f"Cluster name: letters, digits, '.', '-', '_' (env {CLUSTER_ENV}).")
 @click.option("--home", envvar=HOME_ENV, type=click.Path(file_okay=False, path_type=Path),
               help=f"Where clusters live: each in HOME/NAME, and `raftctl ls` lists them (env "
                    f"{HOME_ENV}; default ./{DEFAULT_HOME_NAME}, under the current directory).")

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ from node.control import (
     decode_response,
     encode_request,
 )
+from node.private_files import open_private, private_dir, write_private
 from node.transport.links import LinkRule
 from node.transport.zmq import (
     CurveKeys,
@@ -56,6 +58,9 @@ HOME_ENV = "RAFTCTL_HOME"
 # current directory, as raftctl always did.
 DEFAULT_HOME_NAME = ".raftctl"
 CONTROL_TIMEOUT_S = 1.0
+# A cluster name is a directory name under the clusters' home: a plain
+# identifier, so that no name (`../../etc`) leads out of it.
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 PORT_RANGE_LOW = 20000
 
 
@@ -90,10 +95,18 @@ def default_home() -> Path:
     return Path.cwd() / DEFAULT_HOME_NAME
 
 
+def check_cluster_name(name: str) -> str:
+    """`name`, if it is a plain identifier; raises ClusterError otherwise."""
+    if not CLUSTER_NAME.fullmatch(name):
+        raise ClusterError(f"{name!r} is not a cluster name: a cluster name is 1-64 letters, "
+                           "digits, '.', '-' or '_', starting with a letter or digit")
+    return name
+
+
 def default_run_dir(name: str, home: Path | None = None) -> Path:
     """`HOME/NAME` (HOME: `./.raftctl` by default); the option `--run-dir` or
     RAFTCTL_RUN_DIR overrides it."""
-    return (home or default_home()) / name
+    return (home or default_home()) / check_cluster_name(name)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -242,20 +255,18 @@ class Cluster:
                                "removes the run directory") from None
 
     def _save(self, cf: ClusterFile) -> None:
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(cf)))
-        os.replace(tmp, self.file)
+        write_private(self.file, msgspec.json.format(msgspec.json.encode(cf)), sync=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise changes to the run directory between raftctl commands."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        private_dir(self.run_dir)
+        fd = open_private(self.run_dir / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock
 
     def config(self) -> ClusterConfig:
         # A cluster's config and keys never change after `create`: read each
@@ -297,12 +308,9 @@ class Cluster:
     def remember_leader(self, node_id: str) -> None:
         if self.last_leader() == node_id:
             return
-        path = self.run_dir / "last_leader"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         # A hint only: a run directory we cannot write to costs a slower start.
         with contextlib.suppress(OSError):
-            tmp.write_text(node_id)
-            os.replace(tmp, path)
+            write_private(self.run_dir / "last_leader", node_id.encode())
 
     # --- setting up -------------------------------------------------------------
 
@@ -312,9 +320,9 @@ class Cluster:
             if self.exists():
                 raise ClusterError(f"cluster {self.name} already exists in {self.run_dir}")
             for n in cfg.nodes:
-                (node_dir(self.run_dir, n.id) / "data").mkdir(parents=True, exist_ok=True)
+                private_dir(node_dir(self.run_dir, n.id) / "data")
                 if n.ipc_dir:
-                    Path(n.ipc_dir).mkdir(parents=True, exist_ok=True)
+                    private_dir(Path(n.ipc_dir))
             write_keys(self.run_dir / "keys", generate_keys())
             self._save(ClusterFile(config=cfg))
 
@@ -389,9 +397,8 @@ class Cluster:
                 raise ClusterError(f"node {node_id} is already running "
                                    f"(pid {cf.processes[node_id].pid})")
             self._check_node_ports(spec)
-            ndir = node_dir(self.run_dir, node_id)
-            ndir.mkdir(parents=True, exist_ok=True)
-            with open(ndir / "stdout.log", "ab") as out:
+            ndir = private_dir(node_dir(self.run_dir, node_id))
+            with open(open_private(ndir / "stdout.log", os.O_WRONLY | os.O_APPEND), "ab") as out:
                 try:
                     prefix = (self.kernel().exec_prefix(node_id) if cf.config.kernel_mode() else [])
                 except netns.NetnsError as e:
@@ -613,10 +620,7 @@ class Cluster:
     def set_links(self, node_id: str, rules: dict[str, LinkRule]) -> bool:
         """Record the node's link rules (a node started later loads them) and
         push them to the node if it runs; True if it confirmed."""
-        path = node_dir(self.run_dir, node_id) / "links.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(rules))
-        os.replace(tmp, path)
+        write_private(node_dir(self.run_dir, node_id) / "links.json", msgspec.json.encode(rules))
         if self.process_state(node_id)[1] != "running":
             return False
         r = self.control(node_id, SetLinksRequest(rules=rules))
@@ -636,10 +640,8 @@ class Cluster:
         did not confirm (not running: they load the rules when started)."""
         with self.locked():
             nodes = self.node_ids()
-            path = self.run_dir / "faults.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
-            os.replace(tmp, path)
+            write_private(self.run_dir / "faults.json",
+                          msgspec.json.format(msgspec.json.encode(state)))
             rules = compile_rules(state, nodes)
             if self.config().kernel_mode():
                 # Cuts and loss in the kernel; the rest stays in the transport.

@@ -196,7 +196,7 @@ class FileStorage:
         self.directory = Path(directory)
         self._sync = fsync == "always"
         if not self.directory.is_dir():
-            self.directory.mkdir(parents=True)
+            self.directory.mkdir(mode=0o700, parents=True)
             if self._sync:
                 fsync_dir(self.directory.parent)
         self._lock_fd = lock_directory(self.directory)

@@ -110,7 +110,7 @@ def fsync_dir(directory: Path) -> None:
 
 def lock_directory(directory: Path) -> int:
     """Take the data directory for this process; returns the lock's fd."""
-    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -407,7 +407,7 @@ class Wal:
 
     def _create_segment(self, seq: int) -> None:
         path = self.directory / segment_name(seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._allocated = 0
         self._segments.append(_Segment(seq, path, 0, 0))
         if self._sync:
