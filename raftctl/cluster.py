@@ -49,6 +49,7 @@ from node.transport.zmq import (
     write_keys,
 )
 from raftctl import netns
+from raftctl.procscan import data_left, output_since, unrecorded
 
 DEFAULT_CLUSTER = "default"
 RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
@@ -84,10 +85,14 @@ class ProcessInfo(msgspec.Struct, frozen=True):
 
 
 class ClusterFile(msgspec.Struct):
-    """`cluster.json`: the config the nodes read and the processes we started."""
+    """`cluster.json`: the config the nodes read and the processes we started.
+    `launching` records, before a node is launched, that it is about to be
+    (node -> wall-clock time): a raftctl killed between the launch and the
+    recording of the pid leaves it, and the next command adopts the process."""
 
     config: ClusterConfig
     processes: dict[str, ProcessInfo] = {}
+    launching: dict[str, float] = {}
 
 
 def default_home() -> Path:
@@ -214,6 +219,10 @@ class NodeState:
     status: dict[str, Any] | None  # the node's own status, if it answered
 
 
+def _pids(procs: dict[str, psutil.Process]) -> str:
+    return ", ".join(f"{n} pid {p.pid}" for n, p in sorted(procs.items()))
+
+
 def leader_of(states: list[NodeState]) -> str | None:
     """The leader of the highest term that a live node reports."""
     best: tuple[int, str] | None = None
@@ -233,6 +242,8 @@ class Cluster:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._config: ClusterConfig | None = None
         self._keys: CurveKeys | None = None
+        # Where each node's stdout.log ended when this object launched it.
+        self._launch_offsets: dict[str, int] = {}
 
     # --- files ----------------------------------------------------------------
 
@@ -245,14 +256,60 @@ class Cluster:
 
     def load(self) -> ClusterFile:
         try:
-            return msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            cf = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
         except FileNotFoundError:
-            raise ClusterUnavailable(
-                f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`"
-            ) from None
+            raise self._not_set_up() from None
         except msgspec.DecodeError as e:
             raise ClusterError(f"{self.file} is damaged ({e}); `raftctl down --purge` "
                                "removes the run directory") from None
+        if cf.launching:
+            self._adopt_launched(cf)
+        return cf
+
+    def _not_set_up(self) -> ClusterError:
+        """Why there is no cluster here, naming what is left of one."""
+        orphans = self.orphans()
+        if orphans:
+            return ClusterError(
+                f"{self.file} is missing, but node processes of this run directory still run "
+                f"({_pids(orphans)}): `raftctl down` stops them, or restore cluster.json")
+        left = data_left(self.run_dir) if self.run_dir.is_dir() else []
+        if left:
+            return ClusterUnavailable(
+                f"{self.file} is missing, but the run directory holds a cluster's data "
+                f"({', '.join(left)}): restore cluster.json, or `raftctl down --purge` "
+                "removes it all")
+        return ClusterUnavailable(
+            f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`")
+
+    def orphans(self) -> dict[str, psutil.Process]:
+        """Node processes of this run directory that cluster.json does not
+        name (all of them, if it is gone)."""
+        try:
+            cf = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            recorded = {i.pid for i in cf.processes.values()}
+        except (OSError, msgspec.DecodeError):
+            recorded = set()
+        return unrecorded(self.run_dir, recorded)
+
+    def _adopt_launched(self, cf: ClusterFile) -> None:
+        """Nodes recorded as launching: the process of each that runs is
+        taken into `cf`, and the record is cleared; saved if the run
+        directory's lock is free now (else the next change saves it)."""
+        found = unrecorded(self.run_dir, {i.pid for i in cf.processes.values()})
+        for node in list(cf.launching):
+            p = found.get(node)
+            if p is not None:
+                with contextlib.suppress(psutil.Error):
+                    cf.processes[node] = ProcessInfo(p.pid, p.create_time())
+            del cf.launching[node]
+        with contextlib.suppress(OSError, BlockingIOError):
+            fd = open_private(self.run_dir / "lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._save(cf)
+            finally:
+                os.close(fd)
 
     def _save(self, cf: ClusterFile) -> None:
         write_private(self.file, msgspec.json.format(msgspec.json.encode(cf)), sync=True)
@@ -315,10 +372,22 @@ class Cluster:
     # --- setting up -------------------------------------------------------------
 
     def create(self, cfg: ClusterConfig) -> None:
-        """Write a new run directory for `cfg` (refuses if one is there)."""
+        """Write a new run directory for `cfg` (refuses if one is there, or
+        if what is there is left of one: new keys over its data would make
+        its nodes strangers to each other)."""
         with self.locked():
             if self.exists():
                 raise ClusterError(f"cluster {self.name} already exists in {self.run_dir}")
+            left = data_left(self.run_dir)
+            orphans = self.orphans()
+            if left or orphans:
+                running = f"; its nodes still run ({_pids(orphans)}): `raftctl down` stops " \
+                    "them" if orphans else ""
+                raise ClusterError(
+                    f"{self.run_dir} has no cluster.json but holds a cluster's data "
+                    f"({', '.join(left) or 'running nodes'}){running}. raftctl makes no new "
+                    "keys for a cluster whose data exists: restore cluster.json, or "
+                    "`raftctl down --purge` removes the run directory")
             for n in cfg.nodes:
                 private_dir(node_dir(self.run_dir, n.id) / "data")
                 if n.ipc_dir:
@@ -329,7 +398,7 @@ class Cluster:
     def purge(self) -> None:
         import shutil
 
-        if self.running_nodes():
+        if self.running_nodes() or self.orphans():
             raise ClusterError(f"cluster {self.name} is running; `raftctl down` first")
         self.teardown_kernel()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -396,9 +465,26 @@ class Cluster:
             if self._process(cf.processes.get(node_id)) is not None:
                 raise ClusterError(f"node {node_id} is already running "
                                    f"(pid {cf.processes[node_id].pid})")
+            stray = self.orphans().get(node_id)
+            if stray is not None:
+                with contextlib.suppress(psutil.Error):
+                    cf.processes[node_id] = ProcessInfo(stray.pid, stray.create_time())
+                    self._save(cf)
+                raise ClusterError(f"node {node_id} is already running (pid {stray.pid}, which "
+                                   "cluster.json did not name; now it does)")
             self._check_node_ports(spec)
             ndir = private_dir(node_dir(self.run_dir, node_id))
-            with open(open_private(ndir / "stdout.log", os.O_WRONLY | os.O_APPEND), "ab") as out:
+            # The intent first, durably: if this raftctl dies after the
+            # launch, the next command finds the process by its command line.
+            cf.launching[node_id] = time.time()
+            try:
+                self._save(cf)
+            except OSError as e:
+                raise ClusterError(f"cannot record in {self.file} that {node_id} is starting "
+                                   f"({e.strerror}); nothing was started") from None
+            stdout = ndir / "stdout.log"
+            with open(open_private(stdout, os.O_WRONLY | os.O_APPEND), "ab") as out:
+                self._launch_offsets[node_id] = out.tell()
                 try:
                     prefix = (self.kernel().exec_prefix(node_id) if cf.config.kernel_mode() else [])
                 except netns.NetnsError as e:
@@ -412,8 +498,39 @@ class Cluster:
                 )
             create_time = psutil.Process(proc.pid).create_time()
             cf.processes[node_id] = ProcessInfo(proc.pid, create_time)
-            self._save(cf)
+            del cf.launching[node_id]
+            try:
+                self._save(cf)
+            except OSError as e:
+                # A process no file names is one nothing would ever stop.
+                proc.kill()
+                proc.wait(5)
+                raise ClusterError(f"{node_id} was started but cannot be recorded in {self.file} "
+                                   f"({e.strerror}), so it was stopped again") from None
             return proc.pid
+
+    def exit_output(self, node_id: str) -> str:
+        """What a node launched by this object wrote before it exited (a
+        refusal to start says why there); empty if it was not launched here."""
+        offset = self._launch_offsets.get(node_id)
+        if offset is None:
+            return ""
+        return output_since(node_dir(self.run_dir, node_id) / "stdout.log", offset)
+
+    def stop_orphans(self) -> list[str]:
+        """SIGTERM the node processes of this run directory that cluster.json
+        does not name (SIGKILL after 10 s); returns their nodes."""
+        orphans = self.orphans()
+        for p in orphans.values():
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        _gone, alive = psutil.wait_procs(list(orphans.values()), timeout=10.0)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5.0)
+        return sorted(orphans)
 
     def signal(self, node_id: str, sig: int) -> int:
         """Send `sig` to a node's process; raises if it is not running."""
