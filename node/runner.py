@@ -32,7 +32,7 @@ from node.config import (
 from node.control import ControlError, handle_control
 from node.errors import NotLeader
 from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
-from node.membership_mark import DataLost, data_lost_message, record_member, was_member
+from node.membership_mark import DataLost, FloorRecorder, check_on_start, record_member
 from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.core import RaftCore
@@ -115,17 +115,15 @@ class NodeRunner:
             rec = self.storage.recovery
             self.log.warning("wal_tail_truncated", bytes=rec.truncated_bytes, file=rec.file,
                              offset=rec.offset)
-        init = self.storage.initial_state()
-        empty = init.hard_state.term == 0 and init.snapshot.index == 0 and not init.entries
-        self._member_marked = not empty
-        if not empty and not was_member(run_dir, node_id):
-            record_member(run_dir, node_id, sync=self.cfg.fsync == "always")
-        if empty and was_member(run_dir, node_id):
-            if not force_rejoin:
-                self.storage.close()
-                raise DataLost(data_lost_message(node_id, ndir / "data"))
-            self.log.warning("rejoined_without_data", detail="started as a voter with an empty "
-                             "log although it was a member: it may vote twice in a term")
+        try:
+            self._member_marked, forced = check_on_start(
+                run_dir, node_id, ndir / "data", self.storage.initial_state(),
+                force_rejoin=force_rejoin, sync=self.cfg.fsync == "always")
+        except DataLost:
+            self.storage.close()
+            raise
+        if forced is not None:
+            self.log.warning("rejoined_without_data", detail=forced)
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
                           max_sessions=self.cfg.max_sessions)
         snap = self.storage.snapshot()
@@ -173,6 +171,7 @@ class NodeRunner:
         self._client_backlog: collections.deque[
             tuple[list[bytes], bytes | ClientRequest]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
+        self._floor = FloorRecorder(run_dir, node_id, self._snapshotter.submit)
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
         self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
@@ -255,6 +254,7 @@ class NodeRunner:
                 self._flush_replies()
                 self._check_snapshot_job()
                 self._answer_deferred_control()
+                self._record_floor()
                 self._maybe_log_progress(now)
                 # How long the loop went without polling: what a stall costs
                 # heartbeats and clients (shown in status, reset when read).
@@ -340,6 +340,11 @@ class NodeRunner:
             else:
                 self._control_deferred.append((route, reply))
 
+    def _record_floor(self) -> None:
+        """Between Readys: what the log durably holds, for the mark."""
+        if self._member_marked and self.cfg.fsync == "always":
+            self._floor.maybe_record(self.storage.durable_floor(self.core.log.commit))
+
     def _answer_deferred_control(self) -> None:
         """Send the answers of control requests whose work (off the loop) is done."""
         if not self._control_deferred:
@@ -374,7 +379,9 @@ class NodeRunner:
             self.storage.sync()
             if not self._member_marked and self.core.term > 0:
                 # Before the vote or acknowledgement this sync was for leaves.
-                record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always")
+                index, term = self.storage.durable_floor(self.core.log.commit)
+                record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always",
+                              index=index, term=term)
                 self._member_marked = True
             if self.storage.reservation_error is not None and not self._reservation_logged:
                 self._reservation_logged = True

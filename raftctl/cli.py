@@ -240,18 +240,30 @@ def _start_all(c: Cluster, wait_s: float, as_json: bool) -> dict[str, str]:
     for n in ids:
         c.start(n)
     refused: dict[str, str] = {}
+    answered: set[str] = set()
     deadline = time.monotonic() + wait_s
     with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
-        while c.leader() is None:
+        # Until a leader is elected and each node answered or exited (a
+        # refusal to start takes a moment: the node opens its storage first).
+        while True:
             for n in ids:
-                if n not in refused and c.process_state(n)[1] == "down":
+                if n in refused or n in answered:
+                    continue
+                state = c.node_status(n, timeout_s=0.2)
+                if state.status is not None:
+                    answered.add(n)
+                elif state.process == "down":
                     refused[n] = c.exit_output(n) or f"it exited; see {c.log_path(n).parent}"
-            if len(refused) == len(ids) or time.monotonic() >= deadline:
+            lead = c.leader() if answered else None
+            if lead is not None and len(answered) + len(refused) == len(ids):
+                return refused
+            if time.monotonic() >= deadline or len(refused) == len(ids):
+                if lead is not None:
+                    return refused
                 why = "".join(f"; {n} did not start: {w}" for n, w in refused.items())
                 raise ClusterUnavailable(f"no leader was elected within {wait_s:.1f}s{why}; "
                                          "see `raftctl logs` and `raftctl status`")
-            time.sleep(0.05)  # polling cadence; the condition is a leader or an exit
-    return refused
+            time.sleep(0.05)  # polling cadence; the condition is a leader and every node settled
 
 
 def _after_failed_up(c: Cluster, created: bool) -> str:

@@ -28,6 +28,7 @@ from node.storage.wal import (
     lock_directory,
     read_snapshot,
     remove_temp_files,
+    segment_paths_in,
     snapshot_files,
     snapshot_name,
     write_snapshot,
@@ -94,6 +95,21 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def _check_wal_present(directory: Path) -> None:
+    """A snapshot file without any WAL segment: the WAL was deleted (the
+    storage always keeps the segment a snapshot's mark is in). Opening would
+    start an empty log and delete the snapshot as never marked."""
+    snaps = snapshot_files(directory)
+    if snaps and not segment_paths_in(directory):
+        newest = max(snaps, key=lambda p: snaps[p].index)
+        raise StorageError(
+            f"{directory}: the WAL is missing (no wal-*.log segment) but the snapshot "
+            f"{newest.name} is there: the WAL was deleted, and with it the vote, the term and "
+            "every entry after the snapshot. The node must not start from what is left; "
+            "nothing was changed. Restore the WAL, or move the data directory away and bring "
+            "the node back as a new member")
 
 
 def entries_after_local_snapshot(
@@ -200,6 +216,11 @@ class FileStorage:
             if self._sync:
                 fsync_dir(self.directory.parent)
         self._lock_fd = lock_directory(self.directory)
+        try:
+            _check_wal_present(self.directory)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._hs = HardState()
         self._meta = SnapshotMeta()
         self._entries: list[Entry] = []
@@ -213,6 +234,7 @@ class FileStorage:
             self.recovery: Recovery = self._wal.recovery
             try:
                 self._replay(replay)
+                self._synced = (self._meta.index + len(self._entries), self._hs.term)
                 self._wal.collect()
                 self._remove_stale_snapshots()
             except BaseException:
@@ -346,6 +368,12 @@ class FileStorage:
             self._snap = Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
         return self._snap
 
+    def durable_floor(self, commit: int) -> tuple[int, int]:
+        """An index the log durably holds and will always hold (`commit`,
+        the commit index known now, or the last synced entry if lower) and
+        the synced term (node/membership_mark.py)."""
+        return min(commit, self._synced[0]), self._synced[1]
+
     @property
     def reservation_error(self) -> OSError | None:
         """Why the WAL stopped reserving blocks ahead, if it did."""
@@ -355,6 +383,7 @@ class FileStorage:
         """Make every write durable (one fdatasync), then drop the segments
         and snapshot files that a now durable snapshot mark made dead."""
         self._wal.sync()
+        self._synced = (self._meta.index + len(self._entries), self._hs.term)
         if self._cleanup_due:
             self._remove_replaced_snapshots()
 

@@ -187,6 +187,11 @@ def snapshot_files(directory: Path) -> dict[Path, SnapshotMeta]:
     return out
 
 
+def segment_paths_in(directory: Path) -> list[Path]:
+    """The WAL segment files in `directory`, by name."""
+    return sorted(directory / n for n in os.listdir(directory) if _SEGMENT_NAME.fullmatch(n))
+
+
 def remove_temp_files(directory: Path) -> bool:
     """Remove snapshot files a crash left half-written; True if any were."""
     found = False
