@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TextIO, cast
 
 # structlog imports rich for pretty tracebacks whenever it is installed; a
 # node only writes JSON, and rich adds a few hundred ms to every node start
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None marks "not importable"
 
 from node.config import node_dir  # noqa: E402 - must come after the line above
+from node.logs import LogFile  # noqa: E402
 from node.membership_mark import DataLost  # noqa: E402
 from node.private_files import open_private, private_dir  # noqa: E402
 from node.runner import NodeRunner  # noqa: E402
@@ -35,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir: Path = args.run_dir.resolve()
     log_path = node_dir(run_dir, args.id) / "node.log"
     private_dir(log_path.parent)
-    fd = open_private(log_path, os.O_WRONLY | os.O_APPEND)
-    with open(fd, "a", buffering=1, encoding="utf-8") as log_stream:
+    log_file = LogFile(open_private(log_path, os.O_WRONLY | os.O_APPEND))
+    # A LogFile is all of TextIO that a logger uses (write, flush).
+    log_stream = cast(TextIO, log_file)
+    with log_file:
         try:
             runner = NodeRunner(run_dir, args.id, log_stream, force_rejoin=args.force_rejoin)
         except KeyError as e:

@@ -325,6 +325,7 @@ class ClientApi:
         on_bad_request: Callable[[str], None],
         max_command_bytes: int = MAX_MESSAGE_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
+        no_space: Callable[[bool], str | None] = lambda _needs_log: None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -334,6 +335,10 @@ class ClientApi:
         self._on_bad = on_bad_request
         self._max_command = max_command_bytes
         self._monotonic = monotonic
+        # Why a request cannot be taken for want of disk space (None: it
+        # can). Asked with True for what enters the log, with False for a
+        # linearizable read, which needs the log running but not the disk.
+        self._no_space = no_space
         self.counters = ApiCounters()
         # Writes by (session, seq): a retry still in flight waits with the first.
         self._writes: dict[tuple[int, int], list[_Waiter]] = {}
@@ -419,6 +424,10 @@ class ClientApi:
 
     def _propose(self, waiter: _Waiter, body: Body) -> int | None:
         """Stamp and propose `body`; its log index, or None if refused (and answered)."""
+        full = self._no_space(True)
+        if full is not None:
+            self._fail(waiter, "no_space", full)
+            return None
         data = encode_command(Command(self._stamp_ms(), body))
         if len(data) > self._max_command:
             # It could never be replicated (a UDP cluster sends one entry
@@ -455,6 +464,10 @@ class ClientApi:
             return
         if req.stale:
             self._answer_read(waiter, req.key)
+            return
+        full = self._no_space(False)
+        if full is not None:
+            self._fail(waiter, "no_space", full)
             return
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")

@@ -30,17 +30,19 @@ from node.config import (
     node_dir,
 )
 from node.control import ControlError, handle_control
+from node.disk import DISK_RETRY_INTERVAL_MS, DiskWatch, needs_space
 from node.errors import NotLeader
-from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
+from node.logs import RATE_LIMITED_EVENTS, LogFile, RateLimiter, make_logger
 from node.membership_mark import DataLost, FloorRecorder, check_on_start, record_member
 from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.core import RaftCore
 from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
-from node.raft.ready import Ready, SoftState, Step, handle_ready
+from node.raft.ready import Ready, SoftState, Step, complete_ready, handle_ready
 from node.replies import ClientReplies
 from node.state.kv import KVStore, encode_image, image_digest
-from node.storage import FileStorage
+from node.storage import FileStorage, NoSpace, StorageError
+from node.storage.wal import FULL_ERRNOS
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
@@ -104,10 +106,17 @@ class NodeRunner:
                                           "auth_rejected": 0, "bad_requests": 0}
         self._core: RaftCore | None = None
         self.log = make_logger(log_stream, node_id, self._log_state)
+        self._log_file = log_stream if isinstance(log_stream, LogFile) else None
         ndir = node_dir(run_dir, node_id)
         private_dir(ndir / "data")
 
         self.storage = FileStorage(ndir / "data", fsync=self.cfg.fsync)
+        self.disk = DiskWatch(ndir / "data")
+        # A Ready whose persist found the disk full waits here, the steps of
+        # its persist already done in _persisted, and the log is frozen.
+        self._stalled: Ready | None = None
+        self._persisted: set[str] = set()
+        self._stall_retry_at = 0.0
         if self.cfg.fsync == "never":
             self.log.warning("durability_off", fsync="never",
                              detail="acknowledged writes can be lost on a crash")
@@ -165,7 +174,8 @@ class NodeRunner:
         self._watching_clients = True
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
-            {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request, max_command)
+            {n.id: n.client_addr() for n in self.cfg.nodes}, self._bad_request, max_command,
+            no_space=self._no_space)
         # Requests of a batch frame that the client drain's time budget left
         # for the next turns, in order, ahead of any new frame.
         self._client_backlog: collections.deque[
@@ -230,7 +240,7 @@ class NodeRunner:
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
-                if self.core.has_ready() or self._clients_waiting():
+                if (self.core.has_ready() and self._stalled is None) or self._clients_waiting():
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
@@ -247,14 +257,14 @@ class NodeRunner:
                 now = time.monotonic()
                 if now >= next_tick:
                     behind = int((now - next_tick) / tick_s) + 1
-                    for _ in range(min(behind, _MAX_CATCHUP_TICKS)):
-                        self.core.tick()
+                    self._tick(min(behind, _MAX_CATCHUP_TICKS))
                     next_tick += behind * tick_s
                 self._handle_ready()
                 self._flush_replies()
                 self._check_snapshot_job()
                 self._answer_deferred_control()
                 self._record_floor()
+                self._watch_disk()
                 self._maybe_log_progress(now)
                 # How long the loop went without polling: what a stall costs
                 # heartbeats and clients (shown in status, reset when read).
@@ -268,7 +278,16 @@ class NodeRunner:
         finally:
             self._close()
 
+    def _tick(self, n: int) -> None:
+        if self._stalled is None:  # a stalled log is frozen, as a paused process is
+            for _ in range(n):
+                self.core.tick()
+
     def _receive_peers(self) -> None:
+        if self._stalled is not None:
+            # Frozen: what peers send is lost, as to a paused process.
+            self.disk.peer_messages_dropped += len(self.transport.receive())
+            return
         for src, data in self.transport.receive():
             try:
                 msg = codec.decode(data)
@@ -279,6 +298,9 @@ class NodeRunner:
             if msg.src != src:
                 self.counters["spoofed_messages"] += 1
                 self._log_bad("bad_message", source=src, reason=f"claims to be from {msg.src}")
+                continue
+            if self.disk.state != "ok" and needs_space(msg, self.core.log):
+                self.disk.peer_messages_dropped += 1
                 continue
             self.core.step(msg)
 
@@ -340,6 +362,41 @@ class NodeRunner:
             else:
                 self._control_deferred.append((route, reply))
 
+    def _no_space(self, needs_log: bool) -> str | None:
+        """Why a client request cannot be taken for want of disk space
+        (node/disk.py): a write whenever the disk is low or full, a
+        linearizable read only while the log is stalled."""
+        stalled = self._stalled is not None
+        if not stalled and (self.disk.state == "ok" or not needs_log):
+            return None
+        self.disk.writes_refused += needs_log
+        return self.disk.refusal(stalled)
+
+    def _refuse_if_stalled(self) -> None:
+        if self._stalled is not None:
+            raise ControlError("no_space", self.disk.refusal(stalled=True))
+
+    def _watch_disk(self) -> None:
+        """The disk's state, and an event when it changes. A reservation
+        the WAL was refused is tried again once there is room."""
+        if self.disk.state != "ok" and self.storage.space_error is not None \
+                and self.disk.room_again():
+            self.storage.forget_space_error()
+        change = self.disk.check(self.storage.space_error, self._stalled is not None)
+        if change is None:
+            return
+        old, new = change
+        if new == "low":
+            self.log.warning("disk_low", free_bytes=self.disk.free_bytes, error=self.disk.error)
+        elif new == "full":
+            self.log.error("disk_full", free_bytes=self.disk.free_bytes, error=self.disk.error)
+        else:
+            self.log.info("disk_space_recovered", was=old, free_bytes=self.disk.free_bytes,
+                          log_lines_dropped=self._log_lines_dropped())
+
+    def _log_lines_dropped(self) -> int:
+        return self._log_file.dropped if self._log_file is not None else 0
+
     def _record_floor(self) -> None:
         """Between Readys: what the log durably holds, for the mark."""
         if self._member_marked and self.cfg.fsync == "always":
@@ -360,32 +417,71 @@ class NodeRunner:
     # --- Ready ----------------------------------------------------------------
 
     def _handle_ready(self) -> None:
+        if self._stalled is not None and not self._retry_stalled():
+            return
         # Bounded like the client drain; what is left waits one turn.
         until = time.monotonic() + _READY_BUDGET_S
         while self.core.has_ready():
             if time.monotonic() >= until:
                 return
-            handle_ready(self.core, self._ready_io)
+            try:
+                handle_ready(self.core, self._ready_io)
+            except _Stalled:
+                return
+
+    def _retry_stalled(self) -> bool:
+        """Persist the stalled Ready again (every DISK_RETRY_INTERVAL_MS);
+        once it is durable, carry it out and unfreeze. True if unfrozen."""
+        now = time.monotonic()
+        if now < self._stall_retry_at:
+            return False
+        self._stall_retry_at = now + DISK_RETRY_INTERVAL_MS / 1000.0
+        rd = self._stalled
+        assert rd is not None
+        try:
+            self._persist(rd)
+        except _Stalled:
+            return False
+        self._stalled = None
+        complete_ready(self.core, self._ready_io, rd)
+        return True
 
     def _persist(self, rd: Ready) -> None:
-        # Persist before send (§5.1): one sync covers the whole batch.
-        if rd.snapshot is not None:
-            self.storage.apply_snapshot(rd.snapshot)
-        if rd.entries:
-            self.storage.append(rd.entries)
-        if rd.hard_state is not None:
-            self.storage.set_hard_state(rd.hard_state)
-        if rd.must_sync():
-            self.storage.sync()
-            if not self._member_marked and self.core.term > 0:
-                # Before the vote or acknowledgement this sync was for leaves.
-                index, term = self.storage.durable_floor(self.core.log.commit)
-                record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always",
-                              index=index, term=term)
-                self._member_marked = True
-            if self.storage.reservation_error is not None and not self._reservation_logged:
-                self._reservation_logged = True
-                self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
+        # Persist before send (§5.1): one sync covers the whole batch. Each
+        # step is done once: after a full disk, the same Ready is persisted
+        # again from where it stopped (what was staged stays in the WAL's
+        # buffer; node/storage/wal.py).
+        done = self._persisted
+        try:
+            if rd.snapshot is not None and "snapshot" not in done:
+                self.storage.apply_snapshot(rd.snapshot)
+                done.add("snapshot")
+            if rd.entries and "entries" not in done:
+                self.storage.append(rd.entries)
+                done.add("entries")
+            if rd.hard_state is not None and "hard_state" not in done:
+                self.storage.set_hard_state(rd.hard_state)
+                done.add("hard_state")
+            if rd.must_sync():
+                self.storage.sync()
+                if not self._member_marked and self.core.term > 0:
+                    # Before the vote or acknowledgement this sync was for leaves.
+                    index, term = self.storage.durable_floor(self.core.log.commit)
+                    record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always",
+                                  index=index, term=term)
+                    self._member_marked = True
+        except NoSpace:
+            self._stalled = rd
+            raise _Stalled from None
+        except OSError as e:
+            if e.errno not in FULL_ERRNOS:
+                raise
+            self._stalled = rd
+            raise _Stalled from None
+        done.clear()
+        if self.storage.reservation_error is not None and not self._reservation_logged:
+            self._reservation_logged = True
+            self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
 
     def _send(self, messages: Sequence[PeerMessage]) -> None:
         for m in messages:
@@ -434,8 +530,8 @@ class NodeRunner:
     # --- snapshots ------------------------------------------------------------
 
     def _maybe_snapshot(self, force: bool = False) -> bool:
-        if self._snap_job is not None:
-            return False
+        if self._snap_job is not None or self.disk.state != "ok":
+            return False  # a snapshot is the whole state written once more
         applied = self.kv.applied_index
         since = applied - self.core.snapshot_meta.index
         due = (since >= self.cfg.snapshot_entries
@@ -464,7 +560,7 @@ class NodeRunner:
         started = time.monotonic()
         try:
             fut.result()
-        except OSError as e:
+        except (OSError, StorageError) as e:
             self._log_event(self.log.error, "snapshot_failed",
                             {"index": meta.index, "error": str(e)})
             return
@@ -500,6 +596,7 @@ class NodeRunner:
             "sessions": len(self.kv.sessions),
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
+            "disk": {**self.disk.status(), "log_lines_dropped": self._log_lines_dropped()},
             "counters": {
                 **self.counters,
                 "dropped_messages": c.counters.dropped_messages
@@ -524,6 +621,7 @@ class NodeRunner:
                       rules={p: msgspec.to_builtins(r) for p, r in rules.items()})
 
     def transfer_leader(self, to: str) -> None:
+        self._refuse_if_stalled()
         try:
             self.core.transfer_leader(to)
         except NotLeader as e:
@@ -533,6 +631,7 @@ class NodeRunner:
             raise ControlError("unknown_peer", str(e)) from None
 
     def compact(self) -> dict[str, Any]:
+        self._refuse_if_stalled()
         started = self._maybe_snapshot(force=True)
         return {"started": started, "applied": self.kv.applied_index,
                 "snapshot_index": self.core.snapshot_meta.index}
@@ -559,7 +658,8 @@ class NodeRunner:
         self._stopping = True
         budget = 2 * self.cfg.election_ticks * self.cfg.tick_ms / 1000.0
         self._stop_deadline = time.monotonic() + budget
-        target = self._best_successor()
+        # A stalled log is frozen: it hands nothing over, it only leaves.
+        target = self._best_successor() if self._stalled is None else None
         self.log.info("node_stopping", handing_to=target)
         if target is not None:
             self.core.transfer_leader(target)
@@ -627,12 +727,21 @@ class NodeRunner:
     def _close(self) -> None:
         self._snapshotter.shutdown(wait=True)
         self._check_snapshot_job()
-        self.storage.sync()
-        self.storage.close()
+        try:
+            self.storage.close()
+        except StorageError as e:
+            # A full disk: what did not reach it was never acknowledged.
+            self.storage.abandon()
+            self.log.error("disk_full", error=str(e), free_bytes=self.disk.free_bytes)
         self.transport.close()
         for s in (self.client_sock, self.control_sock, self.zap.socket):
             s.close(linger=0)
         self.log.info("node_stopped", commit=self.core.log.commit, applied=self.kv.applied_index)
+
+
+class _Stalled(Exception):
+    """The persist of a Ready found the disk full: it waits in
+    `NodeRunner._stalled`, and `handle_ready` is left where it was."""
 
 
 class _ReadyIO:

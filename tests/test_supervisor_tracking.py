@@ -89,36 +89,40 @@ def test_a_node_launched_by_a_killed_raftctl_is_adopted(
     wait_until(lambda: not _node_processes(reaper), 10.0, "n1 stopped by down")
 
 
+@pytest.fixture
+def c1(tmp_path: Path) -> Iterator[TestCluster]:
+    for c in make_cluster(tmp_path, 1):
+        start_and_settle(c)
+        yield c
+
+
 def test_without_cluster_json_up_makes_no_new_keys_and_down_stops_the_orphans(
-        tmp_path: Path) -> None:
+        c1: TestCluster) -> None:
     """Deleting cluster.json left the nodes running and the next `up` made a
     new cluster with new keys over the old data. Now up refuses, naming the
     running processes, and down stops them."""
-    for c in make_cluster(tmp_path, 1):
-        start_and_settle(c)
-        keys = (c.run_dir / "keys").read_bytes()
-        c.file.unlink()
-        r = _cli(c.run_dir, "up")
-        assert r.exit_code == 1, r.output
-        assert "cluster.json" in r.output and "n1" in r.output and "keys" in r.output, r.output
-        assert (c.run_dir / "keys").read_bytes() == keys, "new keys were made"
-        assert not c.file.exists()
-        assert _node_processes(c.run_dir.resolve()), "the node was stopped by up"
-        r = _cli(c.run_dir, "down")
-        assert r.exit_code == 0, r.output
-        wait_until(lambda: not _node_processes(c.run_dir.resolve()), 10.0, "the orphan stopped")
+    run_dir = c1.run_dir.resolve()
+    keys = (run_dir / "keys").read_bytes()
+    c1.file.unlink()
+    r = _cli(run_dir, "up")
+    assert r.exit_code == 1, r.output
+    assert "cluster.json" in r.output and "n1" in r.output and "keys" in r.output, r.output
+    assert (run_dir / "keys").read_bytes() == keys, "new keys were made"
+    assert not c1.file.exists()
+    assert _node_processes(run_dir), "the node was stopped by up"
+    r = _cli(run_dir, "down")
+    assert r.exit_code == 0, r.output
+    wait_until(lambda: not _node_processes(run_dir), 10.0, "the orphan stopped")
 
 
-def test_up_refuses_new_keys_over_data_left_without_cluster_json(tmp_path: Path) -> None:
+def test_up_refuses_new_keys_over_data_left_without_cluster_json(c1: TestCluster) -> None:
     """No process runs, but the data of a cluster is there: still no new keys."""
-    for c in make_cluster(tmp_path, 1):
-        start_and_settle(c)
-        c.stop("n1")
-        c.file.unlink()
-        keys = (c.run_dir / "keys").read_bytes()
-        r = _cli(c.run_dir, "up")
-        assert r.exit_code == 1 and "cluster.json" in r.output, r.output
-        assert (c.run_dir / "keys").read_bytes() == keys
+    c1.stop("n1")
+    c1.file.unlink()
+    keys = (c1.run_dir / "keys").read_bytes()
+    r = _cli(c1.run_dir, "up")
+    assert r.exit_code == 1 and "cluster.json" in r.output, r.output
+    assert (c1.run_dir / "keys").read_bytes() == keys
 
 
 def _lose_data(c: TestCluster, node: str) -> None:

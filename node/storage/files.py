@@ -16,6 +16,8 @@ import msgspec
 from node.config import FSYNC_POLICIES, WAL_SEGMENT_BYTES
 from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
 from node.storage.wal import (
+    FULL_ERRNOS,
+    NoSpace,
     RecordKind,
     Recovery,
     Replay,
@@ -34,7 +36,7 @@ from node.storage.wal import (
     write_snapshot,
 )
 
-__all__ = ["FileStorage", "InitialState", "MemoryStorage", "Storage", "StorageError"]
+__all__ = ["FileStorage", "InitialState", "MemoryStorage", "NoSpace", "Storage", "StorageError"]
 
 
 class InitialState(msgspec.Struct, frozen=True):
@@ -353,7 +355,14 @@ class FileStorage:
         self._install(meta, kept, Snapshot(meta, data))
 
     def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
-        return str(write_snapshot(self.directory, meta, data, sync=self._sync))
+        """As the protocol says; a full disk raises NoSpace, and leaves
+        nothing behind."""
+        try:
+            return str(write_snapshot(self.directory, meta, data, sync=self._sync))
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise NoSpace(f"the snapshot at {meta.index} cannot be written: {e}") from e
+            raise
 
     def install_local_snapshot(self, meta: SnapshotMeta) -> None:
         kept = self._entries_after_local(meta)
@@ -378,6 +387,17 @@ class FileStorage:
     def reservation_error(self) -> OSError | None:
         """Why the WAL stopped reserving blocks ahead, if it did."""
         return self._wal.reservation_error
+
+    @property
+    def space_error(self) -> OSError | None:
+        """Why the last write or reservation found the disk full, until one
+        succeeds (or `forget_space_error`): the node should take no new
+        writes while it is set."""
+        return self._wal.space_error
+
+    def forget_space_error(self) -> None:
+        """There is room again, the caller saw: the next sync tries anew."""
+        self._wal.space_error = None
 
     def sync(self) -> None:
         """Make every write durable (one fdatasync), then drop the segments
