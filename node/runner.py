@@ -1,6 +1,8 @@
 """`NodeRunner`: the node's one event loop, and the only caller of the core
 that does I/O. Poll sockets up to the next tick, step in what arrived, tick,
-then handle `Ready`: persist (one sync), send, apply, reply, advance.
+then handle `Ready`: persist (one sync), send, apply, reply, advance. Its
+clients and operators are node/runner_clients.py's, its disk (persisting,
+and a full disk) node/runner_disk.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import msgspec
 import zmq
 
 from node import codec
-from node.api import ClientApi, ClientRequest, RequestRefused, is_batch, split_batch
+from node.api import ClientApi, ClientRequest
 from node.config import (
     CLIENT_FRAME_HARD_LIMIT_BYTES,
     CLIENT_QUEUE_FRAMES,
@@ -29,34 +31,30 @@ from node.config import (
     ClusterConfig,
     node_dir,
 )
-from node.control import ControlError, handle_control
-from node.disk import DISK_RETRY_INTERVAL_MS, DiskWatch, needs_space
+from node.control import ControlError
+from node.disk import DiskWatch, needs_space
 from node.errors import NotLeader
 from node.logs import RATE_LIMITED_EVENTS, LogFile, RateLimiter, make_logger
-from node.membership_mark import DataLost, FloorRecorder, check_on_start, record_member
+from node.membership_mark import DataLost, FloorRecorder, check_on_start
 from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.core import RaftCore
 from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
-from node.raft.ready import Ready, SoftState, Step, complete_ready, handle_ready
+from node.raft.ready import Ready, SoftState, Step
 from node.replies import ClientReplies
+from node.runner_clients import ClientHandling
+from node.runner_disk import DiskHandling
 from node.state.kv import KVStore, encode_image, image_digest
-from node.storage import FileStorage, NoSpace, StorageError
-from node.storage.wal import FULL_ERRNOS
+from node.storage import FileStorage, StorageError
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
 from node.transport.udp import UdpTransport, udp_core_limits, udp_mac_key
 from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read_keys
 
-# At most this many messages are taken from one socket per loop iteration, so
-# ticks and heartbeats keep their rhythm under load.
-_DRAIN_LIMIT = 2048
-# Time budgets of one loop turn (a tick is 10 ms, an election timeout 150 ms
-# or more), so that under overload ticks and heartbeats still come round.
-_CLIENT_DRAIN_BUDGET_S = 0.005
-_READY_BUDGET_S = 0.010
-# After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
+# The time budgets of one loop turn are beside the work they bound
+# (node/runner_clients.py, node/runner_disk.py). After a stall (SIGSTOP, a
+# long GC), catch up on at most this many ticks.
 _MAX_CATCHUP_TICKS = 5
 
 
@@ -88,7 +86,7 @@ def load_links(path: Path) -> dict[str, LinkRule]:
     return msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
 
 
-class NodeRunner:
+class NodeRunner(ClientHandling, DiskHandling):
     """One node: storage, core, state machine, sockets, and the loop."""
 
     def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO,
@@ -278,11 +276,6 @@ class NodeRunner:
         finally:
             self._close()
 
-    def _tick(self, n: int) -> None:
-        if self._stalled is None:  # a stalled log is frozen, as a paused process is
-            for _ in range(n):
-                self.core.tick()
-
     def _receive_peers(self) -> None:
         if self._stalled is not None:
             # Frozen: what peers send is lost, as to a paused process.
@@ -304,184 +297,7 @@ class NodeRunner:
                 continue
             self.core.step(msg)
 
-    def _receive_clients(self) -> None:
-        # A time budget as well as a count, checked per request: a batch
-        # frame may hold thousands of requests, and a turn of the loop that
-        # outlasts an election timeout sends no heartbeat. What is left waits
-        # for the next turn: the rest of a batch here, new frames in ZeroMQ.
-        # So is what the answers take: reads of large values stop the drain
-        # while too many answers wait to leave (node/replies.py).
-        until = time.monotonic() + _CLIENT_DRAIN_BUDGET_S
-        backlog = self._client_backlog
-        congested = self._replies.congested
-        for _ in range(_DRAIN_LIMIT):
-            while backlog:
-                if time.monotonic() >= until or congested():
-                    return
-                self.api.handle(*backlog.popleft())
-            if time.monotonic() >= until or congested():
-                return
-            try:
-                frames = self.client_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            route, payload = _split_envelope(frames)
-            if route is None:
-                self._bad_request("request without an envelope")
-                continue
-            if not is_batch(payload):
-                self.api.handle(route, payload)
-                continue
-            try:
-                if len(route) != 1:
-                    # A REQ socket takes one reply per request message.
-                    raise ValueError("batch frames need a DEALER socket")
-                items = split_batch(payload)
-            except RequestRefused as e:
-                self.api.refuse(route, str(e), e.code)
-                continue
-            except ValueError as e:
-                self.api.refuse(route, str(e))
-                continue
-            backlog.extend((route, item) for item in items)
-
-    def _receive_control(self) -> None:
-        for _ in range(64):
-            try:
-                frames = self.control_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            route, payload = _split_envelope(frames)
-            if route is None:
-                continue
-            reply, bad = handle_control(self, payload)
-            if bad is not None:
-                self._bad_request(bad)
-            if isinstance(reply, bytes):
-                self.control_sock.send_multipart([*route, reply], zmq.NOBLOCK)
-            else:
-                self._control_deferred.append((route, reply))
-
-    def _no_space(self, needs_log: bool) -> str | None:
-        """Why a client request cannot be taken for want of disk space
-        (node/disk.py): a write whenever the disk is low or full, a
-        linearizable read only while the log is stalled."""
-        stalled = self._stalled is not None
-        if not stalled and (self.disk.state == "ok" or not needs_log):
-            return None
-        self.disk.writes_refused += needs_log
-        return self.disk.refusal(stalled)
-
-    def _refuse_if_stalled(self) -> None:
-        if self._stalled is not None:
-            raise ControlError("no_space", self.disk.refusal(stalled=True))
-
-    def _watch_disk(self) -> None:
-        """The disk's state, and an event when it changes. A reservation
-        the WAL was refused is tried again once there is room."""
-        if self.disk.state != "ok" and self.storage.space_error is not None \
-                and self.disk.room_again():
-            self.storage.forget_space_error()
-        change = self.disk.check(self.storage.space_error, self._stalled is not None)
-        if change is None:
-            return
-        old, new = change
-        if new == "low":
-            self.log.warning("disk_low", free_bytes=self.disk.free_bytes, error=self.disk.error)
-        elif new == "full":
-            self.log.error("disk_full", free_bytes=self.disk.free_bytes, error=self.disk.error)
-        else:
-            self.log.info("disk_space_recovered", was=old, free_bytes=self.disk.free_bytes,
-                          log_lines_dropped=self._log_lines_dropped())
-
-    def _log_lines_dropped(self) -> int:
-        return self._log_file.dropped if self._log_file is not None else 0
-
-    def _record_floor(self) -> None:
-        """Between Readys: what the log durably holds, for the mark."""
-        if self._member_marked and self.cfg.fsync == "always":
-            self._floor.maybe_record(self.storage.durable_floor(self.core.log.commit))
-
-    def _answer_deferred_control(self) -> None:
-        """Send the answers of control requests whose work (off the loop) is done."""
-        if not self._control_deferred:
-            return
-        waiting = []
-        for route, fut in self._control_deferred:
-            if fut.done():
-                self.control_sock.send_multipart([*route, fut.result()], zmq.NOBLOCK)
-            else:
-                waiting.append((route, fut))
-        self._control_deferred = waiting
-
     # --- Ready ----------------------------------------------------------------
-
-    def _handle_ready(self) -> None:
-        if self._stalled is not None and not self._retry_stalled():
-            return
-        # Bounded like the client drain; what is left waits one turn.
-        until = time.monotonic() + _READY_BUDGET_S
-        while self.core.has_ready():
-            if time.monotonic() >= until:
-                return
-            try:
-                handle_ready(self.core, self._ready_io)
-            except _Stalled:
-                return
-
-    def _retry_stalled(self) -> bool:
-        """Persist the stalled Ready again (every DISK_RETRY_INTERVAL_MS);
-        once it is durable, carry it out and unfreeze. True if unfrozen."""
-        now = time.monotonic()
-        if now < self._stall_retry_at:
-            return False
-        self._stall_retry_at = now + DISK_RETRY_INTERVAL_MS / 1000.0
-        rd = self._stalled
-        assert rd is not None
-        try:
-            self._persist(rd)
-        except _Stalled:
-            return False
-        self._stalled = None
-        complete_ready(self.core, self._ready_io, rd)
-        return True
-
-    def _persist(self, rd: Ready) -> None:
-        # Persist before send (§5.1): one sync covers the whole batch. Each
-        # step is done once: after a full disk, the same Ready is persisted
-        # again from where it stopped (what was staged stays in the WAL's
-        # buffer; node/storage/wal.py).
-        done = self._persisted
-        try:
-            if rd.snapshot is not None and "snapshot" not in done:
-                self.storage.apply_snapshot(rd.snapshot)
-                done.add("snapshot")
-            if rd.entries and "entries" not in done:
-                self.storage.append(rd.entries)
-                done.add("entries")
-            if rd.hard_state is not None and "hard_state" not in done:
-                self.storage.set_hard_state(rd.hard_state)
-                done.add("hard_state")
-            if rd.must_sync():
-                self.storage.sync()
-                if not self._member_marked and self.core.term > 0:
-                    # Before the vote or acknowledgement this sync was for leaves.
-                    index, term = self.storage.durable_floor(self.core.log.commit)
-                    record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always",
-                                  index=index, term=term)
-                    self._member_marked = True
-        except NoSpace:
-            self._stalled = rd
-            raise _Stalled from None
-        except OSError as e:
-            if e.errno not in FULL_ERRNOS:
-                raise
-            self._stalled = rd
-            raise _Stalled from None
-        done.clear()
-        if self.storage.reservation_error is not None and not self._reservation_logged:
-            self._reservation_logged = True
-            self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
 
     def _send(self, messages: Sequence[PeerMessage]) -> None:
         for m in messages:
@@ -684,23 +500,6 @@ class NodeRunner:
                           committed_since=commit - self._logged_commit)
             self._logged_commit = commit
 
-    def _reply_client(self, route: list[bytes], data: bytes) -> None:
-        self._replies.reply(route, data)
-
-    def _flush_replies(self) -> None:
-        """Send the answers of this turn (node/replies.py), and stop polling
-        for client frames while the answers are congested: the loop would
-        wake for frames it will not take."""
-        self._replies.flush()
-        watching = not self._replies.congested()
-        if watching != self._watching_clients:
-            self._watching_clients = watching
-            self._poller.modify(self.client_sock, zmq.POLLIN if watching else 0)
-
-    def _clients_waiting(self) -> bool:
-        """Requests of a batch wait for a turn, and the answers let them."""
-        return bool(self._client_backlog) and not self._replies.congested()
-
     def _bad_request(self, reason: str) -> None:
         self.counters["bad_requests"] += 1
         self._log_bad("bad_request", reason=reason[:200])
@@ -739,11 +538,6 @@ class NodeRunner:
         self.log.info("node_stopped", commit=self.core.log.commit, applied=self.kv.applied_index)
 
 
-class _Stalled(Exception):
-    """The persist of a Ready found the disk full: it waits in
-    `NodeRunner._stalled`, and `handle_ready` is left where it was."""
-
-
 class _ReadyIO:
     """The runner's side of each step of a Ready (node/raft/ready.py)."""
 
@@ -754,11 +548,3 @@ class _ReadyIO:
         self.apply = r._apply_entries
         self.finish = r._finish
         self.reached = r._reached
-
-
-def _split_envelope(frames: list[bytes]) -> tuple[list[bytes] | None, bytes]:
-    """ROUTER frames are [identity, (empty delimiter from REQ clients), payload]."""
-    if len(frames) < 2:
-        return None, b""
-    return frames[:-1], frames[-1]
-
