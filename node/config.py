@@ -45,9 +45,12 @@ MAX_BATCH_REQUESTS = 4096
 BATCH_FRAME_MAX_BYTES = CLIENT_BATCH_MAX_BYTES + 5
 MAX_REQUEST_FIELDS = 16
 # libzmq closes the connection of a client frame past this without the node
-# seeing it; a frame between MAX_MESSAGE_BYTES and this gets `too_large`. Up
-# to CLIENT_QUEUE_FRAMES frames wait per connection (then TCP pushes back).
+# seeing it; a frame between MAX_MESSAGE_BYTES and this gets `too_large`.
 CLIENT_FRAME_HARD_LIMIT_BYTES = 2 * MAX_MESSAGE_BYTES
+# Answer frames queued in libzmq per client connection; the node holds the
+# rest (node/replies.py). Requests queue as for peers (PEER_QUEUE_MSGS): a
+# shorter receive queue stops libzmq reading the connection, its heartbeat
+# answers too, and a client sending faster than the node takes was cut off.
 CLIENT_QUEUE_FRAMES = 16
 # Answers one loop turn may produce, or that may wait for clients' queues to
 # take them, before the node stops taking client frames (they wait in their

@@ -164,7 +164,7 @@ class NodeRunner(ClientHandling, DiskHandling):
         self.client_sock, self.control_sock = (
             make_server_socket(self.ctx, addr, self.keys,
                                max_frame_bytes=CLIENT_FRAME_HARD_LIMIT_BYTES,
-                               queue_frames=CLIENT_QUEUE_FRAMES)
+                               send_queue_frames=CLIENT_QUEUE_FRAMES)
             for addr in (self.spec.client_addr(), self.spec.control_addr()))
         self.client_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # node/replies.py
         self._replies = ClientReplies(self.client_sock)

@@ -25,9 +25,11 @@ from node.transport.auth import generate_keys
 from node.transport.zmq import make_client_socket
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
-# What a node's loop may take for one turn under hostile input before its
-# heartbeats (every 20 ms) are late: far under an election timeout (150 ms).
-LOOP_TURN_BOUND_MS = 40.0
+# What a node's loop may take for one turn under hostile input: half an
+# election timeout (150 ms at least), so no follower times out from it. It
+# counts time the machine took the process off the CPU, too: on a loaded
+# machine a tighter bound would measure the machine, not the node.
+LOOP_TURN_BOUND_MS = 75.0
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +159,9 @@ def _fill(c: TestCluster, total_bytes: int, value_bytes: int = 1 << 20) -> None:
 
 
 def test_a_digest_of_a_large_state_does_not_stall_the_leader(hostile3: TestCluster) -> None:
-    """`digest` of a state of 40 MB is computed off the loop (it once took
+    """`digest` of a state of 64 MB is computed off the loop (it once took
     the loop 263 ms for 130 MB and unseated the leader); it still answers."""
-    _fill(hostile3, 40 << 20)
+    _fill(hostile3, 64 << 20)
     w = _Watch(hostile3)
     r = hostile3.control(w.lead, DigestRequest(), timeout_s=10.0)
     assert r is not None and r.ok and r.data is not None, r
@@ -250,8 +252,13 @@ def _auth_lines(log: Path, start: int) -> list[str]:
 
 _SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
             | st.floats(allow_nan=True) | st.text(max_size=12) | st.binary(max_size=24))
-_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                       | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=20)
+
+
+def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+
+
+_VALUES = st.recursive(_SCALARS, _nested, max_leaves=20)
 _OPS = ["put", "delete", "cas", "append", "get", "ping", "register", "close_session", "explode"]
 _FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "id": st.integers(0, 2**63 - 1), "session": st.integers(1, 4), "seq": st.integers(1, 3),

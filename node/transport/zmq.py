@@ -72,21 +72,20 @@ def _max_frame_bytes(keys: CurveKeys | None, payload_bytes: int = MAX_MESSAGE_BY
 
 def make_server_socket(
     ctx: zmq.Context[Any], bind_addr: str, keys: CurveKeys | None, *,
-    max_frame_bytes: int = MAX_MESSAGE_BYTES, queue_frames: int = PEER_QUEUE_MSGS,
+    max_frame_bytes: int = MAX_MESSAGE_BYTES, send_queue_frames: int = PEER_QUEUE_MSGS,
 ) -> zmq.Socket[bytes]:
     """A ROUTER bound to `bind_addr` ("tcp://host:port"): a CURVE server with
     the cluster keys (None: no security, for tests only), frames above
-    `max_frame_bytes` dropped with their connection, at most `queue_frames`
-    frames queued each way per connection, and a reconnecting client taking
-    over its identity at once (ROUTER_HANDOVER).
+    `max_frame_bytes` dropped with their connection, at most
+    `send_queue_frames` frames queued for sending per connection, and a
+    reconnecting client taking over its identity at once (ROUTER_HANDOVER).
 
     Requires a `ZapHandler` on `ctx` when `keys` is given, or no client is
     admitted."""
     sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
     try:
         set_common_options(sock)
-        sock.setsockopt(zmq.SNDHWM, queue_frames)
-        sock.setsockopt(zmq.RCVHWM, queue_frames)
+        sock.setsockopt(zmq.SNDHWM, send_queue_frames)
         sock.setsockopt(zmq.MAXMSGSIZE, _max_frame_bytes(keys, max_frame_bytes))
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if keys is not None:
