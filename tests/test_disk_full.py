@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,9 +279,10 @@ def test_a_full_disk_stops_writes_keeps_the_leader_and_loses_nothing(
             assert cl.get(first) == acked[first], "a linearizable read while full"
         st = json.loads(_cli(c, "status", "--json").output)
         assert {row["disk"] for row in st} <= {"low", "full"}, st
-        # As long as the disk is full: the same leader in the same term, on
-        # every look (heartbeats go on; an election would show here).
-        for _ in range(20):
+        # For a second of full disk (five election timeouts and more): the
+        # same leader in the same term on every look; an election would show.
+        window = time.monotonic() + 1.0
+        while time.monotonic() < window:
             now = c.statuses()
             assert now[lead or ""]["role"] == "leader" and now[lead or ""]["term"] == term, now
             assert {s["pid"] for s in now.values()} == set(pids.values())
