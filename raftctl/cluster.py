@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ from node.control import (
     decode_response,
     encode_request,
 )
+from node.private_files import open_private, private_dir, write_private
 from node.transport.links import LinkRule
 from node.transport.zmq import (
     CurveKeys,
@@ -47,6 +49,7 @@ from node.transport.zmq import (
     write_keys,
 )
 from raftctl import netns
+from raftctl.procscan import data_left, output_since, unrecorded
 
 DEFAULT_CLUSTER = "default"
 RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
@@ -56,6 +59,9 @@ HOME_ENV = "RAFTCTL_HOME"
 # current directory, as raftctl always did.
 DEFAULT_HOME_NAME = ".raftctl"
 CONTROL_TIMEOUT_S = 1.0
+# A cluster name is a directory name under the clusters' home: a plain
+# identifier, so that no name (`../../etc`) leads out of it.
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 PORT_RANGE_LOW = 20000
 
 
@@ -81,11 +87,15 @@ class ProcessInfo(msgspec.Struct, frozen=True):
 class ClusterFile(msgspec.Struct):
     """`cluster.json`: the config the nodes read, the processes we started,
     and the nodes removed from the cluster (`raftctl member remove`: kept in
-    `config.nodes` with their addresses, never counted as nodes again)."""
+    `config.nodes` with their addresses, never counted as nodes again).
+    `launching` records, before a node is launched, that it is about to be
+    (node -> wall-clock time): a raftctl killed between the launch and the
+    recording of the pid leaves it, and the next command adopts the process."""
 
     config: ClusterConfig
     processes: dict[str, ProcessInfo] = {}
     removed: list[str] = []
+    launching: dict[str, float] = {}
 
 
 def default_home() -> Path:
@@ -93,10 +103,18 @@ def default_home() -> Path:
     return Path.cwd() / DEFAULT_HOME_NAME
 
 
+def check_cluster_name(name: str) -> str:
+    """`name`, if it is a plain identifier; raises ClusterError otherwise."""
+    if not CLUSTER_NAME.fullmatch(name):
+        raise ClusterError(f"{name!r} is not a cluster name: a cluster name is 1-64 letters, "
+                           "digits, '.', '-' or '_', starting with a letter or digit")
+    return name
+
+
 def default_run_dir(name: str, home: Path | None = None) -> Path:
     """`HOME/NAME` (HOME: `./.raftctl` by default); the option `--run-dir` or
     RAFTCTL_RUN_DIR overrides it."""
-    return (home or default_home()) / name
+    return (home or default_home()) / check_cluster_name(name)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -210,6 +228,10 @@ class NodeState:
     status: dict[str, Any] | None  # the node's own status, if it answered
 
 
+def _pids(procs: dict[str, psutil.Process]) -> str:
+    return ", ".join(f"{n} pid {p.pid}" for n, p in sorted(procs.items()))
+
+
 def leader_of(states: list[NodeState]) -> str | None:
     """The leader of the highest term that a live node reports."""
     best: tuple[int, str] | None = None
@@ -231,6 +253,8 @@ class Cluster:
         self._removed: list[str] = []
         self._file_key: tuple[int, int] | None = None
         self._keys: CurveKeys | None = None
+        # Where each node's stdout.log ended when this object launched it.
+        self._launch_offsets: dict[str, int] = {}
 
     # --- files ----------------------------------------------------------------
 
@@ -243,30 +267,74 @@ class Cluster:
 
     def load(self) -> ClusterFile:
         try:
-            return msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            cf = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
         except FileNotFoundError:
-            raise ClusterUnavailable(
-                f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`"
-            ) from None
+            raise self._not_set_up() from None
         except msgspec.DecodeError as e:
             raise ClusterError(f"{self.file} is damaged ({e}); `raftctl down --purge` "
                                "removes the run directory") from None
+        if cf.launching:
+            self._adopt_launched(cf)
+        return cf
+
+    def _not_set_up(self) -> ClusterError:
+        """Why there is no cluster here, naming what is left of one."""
+        orphans = self.orphans()
+        if orphans:
+            return ClusterError(
+                f"{self.file} is missing, but node processes of this run directory still run "
+                f"({_pids(orphans)}): `raftctl down` stops them, or restore cluster.json")
+        left = data_left(self.run_dir) if self.run_dir.is_dir() else []
+        if left:
+            return ClusterUnavailable(
+                f"{self.file} is missing, but the run directory holds a cluster's data "
+                f"({', '.join(left)}): restore cluster.json, or `raftctl down --purge` "
+                "removes it all")
+        return ClusterUnavailable(
+            f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`")
+
+    def orphans(self) -> dict[str, psutil.Process]:
+        """Node processes of this run directory that cluster.json does not
+        name (all of them, if it is gone)."""
+        try:
+            cf = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            recorded = {i.pid for i in cf.processes.values()}
+        except (OSError, msgspec.DecodeError):
+            recorded = set()
+        return unrecorded(self.run_dir, recorded)
+
+    def _adopt_launched(self, cf: ClusterFile) -> None:
+        """Nodes recorded as launching: the process of each that runs is
+        taken into `cf`, and the record is cleared; saved if the run
+        directory's lock is free now (else the next change saves it)."""
+        found = unrecorded(self.run_dir, {i.pid for i in cf.processes.values()})
+        for node in list(cf.launching):
+            p = found.get(node)
+            if p is not None:
+                with contextlib.suppress(psutil.Error):
+                    cf.processes[node] = ProcessInfo(p.pid, p.create_time())
+            del cf.launching[node]
+        with contextlib.suppress(OSError, BlockingIOError):
+            fd = open_private(self.run_dir / "lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._save(cf)
+            finally:
+                os.close(fd)
 
     def _save(self, cf: ClusterFile) -> None:
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(cf)))
-        os.replace(tmp, self.file)
+        write_private(self.file, msgspec.json.format(msgspec.json.encode(cf)), sync=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise changes to the run directory between raftctl commands."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        private_dir(self.run_dir)
+        fd = open_private(self.run_dir / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock
 
     def config(self) -> ClusterConfig:
         # Read again only when the file changed (`raftctl member` adds and
@@ -330,24 +398,33 @@ class Cluster:
     def remember_leader(self, node_id: str) -> None:
         if self.last_leader() == node_id:
             return
-        path = self.run_dir / "last_leader"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         # A hint only: a run directory we cannot write to costs a slower start.
         with contextlib.suppress(OSError):
-            tmp.write_text(node_id)
-            os.replace(tmp, path)
+            write_private(self.run_dir / "last_leader", node_id.encode())
 
     # --- setting up -------------------------------------------------------------
 
     def create(self, cfg: ClusterConfig) -> None:
-        """Write a new run directory for `cfg` (refuses if one is there)."""
+        """Write a new run directory for `cfg` (refuses if one is there, or
+        if what is there is left of one: new keys over its data would make
+        its nodes strangers to each other)."""
         with self.locked():
             if self.exists():
                 raise ClusterError(f"cluster {self.name} already exists in {self.run_dir}")
+            left = data_left(self.run_dir)
+            orphans = self.orphans()
+            if left or orphans:
+                running = f"; its nodes still run ({_pids(orphans)}): `raftctl down` stops " \
+                    "them" if orphans else ""
+                raise ClusterError(
+                    f"{self.run_dir} has no cluster.json but holds a cluster's data "
+                    f"({', '.join(left) or 'running nodes'}){running}. raftctl makes no new "
+                    "keys for a cluster whose data exists: restore cluster.json, or "
+                    "`raftctl down --purge` removes the run directory")
             for n in cfg.nodes:
-                (node_dir(self.run_dir, n.id) / "data").mkdir(parents=True, exist_ok=True)
+                private_dir(node_dir(self.run_dir, n.id) / "data")
                 if n.ipc_dir:
-                    Path(n.ipc_dir).mkdir(parents=True, exist_ok=True)
+                    private_dir(Path(n.ipc_dir))
             write_keys(self.run_dir / "keys", generate_keys())
             if not cfg.initial_members:
                 # Fixed now: later members join this configuration.
@@ -357,7 +434,7 @@ class Cluster:
     def purge(self) -> None:
         import shutil
 
-        if self.running_nodes():
+        if self.running_nodes() or self.orphans():
             raise ClusterError(f"cluster {self.name} is running; `raftctl down` first")
         self.teardown_kernel()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -424,10 +501,26 @@ class Cluster:
             if self._process(cf.processes.get(node_id)) is not None:
                 raise ClusterError(f"node {node_id} is already running "
                                    f"(pid {cf.processes[node_id].pid})")
+            stray = self.orphans().get(node_id)
+            if stray is not None:
+                with contextlib.suppress(psutil.Error):
+                    cf.processes[node_id] = ProcessInfo(stray.pid, stray.create_time())
+                    self._save(cf)
+                raise ClusterError(f"node {node_id} is already running (pid {stray.pid}, which "
+                                   "cluster.json did not name; now it does)")
             self._check_node_ports(spec)
-            ndir = node_dir(self.run_dir, node_id)
-            ndir.mkdir(parents=True, exist_ok=True)
-            with open(ndir / "stdout.log", "ab") as out:
+            ndir = private_dir(node_dir(self.run_dir, node_id))
+            # The intent first, durably: if this raftctl dies after the
+            # launch, the next command finds the process by its command line.
+            cf.launching[node_id] = time.time()
+            try:
+                self._save(cf)
+            except OSError as e:
+                raise ClusterError(f"cannot record in {self.file} that {node_id} is starting "
+                                   f"({e.strerror}); nothing was started") from None
+            stdout = ndir / "stdout.log"
+            with open(open_private(stdout, os.O_WRONLY | os.O_APPEND), "ab") as out:
+                self._launch_offsets[node_id] = out.tell()
                 try:
                     prefix = (self.kernel().exec_prefix(node_id) if cf.config.kernel_mode() else [])
                 except netns.NetnsError as e:
@@ -441,8 +534,39 @@ class Cluster:
                 )
             create_time = psutil.Process(proc.pid).create_time()
             cf.processes[node_id] = ProcessInfo(proc.pid, create_time)
-            self._save(cf)
+            del cf.launching[node_id]
+            try:
+                self._save(cf)
+            except OSError as e:
+                # A process no file names is one nothing would ever stop.
+                proc.kill()
+                proc.wait(5)
+                raise ClusterError(f"{node_id} was started but cannot be recorded in {self.file} "
+                                   f"({e.strerror}), so it was stopped again") from None
             return proc.pid
+
+    def exit_output(self, node_id: str) -> str:
+        """What a node launched by this object wrote before it exited (a
+        refusal to start says why there); empty if it was not launched here."""
+        offset = self._launch_offsets.get(node_id)
+        if offset is None:
+            return ""
+        return output_since(node_dir(self.run_dir, node_id) / "stdout.log", offset)
+
+    def stop_orphans(self) -> list[str]:
+        """SIGTERM the node processes of this run directory that cluster.json
+        does not name (SIGKILL after 10 s); returns their nodes."""
+        orphans = self.orphans()
+        for p in orphans.values():
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        _gone, alive = psutil.wait_procs(list(orphans.values()), timeout=10.0)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5.0)
+        return sorted(orphans)
 
     def signal(self, node_id: str, sig: int) -> int:
         """Send `sig` to a node's process; raises if it is not running."""
@@ -649,10 +773,7 @@ class Cluster:
     def set_links(self, node_id: str, rules: dict[str, LinkRule]) -> bool:
         """Record the node's link rules (a node started later loads them) and
         push them to the node if it runs; True if it confirmed."""
-        path = node_dir(self.run_dir, node_id) / "links.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(rules))
-        os.replace(tmp, path)
+        write_private(node_dir(self.run_dir, node_id) / "links.json", msgspec.json.encode(rules))
         if self.process_state(node_id)[1] != "running":
             return False
         r = self.control(node_id, SetLinksRequest(rules=rules))
@@ -672,10 +793,8 @@ class Cluster:
         did not confirm (not running: they load the rules when started)."""
         with self.locked():
             nodes = self.node_ids()
-            path = self.run_dir / "faults.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
-            os.replace(tmp, path)
+            write_private(self.run_dir / "faults.json",
+                          msgspec.json.format(msgspec.json.encode(state)))
             rules = compile_rules(state, nodes)
             if self.config().kernel_mode():
                 # Cuts and loss in the kernel; the rest stays in the transport.

@@ -40,6 +40,16 @@ def node_state(s: NodeState) -> str:
     return str(s.status["role"])
 
 
+def disk_note(st: dict[str, Any] | None) -> str:
+    """`disk low` or `disk full` (with the free space) when a node's disk
+    stops its writes (node/disk.py), else nothing."""
+    disk = (st or {}).get("disk") or {}
+    if disk.get("state", "ok") == "ok":
+        return ""
+    free = disk.get("free_bytes", -1)
+    return f"disk {disk['state']}" + (f" ({free // (1024 * 1024)} MiB free)" if free >= 0 else "")
+
+
 def faults_summary(st: dict[str, Any] | None) -> str:
     if not st or not st.get("links"):
         return ""
@@ -111,6 +121,7 @@ def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
             "log_last": st.get("log_last"), "snapshot_index": st.get("snapshot_index"),
             "faults": st.get("links") or {},
             "member": member_role(lead_conf, s.id), "conf": st.get("conf"),
+            "disk": (st.get("disk") or {}).get("state"),
         })
     return rows
 
@@ -135,7 +146,8 @@ def status_table(states: list[NodeState], title: str | None = None) -> Table:
             s.id, _s(member_role(lead_conf, s.id)), str(s.pid or "-"),
             Text(state, style=STATE_STYLES.get(state, "")),
             _s(st.get("term")), _s(st.get("leader")), _s(st.get("commit")),
-            _s(st.get("applied")), log, faults_summary(st),
+            _s(st.get("applied")), log,
+            ", ".join(x for x in (disk_note(st), faults_summary(st)) if x),
         )
     return t
 
