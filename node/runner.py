@@ -36,7 +36,7 @@ from node.raft.base import Role
 from node.raft.core import RaftCore
 from node.raft.messages import Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
 from node.raft.ready import Ready, SoftState, Step, handle_ready
-from node.state.kv import KVStore, encode_image
+from node.state.kv import UNSAFE_BUGS_ENV, KVStore, encode_image, parse_unsafe_bugs
 from node.storage import FileStorage
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -123,8 +123,15 @@ class NodeRunner:
                 raise DataLost(data_lost_message(node_id, ndir / "data"))
             self.log.warning("rejoined_without_data", detail="started as a voter with an empty "
                              "log although it was a member: it may vote twice in a term")
+        try:  # test-only bugs put back on purpose (node/state/kv.py); read here alone
+            self.unsafe_bugs = parse_unsafe_bugs(os.environ.get(UNSAFE_BUGS_ENV, ""))
+        except ValueError as e:
+            raise SystemExit(f"{UNSAFE_BUGS_ENV}: {e}") from None
+        if self.unsafe_bugs:
+            self.log.warning("unsafe_bugs_enabled", bugs=sorted(self.unsafe_bugs),
+                             detail="this node breaks its guarantees on purpose, for tests only")
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
-                          max_sessions=self.cfg.max_sessions)
+                          max_sessions=self.cfg.max_sessions, unsafe_bugs=self.unsafe_bugs)
         snap = self.storage.snapshot()
         if snap.meta.index > 0:
             self.kv.restore(snap.data)
@@ -455,6 +462,7 @@ class NodeRunner:
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
+            "unsafe_bugs": sorted(self.unsafe_bugs),
             "keys": len(self.kv),
             "sessions": len(self.kv.sessions),
             "pending_requests": self.api.pending() + len(self._client_backlog),

@@ -25,6 +25,7 @@ from raftctl.cluster import (
     Cluster,
     ClusterError,
     ClusterUnavailable,
+    NodeState,
     default_home,
     load_config_file,
     make_config,
@@ -263,9 +264,20 @@ def _warn_durability(c: Cluster) -> None:
             "be lost on a crash")
 
 
+def _warn_unsafe_bugs(states: list[NodeState]) -> None:
+    bugs = {s.id: s.status["unsafe_bugs"] for s in states
+            if s.status is not None and s.status.get("unsafe_bugs")}
+    if bugs:
+        which = "; ".join(f"{n}: {', '.join(b)}" for n, b in bugs.items())
+        render.console(stderr=True).print(
+            f"[bold red]warning:[/] test-only bugs are on ({which}): these nodes break their "
+            "guarantees on purpose; restart them without RAFTCTL_TEST_UNSAFE_BUGS")
+
+
 def _print_status(ctx: click.Context, c: Cluster, as_json: bool) -> None:
     _warn_durability(c)
     states = c.status()
+    _warn_unsafe_bugs(states)
     if as_json:
         click.echo(render.dumps(render.status_rows(states)))
     else:

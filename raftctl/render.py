@@ -23,7 +23,8 @@ HIGHLIGHT_EVENTS = {"became_leader": "bold green", "stepped_down": "bold red",
                     "election_started": "yellow", "prevote_started": "yellow",
                     "node_started": "bold", "node_stopping": "bold", "snapshot_installed": "cyan",
                     "leadership_transferred": "bold green", "link_faults_set": "magenta",
-                    "auth_rejected": "red", "bad_message": "red", "wal_tail_truncated": "red"}
+                    "auth_rejected": "red", "bad_message": "red", "wal_tail_truncated": "red",
+                    "unsafe_bugs_enabled": "bold red"}
 
 
 def node_state(s: NodeState) -> str:
@@ -72,6 +73,7 @@ def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
             "applied": st.get("applied"), "log_first": st.get("log_first"),
             "log_last": st.get("log_last"), "snapshot_index": st.get("snapshot_index"),
             "faults": st.get("links") or {},
+            "unsafe_bugs": st.get("unsafe_bugs") or [],
         })
     return rows
 
