@@ -162,12 +162,17 @@ def version_cmd(as_json: bool) -> None:
                    "namespace per node on a private bridge; `sandbox` (no root): all nodes in "
                    "one user namespace on 127.1.0.x; a bare --netns picks bridge as root, else "
                    "sandbox. Delay, duplicate and reorder stay in the transport.")
+@click.option("--power-loss", "power_loss", is_flag=True,
+              help="Put each node's data directory on a power-loss mount (FUSE) before it "
+                   "starts, so `chaos run` can cut its power: what was not fsynced is lost. "
+                   "`down` unmounts them.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,
               help="Seconds to wait for a leader.")
 @json_option("Print the status as JSON (as `status --json`).")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, netns_mode: str | None, wait_s: float, as_json: bool) -> None:
+       fsync: str | None, netns_mode: str | None, power_loss: bool, wait_s: float,
+       as_json: bool) -> None:
     """Start the cluster's nodes and wait for a leader."""
     c = cluster_of(ctx)
     if nodes is not None and config_file is not None:
@@ -203,11 +208,32 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
     _warn_durability(c)
     c.check_ports()
     c.prepare_kernel()
+    _power_loss_mounts(c, power_loss)
     for n in cfg.nodes:
         c.start(n.id)
     with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
         c.wait_for_leader(wait_s)
     _print_status(ctx, c, as_json)
+
+
+def _power_loss_mounts(c: Cluster, wanted: bool) -> None:
+    """Mount the data directories on power-loss mounts if `wanted`; refuse
+    to start nodes whose data lives on an unmounted power-loss disk."""
+    from raftctl import power  # FUSE plumbing: loaded only where it is needed
+
+    if wanted:
+        power.mount_data_dirs(c)
+    elif lost := power.needs_power_loss(c):
+        raise CliError(f"the data of {', '.join(lost)} lives on power-loss disks (nodes/N/disk); "
+                       "start the cluster with `raftctl up --power-loss`")
+
+
+def _unmount_power_loss(run_dir: Path) -> None:
+    """After the nodes stopped: unmount any power-loss mount of the run directory."""
+    if any(run_dir.glob("nodes/*/disk")):
+        from raftctl import power  # FUSE plumbing: loaded only where it is needed
+
+        power.unmount_data_dirs(run_dir)
 
 
 def _refuse_if_running(c: Cluster) -> None:
@@ -236,6 +262,9 @@ def down(ctx: click.Context, purge: bool, as_json: bool) -> None:
         c.teardown_kernel()
     elif not (purge and c.run_dir.exists()):
         raise ClusterUnavailable(f"cluster {c.name} is not set up in {c.run_dir}")
+    # Before --purge deletes anything: removing files through a live mount
+    # would leave its server and the mount behind.
+    _unmount_power_loss(c.run_dir)
     if purge:
         c.purge()
     if as_json:
