@@ -63,10 +63,10 @@ _encoder = msgspec.msgpack.Encoder()
 
 class Endpoint:
     """How raw-protocol clients reach the cluster: its client addresses and
-    keys, and one ZeroMQ context for all of them (made on first use, with
-    room for CHAOS_MAX_SOCKETS sockets)."""
+    keys (None: no security, for tests only), and one ZeroMQ context for all
+    of them (made on first use, with room for CHAOS_MAX_SOCKETS sockets)."""
 
-    def __init__(self, nodes: Mapping[str, str], keys: CurveKeys) -> None:
+    def __init__(self, nodes: Mapping[str, str], keys: CurveKeys | None) -> None:
         if not nodes:
             raise ValueError("an endpoint needs at least one node address")
         self.nodes = dict(nodes)

@@ -309,7 +309,9 @@ def summary(rec: RunRecord, verdict: Verdict) -> dict[str, object]:
     return {
         "seed": rec.seed, "duration_s": rec.duration_s, "interval_s": rec.interval_s,
         "nemesis": rec.nemesis, "workload": rec.workload, "clients": rec.clients,
-        "keys": rec.keys, "nodes": rec.nodes, "notes": rec.notes,
+        "shares": rec.shares, "rate": rec.rate, "value_sizes": rec.value_sizes,
+        "pipeline": rec.depth, "keys": rec.keys, "set_keys": rec.set_keys, "nodes": rec.nodes,
+        "notes": rec.notes,
         "healed_s": rec.healed_s, "recovery_s": rec.recovery_s,
         "recovery_bound_s": rec.recovery_bound_s,
         "operations": outcome_counts(rec),
