@@ -403,7 +403,8 @@ def _op_value(o: OpRecord, element: str | None) -> str:
     else:
         value = repr(o.value)
     if o.kind == APPEND and o.session is not None:
-        value += f" (session {o.session}, seq {o.seq})"
+        sent = f", sent {o.attempts} times" if o.attempts and o.attempts > 1 else ""
+        value += f" (session {o.session}, seq {o.seq}{sent})"
     if o.size is not None:
         value += f" ({o.size} bytes)"
     if o.found is not None:

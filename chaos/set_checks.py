@@ -45,7 +45,8 @@ class SetStats:
 
 def _desc(o: OpRecord) -> str:
     end = f"{o.complete_s:.3f}s" if o.outcome != UNKNOWN else "?"
-    who = f"{o.client}" + (f" (session {o.session}, seq {o.seq})" if o.session else "")
+    sent = f", sent {o.attempts} times" if o.attempts and o.attempts > 1 else ""
+    who = f"{o.client}" + (f" (session {o.session}, seq {o.seq}{sent})" if o.session else "")
     at = f" at index {o.index}" if o.index is not None else ""
     err = f", {o.error}" if o.error else ""
     return f"append {o.value!r} to {o.key} by {who} [{o.outcome}{at}{err}, " \

@@ -86,9 +86,11 @@ def test_an_element_present_twice_is_duplicated_whatever_its_outcome() -> None:
     unknown append alike, found in the earliest read that shows it."""
     h = _clean()
     h.ops[-1].elements = ["s1-1", "s1-2", "s1-1", "s1-2"]
+    h.ops[1].attempts = 3
     found = [x for x in set_checks(h.ops, [S])[0] if x.check == DUPLICATED_ELEMENTS]
     assert sorted(x.element or "" for x in found) == ["s1-1", "s1-2"]
     assert all("2 times" in x.detail and "appended once" in x.detail for x in found)
+    assert "(session 7, seq 1, sent 3 times)" in found[0].detail
     h.ops[4].elements = ["s1-1", "s1-1"]
     first = next(x for x in set_checks(h.ops, [S])[0] if x.element == "s1-1")
     assert "a read by s2" in first.detail and 4 in first.ops
