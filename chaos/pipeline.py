@@ -26,6 +26,7 @@ from chaos.workload import (
     READ_SET,
     History,
     OpRecord,
+    Pacer,
     parse_set,
 )
 from node.api import (
@@ -44,8 +45,10 @@ from node.transport.zmq import CurveKeys, make_client_socket
 # points back at the leader). A copy that crosses the first one's answer
 # enters the log again, and the cluster must tell it from a new write: the
 # exactly-once promise the set workload checks, also between faults. The
-# wait adapts to the answers, as TCP's retransmission timeout does (RFC 6298:
-# smoothed latency plus four deviations), within these bounds.
+# wait adapts to the answers as TCP's retransmission timeout does (RFC 6298:
+# smoothed latency plus four deviations, doubled at each resend until the
+# next answer), within these bounds; it starts at the upper one. A
+# registration waits the upper bound always: each copy is a session more.
 CHAOS_RESEND_MIN_MS = 20
 CHAOS_RESEND_MAX_MS = 1_000
 _ATTEMPTS_PER_NODE = 2
@@ -59,6 +62,38 @@ _BACKOFF_S = 0.05
 _NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large"}
 _REDIRECTED = {"not_leader", "busy", "leader_changed"}
 _encoder = msgspec.msgpack.Encoder()
+
+
+class Latency:
+    """The resend timeout the clients of a workload share (RFC 6298), learnt
+    from the operations answered at their first attempt (Karn). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._srtt_s: float | None = None
+        self._rttvar_s = 0.0
+        self._backoff = 1
+        self._lock = threading.Lock()
+
+    def timeout_s(self) -> float:
+        with self._lock:
+            if self._srtt_s is None:
+                return CHAOS_RESEND_MAX_MS / 1000.0
+            rto = (self._srtt_s + 4 * self._rttvar_s) * self._backoff
+        return min(max(rto, CHAOS_RESEND_MIN_MS / 1000.0), CHAOS_RESEND_MAX_MS / 1000.0)
+
+    def sample(self, latency_s: float) -> None:
+        with self._lock:
+            self._backoff = 1
+            if self._srtt_s is None:
+                self._srtt_s, self._rttvar_s = latency_s, latency_s / 2
+                return
+            self._rttvar_s = 0.75 * self._rttvar_s + 0.25 * abs(self._srtt_s - latency_s)
+            self._srtt_s = 0.875 * self._srtt_s + 0.125 * latency_s
+
+    def timed_out(self) -> None:
+        """An attempt went unanswered: wait twice as long until the next answer."""
+        with self._lock:
+            self._backoff = min(self._backoff * 2, 64)
 
 
 class Endpoint:
@@ -112,6 +147,8 @@ class _Op:
     sent: int = 0  # attempts that left
     first_sent: float = 0.0
     here: int = 0  # of those, to `target` since it was chosen
+    awaiting: bool = False  # the last attempt left and nothing answered it
+    paced: bool = False  # its next copy waits for a turn of the pacer
 
 
 class PipelinedClient:
@@ -120,6 +157,7 @@ class PipelinedClient:
     slot does one operation at a time, as Jepsen requires. Not thread-safe."""
 
     def __init__(self, endpoint: Endpoint, history: History, name: str, *, depth: int = 1,
+                 latency: Latency | None = None, pacer: Pacer | None = None,
                  op_timeout_s: float = CHAOS_OP_TIMEOUT_MS / 1000.0) -> None:
         if depth < 1:
             raise ValueError("a pipeline holds at least one operation")
@@ -127,9 +165,11 @@ class PipelinedClient:
         self.history = history
         self.slots = [name] if depth == 1 else [f"{name}.{j + 1}" for j in range(depth)]
         self.op_timeout_s = op_timeout_s
-        # Latency of operations answered at their first attempt (RFC 6298).
-        self._srtt_s: float | None = None
-        self._rttvar_s = 0.0
+        self.latency = latency or Latency()
+        # A copy sent because no answer came, past the first such, waits for
+        # a turn as a new operation does: an overloaded cluster gets at most
+        # one request more for each operation than --rate allows.
+        self.pacer = pacer
         self.session: int | None = None
         self.opening = False  # a registration is in flight
         self.leader: str | None = None
@@ -137,6 +177,7 @@ class PipelinedClient:
         self._seq = 0
         self._ids = itertools.count(1)
         self._socks: dict[str, zmq.Socket[bytes]] = {}
+        self._poller: zmq.Poller | None = None
         self._ops: dict[str, _Op] = {}  # by slot
         self._by_rid: dict[int, _Op] = {}
         self.done: list[OpRecord] = []  # completed since the caller last took them
@@ -204,6 +245,7 @@ class PipelinedClient:
         for s in self._socks.values():
             s.close(linger=0)
         self._socks.clear()
+        self._poller = None
 
     # --- operations -------------------------------------------------------------------
 
@@ -227,9 +269,16 @@ class PipelinedClient:
                 else:
                     self._finish(op, UNKNOWN, error="timeout")
             elif now >= op.next_try:
+                if op.awaiting and op.sent > 1 and self.pacer is not None and not op.paced:
+                    op.next_try, op.paced = self.pacer.reserve(), True
+                    if now < op.next_try:
+                        continue
+                op.paced = False
                 self._attempt(op, now)
 
     def _attempt(self, op: _Op, now: float) -> None:
+        if op.awaiting:
+            self.latency.timed_out()  # due because no answer came, not after a refusal
         if op.move_on:
             op.target, op.here = self._next(op.target), 0
         rid = next(self._ids)
@@ -241,29 +290,19 @@ class PipelinedClient:
         op.here += 1
         # Unless an answer says otherwise, a node gets a few tries, then the next one.
         op.move_on = op.here >= _ATTEMPTS_PER_NODE
-        if self._send(op.target, req):
+        op.awaiting = self._send(op.target, req)
+        if op.awaiting:
             if not op.sent:
                 op.first_sent = now
             op.sent += 1
             if not isinstance(req, GetRequest):
                 op.unsure.add(rid)
-            op.next_try = now + self._resend_s()
+            wait = self.latency.timeout_s()
+            if isinstance(req, RegisterRequest):
+                wait = CHAOS_RESEND_MAX_MS / 1000.0
+            op.next_try = now + wait
         else:
             op.move_on, op.next_try = True, now + _BACKOFF_S
-
-    def _resend_s(self) -> float:
-        if self._srtt_s is None:
-            rto = 3 * CHAOS_RESEND_MIN_MS / 1000.0
-        else:
-            rto = self._srtt_s + 4 * self._rttvar_s
-        return min(max(rto, CHAOS_RESEND_MIN_MS / 1000.0), CHAOS_RESEND_MAX_MS / 1000.0)
-
-    def _sample(self, latency_s: float) -> None:
-        if self._srtt_s is None:
-            self._srtt_s, self._rttvar_s = latency_s, latency_s / 2
-            return
-        self._rttvar_s = 0.75 * self._rttvar_s + 0.25 * abs(self._srtt_s - latency_s)
-        self._srtt_s = 0.875 * self._srtt_s + 0.125 * latency_s
 
     def _first_outstanding(self, op: _Op) -> int:
         """The lowest seq of this session still waiting for its answer."""
@@ -283,7 +322,7 @@ class PipelinedClient:
             op.unsure.discard(resp.id)
         if resp.ok:
             if op.sent == 1:  # Karn: a resent operation's latency says nothing
-                self._sample(time.monotonic() - op.first_sent)
+                self.latency.sample(time.monotonic() - op.first_sent)
             if op.kind == OPEN_SESSION:
                 self.session, self.opening, self._seq = resp.session, False, 0
             self._finish(op, OK, index=resp.index, raw=resp.value,
@@ -291,6 +330,7 @@ class PipelinedClient:
         elif err in _REDIRECTED:
             # Nothing decided: the same request again (same seq), to the
             # leader named, or after a pause to the next node.
+            op.awaiting = False
             hint = resp.leader if resp.leader in self.endpoint.nodes else None
             if hint is not None:
                 self.leader = hint
@@ -347,6 +387,7 @@ class PipelinedClient:
             s = make_client_socket(self.endpoint.context(), self.endpoint.nodes[node],
                                    self.endpoint.keys)
             self._socks[node] = s
+            self._poller = None  # made again with this socket in it
         try:
             s.send(_encoder.encode(req), zmq.NOBLOCK)
         except zmq.Again:
@@ -357,10 +398,11 @@ class PipelinedClient:
         if not self._socks:
             time.sleep(wait_s)  # nothing to listen to until the next attempt is due
             return
-        poller = zmq.Poller()
-        for s in self._socks.values():
-            poller.register(s, zmq.POLLIN)
-        for s, _ in poller.poll(max(1, int(wait_s * 1000))):
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for s in self._socks.values():
+                self._poller.register(s, zmq.POLLIN)
+        for s, _ in self._poller.poll(max(1, int(wait_s * 1000))):
             while True:
                 try:
                     data = s.recv(zmq.NOBLOCK)

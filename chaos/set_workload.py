@@ -14,11 +14,18 @@ import random
 import time
 
 from chaos.linearizability import OK
-from chaos.pipeline import Endpoint, PipelinedClient
+from chaos.pipeline import Endpoint, Latency, PipelinedClient
 from chaos.workload import OpRecord, Threads, WorkloadSpec
 
 # Of a set client's operations, this share are reads of a whole set.
 SET_READ_SHARE = 0.1
+# Now and then (every this long on average) a set client stalls, as a
+# garbage-collection pause would, for between these two times, without
+# reading the answers that come meanwhile; when it wakes, its writes in flight
+# are due and sent again before it reads them. The copies come long after
+# the first ones were applied, with other sessions busy in between.
+SET_STALL_EVERY_S = 3.0
+SET_STALL_S = (0.1, 0.5)
 # A short-lived client appends between one and this many elements.
 CHURN_MAX_APPENDS = 3
 # This share of short-lived clients vanish instead of closing their session,
@@ -26,8 +33,10 @@ CHURN_MAX_APPENDS = 3
 CHURN_VANISH_SHARE = 0.25
 # A vanishing client leaves after its last append had at most this long.
 _VANISH_WITHIN_S = 0.02
-# How often a client looks at its sockets while nothing is due.
+# How often a client looks at its sockets while nothing is due, and at
+# whether the workload is stopping.
 _IDLE_S = 0.05
+_WAKE_S = 0.5
 
 
 def _endpoint(spec: WorkloadSpec, what: str) -> Endpoint:
@@ -46,6 +55,7 @@ class SetWorkload:
     def __init__(self, spec: WorkloadSpec) -> None:
         self.spec = spec
         self.endpoint = _endpoint(spec, "set")
+        self.latency = Latency()  # the cluster's, as all these clients see it
         self._threads = Threads([
             (f"chaos-set-{i + 1}",
              functools.partial(self._run, f"s{i + 1}", random.Random(spec.seed * 1000 + 500 + i)))
@@ -60,11 +70,16 @@ class SetWorkload:
 
     def _run(self, name: str, rng: random.Random) -> None:
         spec, stop = self.spec, self._threads.stopping
-        cl = PipelinedClient(self.endpoint, spec.history, name, depth=spec.depth)
+        cl = PipelinedClient(self.endpoint, spec.history, name, depth=spec.depth,
+                             latency=self.latency, pacer=spec.pacer)
         n = 0
         turn: float | None = None  # a reserved turn of the pacer
+        stall_at = time.monotonic() + rng.expovariate(1.0 / SET_STALL_EVERY_S)
         try:
             while not stop.is_set():
+                if cl.busy() and time.monotonic() >= stall_at:
+                    stop.wait(rng.uniform(*SET_STALL_S))  # the stall itself: a fault we inject
+                    stall_at = time.monotonic() + rng.expovariate(1.0 / SET_STALL_EVERY_S)
                 slot = cl.free_slot()
                 if slot is not None and turn is None:
                     turn = spec.pacer.reserve()
@@ -79,7 +94,13 @@ class SetWorkload:
                     else:
                         n += 1
                         cl.append(slot, key, f"{slot}-{n}")
-                cl.pump(min(turn if turn is not None else now + _IDLE_S, now + _IDLE_S))
+                    continue  # another slot may be free, and the next turn due
+                if cl.busy():
+                    # Until an answer, a timer of the operations or the next
+                    # turn; now and then, to notice the stop.
+                    cl.pump(min(turn if turn is not None else now + _WAKE_S, now + _WAKE_S))
+                elif turn is not None:
+                    stop.wait(turn - now)  # nothing in flight: the pacing, not a synchronisation
                 cl.take_done()
             _finish(cl)
             if cl.session is not None:
@@ -101,6 +122,7 @@ class ChurnWorkload:
     def __init__(self, spec: WorkloadSpec) -> None:
         self.spec = spec
         self.endpoint = _endpoint(spec, "churn")
+        self.latency = Latency()  # shared: a short life learns nothing alone
         self._threads = Threads([
             (f"chaos-churn-{i + 1}",
              functools.partial(self._run, f"u{i + 1}", random.Random(spec.seed * 1000 + 700 + i)))
@@ -125,7 +147,8 @@ class ChurnWorkload:
         """One client from its session's opening to its end; returns the
         count of elements used so far."""
         spec, stop = self.spec, self._threads.stopping
-        cl = PipelinedClient(self.endpoint, spec.history, name)
+        cl = PipelinedClient(self.endpoint, spec.history, name, latency=self.latency,
+                             pacer=spec.pacer)
         slot = cl.slots[0]
         try:
             if not spec.pacer.wait(stop):

@@ -52,9 +52,6 @@ class SizeMix:
             return self.sizes[0]
         return rng.choices(self.sizes, self.weights)[0]
 
-    def largest(self) -> int:
-        return max(self.sizes)
-
     def describe(self) -> str:
         total = sum(self.weights)
         return ", ".join(f"{_human(s)} {w / total:.0%}" for s, w in

@@ -26,8 +26,10 @@ if TYPE_CHECKING:  # only a type: the raw-protocol client builds on this module
 
 # The workload's clients.
 CHAOS_OP_TIMEOUT_MS = 3_000  # a workload operation gives up (unknown or failed) after this
-CHAOS_ATTEMPT_TIMEOUT_MS = 500  # one node gets this long to answer before the next is tried
-CHAOS_OPS_PER_S = 300.0  # all workload clients together start at most this many operations a second
+# A register client's node gets this long to answer before the next is tried
+# (the pipelined clients adapt theirs: chaos/pipeline.py).
+CHAOS_ATTEMPT_TIMEOUT_MS = 500
+CHAOS_OPS_PER_S = 300.0  # all clients of a run together start at most this many a second
 
 # Operation kinds (`f` in the Jepsen history), besides read and write.
 CAS = "cas"

@@ -14,8 +14,14 @@ import pytest
 import zmq
 
 from chaos.linearizability import FAIL, OK, UNKNOWN
-from chaos.pipeline import Endpoint, PipelinedClient
-from chaos.workload import APPEND, OPEN_SESSION, READ_SET, History, OpRecord
+from chaos.pipeline import (
+    CHAOS_RESEND_MAX_MS,
+    CHAOS_RESEND_MIN_MS,
+    Endpoint,
+    Latency,
+    PipelinedClient,
+)
+from chaos.workload import APPEND, OPEN_SESSION, READ_SET, History, OpRecord, Pacer
 from node.api import ClientResponse, encode_response
 from node.transport.zmq import make_server_socket
 from raftctl.cluster import free_ports
@@ -193,3 +199,40 @@ def test_deadlines_and_vanishing(nodes: tuple[Endpoint, dict[str, FakeNode]]) ->
     cl.vanish()
     (gone,) = cl.take_done()
     assert (gone.outcome, gone.error, cl.session) == (UNKNOWN, "client vanished", None)
+
+
+def test_copies_past_the_first_wait_for_the_pacer(
+        nodes: tuple[Endpoint, dict[str, FakeNode]]) -> None:
+    """An unanswered write is sent again at once when its time comes; a
+    third copy waits for a turn of the pacer, as a new operation would."""
+    ep, f = nodes
+    pacer = Pacer(5.0)
+    cl = _opened(ep, f["n1"], pacer=pacer)
+    for _ in range(5):
+        pacer.reserve()  # the next turn is a second away
+    cl.append(cl.slots[0], "s0", "s1-1")
+    f["n1"].take(2, cl)
+    second = time.monotonic()
+    got = f["n2"].take(1, cl)  # two tries a node, then the next one
+    assert got[0][1]["seq"] == 1
+    assert time.monotonic() - second > 0.7
+    cl.vanish()
+
+
+def test_the_resend_timeout_learns_from_answers() -> None:
+    """RFC 6298: the upper bound until an answer is timed, then smoothed
+    latency plus four deviations (never under the lower bound), doubled at
+    each attempt that timed out until the next answer."""
+    lat = Latency()
+    assert lat.timeout_s() == CHAOS_RESEND_MAX_MS / 1000.0
+    for _ in range(20):
+        lat.sample(0.004)
+    assert lat.timeout_s() == CHAOS_RESEND_MIN_MS / 1000.0
+    for _ in range(20):
+        lat.sample(0.1)
+    base = lat.timeout_s()
+    assert 0.1 < base < 0.5
+    lat.timed_out()
+    assert lat.timeout_s() == pytest.approx(min(2 * base, CHAOS_RESEND_MAX_MS / 1000.0))
+    lat.sample(0.1)
+    assert lat.timeout_s() < base
