@@ -74,6 +74,8 @@ def test_the_same_short_run_on_the_real_code_is_clean(evicting: TestCluster) -> 
     code, rep = chaos_run(evicting, "--duration", "12s", "--interval", "1.5s", "--seed", "7")
     assert code == 0, rep["verdict"]
     assert rep["operations"]["append"]["ok"] > 100, rep["operations"]
+    assert any(n.startswith("power-loss skipped: n1's data directory is not a power-loss mount")
+               for n in rep["notes"]), rep["notes"]
 
 
 @pytest.mark.soak
