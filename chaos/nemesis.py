@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from chaos.faults import FaultState
 from chaos.power_fault import PowerLoss, describe_dropped
 from chaos.record import DATA_LOST, FaultEvent, FaultWindow
-from chaos.schedule import POWER_LOSS, Step
+from chaos.schedule import CLOCK, POWER_LOSS, Step
 
 
 class NodeStateLike(Protocol):
@@ -41,6 +41,15 @@ class ClusterLike(Protocol):
     def apply_faults(self, state: FaultState) -> list[str]: ...
     def status(self, timeout_s: float = ...) -> Sequence[NodeStateLike]: ...
     def digest(self, node_id: str) -> dict[str, Any] | None: ...
+
+
+@runtime_checkable
+class ClockLike(Protocol):
+    """A cluster whose nodes' host clocks can be set apart (the `clock`
+    kind): raftctl's HostCluster, on hosts with kernels of their own."""
+
+    def clock_unavailable(self) -> str | None: ...
+    def skew_clock(self, node_id: str, offset_s: float) -> None: ...
 
 
 class MembersLike(Protocol):
@@ -127,6 +136,8 @@ class Nemesis:
             errors += self._cut_power(step)
         elif step.kind == "membership":
             errors += self._change_members(step)
+        elif step.kind == CLOCK:
+            errors += self._skew(step, step.offset_s, step.label)
         elif step.kind == "transfer":
             if len(step.targets) == 2:
                 errors += self._do("transfer", step.label, list(step.targets),
@@ -239,7 +250,9 @@ class Nemesis:
         failed: list[str] = []
         if step.kind == "membership":
             failed += self._undo_members()
-        if step.kind == POWER_LOSS:
+        if step.kind == CLOCK:
+            failed += self._skew(step, -step.offset_s, f"{step.targets[0]}'s host clock set back")
+        elif step.kind == POWER_LOSS:
             failed += self._restore_power(list(step.targets))
         elif step.kind in _DOWN_BY:
             for n in step.targets:
@@ -300,6 +313,15 @@ class Nemesis:
             if w.end_s is None:
                 w.end_s = now
         return failed
+
+    def _skew(self, step: Step, offset_s: float, detail: str) -> list[str]:
+        clock = self.cluster
+        if not isinstance(clock, ClockLike):
+            err = "this cluster's clocks cannot be set (the run should have refused)"
+            self.log.add(CLOCK, detail, list(step.targets), error=err)
+            return [f"{detail}: {err}"]
+        node = step.targets[0]
+        return self._do(CLOCK, detail, [node], lambda: clock.skew_clock(node, offset_s))
 
     def _do(self, kind: str, detail: str, targets: list[str],
             action: Callable[[], object]) -> list[str]:

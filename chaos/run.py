@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from chaos.faults import FaultState
 from chaos.linearizability import OK, READ, WRITE
 from chaos.monitor import CHAOS_STATUS_TIMEOUT_MS, Monitor
-from chaos.nemesis import ChaosError, ClusterLike, EventLog, MembersLike, Nemesis
+from chaos.nemesis import ChaosError, ClockLike, ClusterLike, EventLog, MembersLike, Nemesis
 from chaos.pipeline import Endpoint
 from chaos.power_fault import PowerLoss
 from chaos.record import FINAL_CLIENT, RECOVERY_CLIENT, DigestSample, FaultEvent, RunRecord
 from chaos.schedule import (
+    CLOCK,
     DEFAULT_MIX,
     NEMESIS_INTERVAL_S,
     NO_POWER_LOSS,
@@ -116,6 +117,12 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
     options cannot be run on it. Ctrl-C ends the fault phase early; healing,
     recovery and the record still follow."""
     nodes = cluster.node_ids()
+    if CLOCK in opts.mix:
+        why = (cluster.clock_unavailable() if isinstance(cluster, ClockLike) else
+               "the nodes run on this machine, and it has one clock; it needs a cluster on "
+               "hosts with kernels of their own (docs/DEPLOY.md)")
+        if why is not None:
+            raise ChaosError(f"clock skew is unavailable: {why}")
     try:
         names = parse_workloads(opts.workload)
         schedule = Schedule(opts.seed, nodes, opts.mix, opts.interval_s,

@@ -33,7 +33,13 @@ NO_POWER_LOSS = {POWER_LOSS: "the nodes' data directories are not on power-loss 
 # replaces it or adds one, each undone at the heal (docs/MEMBERSHIP.md). It
 # changes who is in the cluster, and takes longer than the faults above.
 MEMBERSHIP = "membership"
-KNOWN_KINDS = (*KINDS, MEMBERSHIP)
+# Named on its own too: clock skews the clock of the target's host (and sets
+# it back at the heal). Only for clusters on hosts with kernels of their own
+# (docs/DEPLOY.md): it sets a real machine's clock.
+CLOCK = "clock"
+KNOWN_KINDS = (*KINDS, MEMBERSHIP, CLOCK)
+# How far a clock fault moves a host's clock, either way.
+_CLOCK_SKEW_S = (2.0, 30.0)
 # What a membership fault does: remove the target (added back with its data
 # at the heal), replace it by a new member (and the new one by it at the
 # heal), or grow the cluster by a voter (removed at the heal).
@@ -66,6 +72,7 @@ _SPECS: dict[str, tuple[str, ...]] = {
     "netem": (LEADER, MINORITY, MAJORITY),
     "transfer": (SUCCESSOR, ONE),
     "membership": (LEADER, SUCCESSOR, ONE),
+    "clock": (LEADER, SUCCESSOR, ONE),
     "kill-all": (ALL,),
     "ring": (ALL,),
     # Jepsen's LazyFS nemesis cuts any subset, the whole cluster too.
@@ -117,6 +124,7 @@ class Step:
     links: tuple[Link, ...] = ()
     rates: Netem | None = None
     change: str = ""  # membership: one of MEMBERSHIP_CHANGES
+    offset_s: float = 0.0  # clock: the skew of the target's host clock
 
     def key(self) -> tuple[float, str, tuple[str, ...]]:
         return self.t_s, self.kind, self.targets
@@ -256,6 +264,7 @@ class Schedule:
         links: set[Link] = set()
         rates: Netem | None = None
         change = ""
+        offset = 0.0
         names = ",".join(targets)
         if kind in ("kill", "pause", "stop", "snapshot-kill", "kill-all", POWER_LOSS):
             verb = {"kill": "killed", "pause": "paused", "stop": "stopped (SIGTERM)",
@@ -298,6 +307,9 @@ class Schedule:
                 label = f"{names} removed from the cluster (added back at the heal)"
             else:
                 label = f"{names} replaced by a new member (and back at the heal)"
+        elif kind == CLOCK:
+            offset = round(self._rng.uniform(*_CLOCK_SKEW_S), 1) * self._rng.choice((-1, 1))
+            label = f"{names}'s host clock {offset:+g}s"
         else:  # transfer
             lead, to = view.leader, targets[0]
             if to == lead:
@@ -308,7 +320,7 @@ class Schedule:
                 targets, label = [lead, to], f"leadership {lead} -> {to}"
         return Step(t_s=t, heal_s=heal, kind=kind, targets=tuple(targets), spec=spec,
                     label=label, leader=view.leader, links=tuple(sorted(links)), rates=rates,
-                    change=change)
+                    change=change, offset_s=offset)
 
     def _halves(self, spec: str, view: View,
                 targets: list[str]) -> tuple[list[str], str, set[Link]]:

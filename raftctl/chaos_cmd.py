@@ -37,7 +37,14 @@ from chaos.report import (
     timeline,
 )
 from chaos.run import CHAOS_CLIENTS, CHAOS_PIPELINE_DEPTH, ChaosOptions, run_chaos
-from chaos.schedule import DEFAULT_MIX, KNOWN_KINDS, MEMBERSHIP, NEMESIS_INTERVAL_S, parse_mix
+from chaos.schedule import (
+    CLOCK,
+    DEFAULT_MIX,
+    KNOWN_KINDS,
+    MEMBERSHIP,
+    NEMESIS_INTERVAL_S,
+    parse_mix,
+)
 from chaos.values import DEFAULT_SIZES, parse_sizes
 from chaos.workload import (
     CHAOS_ATTEMPT_TIMEOUT_MS,
@@ -109,7 +116,9 @@ def chaos() -> None:
 @click.option("--nemesis", "nemesis_", default=DEFAULT_MIX, show_default=True,
               help=f"Fault kinds with optional weights, comma-separated, like "
                    f"kill:2,partition,netem:0.5; all is every kind but {MEMBERSHIP}, which "
-                   f"changes the members (name it). Kinds: {', '.join(KNOWN_KINDS)}.")
+                   f"changes the members, and {CLOCK}, which sets the clocks of the hosts "
+                   f"(clusters on hosts with kernels of their own): name them. "
+                   f"Kinds: {', '.join(KNOWN_KINDS)}.")
 @click.option("--interval", default=f"{NEMESIS_INTERVAL_S:g}s", show_default=True,
               help="How long each fault lasts; after its heal the cluster gets as long again "
                    "to recover before the next fault.")
