@@ -6,8 +6,10 @@ and renders text."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -204,6 +206,7 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
             err.print(_event_text(ev))
 
     power = PowerLoss(c, mounts) if isinstance(mounts, dict) else mounts
+    log_starts = _log_sizes(c)
     try:
         with _noting_interrupts() as interrupted:
             rec = run_chaos(c, factory, opts, on_event=on_event, endpoint=endpoint,
@@ -214,6 +217,7 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
         raise from_cluster_error(e) from None
     finally:
         endpoint.close()
+    _save_node_logs(c, log_starts, out)
     verdict = _save(rec, out)
     if report_file is not None:
         _write_report(report_file, rec, verdict)
@@ -221,6 +225,34 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
     if interrupted:
         # The checks passed on a run cut short: not the run that was asked for.
         ctx.exit(Exit.INTERRUPTED)
+
+
+def _log_sizes(c: Cluster) -> dict[str, int]:
+    """Where each node's log ends before the run: what it logs from there
+    is the run's."""
+    sizes: dict[str, int] = {}
+    for n in c.node_ids():
+        with contextlib.suppress(OSError):
+            sizes[n] = c.log_path(n).stat().st_size
+    return sizes
+
+
+def _save_node_logs(c: Cluster, starts: dict[str, int], out: Path) -> None:
+    """Copy what each node logged during the run to OUT/nodes/NODE/node.log,
+    so that `raftctl explain --from OUT` tells the run after the cluster is
+    gone. A node added during the run is copied whole."""
+    for n in c.node_ids():
+        src, dst = c.log_path(n), out / "nodes" / n / "node.log"
+        try:
+            with src.open("rb") as f:
+                f.seek(starts.get(n, 0))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with dst.open("wb") as g:
+                    shutil.copyfileobj(f, g)
+        except FileNotFoundError:
+            continue  # a node of another host: its log is not here
+        except OSError as e:
+            raise CliError(f"cannot copy {n}'s log into {dst}: {e.strerror}") from None
 
 
 @contextmanager
@@ -288,6 +320,8 @@ def _show(ctx: click.Context, rec: RunRecord, verdict: Verdict, out: Path,
         click.echo(f"report: {out / html_report.REPORT_FILE}")
         click.echo(f"history: {out / jepsen_history.JSONL_FILE}, "
                    f"{out / jepsen_history.EDN_FILE}")
+        if (out / "nodes").is_dir():
+            click.echo(f"node logs: {out / 'nodes'} (raftctl explain --from {out})")
     if not verdict.ok:
         ctx.exit(Exit.FAILED)
 
