@@ -222,8 +222,7 @@ def decode_op(raw: msgspec.Raw) -> Op:
 def fingerprint(raw: msgspec.Raw) -> int:
     """What tells a retry of a write from another write under the same seq:
     the length and CRC-32 of the operation's bytes."""
-    data = memoryview(raw)
-    return (len(data) << 32) | zlib.crc32(data)
+    return (len(raw) << 32) | zlib.crc32(raw)
 
 
 _NOOP = Result(ok=True)

@@ -59,7 +59,9 @@ class Session:
         answers = self.answers
         if not answers:
             return
-        if first_outstanding - old <= len(answers):
+        if first_outstanding - old == 1:
+            answers.pop(old, None)  # a client with one write in flight, moving on
+        elif first_outstanding - old <= len(answers):
             # The usual step (a client with a few writes in flight moves on
             # by one or a few): drop those seqs, not rebuild the dict.
             for seq in range(old, first_outstanding):
