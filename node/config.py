@@ -124,6 +124,18 @@ MAX_VALUE_BYTES = 1024 * 1024
 SESSION_TIMEOUT_MS = 10 * 60 * 1000
 MAX_SESSIONS = 16_384
 MAX_OUTSTANDING_PER_SESSION = 1024
+# Revisions (node/state/mvcc.py): the history of changes kept for reads at a
+# past revision and watches from one. Past either bound the oldest revisions
+# are compacted away, on every replica alike: HISTORY_REVISIONS is 10 s of
+# writes at the cluster's fastest (docs/STORAGE.md, "Memory"), so a watcher
+# that reconnects after a node's death resumes where it was.
+HISTORY_REVISIONS = 100_000
+HISTORY_MAX_BYTES = 64 * 1024 * 1024
+# A transaction holds at most this many compares and operations (etcd's
+# default --max-txn-ops), and what its reads answer is cut at this many bytes
+# of keys and values (its answer is kept in its session for retries).
+MAX_TXN_OPS = 128
+MAX_TXN_ANSWER_BYTES = 1024 * 1024
 # A snapshot image is encoded in chunks of about this size so that a thread
 # encoding it releases the interpreter lock between chunks.
 KV_IMAGE_CHUNK_BYTES = 256 * 1024
@@ -253,6 +265,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     # applies them, so they are the cluster's, fixed for its life.
     session_timeout_ms: int = SESSION_TIMEOUT_MS
     max_sessions: int = MAX_SESSIONS
+    # History of revisions kept (node/state/mvcc.py): rules of the state too.
+    history_revisions: int = HISTORY_REVISIONS
+    history_max_bytes: int = HISTORY_MAX_BYTES
     # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off. Set by
     # `raftctl up --netns`, which also sets the nodes' addresses. Run
     # directories from before the sandbox mode hold a bool: false is "",
@@ -330,6 +345,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("session_timeout_ms: must be at least 1")
         if self.max_sessions < 1:
             out.append("max_sessions: must be at least 1")
+        if self.history_revisions < 1:
+            out.append("history_revisions: must be at least 1")
+        if self.history_max_bytes < 1:
+            out.append("history_max_bytes: must be at least 1")
         if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
             out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
                        f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")
