@@ -195,7 +195,8 @@ class ChangeLog:
             j = bisect.bisect_left(c, rev, self._head if i == 1 else 0, key=_rev_of)
             if j < len(c):
                 return i - 1, j
-        return i, 0
+        # Before the first retained change: from the first one kept.
+        return i, self._head if i == 0 else 0
 
     def since(self, rev: int) -> Iterator[Change]:
         """The changes at revision `rev` and later, oldest first."""
