@@ -14,6 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from node.api_range import (
+    CompactRequest,
+    DeleteRangeRequest,
+    RangeRequest,
+    TxnCompare,
+    TxnItem,
+    TxnRequest,
+    kvs_of,
+    read_range,
+    txn_of,
+)
 from node.config import (
     BATCH_FRAME_MAX_BYTES,
     MAX_BATCH_REQUESTS,
@@ -31,7 +42,9 @@ from node.state.kv import (
     Cas,
     CloseSession,
     Command,
+    CompactHistory,
     Delete,
+    DeleteRange,
     KVStore,
     Op,
     Put,
@@ -40,6 +53,8 @@ from node.state.kv import (
     encode_command,
     encode_op,
 )
+from node.state.mvcc import RevisionError
+from node.state.sessions import KV, OpResult, Result
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.raft.core import RaftCore
@@ -109,8 +124,11 @@ class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
 
 
 ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
-                 | PingRequest | RegisterRequest | CloseSessionRequest)
-WriteRequest = PutRequest | DeleteRequest | CasRequest | AppendRequest
+                 | PingRequest | RegisterRequest | CloseSessionRequest | RangeRequest
+                 | DeleteRangeRequest | TxnRequest | CompactRequest)
+WriteRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | DeleteRangeRequest
+                | TxnRequest)
+ReadRequest = GetRequest | RangeRequest
 
 
 class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -126,6 +144,19 @@ class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int | None = None
     node: str | None = None
     session: int | None = None
+    # The revisioned store (docs/PROTOCOL.md, "Revisions"): the store's
+    # revision when the request was served or applied, the oldest revision
+    # kept (with `compacted`), a range read's keys, how many in the range
+    # and whether a limit left some out, a range delete's count, and a
+    # transaction's outcome and what each of its operations answered.
+    revision: int | None = None
+    compacted: int | None = None
+    kvs: list[KV] | None = None
+    count: int | None = None
+    more: bool | None = None
+    deleted: int | None = None
+    succeeded: bool | None = None
+    responses: list[OpResult] | None = None
 
 
 _req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
@@ -190,6 +221,15 @@ class _AnyFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expected: bytes | None = None
     prev: bool = False
     stale: bool = False
+    range_end: str | None = None
+    prefix: bool = False
+    revision: int = 0
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+    compare: list[TxnCompare] = []
+    success: list[TxnItem] = []
+    failure: list[TxnItem] = []
 
 
 _batch_decoder: msgspec.msgpack.Decoder[list[ClientRequest]] = \
@@ -298,6 +338,13 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def _written(req_id: int, result: Result, index: int, node: str) -> ClientResponse:
+    """The answer to a write that succeeded (a put's as it always was)."""
+    return ClientResponse(id=req_id, ok=True, value=result.value, index=index, node=node,
+                          revision=result.revision, deleted=result.deleted,
+                          succeeded=result.succeeded, responses=result.responses)
+
+
 @dataclass
 class _Waiter:
     route: Route
@@ -347,7 +394,7 @@ class ClientApi:
         # this node can apply before it hears that it lost its leadership.
         self._by_index: dict[int, tuple[int, _Waiter]] = {}
         self._read_seq = 0
-        self._reads: dict[bytes, tuple[_Waiter, str]] = {}
+        self._reads: dict[bytes, tuple[_Waiter, ReadRequest]] = {}
         self._ready_reads: deque[tuple[int, bytes]] = deque()
         # The cluster clock this node stamps its proposals with while it
         # leads (LogCabin's): the log's clock when the term's first proposal
@@ -373,12 +420,14 @@ class ClientApi:
             req = data
         if isinstance(req, PingRequest):
             self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
-        elif isinstance(req, GetRequest):
+        elif isinstance(req, GetRequest | RangeRequest):
             self._get(route, req)
         elif isinstance(req, RegisterRequest):
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):
             self._propose_indexed(_Waiter(route, req.id), CloseSession(req.session))
+        elif isinstance(req, CompactRequest):
+            self._propose_indexed(_Waiter(route, req.id), CompactHistory(req.revision))
         else:
             self._write(route, req)
 
@@ -403,6 +452,10 @@ class ClientApi:
                 op = Delete(key=req.key, prev=req.prev)
             elif isinstance(req, AppendRequest):
                 op = Append(key=req.key, value=req.value)
+            elif isinstance(req, DeleteRangeRequest):
+                op = DeleteRange(req.key, req.range_end, req.prefix)
+            elif isinstance(req, TxnRequest):
+                op = txn_of(req)
             else:
                 op = Cas(key=req.key, expected=req.expected, value=req.value)
         except ValueError as e:
@@ -455,15 +508,20 @@ class ClientApi:
             self._clock_since = now
         return self._clock_base_ms + int((now - self._clock_since) * 1000)
 
-    def _get(self, route: Route, req: GetRequest) -> None:
+    def _get(self, route: Route, req: ReadRequest) -> None:
         waiter = _Waiter(route, req.id)
         problem = key_problem(req.key)
+        if problem is None and isinstance(req, RangeRequest):
+            try:
+                req.span()
+            except ValueError as e:
+                problem = str(e)
         if problem is not None:
             self._on_bad(problem)
             self._fail(waiter, "bad_request", problem)
             return
         if req.stale:
-            self._answer_read(waiter, req.key)
+            self._answer_read(waiter, req)
             return
         full = self._no_space(False)
         if full is not None:
@@ -476,7 +534,7 @@ class ClientApi:
         except NotLeader:
             self._not_leader(waiter)
             return
-        self._reads[ctx] = (waiter, req.key)
+        self._reads[ctx] = (waiter, req)
 
     # --- what the runner reports back ---------------------------------------
 
@@ -489,6 +547,11 @@ class ClientApi:
             if waiting is not None and waiting[0] == term:
                 del self._by_index[index]
                 w = waiting[1]
+                if done.result.revision is not None:  # a compaction's
+                    self._send(w.route, ClientResponse(
+                        id=w.req_id, ok=True, revision=done.result.revision,
+                        compacted=self.kv.compacted, index=index, node=self.node_id))
+                    return
                 self._send(w.route, ClientResponse(
                     id=w.req_id, ok=True, session=done.session, index=index, node=self.node_id))
             return
@@ -499,9 +562,7 @@ class ClientApi:
         for w in waiters:
             self.counters.writes_acked += result.ok
             if result.ok:
-                self._send(w.route, ClientResponse(
-                    id=w.req_id, ok=True, value=result.value, index=done.index,
-                    node=self.node_id))
+                self._send(w.route, _written(w.req_id, result, done.index, self.node_id))
             else:
                 self._fail(w, result.error or "failed", None, value=result.value,
                            index=done.index)
@@ -542,10 +603,22 @@ class ClientApi:
 
     # --- replies ------------------------------------------------------------
 
-    def _answer_read(self, w: _Waiter, key: str) -> None:
+    def _answer_read(self, w: _Waiter, req: ReadRequest) -> None:
+        if isinstance(req, GetRequest):
+            self.counters.reads_served += 1
+            self._send(w.route, ClientResponse(
+                id=w.req_id, ok=True, value=self.kv.get(req.key), index=self.kv.applied_index,
+                node=self.node_id))
+            return
+        try:
+            got = read_range(self.kv.mvcc, req)
+        except RevisionError as e:
+            self._fail(w, e.code, str(e), compacted=e.compacted, revision=self.kv.revision)
+            return
         self.counters.reads_served += 1
         self._send(w.route, ClientResponse(
-            id=w.req_id, ok=True, value=self.kv.get(key), index=self.kv.applied_index,
+            id=w.req_id, ok=True, kvs=kvs_of(got, req.keys_only), count=got.count,
+            more=got.more, revision=self.kv.revision, index=self.kv.applied_index,
             node=self.node_id))
 
     def _leader_hint(self) -> dict[str, Any]:

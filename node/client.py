@@ -28,6 +28,15 @@ from node.api import (
     WriteRequest,
     decode_responses,
 )
+from node.api_range import (
+    CompactRequest,
+    DeleteRangeRequest,
+    RangeRequest,
+    TxnCompare,
+    TxnItem,
+    TxnRequest,
+)
+from node.state.sessions import KV, OpResult
 from node.transport.zmq import CurveKeys, make_client_socket
 
 _encoder = msgspec.msgpack.Encoder()
@@ -73,12 +82,43 @@ class Unavailable(ClientError):
     """No node answered in time, and the request certainly had no effect."""
 
 
+class Compacted(ClientError):
+    """The revision asked for was compacted away: `compacted` is the oldest
+    one the cluster still keeps (docs/PROTOCOL.md, "Revisions")."""
+
+    def __init__(self, message: str, compacted: int) -> None:
+        super().__init__("compacted", message)
+        self.compacted = compacted
+
+
 @dataclass(frozen=True)
 class WriteResult:
     ok: bool
     value: bytes | None  # previous value (put/delete with prev) or current one (failed cas)
     index: int | None  # where the write was applied (a retry's: where it first was)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """The keys of a range in key order (`more`: a limit left some out), how
+    many the range holds, and the store's revision when it was read."""
+
+    kvs: list[KV]
+    count: int
+    more: bool
+    revision: int
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """Whether the compares held, what each operation of the branch that
+    ran answered, the store's revision after it, and its log index."""
+
+    succeeded: bool
+    responses: list[OpResult]
+    revision: int
+    index: int | None
 
 
 @dataclass
@@ -142,6 +182,45 @@ class Client:
         """Add `value` to the end of `key`'s value."""
         return self._write(lambda s, q: AppendRequest(session=s, seq=q, key=key, value=value))
 
+    def delete_range(self, key: str, range_end: str | None = None, *,
+                     prefix: bool = False) -> tuple[int, int]:
+        """Delete the keys from `key` up to `range_end` (or starting with
+        `key`, with `prefix`); how many went, and the revision after."""
+        resp = self._write_resp(lambda s, q: DeleteRangeRequest(
+            session=s, seq=q, key=key, range_end=range_end, prefix=prefix))
+        _raise_failed(resp)
+        return resp.deleted or 0, resp.revision or 0
+
+    def txn(self, compare: Sequence[TxnCompare], success: Sequence[TxnItem] = (),
+            failure: Sequence[TxnItem] = ()) -> TxnResult:
+        """If every compare holds, run `success`, else `failure`, atomically
+        (docs/PROTOCOL.md, "Transactions")."""
+        resp = self._write_resp(lambda s, q: TxnRequest(
+            session=s, seq=q, compare=list(compare), success=list(success),
+            failure=list(failure)))
+        _raise_failed(resp)
+        return TxnResult(bool(resp.succeeded), resp.responses or [], resp.revision or 0,
+                         resp.index)
+
+    def range(self, key: str, range_end: str | None = None, *, prefix: bool = False,
+              revision: int = 0, limit: int = 0, keys_only: bool = False,
+              count_only: bool = False, stale: bool = False,
+              node: str | None = None) -> RangeResult:
+        """Read a key or a range at `revision` (0: now): linearizable, or
+        with `stale` from `node` (or any node). Raises Compacted."""
+        req = RangeRequest(key=key, range_end=range_end, prefix=prefix, revision=revision,
+                           limit=limit, keys_only=keys_only, count_only=count_only, stale=stale)
+        resp = self._call(req, prefer=node, write=False).resp
+        _raise_failed(resp)
+        return RangeResult(resp.kvs or [], resp.count or 0, bool(resp.more), resp.revision or 0)
+
+    def compact(self, revision: int) -> int:
+        """Forget the history before `revision` on every replica; the oldest
+        revision kept after it."""
+        resp = self._call(CompactRequest(revision=revision), prefer=None, write=True).resp
+        _raise_failed(resp)
+        return resp.compacted or 0
+
     def get(self, key: str, *, stale: bool = False, node: str | None = None) -> bytes | None:
         """A linearizable read (from the leader), or with `stale` the local
         value of `node` (or any node)."""
@@ -194,6 +273,12 @@ class Client:
     # --- the retry loop -----------------------------------------------------
 
     def _write(self, make: Callable[[int, int], WriteRequest]) -> WriteResult:
+        resp = self._write_resp(make)
+        if resp.ok:
+            return WriteResult(True, resp.value, resp.index)
+        return WriteResult(False, resp.value, resp.index, resp.error)
+
+    def _write_resp(self, make: Callable[[int, int], WriteRequest]) -> ClientResponse:
         for _ in range(2):
             session = self.open_session()
             self.seq += 1
@@ -208,9 +293,7 @@ class Client:
                         "unknown", "the session expired while the write was retried; "
                         "an earlier attempt may or may not have been applied")
                 continue  # certainly not applied: once more in a new session
-            if resp.ok:
-                return WriteResult(True, resp.value, resp.index)
-            return WriteResult(False, resp.value, resp.index, resp.error)
+            return resp
         raise ClientError("session_expired", "the cluster expired two new sessions in a row")
 
     def _call(
@@ -238,7 +321,8 @@ class Client:
             if resp is not None and resp.error in _NOT_PROPOSED:
                 unsure.discard(resp.id)
             if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
-                if resp.node and (write or (isinstance(req, GetRequest) and not req.stale)):
+                if resp.node and (write or (isinstance(req, GetRequest | RangeRequest)
+                                            and not req.stale)):
                     # Only the leader acknowledges writes and linearizable
                     # reads: remember it, so the next request goes straight there.
                     self.leader = resp.node
@@ -275,6 +359,7 @@ class Client:
                 f"({last_error}); it may or may not have been applied")
         raise Unavailable(
             "unavailable", f"no node answered within {self.timeout_s:.1f}s ({last_error})")
+
     def _sock(self, node: str) -> zmq.Socket[bytes]:
         s = self._socks.get(node)
         if s is None:
@@ -301,3 +386,13 @@ class Client:
                 for resp in drain_responses(s):
                     if resp.id in ids:
                         return resp
+
+
+def _raise_failed(resp: ClientResponse) -> None:
+    """Raise what a failed answer of the revisioned requests means."""
+    if resp.ok:
+        return
+    message = resp.message or resp.error or "failed"
+    if resp.error == "compacted":
+        raise Compacted(message, resp.compacted or 0)
+    raise ClientError(resp.error or "failed", message)

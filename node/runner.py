@@ -141,7 +141,10 @@ class NodeRunner(ClientHandling, DiskHandling):
             self.log.warning("unsafe_bugs_enabled", bugs=sorted(self.unsafe_bugs),
                              detail="this node breaks its guarantees on purpose, for tests only")
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
-                          max_sessions=self.cfg.max_sessions, unsafe_bugs=self.unsafe_bugs)
+                          max_sessions=self.cfg.max_sessions,
+                          history_revisions=self.cfg.history_revisions,
+                          history_max_bytes=self.cfg.history_max_bytes,
+                          unsafe_bugs=self.unsafe_bugs)
         snap = self.storage.snapshot()
         if snap.meta.index > 0:
             self.kv.restore(snap.data)
