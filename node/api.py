@@ -18,23 +18,22 @@ from node.api_range import (
     CompactRequest,
     DeleteRangeRequest,
     RangeRequest,
-    TxnCompare,
-    TxnItem,
     TxnRequest,
+    WatchCancelRequest,
+    WatchEvent,
+    WatchRequest,
     kvs_of,
     read_range,
     txn_of,
 )
 from node.config import (
-    BATCH_FRAME_MAX_BYTES,
-    MAX_BATCH_REQUESTS,
     MAX_KEY_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_FIELDS,
     MAX_VALUE_BYTES,
 )
 from node.errors import NotLeader, ProposalDropped
-from node.frames import array_len, map_len
+from node.frames import map_len
 from node.state.kv import (
     Append,
     Applied,
@@ -58,6 +57,7 @@ from node.state.sessions import KV, OpResult, Result
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.raft.core import RaftCore
+    from node.watch import WatchHub
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
@@ -125,7 +125,8 @@ class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
 
 ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
                  | PingRequest | RegisterRequest | CloseSessionRequest | RangeRequest
-                 | DeleteRangeRequest | TxnRequest | CompactRequest)
+                 | DeleteRangeRequest | TxnRequest | CompactRequest | WatchRequest
+                 | WatchCancelRequest)
 WriteRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | DeleteRangeRequest
                 | TxnRequest)
 ReadRequest = GetRequest | RangeRequest
@@ -157,6 +158,11 @@ class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     deleted: int | None = None
     succeeded: bool | None = None
     responses: list[OpResult] | None = None
+    # Watches (docs/PROTOCOL.md, "Watches"): the watch opened, its events,
+    # and its end.
+    created: bool | None = None
+    events: list[WatchEvent] | None = None
+    canceled: bool | None = None
 
 
 _req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
@@ -199,96 +205,6 @@ def encode_response(resp: ClientResponse) -> bytes:
     return _resp_encoder.encode(resp)
 
 
-# --- batch frames: several requests or responses in one frame ------------------------
-# A DEALER client may send an array of requests in one frame, and a node
-# answers the requests of one connection that finish together in one frame,
-# an array of responses (docs/PROTOCOL.md). One ZeroMQ message instead of
-# one per request is what lets a pipelined client and the leader keep up.
-
-class _AnyFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Every field any request has, with its type but not its limits: a
-    batch whose items all decode as this has the shape of a batch of
-    requests (an array of maps of scalars), so splitting it cannot recurse,
-    and each item is then decoded, and refused, on its own."""
-
-    op: str = ""
-    id: int = 0
-    session: int = 0
-    seq: int = 0
-    first_outstanding: int | None = None
-    key: str = ""
-    value: bytes = b""
-    expected: bytes | None = None
-    prev: bool = False
-    stale: bool = False
-    range_end: str | None = None
-    prefix: bool = False
-    revision: int = 0
-    limit: int = 0
-    keys_only: bool = False
-    count_only: bool = False
-    compare: list[TxnCompare] = []
-    success: list[TxnItem] = []
-    failure: list[TxnItem] = []
-
-
-_batch_decoder: msgspec.msgpack.Decoder[list[ClientRequest]] = \
-    msgspec.msgpack.Decoder(list[ClientRequest])
-_shape_decoder = msgspec.msgpack.Decoder(list[_AnyFields])
-_items_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
-
-
-def is_batch(frame: bytes) -> bool:
-    """Whether a frame holds a MessagePack array (fixarray, array 16, array 32)."""
-    return bool(frame) and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD))
-
-
-def split_batch(frame: bytes) -> list[ClientRequest | bytes]:
-    """The requests of a batch frame: decoded when every one is valid (one
-    pass), else each item's bytes, to be decoded and answered one by one.
-    Raises RequestRefused for a frame over the limits or not shaped as a
-    batch of requests; size and count are checked before decoding."""
-    if len(frame) > BATCH_FRAME_MAX_BYTES:
-        raise RequestRefused("too_large", f"a batch frame of {len(frame)} bytes exceeds the "
-                             f"limit of {BATCH_FRAME_MAX_BYTES}; send it in several")
-    count = array_len(frame)
-    if count is None:
-        raise RequestRefused("bad_request", "bad batch frame: its array header is cut short")
-    if count == 0:
-        raise RequestRefused("bad_request", "an empty batch frame holds no request")
-    if count > MAX_BATCH_REQUESTS:
-        raise RequestRefused("too_large", f"a batch frame of {count} requests exceeds the "
-                             f"limit of {MAX_BATCH_REQUESTS}; send it in several")
-    try:
-        return list(_batch_decoder.decode(frame))
-    except Exception:  # some item is not a valid request: find out below
-        pass
-    try:
-        _shape_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise RequestRefused("bad_request", f"bad batch frame: {e}") from None
-    except Exception as e:  # any other parse failure is still the client's bad input
-        raise RequestRefused("bad_request", f"bad batch frame: {type(e).__name__}") from None
-    return [bytes(raw) for raw in _items_decoder.decode(frame)]
-
-
-def batch_bounds(sizes: list[int], limit: int,
-                 max_items: int = MAX_BATCH_REQUESTS) -> list[tuple[int, int]]:
-    """Cut a run of items of these sizes into [start, end) batches of at
-    most `limit` bytes and `max_items` items each (an item larger than
-    `limit` goes alone)."""
-    out: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for i, n in enumerate(sizes):
-        if i > start and (size + n > limit or i - start >= max_items):
-            out.append((start, i))
-            start, size = i, 0
-        size += n
-    if start < len(sizes):
-        out.append((start, len(sizes)))
-    return out
-
-
 _resp_decoder: msgspec.msgpack.Decoder[ClientResponse | list[ClientResponse]] = \
     msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse])
 
@@ -298,15 +214,6 @@ def decode_responses(frame: bytes) -> list[ClientResponse]:
     msgspec.DecodeError (ValidationError is one) for anything else."""
     got = _resp_decoder.decode(frame)
     return got if isinstance(got, list) else [got]
-
-
-def join_batch(items: list[bytes]) -> bytes:
-    """One frame holding `items` (each an encoded request or response) as a
-    MessagePack array: a header, then the items as they are."""
-    n = len(items)
-    head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 \
-        else b"\xdd" + n.to_bytes(4, "big")
-    return head + b"".join(items)
 
 
 class _IdOnly(msgspec.Struct, frozen=True):
@@ -373,6 +280,7 @@ class ClientApi:
         max_command_bytes: int = MAX_MESSAGE_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
         no_space: Callable[[bool], str | None] = lambda _needs_log: None,
+        watches: WatchHub | None = None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -386,6 +294,7 @@ class ClientApi:
         # can). Asked with True for what enters the log, with False for a
         # linearizable read, which needs the log running but not the disk.
         self._no_space = no_space
+        self.watches = watches
         self.counters = ApiCounters()
         # Writes by (session, seq): a retry still in flight waits with the first.
         self._writes: dict[tuple[int, int], list[_Waiter]] = {}
@@ -426,10 +335,32 @@ class ClientApi:
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):
             self._propose_indexed(_Waiter(route, req.id), CloseSession(req.session))
+        elif isinstance(req, WatchRequest | WatchCancelRequest):
+            self._watch(route, req)
         elif isinstance(req, CompactRequest):
             self._propose_indexed(_Waiter(route, req.id), CompactHistory(req.revision))
         else:
             self._write(route, req)
+
+    def _watch(self, route: Route, req: WatchRequest | WatchCancelRequest) -> None:
+        waiter = _Waiter(route, req.id)
+        if self.watches is None:
+            self._fail(waiter, "bad_request", "this node serves no watches")
+        elif isinstance(req, WatchCancelRequest):
+            gone = self.watches.cancel(route, req)
+            self._send(route, ClientResponse(id=req.id, ok=True, canceled=gone,
+                                             node=self.node_id))
+        else:
+            got = self.watches.start(route, req)
+            if isinstance(got, int):
+                self._send(route, ClientResponse(id=req.id, ok=True, created=True, revision=got,
+                                                 compacted=self.kv.compacted,
+                                                 node=self.node_id))
+            else:
+                if got[0] == "bad_request":
+                    self._on_bad(got[1])
+                self._fail(waiter, got[0], got[1], compacted=self.kv.compacted,
+                           revision=self.kv.revision)
 
     def refuse(self, route: Route, message: str, code: str = "bad_request") -> None:
         """Answer a frame that holds no request to handle (a bad batch)."""

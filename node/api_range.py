@@ -1,7 +1,8 @@
 """The client requests of the revisioned store (docs/PROTOCOL.md,
-"Revisions"): range reads, range deletes, transactions and compaction of
-the history, as MessagePack maps, and what they become in the state machine
-(node/state/ops.py). Schema and conversion only: no sockets, no core.
+"Revisions", "Watches"): range reads, range deletes, transactions,
+compaction of the history and watches, as MessagePack maps, and what they
+become in the state machine (node/state/ops.py). Schema and conversion
+only: no sockets, no core.
 """
 
 from __future__ import annotations
@@ -123,6 +124,42 @@ class CompactRequest(_Req, tag="compact", frozen=True, kw_only=True):
     """Forget the history before `revision` (through the log: every replica)."""
 
     revision: Revision
+
+
+class WatchRequest(_Req, tag="watch", frozen=True, kw_only=True):
+    """Stream every change of a key or range (named as `range` names one)
+    from `start_revision` (0: the next one) on; the watch is this request's
+    `id` on this connection. `once`: end after the first change (a ZooKeeper
+    watch); `progress_ms`: when idle this long, say how far it is current."""
+
+    key: RangeKey
+    range_end: RangeKey | None = None
+    prefix: bool = False
+    start_revision: Revision = 0
+    once: bool = False
+    progress_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 0
+
+    def span(self) -> Span:
+        return span_of(self.key, self.range_end, self.prefix)
+
+
+class WatchCancelRequest(_Req, tag="watch_cancel", frozen=True, kw_only=True):
+    """End the watch `watch` of this connection."""
+
+    watch: ReqId
+
+
+class WatchEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One change a watch delivers: `type` put or delete (or, from the
+    Python client only, progress), the key, the revision of the change, and
+    for a put the key's value, create revision and version after it."""
+
+    type: str
+    key: str
+    revision: int
+    value: bytes | None = None
+    create_revision: int = 0
+    version: int = 0
 
 
 def op_of(item: TxnItem) -> TxnOp:

@@ -63,6 +63,19 @@ CLIENT_QUEUE_FRAMES = 16
 # its answers for CLIENT_STUCK_TIMEOUT_MS loses them.
 CLIENT_TURN_REPLY_BYTES = 8 * 1024 * 1024
 CLIENT_STUCK_TIMEOUT_MS = 1_000
+# Watches (node/watch.py). A watch costs the node a cursor into the history,
+# not a buffer: its events are read from the history when its connection can
+# take them. One that falls WATCH_MAX_LAG_REVISIONS behind the store is
+# cancelled (`slow_watcher`), as is one whose cursor was compacted away. A
+# frame of events holds whole revisions, about WATCH_FRAME_BYTES; serving
+# watches takes at most WATCH_TURN_BUDGET_MS of a loop turn (the rest waits
+# for the next turn). A watch that sent nothing for WATCH_KEEPALIVE_MS gets a
+# progress notification, by which a connection that went away is found.
+WATCH_MAX_WATCHES = 10_000
+WATCH_MAX_LAG_REVISIONS = 50_000
+WATCH_FRAME_BYTES = 256 * 1024
+WATCH_TURN_BUDGET_MS = 5
+WATCH_KEEPALIVE_MS = 10_000
 
 # Peer transport (node/transport/zmq.py). A cut link must lose messages rather
 # than deliver them late in a burst: queues are short, and a silent connection

@@ -53,6 +53,7 @@ from node.transport.base import PeerTransport
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
 from node.transport.udp import UdpTransport, udp_core_limits, udp_mac_key
 from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read_keys
+from node.watch import WatchHub
 
 # The time budgets of one loop turn are beside the work they bound
 # (node/runner_clients.py, node/runner_disk.py). After a stall (SIGSTOP, a
@@ -190,10 +191,11 @@ class NodeRunner(ClientHandling, DiskHandling):
         self._replies = ClientReplies(self.client_sock)
         self._poller = zmq.Poller()
         self._watching_clients = True
+        self.watches = WatchHub(node_id, self.kv, self._replies.push)
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
             self._client_addrs, self._bad_request, max_command,
-            no_space=self._no_space)
+            no_space=self._no_space, watches=self.watches)
         # Requests of a batch frame that the client drain's time budget left
         # for the next turns, in order, ahead of any new frame.
         self._client_backlog: collections.deque[
@@ -281,6 +283,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                     self._tick(min(behind, _MAX_CATCHUP_TICKS))
                     next_tick += behind * tick_s
                 self._handle_ready()
+                self.watches.serve()
                 self._flush_replies()
                 self._check_snapshot_job()
                 self._answer_deferred_control()
@@ -438,6 +441,7 @@ class NodeRunner(ClientHandling, DiskHandling):
             "unsafe_bugs": sorted(self.unsafe_bugs),
             "keys": len(self.kv),
             "sessions": len(self.kv.sessions),
+            "revision": self.kv.revision, "compacted": self.kv.compacted,
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
             "disk": {**self.disk.status(), "log_lines_dropped": self._log_lines_dropped()},
@@ -452,6 +456,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                 "reads_served": self.api.counters.reads_served,
                 "client_errors": dict(self.api.counters.by_error),
                 "client_replies": self._replies.stats(),
+                "watches": self.watches.stats(),
                 "transport": tstats,
             },
         }

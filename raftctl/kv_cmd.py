@@ -21,7 +21,7 @@ from raftctl.txn_syntax import TxnSyntaxError, parse_txn
 STDIN_VALUE = "-"
 
 
-def _client(c: Cluster, timeout_s: float, only: str | None = None) -> Client:
+def client_for(c: Cluster, timeout_s: float, only: str | None = None) -> Client:
     """A client of the nodes that can answer (only `only`, if given)."""
     c.load()  # says so if the cluster is not set up at all
     if only is not None:
@@ -64,14 +64,14 @@ def _value(text: str) -> bytes:
     return data
 
 
-def _text(v: bytes | None) -> str | None:
+def value_text(v: bytes | None) -> str | None:
     return None if v is None else v.decode("utf-8", errors="replace")
 
 
 def _write_out(ctx: click.Context, key: str, res: WriteResult, as_json: bool, what: str) -> None:
     if as_json:
         click.echo(render.dumps({"key": key, "ok": res.ok, "index": res.index,
-                                 "previous": _text(res.value), "error": res.error}))
+                                 "previous": value_text(res.value), "error": res.error}))
         if not res.ok:
             ctx.exit(Exit.FAILED)
         return
@@ -79,7 +79,7 @@ def _write_out(ctx: click.Context, key: str, res: WriteResult, as_json: bool, wh
         click.echo(f"OK {what} (index {res.index})")
         return
     if res.error == "cas_failed":
-        cur = _text(res.value)
+        cur = value_text(res.value)
         raise CliError(f"cas failed: {key} is {'absent' if cur is None else repr(cur)}")
     raise CliError(f"{what} failed: {res.error}")
 
@@ -95,7 +95,7 @@ def put(ctx: click.Context, key: str, value: str, timeout_s: float, as_json: boo
     of - reads the value from stdin."""
     c = cluster_of(ctx)
     data = _value(value)
-    with _client(c, timeout_s) as cl:
+    with client_for(c, timeout_s) as cl:
         res = cl.put(key, data, prev=True)
         _remember(c, cl)
     _write_out(ctx, key, res, as_json, "put")
@@ -112,7 +112,7 @@ def delete(ctx: click.Context, key: str | None, prefix: str | None, timeout_s: f
     """Delete KEY, or every key under --prefix, at one revision."""
     _key_or_prefix(key, prefix)
     c = cluster_of(ctx)
-    with _client(c, timeout_s) as cl:
+    with client_for(c, timeout_s) as cl:
         if prefix is None:
             assert key is not None
             res = cl.delete(key, prev=True)
@@ -146,7 +146,7 @@ def cas(ctx: click.Context, key: str, expected: str, value: str, absent: bool,
     of - reads the value from stdin."""
     c = cluster_of(ctx)
     data = _value(value)
-    with _client(c, timeout_s) as cl:
+    with client_for(c, timeout_s) as cl:
         res = cl.cas(key, None if absent else expected.encode(), data)
         _remember(c, cl)
     _write_out(ctx, key, res, as_json, "cas")
@@ -182,7 +182,7 @@ def get(ctx: click.Context, key: str | None, prefix: str | None, revision: int, 
         raise click.UsageError("--limit, --keys-only and --count-only go with --prefix")
     c = cluster_of(ctx)
     if prefix is not None or revision:
-        with _client(c, timeout_s, only=node) as cl:
+        with client_for(c, timeout_s, only=node) as cl:
             got = cl.range(prefix if prefix is not None else key or "", prefix=prefix is not None,
                            revision=revision, limit=limit, keys_only=keys_only,
                            count_only=count_only, stale=stale)
@@ -191,7 +191,7 @@ def get(ctx: click.Context, key: str | None, prefix: str | None, revision: int, 
         _range_out(ctx, got, key, as_json, count_only)
         return
     assert key is not None
-    with _client(c, timeout_s, only=node) as cl:
+    with client_for(c, timeout_s, only=node) as cl:
         try:
             value = cl.get(key, stale=stale)
         except Unavailable:
@@ -201,7 +201,7 @@ def get(ctx: click.Context, key: str | None, prefix: str | None, revision: int, 
                 from None
         if not stale:
             _remember(c, cl)
-    out: dict[str, Any] = {"key": key, "found": value is not None, "value": _text(value)}
+    out: dict[str, Any] = {"key": key, "found": value is not None, "value": value_text(value)}
     if as_json:
         click.echo(render.dumps(out))
         if value is None:
@@ -209,11 +209,11 @@ def get(ctx: click.Context, key: str | None, prefix: str | None, revision: int, 
         return
     if value is None:
         raise CliError(f"key {key} not found", Exit.NOT_FOUND)
-    click.echo(_text(value))
+    click.echo(value_text(value))
 
 
 def _kv_json(kv: KV) -> dict[str, Any]:
-    return {"key": kv.key, "value": _text(kv.value), "create_revision": kv.create_revision,
+    return {"key": kv.key, "value": value_text(kv.value), "create_revision": kv.create_revision,
             "mod_revision": kv.mod_revision, "version": kv.version}
 
 
@@ -243,13 +243,13 @@ def _range_out(ctx: click.Context, got: RangeResult, key: str | None, as_json: b
     if key is not None:
         if not got.kvs:
             raise CliError(f"key {key} not found at that revision", Exit.NOT_FOUND)
-        click.echo(_text(got.kvs[0].value))
+        click.echo(value_text(got.kvs[0].value))
         return
     if count_only:
         click.echo(str(got.count))
         return
     for kv in got.kvs:
-        click.echo(kv.key if kv.value is None else f"{kv.key}\t{_text(kv.value)}")
+        click.echo(kv.key if kv.value is None else f"{kv.key}\t{value_text(kv.value)}")
     if got.more:
         click.echo(f"({got.count - len(got.kvs)} more; raise --limit to see them)", err=True)
 
@@ -276,7 +276,7 @@ def txn(ctx: click.Context, source: Any, timeout_s: float, as_json: bool) -> Non
     except TxnSyntaxError as e:
         raise CliError(str(e), Exit.USAGE) from None
     c = cluster_of(ctx)
-    with _client(c, timeout_s) as cl:
+    with client_for(c, timeout_s) as cl:
         got = cl.txn(compares, success, failure)
         _remember(c, cl)
     _txn_out(ctx, got, as_json)
@@ -292,7 +292,7 @@ def _txn_out(ctx: click.Context, got: TxnResult, as_json: bool) -> None:
         for r in got.responses:
             if r.op == "range":
                 for kv in r.kvs or []:
-                    click.echo(kv.key if kv.value is None else f"{kv.key}\t{_text(kv.value)}")
+                    click.echo(kv.key if kv.value is None else f"{kv.key}\t{value_text(kv.value)}")
                 if r.kvs is None:
                     click.echo(f"count {r.count}")
             elif r.deleted is not None:
@@ -313,7 +313,7 @@ def compact_history(ctx: click.Context, revision: int, timeout_s: float, as_json
     watches from older revisions then fail as compacted. The history is
     also compacted by itself past its retention (docs/STORAGE.md)."""
     c = cluster_of(ctx)
-    with _client(c, timeout_s) as cl:
+    with client_for(c, timeout_s) as cl:
         kept = cl.compact(revision)
         _remember(c, cl)
     if as_json:

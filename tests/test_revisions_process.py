@@ -6,16 +6,23 @@ shared by the tests of this module; each test works under its own prefix."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from node.api_range import TxnCompare, TxnDelete, TxnItem, TxnPut, TxnRange
+from node.api_range import TxnCompare, TxnDelete, TxnItem, TxnPut, TxnRange, WatchEvent
 from node.client import Client, ClientError, Compacted
 from raftctl.cli import main
 from raftctl.exits import Exit
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
+
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +134,73 @@ def test_history_survives_a_restart_from_the_snapshot(shared: TestCluster) -> No
             return [kv.value for kv in got.kvs] == [b"1"]
 
         wait_until(served, 10.0, f"{node} serves revision {rev} after its restart")
+
+
+def _revision(c: TestCluster) -> int:
+    with c.client() as cl:
+        return cl.range("", prefix=True, count_only=True).revision
+
+
+def test_a_watch_survives_the_death_of_its_node_without_gap_or_repeat(
+        shared: TestCluster) -> None:
+    """A watcher on one node sees that node killed while a writer goes on:
+    it resumes from another node after the last revision it got, and gets
+    every acknowledged change exactly once, in revision order."""
+    start = _revision(shared) + 1
+    lead = shared.wait_for_leader(10.0)
+    victim = next(n for n in shared.node_ids() if n != lead)
+    got: list[WatchEvent] = []
+    done = threading.Event()
+    with shared.client() as cl:
+        w = cl.watch("k/", prefix=True, start_revision=start, node=victim)
+
+        def read() -> None:
+            for ev in w:
+                got.append(ev)
+                if ev.key == "k/last":
+                    break
+            done.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        written: list[tuple[str, int]] = []
+        for i in range(30):
+            if i == 10:
+                wait_until(lambda: w.node == victim and len(got) >= 5, 10.0,
+                           f"the watch runs on {victim} and got its first events")
+                shared.kill(victim)
+            key = f"k/{i % 4}"
+            r = cl.txn([], [TxnPut(key, b"%d" % i)])
+            written.append((key, r.revision))
+        r = cl.txn([], [TxnPut("k/last", b"end")])
+        written.append(("k/last", r.revision))
+        wait_until(done.is_set, 20.0, "the watcher got the last write")
+    shared.start(victim)
+    assert [(e.key, e.revision) for e in got] == written
+    assert w.resumes >= 1 and w.node != victim
+
+
+def test_cli_watch_key_prints_a_json_line_per_change(shared: TestCluster) -> None:
+    """`watch-key --prefix P --rev R --count N --json` prints the N changes
+    from R, one JSON object per line; --once prints the first one."""
+    start = _revision(shared) + 1
+    base = [sys.executable, "-m", "raftctl", "--run-dir", str(shared.run_dir), "-C", "test",
+            "watch-key"]
+    procs = [subprocess.Popen([*base, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+             for args in (["--prefix", "cw/", "--rev", str(start), "--count", "3", "--json"],
+                          ["cw/b", "--rev", str(start), "--once"])]
+    try:
+        for k, v in (("cw/a", "1"), ("cw/b", "2"), ("cw/a", "3")):
+            assert cli(shared, "put", k, v).exit_code == 0
+        outs = [p.communicate(timeout=30.0) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    lines = [json.loads(x) for x in outs[0][0].decode().splitlines()]
+    assert [(x["type"], x["key"], x["value"]) for x in lines] == [
+        ("put", "cw/a", "1"), ("put", "cw/b", "2"), ("put", "cw/a", "3")]
+    assert lines[0]["revision"] == start and lines[2]["version"] == 2
+    assert outs[1][0].decode() == f"PUT cw/b 2 (revision {start + 1})\n"
