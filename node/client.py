@@ -448,6 +448,16 @@ class Watch:
         self._ids = itertools.count(1)
         self._wid = 0
         self._done = False
+        # Events of revision `revision` + 1 already yielded: a frame may be
+        # left half read, and the next watch skips those (every replica
+        # holds the changes of a revision in the same order).
+        self._partial = 0
+        self._move_to: str | None = None
+
+    def reconnect(self, node: str | None = None) -> None:
+        """Watch from `node` (or the next one) from where the caller is:
+        the iteration goes on there, without a gap or a repeat."""
+        self._move_to = node or ""
 
     def __iter__(self) -> Iterator[WatchEvent]:
         try:
@@ -483,6 +493,8 @@ class Watch:
         while time.monotonic() < deadline:
             node = self._order[self._at % len(self._order)]
             self._at += 1
+            if self._move_to:
+                node, self._move_to = self._move_to, None
             sock = make_client_socket(cl._ctx, cl.nodes[node], cl.keys)
             self._wid = next(self._ids)
             start = self.revision + 1 if self.revision >= 0 else 0
@@ -527,16 +539,44 @@ class Watch:
                     self._done = True
                     _raise_failed(resp)
                 events = resp.events or []
+                skip = self._partial
                 for ev in events:
-                    if ev.revision > self.revision:
-                        yield ev
+                    if ev.revision <= self.revision:
+                        continue
+                    if ev.revision > self.revision + 1:
+                        # Every change of the revisions before it was yielded.
+                        self.revision, self._partial, skip = ev.revision - 1, 0, 0
+                    if skip:
+                        skip -= 1
+                        continue
+                    self._partial += 1
+                    yield ev
+                    if self._move_to is not None:
+                        self._move(sock)
+                        return
                 if resp.revision is not None and resp.revision > self.revision:
-                    self.revision = resp.revision
-                    if not events and self._progress:
-                        yield WatchEvent("progress", "", self.revision)
+                    self.revision, self._partial = resp.revision, 0
+                if not events and not resp.canceled and self._progress:
+                    yield WatchEvent("progress", "", self.revision)
+                if self._move_to is not None:
+                    self._move(sock)
+                    return
                 if resp.canceled:
                     self._done = True
                     return
+
+
+    def _move(self, sock: zmq.Socket[bytes]) -> None:
+        """Leave this node (reconnect): the next turn of the iteration opens
+        the watch again where `_move_to` says."""
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send(_encoder.encode(WatchCancelRequest(id=next(self._ids), watch=self._wid)),
+                      zmq.NOBLOCK)
+        sock.close(linger=0)
+        self._sock = None
+        self.resumes += 1
+        if self._move_to == "":
+            self._move_to = None
 
 
 def _first_answer(sock: zmq.Socket[bytes], wid: int, until: float) -> ClientResponse | None:

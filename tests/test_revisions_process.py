@@ -20,7 +20,7 @@ from node.api_range import TxnCompare, TxnDelete, TxnItem, TxnPut, TxnRange, Wat
 from node.client import Client, ClientError, Compacted
 from raftctl.cli import main
 from raftctl.exits import Exit
-from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
+from tests.procs import TestCluster, chaos_run, make_cluster, start_and_settle, wait_until
 
 ROOT = Path(__file__).parent.parent
 
@@ -204,3 +204,15 @@ def test_cli_watch_key_prints_a_json_line_per_change(shared: TestCluster) -> Non
         ("put", "cw/a", "1"), ("put", "cw/b", "2"), ("put", "cw/a", "3")]
     assert lines[0]["revision"] == start and lines[2]["version"] == 2
     assert outs[1][0].decode() == f"PUT cw/b 2 (revision {start + 1})\n"
+
+
+def test_chaos_run_checks_transactions_range_reads_and_watches(shared: TestCluster) -> None:
+    """`chaos run --workload txn` records transactions, range reads and two
+    watchers' events under faults, and its verdict has their rows, clean."""
+    code, rep = chaos_run(shared, "--duration", "6s", "--interval", "1.5s", "--seed", "5",
+                          "--workload", "txn")
+    rows = rep["verdict"]["checks"]
+    assert code == 0, rep["verdict"]["violations"]
+    assert rows["txn order"].startswith("ok: ") and "range reads" in rows["txn order"]
+    assert rows["watch delivery"].startswith("ok: ") and "to 2 watchers" in rows["watch delivery"]
+    assert rep["operations"]["watch-event"]["ok"] > 0
