@@ -206,6 +206,20 @@ def test_cli_watch_key_prints_a_json_line_per_change(shared: TestCluster) -> Non
     assert outs[1][0].decode() == f"PUT cw/b 2 (revision {start + 1})\n"
 
 
+def test_bench_txn_and_watch_report_their_rates(shared: TestCluster) -> None:
+    """`bench txn` counts transactions a second; `bench watch` delivers every
+    change to every watcher and says how fast."""
+    r = cli(shared, "bench", "txn", "--clients", "2", "--duration", "1", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["txns"] > 0 and doc["txns_per_s"] > 0
+    assert doc["failed_compares"] == 0 and doc["latency_ms"]["p50"] <= doc["latency_ms"]["p99"]
+    r = cli(shared, "bench", "watch", "--watchers", "10", "--writers", "2", "--duration", "1",
+            "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["complete"] and doc["writes"] > 0
+    assert doc["events"] == doc["writes"] * 10 and doc["events_per_s"] > 0
+
+
 def test_chaos_run_checks_transactions_range_reads_and_watches(shared: TestCluster) -> None:
     """`chaos run --workload txn` records transactions, range reads and two
     watchers' events under faults, and its verdict has their rows, clean."""
