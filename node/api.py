@@ -70,7 +70,8 @@ class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op",
            forbid_unknown_fields=True):
     """A request holds its op's fields and no other: msgspec then never
     descends into a value the schema does not expect, so a request's nesting
-    is the schema's (one map of scalars) whatever the frame holds."""
+    is the schema's (one map of scalars; a txn's lists of such maps)
+    whatever the frame holds."""
 
     id: ReqId = 0
 
