@@ -420,6 +420,9 @@ def _raise_failed(resp: ClientResponse) -> None:
 # and takes a node silent for WATCH_SILENT_FACTOR times as long for dead.
 WATCH_PROGRESS_MS = 500
 WATCH_SILENT_FACTOR = 4
+# Frames of events a watch's socket reads ahead of its caller (each up to
+# about 256 KiB): a caller slower than the cluster pushes back on its node.
+WATCH_RECEIVE_FRAMES = 16
 
 
 class Watch:
@@ -495,7 +498,8 @@ class Watch:
             self._at += 1
             if self._move_to:
                 node, self._move_to = self._move_to, None
-            sock = make_client_socket(cl._ctx, cl.nodes[node], cl.keys)
+            sock = make_client_socket(cl._ctx, cl.nodes[node], cl.keys,
+                                      stream_frames=WATCH_RECEIVE_FRAMES)
             self._wid = next(self._ids)
             start = self.revision + 1 if self.revision >= 0 else 0
             try:

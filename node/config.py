@@ -281,6 +281,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     # History of revisions kept (node/state/mvcc.py): rules of the state too.
     history_revisions: int = HISTORY_REVISIONS
     history_max_bytes: int = HISTORY_MAX_BYTES
+    # A watcher this many revisions behind is cancelled (node/watch.py); each
+    # node's own, unlike the history bounds.
+    watch_max_lag_revisions: int = WATCH_MAX_LAG_REVISIONS
     # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off. Set by
     # `raftctl up --netns`, which also sets the nodes' addresses. Run
     # directories from before the sandbox mode hold a bool: false is "",
@@ -362,6 +365,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("history_revisions: must be at least 1")
         if self.history_max_bytes < 1:
             out.append("history_max_bytes: must be at least 1")
+        if self.watch_max_lag_revisions < 1:
+            out.append("watch_max_lag_revisions: must be at least 1")
         if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
             out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
                        f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")

@@ -191,7 +191,8 @@ class NodeRunner(ClientHandling, DiskHandling):
         self._replies = ClientReplies(self.client_sock)
         self._poller = zmq.Poller()
         self._watching_clients = True
-        self.watches = WatchHub(node_id, self.kv, self._replies.push)
+        self.watches = WatchHub(node_id, self.kv, self._replies.push,
+                                max_lag_revisions=self.cfg.watch_max_lag_revisions)
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
             self._client_addrs, self._bad_request, max_command,

@@ -45,6 +45,9 @@ class _Watch:
     progress_s: float
     last_sent: float
     fresh: bool = True  # its `created` answer may not have left yet
+    # Cancelled, its last frame not yet taken by the connection: (error,
+    # message, compacted). Nothing else is sent to it meanwhile.
+    ending: tuple[str, str, int | None] | None = None
 
 
 class WatchHub:
@@ -119,6 +122,12 @@ class WatchHub:
     def _serve_one(self, key: tuple[bytes, int], w: _Watch, now: float) -> bool:
         """Serve one watch; False to stop this turn."""
         mv = self.kv.mvcc
+        if w.ending is not None:
+            error, message, compacted = w.ending
+            if self._push(w, w.cursor - 1, [], canceled=True, error=error, message=message,
+                          compacted=compacted) is not False:
+                del self._watches[key]
+            return True
         if w.cursor < mv.compacted:
             self._end(key, w, "compacted", f"revision {w.cursor} was compacted before this "
                       f"watch got it: the oldest kept is {mv.compacted}", mv.compacted)
@@ -185,9 +194,13 @@ class WatchHub:
 
     def _end(self, key: tuple[bytes, int], w: _Watch, error: str, message: str,
              compacted: int | None = None) -> None:
-        del self._watches[key]
-        self._push(w, w.cursor - 1, [], canceled=True, error=error, message=message,
-                   compacted=compacted)
+        """Cancel a watch, telling it why: at once if its connection takes
+        the frame, else at a later turn (the watch stays, sending nothing
+        else, until then or until its connection is gone)."""
+        w.ending = (error, message, compacted)
+        if self._push(w, w.cursor - 1, [], canceled=True, error=error, message=message,
+                      compacted=compacted) is not False:
+            del self._watches[key]
 
     def _push(self, w: _Watch, revision: int, events: list[WatchEvent], *,
               canceled: bool = False, error: str | None = None, message: str | None = None,

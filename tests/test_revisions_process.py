@@ -10,14 +10,19 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+import zmq
 from click.testing import CliRunner, Result
 
+from node.api import decode_responses
 from node.api_range import TxnCompare, TxnDelete, TxnItem, TxnPut, TxnRange, WatchEvent
 from node.client import Client, ClientError, Compacted
+from node.transport.zmq import make_client_socket
 from raftctl.cli import main
 from raftctl.exits import Exit
 from tests.procs import TestCluster, chaos_run, make_cluster, start_and_settle, wait_until
@@ -230,3 +235,48 @@ def test_chaos_run_checks_transactions_range_reads_and_watches(shared: TestClust
     assert rows["txn order"].startswith("ok: ") and "range reads" in rows["txn order"]
     assert rows["watch delivery"].startswith("ok: ") and "to 2 watchers" in rows["watch delivery"]
     assert rep["operations"]["watch-event"]["ok"] > 0
+
+
+@pytest.fixture
+def slow_limit(tmp_path: Path) -> Iterator[TestCluster]:
+    """A 3-node cluster whose nodes cancel a watcher 50 revisions behind."""
+    for c in make_cluster(tmp_path, 3, watch_max_lag_revisions=50):
+        start_and_settle(c)
+        yield c
+
+
+def test_a_watcher_that_never_reads_is_cancelled_and_slows_nothing(
+        slow_limit: TestCluster) -> None:
+    """A watch whose client reads nothing fills its connection; the node
+    keeps serving writes (each answered in well under a second, its loop
+    never stalled) and cancels the watch once it is 50 revisions behind.
+    What the client then reads ends, if its connection survived, with the
+    reason (node/watch.py; the frame's content is tests/test_watch.py's)."""
+    c = slow_limit
+    lead = c.wait_for_leader(10.0)
+    sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys(),
+                              stream_frames=4)
+    try:
+        wait_until(lambda: sock.poll(10, zmq.POLLOUT), 5.0, "the watch socket connected")
+        sock.send(msgspec.msgpack.encode({"op": "watch", "id": 1, "key": "slow/",
+                                          "prefix": True}))
+        assert sock.poll(5000), "no answer to the watch"
+        assert decode_responses(sock.recv())[0].created
+        c.statuses()  # reading status resets the node's longest loop turn
+        worst = 0.0
+        with c.client() as cl:
+            for i in range(400):
+                t0 = time.monotonic()
+                assert cl.put(f"slow/{i % 8}", b"x" * 65536).ok
+                worst = max(worst, time.monotonic() - t0)
+        st = c.statuses()[lead]
+        assert worst < 1.0 and st["loop_max_busy_ms"] < 500, (worst, st["loop_max_busy_ms"])
+        assert st["counters"]["watches"]["watches_cancelled_slow"] == 1, st["counters"]["watches"]
+        ends = []
+        while sock.poll(2000):
+            ends += [r for r in decode_responses(sock.recv()) if r.canceled]
+        assert all(r.error == "slow_watcher" and "(at most 50)" in (r.message or "")
+                   for r in ends), ends
+        assert c.statuses()[lead]["counters"]["watches"]["watches"] == 0
+    finally:
+        sock.close(linger=0)

@@ -172,3 +172,21 @@ def test_watch_ids_are_per_connection_and_cancel_ends_one() -> None:
     assert isinstance(again, tuple) and again[0] == "watch_exists"
     assert s.hub.cancel(ROUTE, WatchCancelRequest(watch=7))
     assert not s.hub.cancel(ROUTE, WatchCancelRequest(watch=7)) and len(s.hub) == 0
+
+
+def test_a_slow_watchers_cancellation_waits_for_room_on_its_connection() -> None:
+    """Cancelled while its connection takes nothing, a slow watch sends
+    nothing more and keeps no events; its reason goes out once there is room."""
+    s = _Setup(max_lag_revisions=2)
+    s.watch(key="k")
+    s.conn.open = False
+    s.write(*[Put("k", b"%d" % i) for i in range(5)])
+    s.hub.serve()
+    assert len(s.hub) == 1 and not s.conn.frames
+    s.write(Put("k", b"more"))
+    s.hub.serve()
+    s.conn.open = True
+    s.hub.serve()
+    assert [(f.error, f.canceled, f.events) for f in s.conn.frames] == [
+        (SLOW_WATCHER, True, [])]
+    assert len(s.hub) == 0
