@@ -357,3 +357,26 @@ def test_changes_since_a_compacted_revision_start_at_the_oldest_kept() -> None:
         got = [c.rev for c in mv.log.since(0)]
         assert got == list(range(point, 3002)) == [c.rev for c in mv.log.since(point)]
         assert got[-3:] == [c.rev for c in mv.log.since(2999)][-3:]
+
+
+def test_data_of_an_earlier_version_gains_revisions_with_the_first_new_command() -> None:
+    """A format 2 image (no revisions) and entries without an era load as
+    they are; the first command of this version starts revisions, and the
+    old keys read as created at revision 1."""
+    import struct
+
+    import msgspec
+
+    pairs = msgspec.msgpack.encode([["old", b"v"]])
+    header = msgspec.msgpack.encode([2, 7, 0, [], [len(pairs)], [1]])
+    kv = KVStore()
+    kv.restore(struct.pack(">4sI", b"RKVI", len(header)) + header + pairs)
+    assert kv.get("old") == b"v" and kv.revision == 0
+    old_command = msgspec.msgpack.encode([0, ["r"]])  # [time_ms, body], as before eras
+    kv.apply(8, old_command)
+    assert kv.revision == 0 and len(kv.sessions) == 1
+    kv.apply(9, encode_command(Command(0, Write(8, 1, 1, kv_encode_op(Put("new", b"n"))))))
+    assert kv.revision == 2
+    assert _kvs(kv.mvcc, Span.prefix("")) == [("new", b"n", 2, 2, 1), ("old", b"v", 1, 1, 1)]
+    kv.apply(10, encode_command(Command(0, Write(8, 2, 2, kv_encode_op(Put("old", b"w"))))))
+    assert _kvs(kv.mvcc, Span("old")) == [("old", b"w", 1, 3, 2)]
