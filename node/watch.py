@@ -65,6 +65,11 @@ class WatchHub:
         self.max_lag = max_lag_revisions
         self._watches: dict[tuple[bytes, int], _Watch] = {}
         self._turn = 0
+        # Nothing to do until the store passes `_idle_rev` or the clock
+        # `_idle_until` (a progress notification is due): what a turn of the
+        # loop costs with many quiet watches.
+        self._idle_rev = -1
+        self._idle_until = 0.0
         self.events_sent = 0
         self.cancelled_slow = 0
 
@@ -94,6 +99,7 @@ class WatchHub:
         progress_s = (req.progress_ms or WATCH_KEEPALIVE_MS) / 1000.0
         self._watches[key] = _Watch(route, req.id, span, cursor, req.once, progress_s,
                                     self._monotonic())
+        self._idle_rev = -1
         return mv.revision
 
     def cancel(self, route: Route, req: WatchCancelRequest) -> bool:
@@ -107,38 +113,48 @@ class WatchHub:
         if not self._watches:
             return
         now = self._monotonic()
+        rev = self.kv.mvcc.revision
+        if rev == self._idle_rev and now < self._idle_until:
+            return
         until = now + WATCH_TURN_BUDGET_MS / 1000.0
         items = list(self._watches.items())
         self._turn = (self._turn + 1) % len(items)
+        pending = False
         for key, w in items[self._turn:] + items[:self._turn]:
             if w.fresh:
                 w.fresh = False  # its `created` leaves with this turn's answers
+                pending = True
                 continue
-            if not self._serve_one(key, w, now):
-                return
+            self._serve_one(key, w, now)
+            if w.cursor <= rev or w.ending is not None:
+                pending = True  # its connection took less than it is owed
             if self._monotonic() >= until:
                 return
+        if not pending:
+            self._idle_rev = rev
+            self._idle_until = min((w.last_sent + w.progress_s for w in self._watches.values()),
+                                   default=now + 1.0)
 
-    def _serve_one(self, key: tuple[bytes, int], w: _Watch, now: float) -> bool:
-        """Serve one watch; False to stop this turn."""
+    def _serve_one(self, key: tuple[bytes, int], w: _Watch, now: float) -> None:
+        """Serve one watch."""
         mv = self.kv.mvcc
         if w.ending is not None:
             error, message, compacted = w.ending
             if self._push(w, w.cursor - 1, [], canceled=True, error=error, message=message,
                           compacted=compacted) is not False:
                 del self._watches[key]
-            return True
+            return
         if w.cursor < mv.compacted:
             self._end(key, w, "compacted", f"revision {w.cursor} was compacted before this "
                       f"watch got it: the oldest kept is {mv.compacted}", mv.compacted)
-            return True
+            return
         lag = mv.revision - w.cursor + 1
         if lag > self.max_lag:
             self.cancelled_slow += 1
             self._end(key, w, SLOW_WATCHER, (
                 f"the watcher fell {lag} revisions behind (at most {self.max_lag}): it reads "
                 f"its events too slowly; watch again from revision {w.cursor}"))
-            return True
+            return
         if w.cursor <= mv.revision:
             events, upto = self._collect(w)
             if not events:
@@ -149,21 +165,20 @@ class WatchHub:
                                   "ends with its first change" if done else None)
                 if sent is None:
                     del self._watches[key]
-                    return True
+                    return
                 if not sent:
-                    return True
+                    return
                 self.events_sent += len(events)
                 w.cursor, w.last_sent = upto + 1, now
                 if done:
                     del self._watches[key]
-                return True
+                return
         if now - w.last_sent >= w.progress_s:
             sent = self._push(w, w.cursor - 1, [])
             if sent is None:
                 del self._watches[key]
             elif sent:
                 w.last_sent = now
-        return True
 
     def _collect(self, w: _Watch) -> tuple[list[WatchEvent], int]:
         """The events past `w.cursor`, whole revisions of about

@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from node.api import decode_responses
 from node.api_range import TxnCompare, TxnDelete, TxnItem, TxnPut, TxnRange, WatchEvent
 from node.client import Client, ClientError, Compacted
-from node.transport.zmq import make_client_socket
+from node.transport.auth import set_curve_client
 from raftctl.cli import main
 from raftctl.exits import Exit
 from tests.procs import TestCluster, chaos_run, make_cluster, start_and_settle, wait_until
@@ -239,8 +239,8 @@ def test_chaos_run_checks_transactions_range_reads_and_watches(shared: TestClust
 
 @pytest.fixture
 def slow_limit(tmp_path: Path) -> Iterator[TestCluster]:
-    """A 3-node cluster whose nodes cancel a watcher 50 revisions behind."""
-    for c in make_cluster(tmp_path, 3, watch_max_lag_revisions=50):
+    """A 3-node cluster whose nodes cancel a watcher 5 revisions behind."""
+    for c in make_cluster(tmp_path, 3, watch_max_lag_revisions=5):
         start_and_settle(c)
         yield c
 
@@ -249,13 +249,21 @@ def test_a_watcher_that_never_reads_is_cancelled_and_slows_nothing(
         slow_limit: TestCluster) -> None:
     """A watch whose client reads nothing fills its connection; the node
     keeps serving writes (each answered in well under a second, its loop
-    never stalled) and cancels the watch once it is 50 revisions behind.
+    never stalled) and cancels the watch once it is 5 revisions behind.
     What the client then reads ends, if its connection survived, with the
     reason (node/watch.py; the frame's content is tests/test_watch.py's)."""
     c = slow_limit
     lead = c.wait_for_leader(10.0)
-    sock = make_client_socket(zmq.Context.instance(), c.client_addrs()[lead], c.keys(),
-                              stream_frames=4)
+    # A socket that reads one frame ahead into a small kernel buffer, so
+    # that it pushes back within a few frames, long before the node's
+    # heartbeats would drop it.
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.setsockopt(zmq.RECONNECT_IVL, -1)
+    set_curve_client(sock, c.keys())
+    sock.connect(c.client_addrs()[lead])
     try:
         wait_until(lambda: sock.poll(10, zmq.POLLOUT), 5.0, "the watch socket connected")
         sock.send(msgspec.msgpack.encode({"op": "watch", "id": 1, "key": "slow/",
@@ -275,7 +283,7 @@ def test_a_watcher_that_never_reads_is_cancelled_and_slows_nothing(
         ends = []
         while sock.poll(2000):
             ends += [r for r in decode_responses(sock.recv()) if r.canceled]
-        assert all(r.error == "slow_watcher" and "(at most 50)" in (r.message or "")
+        assert all(r.error == "slow_watcher" and "(at most 5)" in (r.message or "")
                    for r in ends), ends
         assert c.statuses()[lead]["counters"]["watches"]["watches"] == 0
     finally:

@@ -190,3 +190,31 @@ def test_a_slow_watchers_cancellation_waits_for_room_on_its_connection() -> None
     assert [(f.error, f.canceled, f.events) for f in s.conn.frames] == [
         (SLOW_WATCHER, True, [])]
     assert len(s.hub) == 0
+
+
+def test_quiet_watches_cost_a_turn_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once every watch is current, a turn looks at none of them until the
+    store moves on or a progress notification is due."""
+    s = _Setup()
+    for wid in range(50):
+        s.watch(wid=wid, key=f"k{wid}", progress_ms=1000)
+    served: list[int] = []
+    original = WatchHub._serve_one
+
+    def counting(self: WatchHub, key: tuple[bytes, int], w: object, now: float) -> None:
+        served.append(1)
+        original(self, key, w, now)  # type: ignore[arg-type]  # the hub's own watch
+
+    monkeypatch.setattr(WatchHub, "_serve_one", counting)
+    s.hub.serve()
+    first = len(served)
+    s.hub.serve()
+    s.now = 0.5
+    s.hub.serve()
+    assert first == 50 and len(served) == 50
+    s.write(Put("k3", b"x"))
+    s.hub.serve()
+    assert len(served) == 100 and s.events() == [("put", "k3", 2)]
+    s.now = 1.5
+    s.hub.serve()
+    assert len(served) == 150
