@@ -36,6 +36,10 @@ TERM_MONOTONIC = "term_monotonic"
 COMMIT_MONOTONIC = "commit_monotonic"
 # Checked on live digests: replicas at one applied index hold one state.
 APPLIED_STATE = "applied_state"
+# Replicas at one applied index agree on the store's revision, its compaction
+# point, each live key's create/mod revision and version, and the history
+# kept (node/state/mvcc.py): checked by the simulator after every apply.
+REVISIONS = "revisions"
 # An entry acknowledged to a client is in every replica once they converge.
 ACKNOWLEDGED_DURABLE = "acknowledged_durable"
 
@@ -176,6 +180,28 @@ class _Decided:
     commit_term: int
 
 
+@dataclass(frozen=True, slots=True)
+class RevisionView:
+    """A store's revisions as the simulator sees them: the revision, the
+    oldest kept, each live key's (create, mod, version), and the history
+    kept as (revision, key, deleted) in order."""
+
+    revision: int
+    compacted: int
+    keys: tuple[tuple[str, int, int, int], ...]
+    history: tuple[tuple[int, str, bool], ...]
+
+    def differs(self, other: RevisionView) -> str:
+        """How `self` differs from `other`, as the first thing that does."""
+        if (self.revision, self.compacted) != (other.revision, other.compacted):
+            return (f"has revision {self.revision} compacted at {self.compacted}, not "
+                    f"{other.revision} at {other.compacted}")
+        for mine, theirs in itertools.zip_longest(self.keys, other.keys):
+            if mine != theirs:
+                return f"holds {mine} (create, mod, version), not {theirs}"
+        return f"keeps a history of {len(self.history)} changes, not {len(other.history)}"
+
+
 class RaftInvariants:
     """Incremental checker: each `observe` costs about the size of what changed
     (plus one C-level comparison of the node's log with its last copy)."""
@@ -204,6 +230,8 @@ class RaftInvariants:
         self._top_by_term: dict[int, int] = {}
         self._summary_leaders: dict[str, tuple[int, int]] = {}
         self._digests: dict[int, tuple[str, str]] = {}
+        # The revisions each applied index left (node, what), first seen.
+        self._revisions: dict[int, tuple[str, RevisionView]] = {}
         self._acked: tuple[int, str] | None = None
         # Quorums: each node's vote in each term, and each node's latest log
         # as last seen (kept when it crashes: what it acknowledged is on disk).
@@ -360,6 +388,19 @@ class RaftInvariants:
         return [self._v(APPLIED_STATE, (
             f"at applied index {applied} the state machines differ ({seen[1]}: "
             f"{seen[0][:12]}, {node}: {digest[:12]})"))]
+
+    def observe_revisions(self, tick: int, node: str, applied: int,
+                          view: RevisionView) -> list[Violation]:
+        """What the first `applied` entries left in `node`'s store: the same
+        on every replica, whether it applied them or restored an image."""
+        self._tick, self._t_s = tick, None
+        seen = self._revisions.setdefault(applied, (node, view))
+        if seen[1] == view:
+            return []
+        other, was = seen
+        return [self._v(REVISIONS, (
+            f"at applied index {applied} the revisions differ: {other} {was.differs(view)}, "
+            f"{node} the other"))]
 
     def acknowledged(self, index: int, what: str) -> None:
         """A client was told its command was applied at log `index`."""

@@ -32,6 +32,7 @@ from chaos.record import (
     RunRecord,
     observe_sample,
 )
+from chaos.revision_checks import TXN_ORDER, WATCH_DELIVERY, RevStats, revision_checks
 from chaos.schedule import POWER_LOSS
 from chaos.set_checks import (
     DUPLICATED_ELEMENTS,
@@ -57,6 +58,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     LOST_ELEMENTS: (LOST_ELEMENTS,),
     DUPLICATED_ELEMENTS: (DUPLICATED_ELEMENTS,),
     UNEXPECTED_ELEMENTS: (UNEXPECTED_ELEMENTS,),
+    TXN_ORDER: (TXN_ORDER,),
+    WATCH_DELIVERY: (WATCH_DELIVERY,),
     POWER_LOSS_ROW: (POWER_LOSS_ROW,),
     ELECTION_SAFETY: (ELECTION_SAFETY,),
     TERM_MONOTONIC: (TERM_MONOTONIC, COMMIT_MONOTONIC),
@@ -75,6 +78,10 @@ MEANS: dict[str, str] = {
     DUPLICATED_ELEMENTS: "no element is in a set twice (each append applied at most once)",
     UNEXPECTED_ELEMENTS: "a set holds only elements appended to it, none whose append was "
                          "refused",
+    TXN_ORDER: "transactions and range reads: the revisions answered are a linearization "
+               "(real-time order, distinct revisions, each range read one whole revision)",
+    WATCH_DELIVERY: "every watcher got every change of its prefix exactly once, in revision "
+                    "order, with its value, across reconnects and node deaths",
     POWER_LOSS_ROW: "a node whose power was cut comes back from what its disk kept",
     ELECTION_SAFETY: "at most one leader per term (§5.2)",
     TERM_MONOTONIC: "terms and commit indexes never go back; a term led survives restarts",
@@ -121,10 +128,12 @@ def judge(rec: RunRecord) -> Verdict:
     acknowledged write lost, the Raft invariants on live status, replicas
     converging, and the cluster serving again within the bound."""
     v: list[Violation] = []
-    v += checks.linearizability(rec.ops, rec.keys)
+    v += checks.linearizability(rec.ops, rec.keys + rec.txn_keys)
     v += checks.cas_preconditions(rec.ops)
     v += checks.lost_writes(rec.ops, rec.keys)
     found, sets = set_checks(rec.ops, rec.set_keys)
+    v += found
+    found, revs = revision_checks(rec.ops) if rec.txn_keys else ([], RevStats(0, 0, 0, 0))
     v += found
     v += [Violation(check=POWER_LOSS_ROW, t_s=e.t, detail=e.detail,
                     ops=checks.time_slice(rec.ops, e.t))
@@ -147,10 +156,11 @@ def judge(rec: RunRecord) -> Verdict:
             f"the first write after healing was acknowledged after {rec.recovery_s:.2f}s, "
             f"over the bound of {rec.recovery_bound_s:g}s")))
     v += [Violation(check=RUN, detail=m) for m in rec.problems]
-    return Verdict(ok=not v, checks=_rows(rec, v, sets), violations=v)
+    return Verdict(ok=not v, checks=_rows(rec, v, sets, revs), violations=v)
 
 
-def _rows(rec: RunRecord, v: list[Violation], sets: SetStats) -> dict[str, str]:
+def _rows(rec: RunRecord, v: list[Violation], sets: SetStats,
+          revs: RevStats) -> dict[str, str]:
     by = Counter(x.check for x in v)
     client_ops = [o for o in rec.ops if o.client not in (RECOVERY_CLIENT, FINAL_CLIENT)]
     acked = sum(1 for o in client_ops if o.kind in (WRITE, CAS) and o.outcome == OK)
@@ -160,8 +170,10 @@ def _rows(rec: RunRecord, v: list[Violation], sets: SetStats) -> dict[str, str]:
     no_sets = "no set in this run"
     ok = {
         LINEARIZABLE: f"{sum(1 for o in rec.ops if o.key in rec.keys)} operations on "
-                      f"{len(rec.keys)} keys" + (f", {sets.reads} reads of {sets.keys} sets"
-                                                 if sets.keys else ""),
+                      f"{len(rec.keys)} keys"
+                      + (f", {revs.txns + revs.ranges} transactions and range reads on "
+                         f"{len(rec.txn_keys)} keys" if rec.txn_keys else "")
+                      + (f", {sets.reads} reads of {sets.keys} sets" if sets.keys else ""),
         ACKED_WRITES: f"{acked} acknowledged writes, final values of {len(rec.keys)} keys "
                       "explained",
         LOST_ELEMENTS: f"all {sets.acknowledged} acknowledged elements of {sets.keys} sets "
@@ -171,6 +183,10 @@ def _rows(rec: RunRecord, v: list[Violation], sets: SetStats) -> dict[str, str]:
                              if sets.keys else no_sets,
         UNEXPECTED_ELEMENTS: f"every one of the {sets.present} elements was appended"
                              if sets.keys else no_sets,
+        TXN_ORDER: f"{revs.txns} transactions and {revs.ranges} range reads on "
+                   f"{len(rec.txn_keys)} keys" if rec.txn_keys else "no transaction in this run",
+        WATCH_DELIVERY: f"{revs.events} events to {revs.watchers} watchers"
+                        if rec.txn_keys else "no watch in this run",
         POWER_LOSS_ROW: f"{cuts} power cuts, every node came back from its disk" if cuts
                         else "no power cut in this run",
         ELECTION_SAFETY: f"{_terms_led(rec)} terms with a leader, one each",

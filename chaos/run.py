@@ -38,7 +38,14 @@ from chaos.workload import (
     read_set_op,
     run_op,
 )
-from chaos.workload_mix import DEFAULT_WORKLOADS, REGISTER, WorkloadMix, parse_workloads, uses_sets
+from chaos.workload_mix import (
+    DEFAULT_WORKLOADS,
+    REGISTER,
+    TXN_WORKLOAD,
+    WorkloadMix,
+    parse_workloads,
+    uses_sets,
+)
 
 # Clients of a run by default (`--clients`), shared among its workloads.
 CHAOS_CLIENTS = 24
@@ -133,15 +140,18 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
     log = EventLog(history.now_s, on_event)
     keys = [f"{opts.key_prefix}/k{i}" for i in range(opts.keys)] if REGISTER in names else []
     set_keys = [f"{opts.key_prefix}/s{i}" for i in range(opts.keys)] if uses_sets(names) else []
+    txn_keys = ([f"{opts.key_prefix}/t{i}" for i in range(opts.keys)]
+                if TXN_WORKLOAD in names else [])
     spec = WorkloadSpec(factory, history, keys, opts.clients, opts.seed, Pacer(opts.rate),
-                        set_keys, endpoint, opts.sizes, opts.depth)
+                        set_keys, endpoint, opts.sizes, opts.depth, txn_keys)
     try:
         workload = WorkloadMix(names, spec)
     except ValueError as e:
         raise ChaosError(str(e)) from None
     rec = RunRecord(seed=opts.seed, duration_s=opts.duration_s, interval_s=opts.interval_s,
                     nemesis=dict(opts.mix), workload=",".join(names), clients=opts.clients,
-                    keys=keys, set_keys=set_keys, shares=workload.shares, rate=opts.rate,
+                    keys=keys, set_keys=set_keys, txn_keys=txn_keys, shares=workload.shares,
+                    rate=opts.rate,
                     value_sizes=opts.sizes.describe(), depth=opts.depth, nodes=nodes,
                     recovery_bound_s=opts.recovery_timeout_s, notes=list(schedule.notes))
     for note in schedule.notes:

@@ -16,6 +16,7 @@ from chaos.invariants import (
     ConfView,
     NodeState,
     RaftInvariants,
+    RevisionView,
     Violation,
     check_linearizable,
 )
@@ -24,6 +25,7 @@ from chaos.sim_members import Members
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
 from chaos.sim_network import SimNetwork, describe
 from node.config import (
+    HISTORY_REVISIONS,
     TICK_MS,
     CoreConfig,
 )
@@ -46,14 +48,17 @@ from node.state.kv import (
     SESSION_EXPIRED,
     Body,
     Command,
+    CompactHistory,
     KVStore,
     Put,
     RegisterSession,
+    Txn,
     Write,
     encode_command,
     encode_image,
     encode_op,
 )
+from node.state.mvcc import Span
 from node.storage import MemoryStorage
 
 # The simulator's timing, in ticks of its virtual clock.
@@ -170,6 +175,9 @@ SIM_TICK_MS = TICK_MS
 # the fewest newly applied entries worth a snapshot.
 _COMPACT_CHANCE = 0.1
 _COMPACT_MIN_ENTRIES = 3
+# Per tick, the chance that the leader proposes to compact the history (as an
+# operator's `raftctl compact --revision` does).
+_COMPACT_HISTORY_CHANCE = 0.03
 # A core still asking for a Ready after this many rounds in one step is stuck.
 _READY_LOOP_LIMIT = 200
 
@@ -209,9 +217,16 @@ class Simulation:
         # expire and are evicted during runs (node/state/sessions.py).
         timeout_ms = self._rng.choice((300, 3_000, 60_000))
         max_sessions = self._rng.choice((2, clients + 1, 64))
+        # History bounds, as small as a few revisions so that the store
+        # compacts by itself during runs (node/state/mvcc.py).
+        # Drawn from a generator of their own so that the paths the main one
+        # takes for a seed (and the seeds tests name) stay as they were.
+        self._history_rng = random.Random(seed)
+        history = self._history_rng.choice((4, 32, HISTORY_REVISIONS))
 
         def new_kv() -> KVStore:
-            return KVStore(session_timeout_ms=timeout_ms, max_sessions=max_sessions)
+            return KVStore(session_timeout_ms=timeout_ms, max_sessions=max_sessions,
+                           history_revisions=history)
 
         self._nodes = {i: _Node(i, [p for p in ids if p != i], new_kv) for i in ids}
         self._new_kv = new_kv
@@ -438,6 +453,8 @@ class Simulation:
                 self._deliver(m)
             for c in self._clients:
                 self._client_step(c)
+            if faulty and self._history_rng.random() < _COMPACT_HISTORY_CHANCE:
+                self._compact_history()
             if faulty and "snapshot" in self.faults:
                 for n in self._nodes.values():
                     if n.core is not None and self._rng.random() < _COMPACT_CHANCE:
@@ -501,6 +518,7 @@ class Simulation:
             raise AssertionError(f"{n.id} was handed entry {e.index} after applying {n.applied}")
         n.applied = e.index
         done = n.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
+        self._check_revisions(n)
         if done is None:
             return
         if done.executed:
@@ -526,6 +544,12 @@ class Simulation:
             self._complete(c, UNKNOWN if c.proposals > 1 else FAIL, None)
         else:
             raise AssertionError(f"{n.id}: a put of {c.id} failed with {done.result.error}")
+
+    def _check_revisions(self, n: _Node) -> None:
+        found = self._checker.observe_revisions(self.now, n.id, n.applied, revision_view(n.kv))
+        if found:
+            self._violations.extend(found)
+            raise _Stop
 
     def _serve_reads(self, n: _Node) -> None:
         keep: list[ReadState] = []
@@ -562,6 +586,8 @@ class Simulation:
         if snap.data:
             n.kv.restore(snap.data)
         n.applied = snap.meta.index
+        if snap.data:
+            self._check_revisions(n)
         n.core = RaftCore(n.id, n.peers, n.storage, self.config,
                           random.Random(self._rng.getrandbits(64)), base=n.base)
         self._observe(n)
@@ -588,6 +614,17 @@ class Simulation:
         self._checker.node_down(n.id)
         self._stats["crashes"] += 1
         self._log(n.id, f"crashed {how}")
+
+    def _compact_history(self) -> None:
+        lead = self._leader()
+        if lead is None or lead.core is None:
+            return
+        rev = max(1, lead.kv.revision - self._history_rng.randrange(4))
+        try:
+            lead.core.propose(self._command(CompactHistory(rev)))
+        except (NotLeader, ProposalDropped):
+            return
+        self._handle(lead)
 
     def _compact(self, n: _Node) -> None:
         core = n.core
@@ -689,7 +726,10 @@ class Simulation:
                 n.waiting_registrations[(index, n.core.term)] = c
             elif c.kind == WRITE:
                 assert c.session is not None and c.value is not None
-                op = encode_op(Put(c.key, c.value.encode()))
+                # Half the writes as a put, half as the transaction that is
+                # one (the same for every attempt: retries must match).
+                put = Put(c.key, c.value.encode())
+                op = encode_op(put if c.seq % 2 else Txn([], [put]))
                 n.core.propose(self._command(Write(c.session, c.seq, c.seq, op)))
                 c.accepted = True
                 c.proposals += 1
@@ -769,6 +809,15 @@ COVERAGE_STATS = (
 )
 
 
+def revision_view(kv: KVStore) -> RevisionView:
+    """What the revision invariant compares of a replica's store."""
+    mv = kv.mvcc
+    live = mv.read(Span("", None, one=False)).kvs
+    return RevisionView(
+        mv.revision, mv.compacted, tuple((k, r.create, r.mod, r.version) for k, r in live),
+        tuple((c.rev, c.key, c.after is None) for c in mv.log.since(0)))
+
+
 class _SimReady:
     """The simulator's side of each step of a Ready (node/raft/ready.py): the
     virtual network and disk, the real state machine, and a crash at the
@@ -813,6 +862,7 @@ class _SimReady:
         n.kv = n.new_kv()
         n.kv.restore(snapshot.data)
         n.applied = snapshot.meta.index
+        self.sim._check_revisions(n)
 
     def apply(self, entries: Sequence[Entry]) -> None:
         self.changed = True

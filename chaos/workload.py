@@ -33,6 +33,8 @@ CHAOS_OPS_PER_S = 300.0  # all clients of a run together start at most this many
 
 # Operation kinds (`f` in the Jepsen history), besides read and write.
 CAS = "cas"
+TXN = "txn"  # a transaction of the txn workload (chaos/txn_workload.py)
+RANGE = "range"  # a range read of the txn workload
 APPEND = "append"  # add a unique element to the set held in a key
 READ_SET = "read-set"  # a linearizable read of a set: every element, in order
 OPEN_SESSION = "open-session"
@@ -56,6 +58,14 @@ class KVClient(Protocol):
 
 
 ClientFactory = Callable[[], KVClient]
+
+
+class RevKV(msgspec.Struct, frozen=True, array_like=True):
+    """A key as a range read found it: its value's name and mod revision."""
+
+    key: str
+    value: str | None
+    mod: int
 
 
 class OpRecord(msgspec.Struct, kw_only=True):
@@ -93,6 +103,14 @@ class OpRecord(msgspec.Struct, kw_only=True):
     session: int | None = None
     seq: int | None = None
     attempts: int | None = None
+    # The revisioned store (chaos/txn_workload.py): the store's revision a
+    # transaction or range read answered (a watch event's own), what a
+    # successful transaction wrote (key -> value name), and what a range
+    # read or a failed transaction's read found.
+    revision: int | None = None
+    writes: dict[str, str] | None = None
+    kvs: list[RevKV] | None = None
+    scope: list[str] | None = None  # the keys a range read covers
 
 
 def parse_set(raw: bytes | None) -> list[str]:
@@ -221,7 +239,7 @@ class WorkloadSpec:
     """What every workload is made from: a client factory (register
     clients), the raw-protocol `endpoint` (pipelined and short-lived
     clients; None where none is needed), the history to record into, the
-    register `keys` and the `set_keys`, how many clients, the seed, the
+    register `keys`, the `set_keys` and the `txn_keys`, how many clients, the seed, the
     `pacer` every client of the run shares, the value sizes of register
     writes, and how many writes a pipelined client keeps in flight."""
 
@@ -235,6 +253,7 @@ class WorkloadSpec:
     endpoint: Endpoint | None = None
     sizes: SizeMix = field(default_factory=lambda: parse_sizes(DEFAULT_SIZES))
     depth: int = 4
+    txn_keys: list[str] = field(default_factory=list)
 
 
 class Workload(Protocol):
@@ -341,6 +360,9 @@ def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
     any time after its invocation."""
     out: list[Operation] = []
     for op in ops:
+        if op.kind in (TXN, RANGE):
+            out += _txn_ops(op)
+            continue
         if op.kind not in (READ, WRITE, CAS):
             continue  # set and session operations: the set checks read those
         ms_in, ms_out = int(op.invoke_s * 1000), int(op.complete_s * 1000)
@@ -358,3 +380,24 @@ def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
             out.append(Operation(op.client, READ, op.key, op.found, op.invoke, op.complete,
                                  OK, ms_in, ms_out, "ms"))
     return out
+
+
+def _txn_ops(op: OpRecord) -> list[Operation]:
+    """A transaction or range read of the txn workload as register
+    operations, one per key: a transaction that wrote is a write of each of
+    its keys (at once), one whose compare failed a read of the key it read,
+    one of unknown outcome a write of unknown outcome of each key; a range
+    read is a read of every key it covers (absent: nil)."""
+    ms_in, ms_out = int(op.invoke_s * 1000), int(op.complete_s * 1000)
+    if op.outcome == UNKNOWN and op.writes:
+        return [Operation(op.client, WRITE, k, v, op.invoke, None, UNKNOWN, ms_in, None, "ms")
+                for k, v in op.writes.items()]
+    if op.outcome != OK:
+        return []
+    if op.kind == TXN and op.writes:
+        return [Operation(op.client, WRITE, k, v, op.invoke, op.complete, OK, ms_in, ms_out,
+                          "ms") for k, v in op.writes.items()]
+    found = {kv.key: kv.value for kv in op.kvs or []}
+    keys = [op.key] if op.kind == TXN else list(op.scope or found)
+    return [Operation(op.client, READ, k, found.get(k), op.invoke, op.complete, OK, ms_in,
+                      ms_out, "ms") for k in keys]

@@ -14,16 +14,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from node.api_range import (
+    CompactRequest,
+    DeleteRangeRequest,
+    RangeRequest,
+    TxnRequest,
+    WatchCancelRequest,
+    WatchEvent,
+    WatchRequest,
+    kvs_of,
+    read_range,
+    txn_of,
+)
 from node.config import (
-    BATCH_FRAME_MAX_BYTES,
-    MAX_BATCH_REQUESTS,
     MAX_KEY_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_FIELDS,
     MAX_VALUE_BYTES,
 )
 from node.errors import NotLeader, ProposalDropped
-from node.frames import array_len, map_len
+from node.frames import map_len
 from node.state.kv import (
     Append,
     Applied,
@@ -31,7 +41,9 @@ from node.state.kv import (
     Cas,
     CloseSession,
     Command,
+    CompactHistory,
     Delete,
+    DeleteRange,
     KVStore,
     Op,
     Put,
@@ -40,9 +52,12 @@ from node.state.kv import (
     encode_command,
     encode_op,
 )
+from node.state.mvcc import RevisionError
+from node.state.sessions import KV, OpResult, Result
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.raft.core import RaftCore
+    from node.watch import WatchHub
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
@@ -55,7 +70,8 @@ class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op",
            forbid_unknown_fields=True):
     """A request holds its op's fields and no other: msgspec then never
     descends into a value the schema does not expect, so a request's nesting
-    is the schema's (one map of scalars) whatever the frame holds."""
+    is the schema's (one map of scalars; a txn's lists of such maps)
+    whatever the frame holds."""
 
     id: ReqId = 0
 
@@ -109,8 +125,12 @@ class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
 
 
 ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
-                 | PingRequest | RegisterRequest | CloseSessionRequest)
-WriteRequest = PutRequest | DeleteRequest | CasRequest | AppendRequest
+                 | PingRequest | RegisterRequest | CloseSessionRequest | RangeRequest
+                 | DeleteRangeRequest | TxnRequest | CompactRequest | WatchRequest
+                 | WatchCancelRequest)
+WriteRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | DeleteRangeRequest
+                | TxnRequest)
+ReadRequest = GetRequest | RangeRequest
 
 
 class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -126,6 +146,24 @@ class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int | None = None
     node: str | None = None
     session: int | None = None
+    # The revisioned store (docs/PROTOCOL.md, "Revisions"): the store's
+    # revision when the request was served or applied, the oldest revision
+    # kept (with `compacted`), a range read's keys, how many in the range
+    # and whether a limit left some out, a range delete's count, and a
+    # transaction's outcome and what each of its operations answered.
+    revision: int | None = None
+    compacted: int | None = None
+    kvs: list[KV] | None = None
+    count: int | None = None
+    more: bool | None = None
+    deleted: int | None = None
+    succeeded: bool | None = None
+    responses: list[OpResult] | None = None
+    # Watches (docs/PROTOCOL.md, "Watches"): the watch opened, its events,
+    # and its end.
+    created: bool | None = None
+    events: list[WatchEvent] | None = None
+    canceled: bool | None = None
 
 
 _req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
@@ -168,87 +206,6 @@ def encode_response(resp: ClientResponse) -> bytes:
     return _resp_encoder.encode(resp)
 
 
-# --- batch frames: several requests or responses in one frame ------------------------
-# A DEALER client may send an array of requests in one frame, and a node
-# answers the requests of one connection that finish together in one frame,
-# an array of responses (docs/PROTOCOL.md). One ZeroMQ message instead of
-# one per request is what lets a pipelined client and the leader keep up.
-
-class _AnyFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Every field any request has, with its type but not its limits: a
-    batch whose items all decode as this has the shape of a batch of
-    requests (an array of maps of scalars), so splitting it cannot recurse,
-    and each item is then decoded, and refused, on its own."""
-
-    op: str = ""
-    id: int = 0
-    session: int = 0
-    seq: int = 0
-    first_outstanding: int | None = None
-    key: str = ""
-    value: bytes = b""
-    expected: bytes | None = None
-    prev: bool = False
-    stale: bool = False
-
-
-_batch_decoder: msgspec.msgpack.Decoder[list[ClientRequest]] = \
-    msgspec.msgpack.Decoder(list[ClientRequest])
-_shape_decoder = msgspec.msgpack.Decoder(list[_AnyFields])
-_items_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
-
-
-def is_batch(frame: bytes) -> bool:
-    """Whether a frame holds a MessagePack array (fixarray, array 16, array 32)."""
-    return bool(frame) and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD))
-
-
-def split_batch(frame: bytes) -> list[ClientRequest | bytes]:
-    """The requests of a batch frame: decoded when every one is valid (one
-    pass), else each item's bytes, to be decoded and answered one by one.
-    Raises RequestRefused for a frame over the limits or not shaped as a
-    batch of requests; size and count are checked before decoding."""
-    if len(frame) > BATCH_FRAME_MAX_BYTES:
-        raise RequestRefused("too_large", f"a batch frame of {len(frame)} bytes exceeds the "
-                             f"limit of {BATCH_FRAME_MAX_BYTES}; send it in several")
-    count = array_len(frame)
-    if count is None:
-        raise RequestRefused("bad_request", "bad batch frame: its array header is cut short")
-    if count == 0:
-        raise RequestRefused("bad_request", "an empty batch frame holds no request")
-    if count > MAX_BATCH_REQUESTS:
-        raise RequestRefused("too_large", f"a batch frame of {count} requests exceeds the "
-                             f"limit of {MAX_BATCH_REQUESTS}; send it in several")
-    try:
-        return list(_batch_decoder.decode(frame))
-    except Exception:  # some item is not a valid request: find out below
-        pass
-    try:
-        _shape_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise RequestRefused("bad_request", f"bad batch frame: {e}") from None
-    except Exception as e:  # any other parse failure is still the client's bad input
-        raise RequestRefused("bad_request", f"bad batch frame: {type(e).__name__}") from None
-    return [bytes(raw) for raw in _items_decoder.decode(frame)]
-
-
-def batch_bounds(sizes: list[int], limit: int,
-                 max_items: int = MAX_BATCH_REQUESTS) -> list[tuple[int, int]]:
-    """Cut a run of items of these sizes into [start, end) batches of at
-    most `limit` bytes and `max_items` items each (an item larger than
-    `limit` goes alone)."""
-    out: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for i, n in enumerate(sizes):
-        if i > start and (size + n > limit or i - start >= max_items):
-            out.append((start, i))
-            start, size = i, 0
-        size += n
-    if start < len(sizes):
-        out.append((start, len(sizes)))
-    return out
-
-
 _resp_decoder: msgspec.msgpack.Decoder[ClientResponse | list[ClientResponse]] = \
     msgspec.msgpack.Decoder(ClientResponse | list[ClientResponse])
 
@@ -258,15 +215,6 @@ def decode_responses(frame: bytes) -> list[ClientResponse]:
     msgspec.DecodeError (ValidationError is one) for anything else."""
     got = _resp_decoder.decode(frame)
     return got if isinstance(got, list) else [got]
-
-
-def join_batch(items: list[bytes]) -> bytes:
-    """One frame holding `items` (each an encoded request or response) as a
-    MessagePack array: a header, then the items as they are."""
-    n = len(items)
-    head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 \
-        else b"\xdd" + n.to_bytes(4, "big")
-    return head + b"".join(items)
 
 
 class _IdOnly(msgspec.Struct, frozen=True):
@@ -298,6 +246,13 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def _written(req_id: int, result: Result, index: int, node: str) -> ClientResponse:
+    """The answer to a write that succeeded (a put's as it always was)."""
+    return ClientResponse(id=req_id, ok=True, value=result.value, index=index, node=node,
+                          revision=result.revision, deleted=result.deleted,
+                          succeeded=result.succeeded, responses=result.responses)
+
+
 @dataclass
 class _Waiter:
     route: Route
@@ -326,6 +281,7 @@ class ClientApi:
         max_command_bytes: int = MAX_MESSAGE_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
         no_space: Callable[[bool], str | None] = lambda _needs_log: None,
+        watches: WatchHub | None = None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -339,6 +295,7 @@ class ClientApi:
         # can). Asked with True for what enters the log, with False for a
         # linearizable read, which needs the log running but not the disk.
         self._no_space = no_space
+        self.watches = watches
         self.counters = ApiCounters()
         # Writes by (session, seq): a retry still in flight waits with the first.
         self._writes: dict[tuple[int, int], list[_Waiter]] = {}
@@ -347,7 +304,7 @@ class ClientApi:
         # this node can apply before it hears that it lost its leadership.
         self._by_index: dict[int, tuple[int, _Waiter]] = {}
         self._read_seq = 0
-        self._reads: dict[bytes, tuple[_Waiter, str]] = {}
+        self._reads: dict[bytes, tuple[_Waiter, ReadRequest]] = {}
         self._ready_reads: deque[tuple[int, bytes]] = deque()
         # The cluster clock this node stamps its proposals with while it
         # leads (LogCabin's): the log's clock when the term's first proposal
@@ -373,14 +330,38 @@ class ClientApi:
             req = data
         if isinstance(req, PingRequest):
             self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
-        elif isinstance(req, GetRequest):
+        elif isinstance(req, GetRequest | RangeRequest):
             self._get(route, req)
         elif isinstance(req, RegisterRequest):
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):
             self._propose_indexed(_Waiter(route, req.id), CloseSession(req.session))
+        elif isinstance(req, WatchRequest | WatchCancelRequest):
+            self._watch(route, req)
+        elif isinstance(req, CompactRequest):
+            self._propose_indexed(_Waiter(route, req.id), CompactHistory(req.revision))
         else:
             self._write(route, req)
+
+    def _watch(self, route: Route, req: WatchRequest | WatchCancelRequest) -> None:
+        waiter = _Waiter(route, req.id)
+        if self.watches is None:
+            self._fail(waiter, "bad_request", "this node serves no watches")
+        elif isinstance(req, WatchCancelRequest):
+            gone = self.watches.cancel(route, req)
+            self._send(route, ClientResponse(id=req.id, ok=True, canceled=gone,
+                                             node=self.node_id))
+        else:
+            got = self.watches.start(route, req)
+            if isinstance(got, int):
+                self._send(route, ClientResponse(id=req.id, ok=True, created=True, revision=got,
+                                                 compacted=self.kv.compacted,
+                                                 node=self.node_id))
+            else:
+                if got[0] == "bad_request":
+                    self._on_bad(got[1])
+                self._fail(waiter, got[0], got[1], compacted=self.kv.compacted,
+                           revision=self.kv.revision)
 
     def refuse(self, route: Route, message: str, code: str = "bad_request") -> None:
         """Answer a frame that holds no request to handle (a bad batch)."""
@@ -403,6 +384,10 @@ class ClientApi:
                 op = Delete(key=req.key, prev=req.prev)
             elif isinstance(req, AppendRequest):
                 op = Append(key=req.key, value=req.value)
+            elif isinstance(req, DeleteRangeRequest):
+                op = DeleteRange(req.key, req.range_end, req.prefix)
+            elif isinstance(req, TxnRequest):
+                op = txn_of(req)
             else:
                 op = Cas(key=req.key, expected=req.expected, value=req.value)
         except ValueError as e:
@@ -455,15 +440,20 @@ class ClientApi:
             self._clock_since = now
         return self._clock_base_ms + int((now - self._clock_since) * 1000)
 
-    def _get(self, route: Route, req: GetRequest) -> None:
+    def _get(self, route: Route, req: ReadRequest) -> None:
         waiter = _Waiter(route, req.id)
         problem = key_problem(req.key)
+        if problem is None and isinstance(req, RangeRequest):
+            try:
+                req.span()
+            except ValueError as e:
+                problem = str(e)
         if problem is not None:
             self._on_bad(problem)
             self._fail(waiter, "bad_request", problem)
             return
         if req.stale:
-            self._answer_read(waiter, req.key)
+            self._answer_read(waiter, req)
             return
         full = self._no_space(False)
         if full is not None:
@@ -476,7 +466,7 @@ class ClientApi:
         except NotLeader:
             self._not_leader(waiter)
             return
-        self._reads[ctx] = (waiter, req.key)
+        self._reads[ctx] = (waiter, req)
 
     # --- what the runner reports back ---------------------------------------
 
@@ -489,6 +479,11 @@ class ClientApi:
             if waiting is not None and waiting[0] == term:
                 del self._by_index[index]
                 w = waiting[1]
+                if done.result.revision is not None:  # a compaction's
+                    self._send(w.route, ClientResponse(
+                        id=w.req_id, ok=True, revision=done.result.revision,
+                        compacted=self.kv.compacted, index=index, node=self.node_id))
+                    return
                 self._send(w.route, ClientResponse(
                     id=w.req_id, ok=True, session=done.session, index=index, node=self.node_id))
             return
@@ -499,9 +494,7 @@ class ClientApi:
         for w in waiters:
             self.counters.writes_acked += result.ok
             if result.ok:
-                self._send(w.route, ClientResponse(
-                    id=w.req_id, ok=True, value=result.value, index=done.index,
-                    node=self.node_id))
+                self._send(w.route, _written(w.req_id, result, done.index, self.node_id))
             else:
                 self._fail(w, result.error or "failed", None, value=result.value,
                            index=done.index)
@@ -542,10 +535,22 @@ class ClientApi:
 
     # --- replies ------------------------------------------------------------
 
-    def _answer_read(self, w: _Waiter, key: str) -> None:
+    def _answer_read(self, w: _Waiter, req: ReadRequest) -> None:
+        if isinstance(req, GetRequest):
+            self.counters.reads_served += 1
+            self._send(w.route, ClientResponse(
+                id=w.req_id, ok=True, value=self.kv.get(req.key), index=self.kv.applied_index,
+                node=self.node_id))
+            return
+        try:
+            got = read_range(self.kv.mvcc, req)
+        except RevisionError as e:
+            self._fail(w, e.code, str(e), compacted=e.compacted, revision=self.kv.revision)
+            return
         self.counters.reads_served += 1
         self._send(w.route, ClientResponse(
-            id=w.req_id, ok=True, value=self.kv.get(key), index=self.kv.applied_index,
+            id=w.req_id, ok=True, kvs=kvs_of(got, req.keys_only), count=got.count,
+            more=got.more, revision=self.kv.revision, index=self.kv.applied_index,
             node=self.node_id))
 
     def _leader_hint(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ outcome it cannot know as unknown.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +29,18 @@ from node.api import (
     WriteRequest,
     decode_responses,
 )
+from node.api_range import (
+    CompactRequest,
+    DeleteRangeRequest,
+    RangeRequest,
+    TxnCompare,
+    TxnItem,
+    TxnRequest,
+    WatchCancelRequest,
+    WatchEvent,
+    WatchRequest,
+)
+from node.state.sessions import KV, OpResult
 from node.transport.zmq import CurveKeys, make_client_socket
 
 _encoder = msgspec.msgpack.Encoder()
@@ -73,12 +86,43 @@ class Unavailable(ClientError):
     """No node answered in time, and the request certainly had no effect."""
 
 
+class Compacted(ClientError):
+    """The revision asked for was compacted away: `compacted` is the oldest
+    one the cluster still keeps (docs/PROTOCOL.md, "Revisions")."""
+
+    def __init__(self, message: str, compacted: int) -> None:
+        super().__init__("compacted", message)
+        self.compacted = compacted
+
+
 @dataclass(frozen=True)
 class WriteResult:
     ok: bool
     value: bytes | None  # previous value (put/delete with prev) or current one (failed cas)
     index: int | None  # where the write was applied (a retry's: where it first was)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """The keys of a range in key order (`more`: a limit left some out), how
+    many the range holds, and the store's revision when it was read."""
+
+    kvs: list[KV]
+    count: int
+    more: bool
+    revision: int
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """Whether the compares held, what each operation of the branch that
+    ran answered, the store's revision after it, and its log index."""
+
+    succeeded: bool
+    responses: list[OpResult]
+    revision: int
+    index: int | None
 
 
 @dataclass
@@ -142,6 +186,59 @@ class Client:
         """Add `value` to the end of `key`'s value."""
         return self._write(lambda s, q: AppendRequest(session=s, seq=q, key=key, value=value))
 
+    def delete_range(self, key: str, range_end: str | None = None, *,
+                     prefix: bool = False) -> tuple[int, int]:
+        """Delete the keys from `key` up to `range_end` (or starting with
+        `key`, with `prefix`); how many went, and the revision after."""
+        resp = self._write_resp(lambda s, q: DeleteRangeRequest(
+            session=s, seq=q, key=key, range_end=range_end, prefix=prefix))
+        _raise_failed(resp)
+        return resp.deleted or 0, resp.revision or 0
+
+    def txn(self, compare: Sequence[TxnCompare], success: Sequence[TxnItem] = (),
+            failure: Sequence[TxnItem] = ()) -> TxnResult:
+        """If every compare holds, run `success`, else `failure`, atomically
+        (docs/PROTOCOL.md, "Transactions")."""
+        resp = self._write_resp(lambda s, q: TxnRequest(
+            session=s, seq=q, compare=list(compare), success=list(success),
+            failure=list(failure)))
+        _raise_failed(resp)
+        return TxnResult(bool(resp.succeeded), resp.responses or [], resp.revision or 0,
+                         resp.index)
+
+    def range(self, key: str, range_end: str | None = None, *, prefix: bool = False,
+              revision: int = 0, limit: int = 0, keys_only: bool = False,
+              count_only: bool = False, stale: bool = False,
+              node: str | None = None) -> RangeResult:
+        """Read a key or a range at `revision` (0: now): linearizable, or
+        with `stale` from `node` (or any node). Raises Compacted."""
+        req = RangeRequest(key=key, range_end=range_end, prefix=prefix, revision=revision,
+                           limit=limit, keys_only=keys_only, count_only=count_only, stale=stale)
+        resp = self._call(req, prefer=node, write=False).resp
+        _raise_failed(resp)
+        return RangeResult(resp.kvs or [], resp.count or 0, bool(resp.more), resp.revision or 0)
+
+    def compact(self, revision: int) -> int:
+        """Forget the history before `revision` on every replica; the oldest
+        revision kept after it."""
+        resp = self._call(CompactRequest(revision=revision), prefer=None, write=True).resp
+        _raise_failed(resp)
+        return resp.compacted or 0
+
+    def watch(self, key: str, range_end: str | None = None, *, prefix: bool = False,
+              start_revision: int = 0, once: bool = False, progress: bool = False,
+              node: str | None = None) -> Watch:
+        """Every change of `key` (or the range, or the prefix) from
+        `start_revision` (0: from the next change) on, as an iterator of
+        events in revision order (docs/PROTOCOL.md, "Watches"). It follows
+        the cluster across node deaths, resuming after the last revision it
+        delivered; with `progress`, it also yields `progress` events saying
+        how far it is current. `node`: the node to watch from first."""
+        return Watch(self, WatchRequest(key=key, range_end=range_end, prefix=prefix,
+                                        start_revision=start_revision, once=once,
+                                        progress_ms=WATCH_PROGRESS_MS),
+                     progress=progress, node=node)
+
     def get(self, key: str, *, stale: bool = False, node: str | None = None) -> bytes | None:
         """A linearizable read (from the leader), or with `stale` the local
         value of `node` (or any node)."""
@@ -194,6 +291,12 @@ class Client:
     # --- the retry loop -----------------------------------------------------
 
     def _write(self, make: Callable[[int, int], WriteRequest]) -> WriteResult:
+        resp = self._write_resp(make)
+        if resp.ok:
+            return WriteResult(True, resp.value, resp.index)
+        return WriteResult(False, resp.value, resp.index, resp.error)
+
+    def _write_resp(self, make: Callable[[int, int], WriteRequest]) -> ClientResponse:
         for _ in range(2):
             session = self.open_session()
             self.seq += 1
@@ -208,9 +311,7 @@ class Client:
                         "unknown", "the session expired while the write was retried; "
                         "an earlier attempt may or may not have been applied")
                 continue  # certainly not applied: once more in a new session
-            if resp.ok:
-                return WriteResult(True, resp.value, resp.index)
-            return WriteResult(False, resp.value, resp.index, resp.error)
+            return resp
         raise ClientError("session_expired", "the cluster expired two new sessions in a row")
 
     def _call(
@@ -238,7 +339,8 @@ class Client:
             if resp is not None and resp.error in _NOT_PROPOSED:
                 unsure.discard(resp.id)
             if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
-                if resp.node and (write or (isinstance(req, GetRequest) and not req.stale)):
+                if resp.node and (write or (isinstance(req, GetRequest | RangeRequest)
+                                            and not req.stale)):
                     # Only the leader acknowledges writes and linearizable
                     # reads: remember it, so the next request goes straight there.
                     self.leader = resp.node
@@ -275,6 +377,7 @@ class Client:
                 f"({last_error}); it may or may not have been applied")
         raise Unavailable(
             "unavailable", f"no node answered within {self.timeout_s:.1f}s ({last_error})")
+
     def _sock(self, node: str) -> zmq.Socket[bytes]:
         s = self._socks.get(node)
         if s is None:
@@ -301,3 +404,191 @@ class Client:
                 for resp in drain_responses(s):
                     if resp.id in ids:
                         return resp
+
+
+def _raise_failed(resp: ClientResponse) -> None:
+    """Raise what a failed answer of the revisioned requests means."""
+    if resp.ok:
+        return
+    message = resp.message or resp.error or "failed"
+    if resp.error == "compacted":
+        raise Compacted(message, resp.compacted or 0)
+    raise ClientError(resp.error or "failed", message)
+
+
+# A watch asks its node for a progress notification after this long idle,
+# and takes a node silent for WATCH_SILENT_FACTOR times as long for dead.
+WATCH_PROGRESS_MS = 500
+WATCH_SILENT_FACTOR = 4
+# Frames of events a watch's socket reads ahead of its caller (each up to
+# about 256 KiB): a caller slower than the cluster pushes back on its node.
+WATCH_RECEIVE_FRAMES = 16
+
+
+class Watch:
+    """One watch, as an iterator of `WatchEvent`s (docs/PROTOCOL.md,
+    "Watches"), on a socket of its own. `revision` is how far it is
+    current: every change through it was delivered. When its node dies or
+    goes silent it watches again from another node, from `revision` + 1, so
+    nothing is missed or repeated. Raises Compacted when the history it
+    needs is gone, ClientError when the node cancels it (a slow watcher),
+    Unavailable when no node serves it within the client's timeout."""
+
+    def __init__(self, client: Client, req: WatchRequest, *, progress: bool,
+                 node: str | None) -> None:
+        self._client = client
+        self._req = req
+        self._progress = progress
+        self._order = list(client._order)
+        if node is not None and node in self._order:
+            self._order.remove(node)
+            self._order.insert(0, node)
+        self._at = 0
+        self.revision = req.start_revision - 1 if req.start_revision else -1
+        self.node: str | None = None
+        self.resumes = 0
+        self._sock: zmq.Socket[bytes] | None = None
+        self._ids = itertools.count(1)
+        self._wid = 0
+        self._done = False
+        # Events of revision `revision` + 1 already yielded: a frame may be
+        # left half read, and the next watch skips those (every replica
+        # holds the changes of a revision in the same order).
+        self._partial = 0
+        self._move_to: str | None = None
+
+    def reconnect(self, node: str | None = None) -> None:
+        """Watch from `node` (or the next one) from where the caller is:
+        the iteration goes on there, without a gap or a repeat."""
+        self._move_to = node or ""
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        try:
+            while not self._done:
+                if self._sock is None:
+                    self._open()
+                yield from self._receive()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the watch (best effort) and close its socket."""
+        if self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.send(_encoder.encode(WatchCancelRequest(id=next(self._ids),
+                                                                   watch=self._wid)),
+                                zmq.NOBLOCK)
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        """Open the watch on a node, from the revision after the last one
+        delivered, trying the nodes in turn until the client's timeout."""
+        cl = self._client
+        deadline = time.monotonic() + cl.timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            node = self._order[self._at % len(self._order)]
+            self._at += 1
+            if self._move_to:
+                node, self._move_to = self._move_to, None
+            sock = make_client_socket(cl._ctx, cl.nodes[node], cl.keys,
+                                      stream_frames=WATCH_RECEIVE_FRAMES)
+            self._wid = next(self._ids)
+            start = self.revision + 1 if self.revision >= 0 else 0
+            try:
+                sock.send(_encoder.encode(msgspec.structs.replace(
+                    self._req, id=self._wid, start_revision=start)), zmq.NOBLOCK)
+            except zmq.Again:
+                sock.close(linger=0)
+                last = f"{node} not connected"
+                continue
+            resp = _first_answer(sock, self._wid, min(deadline, time.monotonic()
+                                                     + cl.attempt_timeout_s))
+            if resp is not None and resp.ok and resp.created:
+                self._sock, self.node = sock, node
+                if self.revision < 0:
+                    self.revision = resp.revision or 0
+                return
+            sock.close(linger=0)
+            if resp is None:
+                continue
+            _raise_failed(resp)
+            last = resp.error or last
+        raise Unavailable("unavailable", f"no node opened the watch within "
+                                         f"{cl.timeout_s:.1f}s ({last})")
+
+    def _receive(self) -> Iterator[WatchEvent]:
+        """Events until the watch ends or its node goes silent (then the
+        socket is closed, and the caller opens the watch elsewhere)."""
+        sock = self._sock
+        assert sock is not None
+        silent_ms = WATCH_PROGRESS_MS * WATCH_SILENT_FACTOR
+        while True:
+            if not sock.poll(silent_ms):
+                sock.close(linger=0)
+                self._sock = None
+                self.resumes += 1
+                return
+            for resp in drain_responses(sock):
+                if resp.id != self._wid:
+                    continue
+                if not resp.ok:
+                    self._done = True
+                    _raise_failed(resp)
+                events = resp.events or []
+                skip = self._partial
+                for ev in events:
+                    if ev.revision <= self.revision:
+                        continue
+                    if ev.revision > self.revision + 1:
+                        # Every change of the revisions before it was yielded.
+                        self.revision, self._partial, skip = ev.revision - 1, 0, 0
+                    if skip:
+                        skip -= 1
+                        continue
+                    self._partial += 1
+                    yield ev
+                    if self._move_to is not None:
+                        self._move(sock)
+                        return
+                if resp.revision is not None and resp.revision > self.revision:
+                    self.revision, self._partial = resp.revision, 0
+                if not events and not resp.canceled and self._progress:
+                    yield WatchEvent("progress", "", self.revision)
+                if self._move_to is not None:
+                    self._move(sock)
+                    return
+                if resp.canceled:
+                    self._done = True
+                    return
+
+
+    def _move(self, sock: zmq.Socket[bytes]) -> None:
+        """Leave this node (reconnect): the next turn of the iteration opens
+        the watch again where `_move_to` says."""
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send(_encoder.encode(WatchCancelRequest(id=next(self._ids), watch=self._wid)),
+                      zmq.NOBLOCK)
+        sock.close(linger=0)
+        self._sock = None
+        self.resumes += 1
+        if self._move_to == "":
+            self._move_to = None
+
+
+def _first_answer(sock: zmq.Socket[bytes], wid: int, until: float) -> ClientResponse | None:
+    """The answer to request `wid` on `sock`, or None by `until`."""
+    while True:
+        left = until - time.monotonic()
+        if left <= 0 or not sock.poll(max(1, int(left * 1000))):
+            return None
+        for resp in drain_responses(sock):
+            if resp.id == wid:
+                return resp

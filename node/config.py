@@ -63,6 +63,19 @@ CLIENT_QUEUE_FRAMES = 16
 # its answers for CLIENT_STUCK_TIMEOUT_MS loses them.
 CLIENT_TURN_REPLY_BYTES = 8 * 1024 * 1024
 CLIENT_STUCK_TIMEOUT_MS = 1_000
+# Watches (node/watch.py). A watch costs the node a cursor into the history,
+# not a buffer: its events are read from the history when its connection can
+# take them. One that falls WATCH_MAX_LAG_REVISIONS behind the store is
+# cancelled (`slow_watcher`), as is one whose cursor was compacted away. A
+# frame of events holds whole revisions, about WATCH_FRAME_BYTES; serving
+# watches takes at most WATCH_TURN_BUDGET_MS of a loop turn (the rest waits
+# for the next turn). A watch that sent nothing for WATCH_KEEPALIVE_MS gets a
+# progress notification, by which a connection that went away is found.
+WATCH_MAX_WATCHES = 10_000
+WATCH_MAX_LAG_REVISIONS = 50_000
+WATCH_FRAME_BYTES = 256 * 1024
+WATCH_TURN_BUDGET_MS = 5
+WATCH_KEEPALIVE_MS = 10_000
 
 # Peer transport (node/transport/zmq.py). A cut link must lose messages rather
 # than deliver them late in a burst: queues are short, and a silent connection
@@ -124,6 +137,18 @@ MAX_VALUE_BYTES = 1024 * 1024
 SESSION_TIMEOUT_MS = 10 * 60 * 1000
 MAX_SESSIONS = 16_384
 MAX_OUTSTANDING_PER_SESSION = 1024
+# Revisions (node/state/mvcc.py): the history of changes kept for reads at a
+# past revision and watches from one. Past either bound the oldest revisions
+# are compacted away, on every replica alike: HISTORY_REVISIONS is 10 s of
+# writes at the cluster's fastest (docs/STORAGE.md, "Memory"), so a watcher
+# that reconnects after a node's death resumes where it was.
+HISTORY_REVISIONS = 100_000
+HISTORY_MAX_BYTES = 64 * 1024 * 1024
+# A transaction holds at most this many compares and operations (etcd's
+# default --max-txn-ops), and what its reads answer is cut at this many bytes
+# of keys and values (its answer is kept in its session for retries).
+MAX_TXN_OPS = 128
+MAX_TXN_ANSWER_BYTES = 1024 * 1024
 # A snapshot image is encoded in chunks of about this size so that a thread
 # encoding it releases the interpreter lock between chunks.
 KV_IMAGE_CHUNK_BYTES = 256 * 1024
@@ -253,6 +278,12 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     # applies them, so they are the cluster's, fixed for its life.
     session_timeout_ms: int = SESSION_TIMEOUT_MS
     max_sessions: int = MAX_SESSIONS
+    # History of revisions kept (node/state/mvcc.py): rules of the state too.
+    history_revisions: int = HISTORY_REVISIONS
+    history_max_bytes: int = HISTORY_MAX_BYTES
+    # A watcher this many revisions behind is cancelled (node/watch.py); each
+    # node's own, unlike the history bounds.
+    watch_max_lag_revisions: int = WATCH_MAX_LAG_REVISIONS
     # Kernel mode (raftctl/netns.py), one of NETNS_MODES; "" is off. Set by
     # `raftctl up --netns`, which also sets the nodes' addresses. Run
     # directories from before the sandbox mode hold a bool: false is "",
@@ -330,6 +361,12 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("session_timeout_ms: must be at least 1")
         if self.max_sessions < 1:
             out.append("max_sessions: must be at least 1")
+        if self.history_revisions < 1:
+            out.append("history_revisions: must be at least 1")
+        if self.history_max_bytes < 1:
+            out.append("history_max_bytes: must be at least 1")
+        if self.watch_max_lag_revisions < 1:
+            out.append("watch_max_lag_revisions: must be at least 1")
         if not UDP_MIN_DATAGRAM_BYTES <= self.udp_max_datagram_bytes <= UDP_MAX_IPV4_DATAGRAM_BYTES:
             out.append(f"udp_max_datagram_bytes: {self.udp_max_datagram_bytes} is not between "
                        f"{UDP_MIN_DATAGRAM_BYTES} and {UDP_MAX_IPV4_DATAGRAM_BYTES}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-from node.api import batch_bounds, join_batch
+from node.batches import batch_bounds, join_batch
 from node.config import CLIENT_BATCH_MAX_BYTES, CLIENT_STUCK_TIMEOUT_MS, CLIENT_TURN_REPLY_BYTES
 
 
@@ -51,6 +51,24 @@ class ClientReplies:
             self._send([*route, data])
             return
         self._outbox.setdefault(route[0], []).append(data)
+
+    def push(self, route: list[bytes], data: bytes) -> bool | None:
+        """Send one frame now if the connection's queue takes it: True if
+        sent, False if it is full or holds answers still (try later; nothing
+        was kept), None if the client went away. Watches stream so
+        (node/watch.py): what a slow reader has not taken stays in the
+        history, not here, and never counts against `congested`."""
+        if len(route) != 1 or route[0] in self._held or route[0] in self._outbox:
+            return False
+        try:
+            self._sock.send_multipart([route[0], data], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            return None
+        return True
 
     def congested(self) -> bool:
         """Enough answers wait that no new request should be taken now."""

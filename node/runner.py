@@ -53,6 +53,7 @@ from node.transport.base import PeerTransport
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
 from node.transport.udp import UdpTransport, udp_core_limits, udp_mac_key
 from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read_keys
+from node.watch import WatchHub
 
 # The time budgets of one loop turn are beside the work they bound
 # (node/runner_clients.py, node/runner_disk.py). After a stall (SIGSTOP, a
@@ -141,7 +142,10 @@ class NodeRunner(ClientHandling, DiskHandling):
             self.log.warning("unsafe_bugs_enabled", bugs=sorted(self.unsafe_bugs),
                              detail="this node breaks its guarantees on purpose, for tests only")
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
-                          max_sessions=self.cfg.max_sessions, unsafe_bugs=self.unsafe_bugs)
+                          max_sessions=self.cfg.max_sessions,
+                          history_revisions=self.cfg.history_revisions,
+                          history_max_bytes=self.cfg.history_max_bytes,
+                          unsafe_bugs=self.unsafe_bugs)
         snap = self.storage.snapshot()
         if snap.meta.index > 0:
             self.kv.restore(snap.data)
@@ -187,10 +191,12 @@ class NodeRunner(ClientHandling, DiskHandling):
         self._replies = ClientReplies(self.client_sock)
         self._poller = zmq.Poller()
         self._watching_clients = True
+        self.watches = WatchHub(node_id, self.kv, self._replies.push,
+                                max_lag_revisions=self.cfg.watch_max_lag_revisions)
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
             self._client_addrs, self._bad_request, max_command,
-            no_space=self._no_space)
+            no_space=self._no_space, watches=self.watches)
         # Requests of a batch frame that the client drain's time budget left
         # for the next turns, in order, ahead of any new frame.
         self._client_backlog: collections.deque[
@@ -278,6 +284,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                     self._tick(min(behind, _MAX_CATCHUP_TICKS))
                     next_tick += behind * tick_s
                 self._handle_ready()
+                self.watches.serve()
                 self._flush_replies()
                 self._check_snapshot_job()
                 self._answer_deferred_control()
@@ -435,6 +442,7 @@ class NodeRunner(ClientHandling, DiskHandling):
             "unsafe_bugs": sorted(self.unsafe_bugs),
             "keys": len(self.kv),
             "sessions": len(self.kv.sessions),
+            "revision": self.kv.revision, "compacted": self.kv.compacted,
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
             "disk": {**self.disk.status(), "log_lines_dropped": self._log_lines_dropped()},
@@ -449,6 +457,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                 "reads_served": self.api.counters.reads_served,
                 "client_errors": dict(self.api.counters.by_error),
                 "client_replies": self._replies.stats(),
+                "watches": self.watches.stats(),
                 "transport": tstats,
             },
         }

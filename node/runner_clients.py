@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, cast
 
 import zmq
 
-from node.api import ClientApi, ClientRequest, RequestRefused, is_batch, split_batch
+from node.api import ClientApi, ClientRequest, RequestRefused
+from node.batches import is_batch, split_batch
 from node.control import handle_control
 from node.replies import ClientReplies
 

@@ -1,4 +1,4 @@
-"""CLI commands `raftctl bench write|failover|up`: thin; they parse, call one
+"""CLI commands `raftctl bench write|failover|up|txn|watch`: thin; they parse, call one
 function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import click
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from raftctl import render
 from raftctl.bench.failover import bench_failover
+from raftctl.bench.revisions import TxnReport, WatchReport, bench_txn, bench_watch
 from raftctl.bench.runs import (
     FailoverReport,
     FailoverTrial,
@@ -280,3 +282,71 @@ def up_table(r: UpReport) -> Table:
     t.add_row("median", "", _fmt(r.first_write_ms.median, ""))
     t.add_row("worst", "", _fmt(r.first_write_ms.worst, ""))
     return t
+
+
+@bench.command("txn")
+@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Client threads, each with its own session, one transaction at a time.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds of load.")
+@json_option("Print JSON (schema above).")
+@click.pass_context
+def txn(ctx: click.Context, clients: int, duration_s: float, as_json: bool) -> None:
+    """Transactions a second: each client runs `if version(k) = v then put k,
+    put k2 else get k` on keys of its own, without pause.
+
+    \b
+    --json prints one object:
+      mode ("txn"), cluster, nodes, clients, duration_s, txns,
+      failed_compares, errors, txns_per_s, latency_ms {p50, p90, p99, max, mean}.
+    """
+    r: TxnReport = _run(lambda: bench_txn(_cluster(ctx), clients=clients,
+                                          duration_s=duration_s))
+    if as_json:
+        click.echo(render.dumps(msgspec.to_builtins(r)))
+        return
+    t = Table(title=f"bench txn: cluster {r.cluster}, {r.nodes} nodes, {r.clients} clients, "
+              f"{r.duration_s:g} s", title_justify="left", show_header=False)
+    t.add_row("transactions/s", f"{r.txns_per_s:,.1f}")
+    t.add_row("latency p50 / p99", f"{r.latency_ms.p50:.2f} / {r.latency_ms.p99:.2f} ms")
+    t.add_row("transactions", f"{r.txns:,} ({r.failed_compares} compares failed, "
+              f"{r.errors} errors)")
+    render.console().print(t)
+
+
+@bench.command("watch")
+@click.option("--watchers", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Watchers of one prefix, spread over the nodes (followers too).")
+@click.option("--writers", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Client threads putting keys under the prefix.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds of writes.")
+@json_option("Print JSON (schema above).")
+@click.pass_context
+def watch(ctx: click.Context, watchers: int, writers: int, duration_s: float,
+          as_json: bool) -> None:
+    """Watch events a second delivered to WATCHERS watchers of one prefix
+    while WRITERS clients put keys under it; every watcher must get every
+    change (exit 1 if one did not within 30 s after the writes).
+
+    \b
+    --json prints one object:
+      mode ("watch"), cluster, nodes, watchers, writers, duration_s, writes,
+      writes_per_s, events, events_expected, events_per_s, delivery_s,
+      complete, errors.
+    """
+    r: WatchReport = _run(lambda: bench_watch(_cluster(ctx), watchers=watchers,
+                                              writers=writers, duration_s=duration_s))
+    if as_json:
+        click.echo(render.dumps(msgspec.to_builtins(r)))
+    else:
+        t = Table(title=f"bench watch: cluster {r.cluster}, {r.nodes} nodes, {r.watchers} "
+                  f"watchers, {r.writers} writers, {r.duration_s:g} s",
+                  title_justify="left", show_header=False)
+        t.add_row("events/s delivered (all watchers)", f"{r.events_per_s:,.1f}")
+        t.add_row("writes/s", f"{r.writes_per_s:,.1f}")
+        t.add_row("events", f"{r.events:,} of {r.events_expected:,} in {r.delivery_s:.2f} s")
+        render.console().print(t)
+    if not r.complete:
+        raise CliError(f"the watchers got {r.events:,} of {r.events_expected:,} events; "
+                       "a watcher fell behind or was cancelled (slow_watcher)")

@@ -16,7 +16,15 @@ from typing import Any
 import click
 
 from node.client import ClientError
-from raftctl import explain_cmd, faults_cmd, kv_cmd, logs_cmd, process_cmd, render
+from raftctl import (
+    explain_cmd,
+    faults_cmd,
+    kv_cmd,
+    logs_cmd,
+    process_cmd,
+    render,
+    watch_cmd,
+)
 from raftctl.cluster import (
     CLUSTER_ENV,
     DEFAULT_CLUSTER,
@@ -567,6 +575,7 @@ def transfer(ctx: click.Context, node: str, wait_s: float, as_json: bool) -> Non
 
 process_cmd.register(main)
 kv_cmd.register(main)
+main.add_command(watch_cmd.watch_key)
 main.add_command(logs_cmd.logs)
 main.add_command(explain_cmd.explain)
 faults_cmd.register(main)

@@ -138,3 +138,35 @@ def test_stamps_are_what_expire_sessions() -> None:
     assert [(r.id, r.error) for r in t.sent] == [(4, "session_expired")]
     assert t.kv.get("k") is None
     assert isinstance(decode_command(t.core.log[-1][1]), Command)
+
+
+def test_a_transaction_is_one_entry_answered_with_each_operation() -> None:
+    """A txn request becomes one log entry; its answer carries whether the
+    compares held, the revision and each operation's result."""
+    t = _Api()
+    t.request(op="register", id=1)
+    t.apply_log()
+    sid = t.sent.pop().session
+    t.request(op="txn", id=2, session=sid, seq=1,
+              compare=[{"key": "k", "target": "version", "cmp": "=", "value": 0}],
+              success=[{"op": "put", "key": "k", "value": b"v"},
+                       {"op": "range", "key": "k"}])
+    assert len(t.core.log) == 2
+    t.apply_log()
+    r = t.sent.pop()
+    assert r.ok and r.succeeded and r.revision == 2 and r.responses is not None
+    assert [x.op for x in r.responses] == ["put", "range"]
+    assert r.responses[1].kvs is not None and r.responses[1].kvs[0].value == b"v"
+
+
+def test_oversized_or_contradictory_transactions_are_refused_unproposed() -> None:
+    """More than MAX_TXN_OPS items, or a branch that writes a key twice, is
+    a bad_request before anything enters the log."""
+    t = _Api()
+    many = [{"op": "put", "key": f"k{i}", "value": b""} for i in range(129)]
+    t.request(op="txn", id=3, session=1, seq=1, success=many)
+    t.request(op="txn", id=4, session=1, seq=2,
+              success=[{"op": "put", "key": "k", "value": b""},
+                       {"op": "delete", "key": "", "prefix": True}])
+    assert [(r.id, r.error) for r in t.sent] == [(3, "bad_request"), (4, "bad_request")]
+    assert "puts and deletes" in (t.sent[1].message or "") and not t.core.log

@@ -293,7 +293,7 @@ _ITEM_VALUES = st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=20)
 def test_a_batch_frame_is_the_msgpack_array_of_its_items(items: list[dict[str, Any]]) -> None:
     """join_batch of encoded items is exactly their MessagePack array and
     is recognised as a batch."""
-    from node.api import is_batch, join_batch
+    from node.batches import is_batch, join_batch
 
     encoded = [msgspec.msgpack.encode(i) for i in items]
     frame = join_batch(encoded)
@@ -310,7 +310,8 @@ _REQUESTS = st.lists(st.fixed_dictionaries({
 def test_split_batch_gives_each_request_back(items: list[dict[str, Any]]) -> None:
     """split_batch of a batch of requests gives them back in order: decoded
     when all are valid, else as the bytes of each, to be refused one by one."""
-    from node.api import GetRequest, join_batch, split_batch
+    from node.api import GetRequest
+    from node.batches import join_batch, split_batch
 
     items = [{k: v for k, v in i.items() if k != "key" or i["op"] == "get"} for i in items]
     encoded = [msgspec.msgpack.encode(i) for i in items]
@@ -326,7 +327,7 @@ def test_split_batch_gives_each_request_back(items: list[dict[str, Any]]) -> Non
 
 def test_a_single_request_is_not_a_batch_and_a_torn_batch_is_refused() -> None:
     """A map is one request, not a batch; an array cut short raises ValueError."""
-    from node.api import is_batch, split_batch
+    from node.batches import is_batch, split_batch
 
     assert not is_batch(msgspec.msgpack.encode({"op": "ping", "id": 1}))
     assert not is_batch(b"")
@@ -354,7 +355,7 @@ def test_log_entries_are_not_tracked_by_the_garbage_collector() -> None:
 def test_batches_stay_under_the_frame_limit(sizes: list[int], limit: int) -> None:
     """batch_bounds covers every item once, in order, and no batch of more
     than one item exceeds the limit (a node drops a frame over its limit)."""
-    from node.api import batch_bounds
+    from node.batches import batch_bounds
 
     bounds = batch_bounds(sizes, limit)
     assert [i for a, b in bounds for i in range(a, b)] == list(range(len(sizes)))

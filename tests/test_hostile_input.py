@@ -18,7 +18,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.api import RequestRefused, is_batch, split_batch
+from node.api import RequestRefused
+from node.batches import is_batch, split_batch
 from node.config import MAX_MESSAGE_BYTES
 from node.control import DigestRequest
 from node.transport.auth import generate_keys

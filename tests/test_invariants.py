@@ -16,11 +16,13 @@ from chaos.invariants import (
     LINEARIZABILITY,
     LOG_MATCHING,
     QUORUM,
+    REVISIONS,
     STATE_MACHINE_SAFETY,
     TERM_MONOTONIC,
     NodeState,
     NodeSummary,
     RaftInvariants,
+    RevisionView,
     Violation,
 )
 from chaos.sim import Simulation
@@ -461,3 +463,16 @@ def test_reads_with_the_quorum_round_stay_linearizable() -> None:
     """The same schedule with the real ReadIndex breaks nothing."""
     for seed in range(3):
         assert _stale_leader_read(seed) == []
+
+
+def test_replicas_whose_revisions_differ_at_one_index_are_a_violation() -> None:
+    """Two replicas at one applied index with different key revisions break
+    the revisions check; the same view from another replica does not."""
+    inv = RaftInvariants()
+    view = RevisionView(5, 2, (("a", 2, 5, 3),), ((4, "a", False), (5, "a", False)))
+    assert inv.observe_revisions(1, "n1", 9, view) == []
+    assert inv.observe_revisions(2, "n2", 9, view) == []
+    other = RevisionView(5, 2, (("a", 2, 4, 3),), view.history)
+    found = inv.observe_revisions(3, "n3", 9, other)
+    assert [v.check for v in found] == [REVISIONS]
+    assert "('a', 2, 5, 3)" in found[0].detail

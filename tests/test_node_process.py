@@ -12,7 +12,8 @@ import msgspec
 import pytest
 import zmq
 
-from node.api import ClientResponse, PutRequest, RegisterRequest, decode_responses, join_batch
+from node.api import ClientResponse, PutRequest, RegisterRequest, decode_responses
+from node.batches import join_batch
 from node.client import ClientError
 from node.config import ELECTION_TICKS, MAX_BATCH_REQUESTS, TICK_MS
 from node.transport.zmq import make_client_socket

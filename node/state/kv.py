@@ -1,5 +1,6 @@
-"""The key-value state machine applied from committed log entries, its commands,
-client sessions (exactly-once) and snapshot images.
+"""The key-value state machine applied from committed log entries: its
+commands, client sessions (exactly-once), and the revisioned data they change
+(node/state/mvcc.py, run by node/state/txn.py). Images: node/state/image.py.
 
 No I/O, clocks or randomness: every replica that applies the same entries
 reaches the same state, byte for byte.
@@ -7,35 +8,45 @@ reaches the same state, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import struct
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from node.config import (
-    KV_IMAGE_CHUNK_BYTES,
-    MAX_KEY_BYTES,
+    HISTORY_MAX_BYTES,
+    HISTORY_REVISIONS,
     MAX_OUTSTANDING_PER_SESSION,
     MAX_SESSIONS,
-    MAX_VALUE_BYTES,
     SESSION_TIMEOUT_MS,
 )
 from node.raft.messages import U64
-from node.state.sessions import Answer, Result, SessionImage, SessionTable, check_images
+from node.state.image import (
+    ImageError,
+    KVImage,
+    decode_image,
+    encode_image,
+    freeze,
+    image_digest,
+    thaw,
+)
+from node.state.index import prefix_end
+from node.state.mvcc import Mvcc
+from node.state.ops import Append, Cas, Delete, DeleteRange, Key, Op, Put, Txn, Value
+from node.state.sessions import Answer, Result, SessionTable
+from node.state.txn import CAS_FAILED, VALUE_TOO_LARGE, execute
+
+__all__ = [
+    "CAS_FAILED", "VALUE_TOO_LARGE", "Append", "Cas", "Delete", "DeleteRange", "ImageError",
+    "KVImage", "Key", "Op", "Put", "Txn", "Value", "decode_image", "encode_image", "image_digest",
+]
 
 # Codes in `Result.error`; clients match on them, so they never change.
 BAD_COMMAND = "bad_command"
 STALE_SEQUENCE = "stale_sequence"
-CAS_FAILED = "cas_failed"
 SESSION_EXPIRED = "session_expired"
 SEQUENCE_REUSED = "sequence_reused"
 TOO_MANY_OUTSTANDING = "too_many_outstanding"
-VALUE_TOO_LARGE = "too_large"
 
 # Test-only switches that put old bugs back, so that `chaos run` can prove it
 # finds them (docs/CHAOS.md, "Proving the runner finds bugs"). Never on unless
@@ -57,79 +68,8 @@ def parse_unsafe_bugs(text: str) -> frozenset[str]:
                          f"{', '.join(UNSAFE_BUGS)} (unset {UNSAFE_BUGS_ENV} to run safely)")
     return bugs
 
-# A key is at most MAX_KEY_BYTES of UTF-8; a character is at least one byte, so
-# the decoder can reject longer strings before `_check_key` counts bytes.
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
-Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
-
-
-def _check_key(key: str) -> None:
-    # 4 bytes is the longest UTF-8 character: shorter keys need no encoding.
-    if not key or (len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES):
-        raise ValueError(f"a key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8")
-
-
-def _check_value(value: bytes) -> None:
-    if len(value) > MAX_VALUE_BYTES:
-        raise ValueError(f"a value must be at most {MAX_VALUE_BYTES} bytes")
-
 
 # --- commands ---------------------------------------------------------------
-
-
-class Put(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="put"):
-    """Set `key` to `value`; with `prev`, answer the value it replaced."""
-
-    key: Key
-    value: Value
-    prev: bool = False
-
-    def __post_init__(self) -> None:
-        # Inline: run for every write at its proposal and at every replica's apply.
-        if len(self.key) * 4 > MAX_KEY_BYTES or not self.key:
-            _check_key(self.key)
-        if len(self.value) > MAX_VALUE_BYTES:
-            _check_value(self.value)
-
-
-class Delete(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="delete"):
-    """Remove `key` (absent is fine); with `prev`, answer the value it had."""
-
-    key: Key
-    prev: bool = False
-
-    def __post_init__(self) -> None:
-        _check_key(self.key)
-
-
-class Cas(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="cas"):
-    """Set `key` to `value` only if it now holds `expected` (None: is absent)."""
-
-    key: Key
-    expected: Value | None
-    value: Value
-
-    def __post_init__(self) -> None:
-        _check_key(self.key)
-        _check_value(self.value)
-        if self.expected is not None:
-            _check_value(self.expected)
-
-
-class Append(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="append"):
-    """Add `value` to the end of `key`'s value (absent: empty). Not
-    idempotent, so a write applied twice shows: what the set workload of
-    `chaos run` relies on."""
-
-    key: Key
-    value: Value
-
-    def __post_init__(self) -> None:
-        _check_key(self.key)
-        _check_value(self.value)
-
-
-Op = Put | Delete | Cas | Append
 
 
 class Write(msgspec.Struct, frozen=True, array_like=True, tag="w"):
@@ -153,16 +93,33 @@ class CloseSession(msgspec.Struct, frozen=True, array_like=True, tag="c"):
     session: U64
 
 
-Body = Write | RegisterSession | CloseSession
+class CompactHistory(msgspec.Struct, frozen=True, array_like=True, tag="k"):
+    """Forget the history before `revision` (node/state/mvcc.py). Needs no
+    session: compacting again to where it already is changes nothing."""
+
+    revision: U64
+
+
+Body = Write | RegisterSession | CloseSession | CompactHistory
+
+# The era of the commands this version writes. Revisions begin, on every
+# replica alike, at the first command of this era a store applies: a store
+# restored from an image of an earlier version, or replaying entries an
+# earlier version wrote, holds keys whose revisions nobody knows, and where a
+# replica's snapshot was taken decides which those are. The first entry
+# written by this version is the same on every replica (docs/STORAGE.md).
+ERA = 1
 
 
 class Command(msgspec.Struct, frozen=True, array_like=True):
     """A log entry's payload: `body`, stamped by the leader that proposed it
     with its clock (`time_ms`, ms of cluster time), by which every replica
-    expires idle sessions the same way."""
+    expires idle sessions the same way, and the `era` of the version that
+    wrote it (0 in entries of earlier versions, which hold no such field)."""
 
     time_ms: U64
     body: Body
+    era: int = 0
 
 
 class Applied(msgspec.Struct, frozen=True, gc=False):
@@ -194,6 +151,9 @@ _op_decoder: msgspec.msgpack.Decoder[Op] = msgspec.msgpack.Decoder(Op)
 
 
 def encode_command(cmd: Command) -> bytes:
+    """The command as this version writes it: of its era (`ERA`)."""
+    if cmd.era != ERA:
+        cmd = Command(cmd.time_ms, cmd.body, ERA)
     return _command_encoder.encode(cmd)
 
 
@@ -231,205 +191,6 @@ _STALE = Result(ok=False, error=STALE_SEQUENCE)
 _EXPIRED = Result(ok=False, error=SESSION_EXPIRED)
 _REUSED = Result(ok=False, error=SEQUENCE_REUSED)
 _OUTSTANDING = Result(ok=False, error=TOO_MANY_OUTSTANDING)
-_TOO_LARGE = Result(ok=False, error=VALUE_TOO_LARGE)
-
-
-# --- the data, copy-on-write in shards ----------------------------------------
-
-# The keys are spread over this many dicts by a hash that is the same in every
-# process (str hashes are salted per process). Part of the image format: the
-# canonical order of keys is by shard, then by insertion within a shard.
-# After a freeze, one batch of writes to random keys touches most shards and
-# copies each: with 256 shards and 300k keys that was the whole store (~150 ms
-# on the loop thread, past an election timeout under load); with 4096, a
-# batch of a few hundred writes copies a tenth of it.
-_SHARDS = 4096
-
-
-# Never written: a store's shards start as this one dict, copied on first write.
-_EMPTY: dict[str, bytes] = {}
-
-
-def _shard_of(key: str) -> int:
-    # Valid keys hold no surrogates; "surrogatepass" only spares `get` an error.
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % _SHARDS
-
-
-class _CowMap:
-    """A str -> bytes map whose `freeze` is O(shards), not O(keys): a frozen
-    shard is shared with the image and copied on its first write after that
-    (about keys/_SHARDS entries), so no single call on the loop thread pays
-    for copying the whole store."""
-
-    def __init__(self, shards: tuple[dict[str, bytes], ...] | None = None) -> None:
-        if shards is not None and len(shards) != _SHARDS:
-            raise ValueError(f"an image has {_SHARDS} shards, not {len(shards)}")
-        if shards is None:
-            # One empty dict shared by every shard until its first write.
-            shards = (_EMPTY,) * _SHARDS
-        self._shards = list(shards)
-        # True where the shard dict is also referenced by an image (or is _EMPTY).
-        self._shared = [True] * _SHARDS
-        self._len = sum(map(len, self._shards))
-
-    def __len__(self) -> int:
-        return self._len
-
-    def get(self, key: str) -> bytes | None:
-        return self._shards[_shard_of(key)].get(key)
-
-    def _writable(self, i: int) -> dict[str, bytes]:
-        if self._shared[i]:
-            self._shards[i] = self._shards[i].copy()
-            self._shared[i] = False
-        return self._shards[i]
-
-    def put(self, key: str, value: bytes) -> bytes | None:
-        shard = self._writable(_shard_of(key))
-        prev = shard.get(key)
-        shard[key] = value
-        if prev is None:
-            self._len += 1
-        return prev
-
-    def delete(self, key: str) -> bytes | None:
-        i = _shard_of(key)
-        if key not in self._shards[i]:
-            return None
-        self._len -= 1
-        return self._writable(i).pop(key)
-
-    def items(self) -> Iterable[tuple[str, bytes]]:
-        return itertools.chain.from_iterable(s.items() for s in self._shards)
-
-    def freeze(self) -> tuple[dict[str, bytes], ...]:
-        self._shared = [True] * _SHARDS
-        return tuple(self._shards)
-
-
-# --- images -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KVImage:
-    """The whole state at `applied_index`. Shares its dicts with the store it
-    came from, which copies them before writing: never mutate an image."""
-
-    applied_index: int
-    shards: tuple[dict[str, bytes], ...]
-    # The log's clock, and the sessions, oldest activity first.
-    clock_ms: int
-    sessions: tuple[SessionImage, ...]
-
-    def __len__(self) -> int:
-        return sum(map(len, self.shards))
-
-
-class ImageError(Exception):
-    """The bytes are not a valid key-value image."""
-
-
-class _Header(msgspec.Struct, frozen=True, array_like=True):
-    format: int
-    applied_index: U64
-    clock_ms: U64
-    sessions: list[SessionImage]
-    # Byte length and number of pairs of each data chunk that follows.
-    chunk_bytes: list[U64]
-    chunk_pairs: list[U64]
-
-
-_MAGIC = b"RKVI"
-_FORMAT = 2  # 2: registered sessions (thesis §6.3) and the log clock
-_FRAME = struct.Struct(">4sI")  # magic, header length
-_image_encoder = msgspec.msgpack.Encoder()
-_header_decoder = msgspec.msgpack.Decoder(_Header)
-_pairs_decoder = msgspec.msgpack.Decoder(list[tuple[Key, Value]])
-
-
-def encode_image(img: KVImage) -> bytes:
-    """Serialise an image. Pure and safe to run in another thread: it encodes
-    chunks of about KV_IMAGE_CHUNK_BYTES so the interpreter lock is released
-    between them, and the final join releases it too."""
-    chunks: list[bytes] = []
-    chunk_pairs: list[int] = []
-    batch: list[tuple[str, bytes]] = []
-    size = 0
-    for shard in img.shards:
-        if not shard:
-            continue
-        for kv in shard.items():
-            batch.append(kv)
-            size += len(kv[0]) + len(kv[1])
-            if size >= KV_IMAGE_CHUNK_BYTES:
-                chunks.append(_image_encoder.encode(batch))
-                chunk_pairs.append(len(batch))
-                batch, size = [], 0
-    if batch:
-        chunks.append(_image_encoder.encode(batch))
-        chunk_pairs.append(len(batch))
-    header = _image_encoder.encode(
-        _Header(_FORMAT, img.applied_index, img.clock_ms, list(img.sessions),
-                [len(c) for c in chunks], chunk_pairs)
-    )
-    return b"".join([_FRAME.pack(_MAGIC, len(header)), header, *chunks])
-
-
-def decode_image(data: bytes | memoryview) -> KVImage:
-    """Parse and check an image; raise `ImageError` on anything malformed.
-    Pure and safe to run in another thread."""
-    try:
-        return _decode_image(memoryview(data).cast("B"))
-    except ImageError:
-        raise
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise ImageError(str(e)) from None
-    except Exception as e:  # the contract: only ImageError escapes
-        raise ImageError(f"{type(e).__name__}: {e}") from None
-
-
-def _decode_image(buf: memoryview) -> KVImage:
-    if len(buf) < _FRAME.size:
-        raise ImageError(f"an image of {len(buf)} bytes is too short")
-    magic, hlen = _FRAME.unpack_from(buf)
-    if magic != _MAGIC:
-        raise ImageError("not a key-value image (bad magic)")
-    pos = _FRAME.size + hlen
-    if pos > len(buf):
-        raise ImageError("truncated image header")
-    h = _header_decoder.decode(buf[_FRAME.size : pos])
-    if h.format != _FORMAT:
-        raise ImageError(f"unknown image format {h.format}")
-    if len(h.chunk_bytes) != len(h.chunk_pairs):
-        raise ImageError("chunk tables of different lengths")
-    if pos + sum(h.chunk_bytes) != len(buf):
-        raise ImageError(f"data chunks do not fill the image of {len(buf)} bytes")
-    problem = check_images(h.clock_ms, h.applied_index, h.sessions)
-    if problem is not None:
-        raise ImageError(problem)
-    shards: tuple[dict[str, bytes], ...] = tuple({} for _ in range(_SHARDS))
-    total = 0
-    crc32 = zlib.crc32
-    for nbytes, npairs in zip(h.chunk_bytes, h.chunk_pairs, strict=True):
-        pairs = _pairs_decoder.decode(buf[pos : pos + nbytes])
-        pos += nbytes
-        if len(pairs) != npairs:
-            raise ImageError("a data chunk holds the wrong number of pairs")
-        total += npairs
-        # `_check_key` and `_shard_of` inlined: this loop runs once per key of
-        # the store. Decoded strings are valid UTF-8, without surrogates.
-        for key, value in pairs:
-            if len(key) * 4 > MAX_KEY_BYTES:
-                _check_key(key)
-            shards[crc32(key.encode()) % _SHARDS][key] = value
-    if sum(map(len, shards)) != total:
-        raise ImageError("a key appears twice")
-    return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions))
-
-
-def image_digest(img: KVImage) -> str:
-    """SHA-256 of the encoded image: equal on replicas at the same index."""
-    return hashlib.sha256(encode_image(img)).hexdigest()
 
 
 # --- the state machine --------------------------------------------------------
@@ -439,15 +200,18 @@ class KVStore:
     """Applies committed commands in log order, each session's write at most
     once (thesis §6.3).
 
-    The session settings are rules of the replicated state: every replica of
-    a cluster must use the same, or their states part.
+    The session and history settings are rules of the replicated state:
+    every replica of a cluster must use the same, or their states part.
     """
 
     def __init__(self, *, session_timeout_ms: int = SESSION_TIMEOUT_MS,
                  max_sessions: int = MAX_SESSIONS,
                  max_outstanding: int = MAX_OUTSTANDING_PER_SESSION,
+                 history_revisions: int = HISTORY_REVISIONS,
+                 history_max_bytes: int = HISTORY_MAX_BYTES,
                  unsafe_bugs: frozenset[str] = frozenset()) -> None:
-        self._data = _CowMap()
+        self.mvcc = Mvcc(history_revisions=history_revisions,
+                         history_max_bytes=history_max_bytes)
         self._apply_unknown_sessions = UNSAFE_APPLY_UNKNOWN_SESSIONS in unsafe_bugs
         self.sessions = SessionTable(timeout_ms=session_timeout_ms, max_sessions=max_sessions,
                                      max_outstanding=max_outstanding)
@@ -462,15 +226,26 @@ class KVStore:
         """The log's clock: the latest time a leader stamped on an applied entry."""
         return self.sessions.clock_ms
 
+    @property
+    def revision(self) -> int:
+        """The store's revision (0: revisions have not begun)."""
+        return self.mvcc.revision
+
+    @property
+    def compacted(self) -> int:
+        """The oldest revision that can still be read at or watched from."""
+        return self.mvcc.compacted
+
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.mvcc)
 
     def get(self, key: str) -> bytes | None:
-        return self._data.get(key)
+        rec = self.mvcc.get(key)
+        return None if rec is None else rec.value
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every key starting with `prefix`, sorted."""
-        return sorted(k for k, _ in self._data.items() if k.startswith(prefix))
+        return list(self.mvcc.index.irange(prefix, prefix_end(prefix)))
 
     def apply(self, index: int, data: bytes) -> Applied | None:
         """Apply the entry at `index`. Empty `data` is a no-op entry (a new
@@ -486,6 +261,8 @@ class KVStore:
             cmd = decode_command(data)
         except CommandError:
             return None
+        if cmd.era and not self.mvcc.revision:
+            self.mvcc.start_revisions()
         table = self.sessions
         table.advance(cmd.time_ms)
         body = cmd.body
@@ -494,6 +271,9 @@ class KVStore:
         if isinstance(body, RegisterSession):
             table.register(index)
             return Applied(index, 0, _NOOP, index)
+        if isinstance(body, CompactHistory):
+            self.mvcc.compact(body.revision)
+            return Applied(0, 0, Result(ok=True, revision=self.mvcc.revision), index)
         table.close(body.session)
         return Applied(body.session, 0, _NOOP, index)
 
@@ -528,38 +308,18 @@ class KVStore:
         except CommandError:
             result = _BAD
         else:
-            result = self._execute(op)
+            result = execute(self.mvcc, op)
         sess.answers[w.seq] = Answer(w.seq, index, fp, result)
         return Applied(w.session, w.seq, result, index, executed=True)
 
-    def _execute(self, op: Op) -> Result:
-        data = self._data
-        if isinstance(op, Put):
-            replaced = data.put(op.key, op.value)
-            return Result(ok=True, value=replaced) if op.prev else _NOOP
-        if isinstance(op, Delete):
-            removed = data.delete(op.key)
-            return Result(ok=True, value=removed) if op.prev else _NOOP
-        if isinstance(op, Append):
-            before = data.get(op.key) or b""
-            if len(before) + len(op.value) > MAX_VALUE_BYTES:
-                return _TOO_LARGE
-            data.put(op.key, before + op.value)
-            return _NOOP
-        current = data.get(op.key)
-        if current != op.expected:
-            return Result(ok=False, value=current, error=CAS_FAILED)
-        data.put(op.key, op.value)
-        return _NOOP
-
     def freeze(self) -> KVImage:
-        """The current state as an image, in O(shards + sessions) time."""
-        return KVImage(self._applied, self._data.freeze(), self.sessions.clock_ms,
-                       tuple(self.sessions.image()))
+        """The current state as an image, in O(shards + chunks + sessions) time."""
+        return freeze(self.mvcc, self._applied, self.sessions.clock_ms,
+                      tuple(self.sessions.image()))
 
     def install(self, img: KVImage) -> None:
         """Replace the whole state by `img` (from `decode_image`)."""
-        self._data = _CowMap(img.shards)
+        thaw(img, self.mvcc)
         self.sessions.load(img.clock_ms, img.sessions)
         self._applied = img.applied_index
 

@@ -17,14 +17,45 @@ import msgspec
 from node.raft.messages import U64
 
 
-class Result(msgspec.Struct, frozen=True):
+class KV(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A key as a read or a transaction answers it: its value (left out for
+    a keys-only read) and revisions (node/state/mvcc.py)."""
+
+    key: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    value: bytes | None = None
+
+
+class OpResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What one operation of a transaction did: `op` names it; a put's or
+    delete's `prev` when asked for; a delete's count `deleted`; a read's
+    `kvs`, `count` (in the whole range) and `more` (left out by a limit)."""
+
+    op: str
+    prev: KV | None = None
+    deleted: int | None = None
+    kvs: list[KV] | None = None
+    count: int | None = None
+    more: bool | None = None
+
+
+class Result(msgspec.Struct, frozen=True, omit_defaults=True):
     """The outcome of one command. `value` is the previous value for put and
     delete when asked for (`prev`), and the current value when a cas fails;
-    `error` is one of the codes of node/state/kv.py."""
+    `error` is one of the codes of node/state/kv.py. A transaction answers
+    whether its compares held (`succeeded`), what each operation did
+    (`responses`) and the store's `revision` after it; a range delete how
+    many keys went (`deleted`) and the revision."""
 
     ok: bool
     value: bytes | None = None
     error: str | None = None
+    revision: int | None = None
+    deleted: int | None = None
+    succeeded: bool | None = None
+    responses: list[OpResult] | None = None
 
 
 class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False):

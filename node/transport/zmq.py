@@ -105,6 +105,7 @@ def make_client_socket(
     *,
     routing_id: bytes | None = None,
     immediate: bool = False,
+    stream_frames: int | None = None,
 ) -> zmq.Socket[bytes]:
     """A DEALER connected to a node's ROUTER at `connect_addr`, a CURVE
     client with the cluster keys (None: no security, for tests only).
@@ -113,6 +114,12 @@ def make_client_socket(
     so the first send after creating the socket does not fail; the caller's
     timeout bounds how long it waits. Peers use `immediate=True`, so a message
     to a peer that is not connected fails at once instead of arriving late.
+    `stream_frames` makes a socket for a stream of answers (a watch): libzmq
+    reads at most that many frames ahead of the caller, so a slow reader
+    pushes back on the node; with neither heartbeats nor reconnection, since
+    libzmq aborts the process when it reattaches a connection whose input
+    was stopped by a full receive queue (libzmq issue 3937). The caller
+    finds a dead node by the stream's own progress messages instead.
     """
     sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
     try:
@@ -122,6 +129,10 @@ def make_client_socket(
             sock.setsockopt(zmq.ROUTING_ID, routing_id)
         if immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if stream_frames is not None:
+            sock.setsockopt(zmq.RCVHWM, stream_frames)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, -1)
         if keys is not None:
             set_curve_client(sock, keys)
         sock.connect(connect_addr)

@@ -31,10 +31,9 @@ from node.api import (
     PingRequest,
     PutRequest,
     RegisterRequest,
-    batch_bounds,
     decode_responses,
-    join_batch,
 )
+from node.batches import batch_bounds, join_batch
 from node.client import drain_responses
 from node.config import (
     CLIENT_BATCH_MAX_BYTES,
