@@ -124,9 +124,10 @@ MAX_VALUE_BYTES = 1024 * 1024
 SESSION_TIMEOUT_MS = 10 * 60 * 1000
 MAX_SESSIONS = 16_384
 MAX_OUTSTANDING_PER_SESSION = 1024
-# A snapshot image is encoded in chunks of about this size so that a thread
-# encoding it releases the interpreter lock between chunks.
-KV_IMAGE_CHUNK_BYTES = 256 * 1024
+# A local snapshot's image is encoded on the loop a piece of about this size
+# at a time, as many pieces per turn as its time budget allows
+# (node/runner_snap.py).
+KV_IMAGE_PIECE_BYTES = 64 * 1024
 
 
 class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,12 +41,13 @@ from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.confchange import initial
 from node.raft.core import RaftCore
-from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot
 from node.raft.ready import Ready, SoftState, Step
 from node.replies import ClientReplies
 from node.runner_clients import ClientHandling
 from node.runner_disk import DiskHandling
-from node.state.kv import KVStore, encode_image, image_digest
+from node.runner_snap import SnapshotHandling
+from node.state.kv import KVStore
 from node.storage import FileStorage, StorageError
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -88,7 +89,7 @@ def load_links(path: Path) -> dict[str, LinkRule]:
     return msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
 
 
-class NodeRunner(ClientHandling, DiskHandling):
+class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
     """One node: storage, core, state machine, sockets, and the loop."""
 
     def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO,
@@ -115,6 +116,7 @@ class NodeRunner(ClientHandling, DiskHandling):
         # A Ready whose persist found the disk full waits here, the steps of
         # its persist already done in _persisted, and the log is frozen.
         self._stalled: Ready | None = None
+        self._stalled_on_snapshot = False
         self._persisted: set[str] = set()
         self._stall_retry_at = 0.0
         if self.cfg.fsync == "never":
@@ -135,9 +137,11 @@ class NodeRunner(ClientHandling, DiskHandling):
             self.log.warning("rejoined_without_data", detail=forced)
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
                           max_sessions=self.cfg.max_sessions)
-        snap = self.storage.snapshot()
-        if snap.meta.index > 0:
-            self.kv.restore(snap.data)
+        view = self.storage.snapshot_view()
+        if view is not None:
+            with view:
+                self.kv.restore(view.data)
+        snap_index = self.storage.snapshot_meta().index
         seed = int.from_bytes(os.urandom(8), "big")
         core_cfg = self.cfg.core_config()
         max_command = MAX_MESSAGE_BYTES
@@ -190,7 +194,7 @@ class NodeRunner(ClientHandling, DiskHandling):
             tuple[list[bytes], bytes | ClientRequest]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
         self._floor = FloorRecorder(run_dir, node_id, self._snapshotter.submit)
-        self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
+        self._init_snapshots()
         self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
@@ -201,7 +205,7 @@ class NodeRunner(ClientHandling, DiskHandling):
         self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
                       fsync=self.cfg.fsync, commit=self.core.log.commit,
-                      last_index=self.core.log.last_index(), snapshot_index=snap.meta.index)
+                      last_index=self.core.log.last_index(), snapshot_index=snap_index)
 
     def _make_transport(self) -> PeerTransport:
         # The members of the configuration in force; others come and go
@@ -251,7 +255,8 @@ class NodeRunner(ClientHandling, DiskHandling):
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
-                if (self.core.has_ready() and self._stalled is None) or self._clients_waiting():
+                if (self.core.has_ready() and self._stalled is None) or self._clients_waiting() \
+                        or self._images_waiting():
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
@@ -272,7 +277,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                     next_tick += behind * tick_s
                 self._handle_ready()
                 self._flush_replies()
-                self._check_snapshot_job()
+                self._advance_images()
                 self._answer_deferred_control()
                 self._record_floor()
                 self._watch_disk()
@@ -292,7 +297,9 @@ class NodeRunner(ClientHandling, DiskHandling):
     def _receive_peers(self) -> None:
         if self._stalled is not None:
             # Frozen: what peers send is lost, as to a paused process.
-            self.disk.peer_messages_dropped += len(self.transport.receive())
+            lost = len(self.transport.receive())
+            if not self._stalled_on_snapshot:
+                self.disk.peer_messages_dropped += lost
             return
         for src, data in self.transport.receive():
             try:
@@ -320,8 +327,7 @@ class NodeRunner(ClientHandling, DiskHandling):
             self.transport.send(m.dst, codec.encode(m))
 
     def _install(self, snapshot: Snapshot) -> None:
-        self.kv.restore(snapshot.data)
-        self._bytes_since_snapshot = 0
+        self._install_received(snapshot)
 
     def _finish(self, rd: Ready) -> None:
         self._apply_reads(rd)
@@ -358,50 +364,6 @@ class NodeRunner(ClientHandling, DiskHandling):
         if self._last_role is Role.LEADER and (role is not Role.LEADER or term != self._last_term):
             self.api.lost_leadership()
         self._last_role, self._last_term = role, term
-
-    # --- snapshots ------------------------------------------------------------
-
-    def _maybe_snapshot(self, force: bool = False) -> bool:
-        if self._snap_job is not None or self.disk.state != "ok":
-            return False  # a snapshot is the whole state written once more
-        applied = self.kv.applied_index
-        since = applied - self.core.snapshot_meta.index
-        due = (since >= self.cfg.snapshot_entries
-               or self._bytes_since_snapshot >= self.cfg.snapshot_bytes)
-        if since <= 0 or not (force or due):
-            return False
-        term = self.core.log.term(applied)
-        if term is None:
-            return False
-        meta = SnapshotMeta(applied, term)
-        # Freeze on the loop thread (cheap); encode and write on another, so
-        # the loop keeps ticking while a large image reaches the disk.
-        image = self.kv.freeze()
-        storage = self.storage
-        fut = self._snapshotter.submit(
-            lambda: storage.write_snapshot_file(meta, encode_image(image)))
-        self._snap_job = (meta, fut)
-        self._bytes_since_snapshot = 0
-        return True
-
-    def _check_snapshot_job(self) -> None:
-        if self._snap_job is None or not self._snap_job[1].done():
-            return
-        meta, fut = self._snap_job
-        self._snap_job = None
-        started = time.monotonic()
-        try:
-            fut.result()
-        except (OSError, StorageError) as e:
-            self._log_event(self.log.error, "snapshot_failed",
-                            {"index": meta.index, "error": str(e)})
-            return
-        if meta.index <= self.core.snapshot_meta.index:
-            return  # a leader's snapshot overtook ours
-        self.storage.install_local_snapshot(meta)
-        self.core.compact(meta)
-        self.log.info("snapshot_created", index=meta.index, snapshot_term=meta.term,
-                      install_ms=round((time.monotonic() - started) * 1000, 3))
 
     # --- Controlled -------------------------------------------------------------
 
@@ -474,12 +436,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                 "snapshot_index": self.core.snapshot_meta.index}
 
     def digest(self) -> concurrent.futures.Future[dict[str, Any]]:
-        """The state machine's digest, computed on the snapshot thread from
-        a frozen image (cheap here): hashing a large state on the loop once
-        held it for longer than an election timeout."""
-        image = self.kv.freeze()
-        return self._snapshotter.submit(lambda: {
-            "applied": image.applied_index, "digest": image_digest(image), "keys": len(image)})
+        return self._digest_job()
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         """SIGTERM/SIGINT. A handler runs between any two bytecodes of the
@@ -546,8 +503,10 @@ class NodeRunner(ClientHandling, DiskHandling):
         emit(event, **kw)
 
     def _close(self) -> None:
+        self._image_jobs = []
         self._snapshotter.shutdown(wait=True)
-        self._check_snapshot_job()
+        self._reap_writes()
+        self._check_local_snapshot()
         try:
             self.storage.close()
         except StorageError as e:

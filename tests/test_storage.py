@@ -180,17 +180,72 @@ def test_memory_storage_two_phase_equals_create_snapshot() -> None:
     assert (a.initial_state(), a.snapshot()) == (b.initial_state(), b.snapshot())
 
 
-def test_snapshot_is_read_from_its_file_once(tmp_path: Path) -> None:
-    """After a reopen the image comes from the file, and later calls reuse it."""
+def test_snapshot_image_is_read_in_ranges_from_its_file(tmp_path: Path) -> None:
+    """After a reopen the image comes from its file, in ranges, and nothing
+    of it is kept in memory between calls."""
     fs = FileStorage(tmp_path)
     fs.append([Entry(1, 1), Entry(1, 2)])
-    fs.create_snapshot(SnapshotMeta(2, 1), b"state")
+    image = bytes(range(256)) * 40
+    fs.create_snapshot(SnapshotMeta(2, 1), image)
     fs.close()
     fs = FileStorage(tmp_path)
-    first = fs.snapshot()
-    assert first == Snapshot(SnapshotMeta(2, 1), b"state")
-    assert fs.snapshot() is first
+    assert fs.snapshot_meta() == SnapshotMeta(2, 1)
+    assert fs.snapshot_image_size() == len(image)
+    got = b"".join(fs.read_snapshot_image(off, 1000) for off in range(0, len(image), 1000))
+    assert got == image
+    assert fs.read_snapshot_image(len(image), 10) == b""
+    assert fs.snapshot() == Snapshot(SnapshotMeta(2, 1), image)
+    assert not hasattr(fs, "_snap"), "no image may be cached"
     fs.close()
+
+
+def test_snapshot_image_damaged_after_open_fails_its_crc_when_read_to_the_end(
+        tmp_path: Path) -> None:
+    """A leader reads its image in ranges to send it: damage found after the
+    node started is reported, by file and offset, once the last range is read."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1)])
+    fs.create_snapshot(SnapshotMeta(1, 1), b"state" * 1000)
+    fs.sync()
+    fs.close()
+    fs = FileStorage(tmp_path)
+    snap = next(tmp_path.glob("snap-*"))
+    raw = bytearray(snap.read_bytes())
+    raw[100] ^= 0xFF
+    snap.write_bytes(bytes(raw))
+    fs.read_snapshot_image(0, 4000)
+    with pytest.raises(StorageError, match=r"fails its CRC.*at byte"):
+        fs.read_snapshot_image(4000, 4000)
+    fs.close()
+
+
+def test_snapshot_view_reads_the_file_where_it_cannot_be_mapped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system that cannot map files (FUSE ones), the image a node
+    starts from is read instead, and still checked against its CRC."""
+    import mmap
+
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1)])
+    fs.create_snapshot(SnapshotMeta(1, 1), b"state" * 1000)
+    fs.close()
+
+    def no_mapping(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", no_mapping)
+    fs = FileStorage(tmp_path)
+    view = fs.snapshot_view()
+    assert view is not None
+    with view:
+        assert bytes(view.data) == b"state" * 1000
+    fs.close()
+    (path,) = tmp_path.glob("snap-*")
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(raw)
+    with pytest.raises(StorageError, match="fails its CRC"):
+        FileStorage(tmp_path)
 
 
 def test_corrupt_snapshot_file_stops_the_start(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from typing import Annotated, TypeVar
 import msgspec
 
 from node.config import (
-    KV_IMAGE_CHUNK_BYTES,
     MAX_KEY_BYTES,
     MAX_OUTSTANDING_PER_SESSION,
     MAX_SESSIONS,
@@ -26,6 +25,7 @@ from node.config import (
     SESSION_TIMEOUT_MS,
 )
 from node.raft.messages import U64
+from node.state.image_stream import ImageEncoder, framed_chunks
 from node.state.sessions import Answer, Result, SessionImage, SessionTable, check_images
 
 # Codes in `Result.error`; clients match on them, so they never change.
@@ -312,45 +312,33 @@ class _Header(msgspec.Struct, frozen=True, array_like=True):
     applied_index: U64
     clock_ms: U64
     sessions: list[SessionImage]
-    # Byte length and number of pairs of each data chunk that follows.
+    # Format 2: byte length and number of pairs of each data chunk that
+    # follows. Format 3 frames its chunks instead (node/state/image_stream.py)
+    # and leaves these empty.
     chunk_bytes: list[U64]
     chunk_pairs: list[U64]
 
 
 _MAGIC = b"RKVI"
-_FORMAT = 2  # 2: registered sessions (thesis §6.3) and the log clock
+# 2: registered sessions (thesis §6.3) and the log clock; 3: the same, its
+# data in framed chunks, so that it is written as it is encoded. Both are read.
+_FORMAT = 3
 _FRAME = struct.Struct(">4sI")  # magic, header length
 _image_encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _pairs_decoder = msgspec.msgpack.Decoder(list[tuple[Key, Value]])
 
 
-def encode_image(img: KVImage) -> bytes:
-    """Serialise an image. Pure and safe to run in another thread: it encodes
-    chunks of about KV_IMAGE_CHUNK_BYTES so the interpreter lock is released
-    between them, and the final join releases it too."""
-    chunks: list[bytes] = []
-    chunk_pairs: list[int] = []
-    batch: list[tuple[str, bytes]] = []
-    size = 0
-    for shard in img.shards:
-        if not shard:
-            continue
-        for kv in shard.items():
-            batch.append(kv)
-            size += len(kv[0]) + len(kv[1])
-            if size >= KV_IMAGE_CHUNK_BYTES:
-                chunks.append(_image_encoder.encode(batch))
-                chunk_pairs.append(len(batch))
-                batch, size = [], 0
-    if batch:
-        chunks.append(_image_encoder.encode(batch))
-        chunk_pairs.append(len(batch))
+def image_encoder(img: KVImage) -> ImageEncoder:
+    """The image's bytes a piece at a time (node/state/image_stream.py)."""
     header = _image_encoder.encode(
-        _Header(_FORMAT, img.applied_index, img.clock_ms, list(img.sessions),
-                [len(c) for c in chunks], chunk_pairs)
-    )
-    return b"".join([_FRAME.pack(_MAGIC, len(header)), header, *chunks])
+        _Header(_FORMAT, img.applied_index, img.clock_ms, list(img.sessions), [], []))
+    return ImageEncoder(_FRAME.pack(_MAGIC, len(header)) + header, img.shards)
+
+
+def encode_image(img: KVImage) -> bytes:
+    """Serialise an image at once. Pure and safe to run in another thread."""
+    return image_encoder(img).encode_all()
 
 
 def decode_image(data: bytes | memoryview) -> KVImage:
@@ -376,11 +364,11 @@ def _decode_image(buf: memoryview) -> KVImage:
     if pos > len(buf):
         raise ImageError("truncated image header")
     h = _header_decoder.decode(buf[_FRAME.size : pos])
-    if h.format != _FORMAT:
+    if h.format not in (2, 3):
         raise ImageError(f"unknown image format {h.format}")
     if len(h.chunk_bytes) != len(h.chunk_pairs):
         raise ImageError("chunk tables of different lengths")
-    if pos + sum(h.chunk_bytes) != len(buf):
+    if h.format == 2 and pos + sum(h.chunk_bytes) != len(buf):
         raise ImageError(f"data chunks do not fill the image of {len(buf)} bytes")
     problem = check_images(h.clock_ms, h.applied_index, h.sessions)
     if problem is not None:
@@ -388,12 +376,22 @@ def _decode_image(buf: memoryview) -> KVImage:
     shards: tuple[dict[str, bytes], ...] = tuple({} for _ in range(_SHARDS))
     total = 0
     crc32 = zlib.crc32
-    for nbytes, npairs in zip(h.chunk_bytes, h.chunk_pairs, strict=True):
-        pairs = _pairs_decoder.decode(buf[pos : pos + nbytes])
-        pos += nbytes
-        if len(pairs) != npairs:
+    # Each chunk, with the number of pairs a format 2 header promises.
+    chunks: list[tuple[memoryview, int | None]] = []
+    if h.format == 3:
+        try:
+            chunks = [(c, None) for c in framed_chunks(buf, pos)]
+        except ValueError as e:
+            raise ImageError(str(e)) from None
+    else:
+        for nbytes, npairs in zip(h.chunk_bytes, h.chunk_pairs, strict=True):
+            chunks.append((buf[pos : pos + nbytes], npairs))
+            pos += nbytes
+    for chunk, promised in chunks:
+        pairs = _pairs_decoder.decode(chunk)
+        if promised is not None and len(pairs) != promised:
             raise ImageError("a data chunk holds the wrong number of pairs")
-        total += npairs
+        total += len(pairs)
         # `_check_key` and `_shard_of` inlined: this loop runs once per key of
         # the store. Decoded strings are valid UTF-8, without surrogates.
         for key, value in pairs:
@@ -535,7 +533,7 @@ class KVStore:
         self.sessions.load(img.clock_ms, img.sessions)
         self._applied = img.applied_index
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         """Replace the whole state by an encoded image; raise `ImageError`
         and change nothing if it is malformed."""
         self.install(decode_image(data))

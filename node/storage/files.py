@@ -15,6 +15,16 @@ import msgspec
 
 from node.config import FSYNC_POLICIES, WAL_SEGMENT_BYTES
 from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.storage.snapfile import (
+    SnapshotFile,
+    SnapshotView,
+    SnapshotWriter,
+    read_snapshot,
+    remove_temp_files,
+    snapshot_files,
+    snapshot_name,
+    write_snapshot,
+)
 from node.storage.wal import (
     FULL_ERRNOS,
     NoSpace,
@@ -28,12 +38,7 @@ from node.storage.wal import (
     corruption,
     fsync_dir,
     lock_directory,
-    read_snapshot,
-    remove_temp_files,
     segment_paths_in,
-    snapshot_files,
-    snapshot_name,
-    write_snapshot,
 )
 
 __all__ = ["FileStorage", "InitialState", "MemoryStorage", "NoSpace", "Storage", "StorageError"]
@@ -89,7 +94,21 @@ class Storage(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """The latest snapshot (an empty one at index 0 if there is none)."""
+        """The latest snapshot (an empty one at index 0 if there is none),
+        its whole image in memory: for tests and the simulator."""
+        ...
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The latest snapshot's point (index 0 if there is none)."""
+        ...
+
+    def snapshot_image_size(self) -> int:
+        """The byte length of the latest snapshot's image."""
+        ...
+
+    def read_snapshot_image(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes of the latest snapshot's image from `offset`: a
+        leader sends a large image in chunks without holding all of it."""
         ...
 
     def sync(self) -> None:
@@ -186,6 +205,15 @@ class MemoryStorage:
     def snapshot(self) -> Snapshot:
         return self._snap
 
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._snap.meta
+
+    def snapshot_image_size(self) -> int:
+        return len(self._snap.data)
+
+    def read_snapshot_image(self, offset: int, n: int) -> bytes:
+        return self._snap.data[offset : offset + max(0, n)]
+
     def sync(self) -> None:
         """Nothing to do: memory is as durable as it gets."""
 
@@ -197,10 +225,12 @@ class FileStorage:
     """Storage in a directory: a WAL of framed records and snapshot files.
 
     The entries after the snapshot are also kept in memory, as in
-    `MemoryStorage`; the WAL is read only when the storage is opened. Not
-    thread-safe, except `write_snapshot_file`. With `fsync="never"` nothing is
-    fsynced: a crash of the machine (not of the process) can lose acknowledged
-    writes. `recovery` says what opening found (a torn tail cut, and where).
+    `MemoryStorage`; the WAL is read only when the storage is opened. The
+    snapshot's image is not: it is read from its file when asked for. Not
+    thread-safe, except `write_snapshot_file` and a `SnapshotWriter`. With
+    `fsync="never"` nothing is fsynced: a crash of the machine (not of the
+    process) can lose acknowledged writes. `recovery` says what opening
+    found (a torn tail cut, and where).
     """
 
     def __init__(
@@ -226,8 +256,9 @@ class FileStorage:
         self._hs = HardState()
         self._meta = SnapshotMeta()
         self._entries: list[Entry] = []
-        self._snap: Snapshot | None = None
         self._snap_path: Path | None = None
+        # The current snapshot's file, open for ranged reads once asked.
+        self._snap_file: SnapshotFile | None = None
         # A snapshot was installed: old files go once its mark is durable.
         self._cleanup_due = False
         try:
@@ -291,7 +322,9 @@ class FileStorage:
         if mark is not None:
             self._meta = mark.meta
             self._snap_path = self.directory / snapshot_name(mark.meta)
-            self._snap = Snapshot(mark.meta, read_snapshot(self._snap_path, mark.meta))
+            # Checked whole now (header and CRC), as a node starts; not kept.
+            f = self._snapshot_file()
+            f.view().close()
 
     def _remove_stale_snapshots(self) -> None:
         """At open, remove every snapshot file but the current one: older ones,
@@ -347,12 +380,28 @@ class FileStorage:
         else:
             kept = []
         self.write_snapshot_file(meta, snap.data)
-        self._install(meta, kept, snap)
+        self._install(meta, kept)
+
+    def install_received_snapshot(self, meta: SnapshotMeta) -> None:
+        """Second half of `apply_snapshot`, after `write_snapshot_file(meta,
+        ...)` (which may run on another thread): the leader's snapshot
+        becomes the stored one, as `apply_snapshot` says."""
+        if meta.index < self._meta.index:
+            raise StorageError(
+                f"snapshot at {meta.index} is older than the stored one at {self._meta.index}")
+        if not (self.directory / snapshot_name(meta)).is_file():
+            raise StorageError(f"no snapshot file was written for {meta}")
+        pos = meta.index - self._meta.index - 1
+        if 0 <= pos < len(self._entries) and self._entries[pos].term == meta.term:
+            kept = self._entries[pos + 1 :]
+        else:
+            kept = []
+        self._install(meta, kept)
 
     def create_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         kept = self._entries_after_local(meta)
         self.write_snapshot_file(meta, data)
-        self._install(meta, kept, Snapshot(meta, data))
+        self._install(meta, kept)
 
     def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
         """As the protocol says; a full disk raises NoSpace, and leaves
@@ -364,18 +413,41 @@ class FileStorage:
                 raise NoSpace(f"the snapshot at {meta.index} cannot be written: {e}") from e
             raise
 
+    def snapshot_writer(self, meta: SnapshotMeta) -> SnapshotWriter:
+        """A stream to write the image for `meta` in pieces (on any
+        thread), then `install_local_snapshot(meta)` once it finished."""
+        return SnapshotWriter(self.directory, meta, sync=self._sync)
+
     def install_local_snapshot(self, meta: SnapshotMeta) -> None:
         kept = self._entries_after_local(meta)
         if not (self.directory / snapshot_name(meta)).is_file():
             raise StorageError(f"no snapshot file was written for {meta}")
-        self._install(meta, kept, None)
+        self._install(meta, kept)
 
     def snapshot(self) -> Snapshot:
-        if self._snap is None:
-            if self._snap_path is None:
-                return Snapshot(SnapshotMeta(), b"")
-            self._snap = Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
-        return self._snap
+        if self._snap_path is None:
+            return Snapshot(SnapshotMeta(), b"")
+        return Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._meta
+
+    def snapshot_image_size(self) -> int:
+        return 0 if self._snap_path is None else self._snapshot_file().size
+
+    def read_snapshot_image(self, offset: int, n: int) -> bytes:
+        return b"" if self._snap_path is None else self._snapshot_file().read(offset, n)
+
+    def snapshot_view(self) -> SnapshotView | None:
+        """The current snapshot's image mapped whole and checked (None if
+        there is none), to decode without a copy of it; close it after."""
+        return None if self._snap_path is None else self._snapshot_file().view()
+
+    def _snapshot_file(self) -> SnapshotFile:
+        assert self._snap_path is not None
+        if self._snap_file is None:
+            self._snap_file = SnapshotFile(self._snap_path, self._meta)
+        return self._snap_file
 
     def durable_floor(self, commit: int) -> tuple[int, int]:
         """An index the log durably holds and will always hold (`commit`,
@@ -436,6 +508,7 @@ class FileStorage:
         """Release the directory without writing what is buffered, as a crash
         would: for tests of recovery."""
         self._wal.abandon()
+        self._close_snapshot_file()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -448,11 +521,16 @@ class FileStorage:
         """The entries a local snapshot at `meta` keeps."""
         return entries_after_local_snapshot(self._entries, self._meta, meta)
 
-    def _install(self, meta: SnapshotMeta, kept: list[Entry], snap: Snapshot | None) -> None:
+    def _install(self, meta: SnapshotMeta, kept: list[Entry]) -> None:
         self._wal.add(
             RecordKind.SNAPSHOT, SnapshotMark(meta, meta.index + len(kept), self._hs))
         self._cleanup_due = True
+        self._close_snapshot_file()
         self._snap_path = self.directory / snapshot_name(meta)
         self._meta = meta
         self._entries = kept
-        self._snap = snap
+
+    def _close_snapshot_file(self) -> None:
+        if self._snap_file is not None:
+            self._snap_file.close()
+            self._snap_file = None

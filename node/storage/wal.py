@@ -1,5 +1,5 @@
-"""On-disk formats of a node's storage: WAL segments of length+CRC framed
-records, and snapshot files. Framing, scanning, group commit and file
+"""On-disk format of a node's write-ahead log: segments of length+CRC framed
+records (snapshot files are snapfile.py's). Framing, scanning, group commit and file
 housekeeping only; what the records mean for the Raft log is `node.storage`'s.
 """
 
@@ -13,7 +13,6 @@ import itertools
 import os
 import re
 import struct
-import tempfile
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -89,9 +88,6 @@ PREALLOC_BYTES = 4 * 1024 * 1024
 # in flight while the node stops taking new ones (`space_error`).
 RESERVE_AHEAD_BYTES = 1024 * 1024
 _SEGMENT_NAME = re.compile(r"wal-([0-9a-f]{16})\.log")
-_SNAPSHOT_NAME = re.compile(r"snap-([0-9a-f]{16})-([0-9a-f]{16})\.snap")
-_TEMP_PREFIX = ".snap-"
-_TEMP_SUFFIX = ".tmp"
 
 _RECOVER_ADVICE = (
     "The node must not start from it: records after this point cannot be trusted. "
@@ -108,10 +104,6 @@ def corruption(path: Path, offset: int, what: str) -> StorageError:
 
 def segment_name(seq: int) -> str:
     return f"wal-{seq:016x}.log"
-
-
-def snapshot_name(meta: SnapshotMeta) -> str:
-    return f"snap-{meta.index:016x}-{meta.term:016x}.snap"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -134,7 +126,7 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     n = os.write(fd, data)
     if n == len(data):
         return
@@ -143,78 +135,9 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         n += os.write(fd, view[n:])
 
 
-# --- snapshot files ------------------------------------------------------------
-
-# magic, index, term, image size, CRC32 of the image; the image follows.
-_SNAP_HEADER = struct.Struct("<8sQQQI")
-_SNAP_MAGIC = b"RAFTSNP1"
-
-
-def write_snapshot(directory: Path, meta: SnapshotMeta, data: bytes, *, sync: bool) -> Path:
-    """Write `data` to a temporary file, fsync it, rename it into place and fsync
-    the directory: a crash leaves the old file set or the new one, never half.
-    Touches nothing but files, so it may run on any thread."""
-    header = _SNAP_HEADER.pack(_SNAP_MAGIC, meta.index, meta.term, len(data), zlib.crc32(data))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
-    try:
-        try:
-            _write_all(fd, header)
-            _write_all(fd, data)
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        final = directory / snapshot_name(meta)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if sync:
-        fsync_dir(directory)
-    return final
-
-
-def read_snapshot(path: Path, meta: SnapshotMeta) -> bytes:
-    """The image in the snapshot file at `path`, checked against `meta` and its CRC."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise corruption(path, 0, "snapshot file named by the WAL is missing") from None
-    if len(raw) < _SNAP_HEADER.size:
-        raise corruption(path, 0, "snapshot file is shorter than its header")
-    magic, index, term, size, crc = _SNAP_HEADER.unpack_from(raw)
-    if magic != _SNAP_MAGIC or (index, term) != (meta.index, meta.term):
-        raise corruption(path, 0, "snapshot file header does not match its name")
-    data = raw[_SNAP_HEADER.size :]
-    if len(data) != size:
-        raise corruption(path, len(raw), f"snapshot file holds {len(data)} of {size} bytes")
-    if zlib.crc32(data) != crc:
-        raise corruption(path, _SNAP_HEADER.size, "snapshot image fails its CRC")
-    return data
-
-
-def snapshot_files(directory: Path) -> dict[Path, SnapshotMeta]:
-    out: dict[Path, SnapshotMeta] = {}
-    for name in os.listdir(directory):
-        m = _SNAPSHOT_NAME.fullmatch(name)
-        if m:
-            out[directory / name] = SnapshotMeta(int(m.group(1), 16), int(m.group(2), 16))
-    return out
-
-
 def segment_paths_in(directory: Path) -> list[Path]:
     """The WAL segment files in `directory`, by name."""
     return sorted(directory / n for n in os.listdir(directory) if _SEGMENT_NAME.fullmatch(n))
-
-
-def remove_temp_files(directory: Path) -> bool:
-    """Remove snapshot files a crash left half-written; True if any were."""
-    found = False
-    for name in os.listdir(directory):
-        if name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX):
-            (directory / name).unlink(missing_ok=True)
-            found = True
-    return found
 
 
 # --- WAL segments: reading --------------------------------------------------------
@@ -548,7 +471,7 @@ class Wal:
                 and end + RESERVE_AHEAD_BYTES > self._allocated:
             self._preallocate(end + RESERVE_AHEAD_BYTES)
         try:
-            _write_all(self._fd, buf)
+            write_all(self._fd, buf)
         except OSError as e:
             if e.errno not in FULL_ERRNOS:
                 raise
