@@ -18,7 +18,7 @@ import structlog
 # The fixed vocabulary (docs/LOGS.md lists and explains each).
 EVENTS = frozenset(
     {
-        "node_started", "node_stopping", "node_stopped", "durability_off",
+        "node_started", "node_stopping", "node_stopped", "durability_off", "unsafe_bugs_enabled",
         "election_started", "prevote_started", "vote_granted", "vote_rejected",
         "vote_ignored", "became_leader", "became_follower", "stepped_down",
         "append_rejected", "snapshot_sent", "snapshot_installed", "snapshot_created",

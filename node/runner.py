@@ -47,7 +47,7 @@ from node.replies import ClientReplies
 from node.runner_clients import ClientHandling
 from node.runner_disk import DiskHandling
 from node.runner_snap import SnapshotHandling
-from node.state.kv import KVStore
+from node.state.kv import UNSAFE_BUGS_ENV, KVStore, parse_unsafe_bugs
 from node.storage import FileStorage, StorageError
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -135,8 +135,15 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             raise
         if forced is not None:
             self.log.warning("rejoined_without_data", detail=forced)
+        try:  # test-only bugs put back on purpose (node/state/kv.py); read here alone
+            self.unsafe_bugs = parse_unsafe_bugs(os.environ.get(UNSAFE_BUGS_ENV, ""))
+        except ValueError as e:
+            raise SystemExit(f"{UNSAFE_BUGS_ENV}: {e}") from None
+        if self.unsafe_bugs:
+            self.log.warning("unsafe_bugs_enabled", bugs=sorted(self.unsafe_bugs),
+                             detail="this node breaks its guarantees on purpose, for tests only")
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
-                          max_sessions=self.cfg.max_sessions)
+                          max_sessions=self.cfg.max_sessions, unsafe_bugs=self.unsafe_bugs)
         view = self.storage.snapshot_view()
         if view is not None:
             with view:
@@ -387,6 +394,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
+            "unsafe_bugs": sorted(self.unsafe_bugs),
             "keys": len(self.kv),
             "sessions": len(self.kv.sessions),
             "pending_requests": self.api.pending() + len(self._client_backlog),

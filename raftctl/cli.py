@@ -26,6 +26,7 @@ from raftctl.cluster import (
     Cluster,
     ClusterError,
     ClusterUnavailable,
+    NodeState,
     check_cluster_name,
     default_home,
     make_config,
@@ -181,6 +182,10 @@ def version_cmd(as_json: bool) -> None:
                    "namespace per node on a private bridge; `sandbox` (no root): all nodes in "
                    "one user namespace on 127.1.0.x; a bare --netns picks bridge as root, else "
                    "sandbox. Delay, duplicate and reorder stay in the transport.")
+@click.option("--power-loss", "power_loss", is_flag=True,
+              help="Put each node's data directory on a power-loss mount (FUSE) before it "
+                   "starts, so `chaos run` can cut its power: what was not fsynced is lost. "
+                   "`down` unmounts them.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,
               help="Seconds to wait for a leader.")
 @click.option("--wheel", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -192,7 +197,8 @@ def version_cmd(as_json: bool) -> None:
 @json_option("Print the status as JSON (as `status --json`).")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, netns_mode: str | None, wait_s: float, wheel: Path | None,
+       fsync: str | None, netns_mode: str | None, power_loss: bool,
+       wait_s: float, wheel: Path | None,
        wheelhouse: Path | None, as_json: bool) -> None:
     """Start the cluster's nodes and wait for a leader. A cluster file with
     [hosts] tables runs its nodes on those hosts over SSH (docs/DEPLOY.md)."""
@@ -244,7 +250,7 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
     cfg = c.config()
     _warn_durability(c)
     try:
-        refused = _start_all(c, wait_s, as_json, wheel, wheelhouse)
+        refused = _start_all(c, wait_s, as_json, power_loss, wheel, wheelhouse)
     except ClusterError as e:
         raise type(e)(f"{e}{_after_failed_up(c, created)}") from None
     _print_status(ctx, c, as_json, exit_on_no_leader=not refused)
@@ -254,14 +260,15 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
         ctx.exit(Exit.FAILED)
 
 
-def _start_all(c: Cluster, wait_s: float, as_json: bool, wheel: Path | None = None,
-               wheelhouse: Path | None = None) -> dict[str, str]:
+def _start_all(c: Cluster, wait_s: float, as_json: bool, power_loss: bool = False,
+               wheel: Path | None = None, wheelhouse: Path | None = None) -> dict[str, str]:
     """Start every node and wait for a leader; returns the nodes that
     exited meanwhile (a refusal to start), with what they said. Raises
     if no leader comes, saying which nodes refused."""
     c.check_ports()
     failed = _install_on_hosts(c, wheel, wheelhouse)
     c.prepare_kernel()
+    _power_loss_mounts(c, power_loss)
     ids = c.node_ids()
     for n in ids:
         if n in failed:
@@ -338,6 +345,26 @@ def _install_on_hosts(c: Cluster, wheel: Path | None, wheelhouse: Path | None,
     return {n: str(e) for n, e in c.install(wheel, wheelhouse).items()}
 
 
+def _power_loss_mounts(c: Cluster, wanted: bool) -> None:
+    """Mount the data directories on power-loss mounts if `wanted`; refuse
+    to start nodes whose data lives on an unmounted power-loss disk."""
+    from raftctl import power  # FUSE plumbing: loaded only where it is needed
+
+    if wanted:
+        power.mount_data_dirs(c)
+    elif lost := power.needs_power_loss(c):
+        raise CliError(f"the data of {', '.join(lost)} lives on power-loss disks (nodes/N/disk); "
+                       "start the cluster with `raftctl up --power-loss`")
+
+
+def _unmount_power_loss(run_dir: Path) -> None:
+    """After the nodes stopped: unmount any power-loss mount of the run directory."""
+    if any(run_dir.glob("nodes/*/disk")):
+        from raftctl import power  # FUSE plumbing: loaded only where it is needed
+
+        power.unmount_data_dirs(run_dir)
+
+
 def _refuse_if_running(c: Cluster) -> None:
     running = c.running_nodes()
     if not running:
@@ -367,6 +394,9 @@ def down(ctx: click.Context, purge: bool, as_json: bool) -> None:
     stopped += c.stop_orphans()
     if not c.exists() and not stopped and not (purge and c.run_dir.exists()):
         raise ClusterUnavailable(f"cluster {c.name} is not set up in {c.run_dir}")
+    # Before --purge deletes anything: removing files through a live mount
+    # would leave its server and the mount behind.
+    _unmount_power_loss(c.run_dir)
     if purge:
         c.purge()
     if as_json:
@@ -395,10 +425,21 @@ def _warn_durability(c: Cluster) -> None:
             "be lost on a crash")
 
 
+def _warn_unsafe_bugs(states: list[NodeState]) -> None:
+    bugs = {s.id: s.status["unsafe_bugs"] for s in states
+            if s.status is not None and s.status.get("unsafe_bugs")}
+    if bugs:
+        which = "; ".join(f"{n}: {', '.join(b)}" for n, b in bugs.items())
+        render.console(stderr=True).print(
+            f"[bold red]warning:[/] test-only bugs are on ({which}): these nodes break their "
+            "guarantees on purpose; restart them without RAFTCTL_TEST_UNSAFE_BUGS")
+
+
 def _print_status(ctx: click.Context, c: Cluster, as_json: bool,
                   exit_on_no_leader: bool = True) -> None:
     _warn_durability(c)
     states = c.status()
+    _warn_unsafe_bugs(states)
     if as_json:
         click.echo(render.dumps(render.status_rows(states)))
     else:

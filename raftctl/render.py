@@ -27,7 +27,8 @@ HIGHLIGHT_EVENTS = {"became_leader": "bold green", "stepped_down": "bold red",
                     "election_started": "yellow", "prevote_started": "yellow",
                     "node_started": "bold", "node_stopping": "bold", "snapshot_installed": "cyan",
                     "leadership_transferred": "bold green", "link_faults_set": "magenta",
-                    "auth_rejected": "red", "bad_message": "red", "wal_tail_truncated": "red"}
+                    "auth_rejected": "red", "bad_message": "red", "wal_tail_truncated": "red",
+                    "unsafe_bugs_enabled": "bold red"}
 
 
 def node_state(s: NodeState) -> str:
@@ -122,6 +123,7 @@ def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
             "faults": st.get("links") or {},
             "member": member_role(lead_conf, s.id), "conf": st.get("conf"),
             "disk": (st.get("disk") or {}).get("state"),
+            "unsafe_bugs": st.get("unsafe_bugs") or [],
         })
     return rows
 
