@@ -139,7 +139,10 @@ class SnapshotHandling:
         if self._image_jobs:
             until = time.monotonic() + SNAPSHOT_SLICE_MS / 1000.0
             for job in list(self._image_jobs):
-                while self._may_encode(job) and time.monotonic() < until:
+                # A piece each turn at least: a busy loop still finishes it.
+                first = True
+                while self._may_encode(job) and (first or time.monotonic() < until):
+                    first = False
                     piece = job.encoder.next_piece(KV_IMAGE_PIECE_BYTES)
                     if piece is None:
                         self._image_jobs.remove(job)
