@@ -205,6 +205,11 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
+        # The leader last heard from and when; the longest silence of a
+        # leader between two of its messages (shown in status, reset when
+        # read): what an election timeout is measured against (§5.2).
+        self._leader_heard: tuple[str, float] | None = None
+        self._leader_gap_max_s = 0.0
         self._bytes_since_snapshot = 0
         self._reservation_logged = False
         self._logged_commit = self.core.log.commit
@@ -308,7 +313,10 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             if not self._stalled_on_snapshot:
                 self.disk.peer_messages_dropped += lost
             return
-        for src, data in self.transport.receive():
+        received = self.transport.receive()
+        if received:
+            self._heard_from(received, time.monotonic())
+        for src, data in received:
             try:
                 msg = codec.decode(data)
             except codec.DecodeError as e:
@@ -323,6 +331,16 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
                 self.disk.peer_messages_dropped += 1
                 continue
             self.core.step(msg)
+
+    def _heard_from(self, received: Sequence[tuple[str, bytes]], now: float) -> None:
+        """Note the leader's silence if one of `received` is from it."""
+        leader = self.core.leader
+        if leader is None or leader == self.id or all(src != leader for src, _ in received):
+            return
+        last = self._leader_heard
+        if last is not None and last[0] == leader:
+            self._leader_gap_max_s = max(self._leader_gap_max_s, now - last[1])
+        self._leader_heard = (leader, now)
 
     # --- Ready ----------------------------------------------------------------
 
@@ -383,8 +401,9 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         } if c.role is Role.LEADER else {}
         tstats = dict(self.transport.stats)
         max_busy_ms, self._max_busy_s = round(self._max_busy_s * 1000, 3), 0.0
+        leader_gap_ms, self._leader_gap_max_s = round(self._leader_gap_max_s * 1000, 3), 0.0
         return {
-            "loop_max_busy_ms": max_busy_ms,
+            "loop_max_busy_ms": max_busy_ms, "leader_gap_max_ms": leader_gap_ms,
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
             "vote": c.vote, "commit": c.log.commit, "commit_term": c.log.term(c.log.commit),
             "applied": self.kv.applied_index,

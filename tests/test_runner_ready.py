@@ -182,3 +182,26 @@ def test_sigterm_only_sets_a_flag_and_the_loop_stops_between_steps(
         r.core = core
     r.run()  # stops at once: the flag is set; the loop hands over, then exits
     assert r._stopping
+
+
+def test_status_reports_the_longest_silence_of_the_leader_and_resets_it(
+        runner: tuple[NodeRunner, list[str]]) -> None:
+    """`leader_gap_max_ms` is the longest time between two messages from the
+    leader this node follows; messages from others do not count, a change of
+    leader starts afresh, and reading it resets it."""
+    r, _ = runner
+    r.core.step(AppendEntries(term=2, src="n2", dst="n1", prev_index=0, prev_term=0,
+                              entries=[], commit=0))
+    assert r.core.leader == "n2"
+    r._heard_from([("n2", b"")], 10.000)
+    r._heard_from([("n3", b"")], 10.050)
+    r._heard_from([("n3", b""), ("n2", b"")], 10.070)
+    r._heard_from([("n2", b"")], 10.100)
+    assert r.status()["leader_gap_max_ms"] == 70.0
+    assert r.status()["leader_gap_max_ms"] == 0.0
+    r.core.step(AppendEntries(term=3, src="n3", dst="n1", prev_index=0, prev_term=0,
+                              entries=[], commit=0))
+    r._heard_from([("n3", b"")], 11.000)
+    assert r.status()["leader_gap_max_ms"] == 0.0, "a new leader is not the old one's silence"
+    r._heard_from([("n3", b"")], 11.020)
+    assert r.status()["leader_gap_max_ms"] == 20.0
