@@ -5,6 +5,7 @@ in-process, a one-node cluster, its loop turned by hand."""
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from tests.procs import wait_until
 def leader(tmp_path: Path) -> Iterator[NodeRunner]:
     """The one node of a one-node cluster, in this process, leading."""
     c = Cluster(tmp_path / "run", "t")
-    c.create(make_config(1, name="t"))
+    c.create(make_config(1, name="t", catchup_entries=100))
     r = NodeRunner(c.run_dir, "n1", io.StringIO())
     try:
         r.core.step(Hup(transfer=True))
@@ -90,3 +91,30 @@ def test_a_local_snapshot_is_encoded_a_piece_per_turn_from_its_frozen_image(
     assert decode_image(expected) == frozen
     assert r.kv.get("key/1") == b"new"
     assert r.core.snapshot_meta.index == frozen.applied_index
+
+
+def test_entries_a_snapshot_compacts_away_are_freed_a_few_per_turn(
+        leader: NodeRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log forgets what a snapshot covers (but `catchup_entries`), and
+    the loop frees those entries ENTRIES_FREED_PER_TURN at a time, never a
+    snapshot interval of them in one turn."""
+    r = leader
+    r.core.step(Propose(encode_command(Command(0, RegisterSession()))))
+    _settle(r)
+    _propose_puts(r, r.kv.applied_index, 1, 300)
+    monkeypatch.setattr(runner_snap, "ENTRIES_FREED_PER_TURN", 50)
+    applied = r.kv.applied_index
+    assert r._maybe_snapshot(force=True)
+
+    def installed() -> bool:
+        r._advance_images()
+        return r.core.snapshot_meta.index == applied
+
+    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    assert r.core.log.first_index() == applied - 100 + 1
+    waiting = [len(r._to_free)]
+    while r._to_free:
+        r._advance_images()
+        waiting.append(len(r._to_free))
+    assert waiting[0] > 150, waiting
+    assert all(a - b <= 50 for a, b in itertools.pairwise(waiting)), waiting

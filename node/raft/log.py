@@ -163,17 +163,21 @@ class RaftLog:
             raise AssertionError(f"applied {index} beyond commit {self.commit}")
         self.applied = max(self.applied, index)
 
-    def compact(self, meta: SnapshotMeta) -> None:
-        """Drop entries up to `meta.index`: a local snapshot now covers them."""
+    def compact(self, meta: SnapshotMeta) -> list[Entry]:
+        """Drop entries up to `meta.index`: a local snapshot now covers them.
+        Returns them, so that the caller chooses when they are freed."""
         if meta.index <= self.snapshot.index:
-            return
+            return []
         if meta.index > self.applied:
             raise AssertionError(f"compacting {meta.index} beyond applied {self.applied}")
         if self.term(meta.index) != meta.term:
             raise AssertionError(f"snapshot term {meta.term} disagrees at {meta.index}")
-        del self.entries[: meta.index - self.snapshot.index]
+        n = meta.index - self.snapshot.index
+        dropped = self.entries[:n]
+        del self.entries[:n]
         self.snapshot = meta
         self.stable_index = max(self.stable_index, meta.index)
+        return dropped
 
     def restore(self, meta: SnapshotMeta) -> None:
         """Install a snapshot from the leader: keep entries after it only if

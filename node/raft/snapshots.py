@@ -14,6 +14,7 @@ from node.raft.base import CoreState
 from node.raft.messages import (
     AppendEntriesResponse,
     ConfState,
+    Entry,
     InstallSnapshot,
     InstallSnapshotResponse,
     Snapshot,
@@ -65,20 +66,24 @@ class OutgoingSnapshot:
 class Snapshots(CoreState):
     """The rules above, as methods of `RaftCore` (core.py)."""
 
-    def compact(self, meta: SnapshotMeta) -> None:
+    def compact(self, meta: SnapshotMeta) -> list[Entry]:
         """Storage now holds a snapshot at `meta`: forget the entries it
         covers but the last `catchup_entries`, so that a follower a little
         behind is caught up by appends, not a whole snapshot (etcd keeps
-        5,000 too)."""
+        5,000 too). Returns the entries forgotten: freeing a snapshot
+        interval of them at once held a loop for tens of milliseconds, so
+        the caller frees them a few at a time."""
         if meta.index <= self.snapshot_meta.index:
-            return
+            return []
         self.snapshot_meta = meta
         self._snap_out = None
         keep_from = meta.index - self.config.catchup_entries
         term = self.log.term(keep_from)
         if keep_from > self.log.snapshot.index and term is not None:
-            self.log.compact(SnapshotMeta(keep_from, term))
+            dropped = self.log.compact(SnapshotMeta(keep_from, term))
             self._membership.compacted(keep_from)
+            return dropped
+        return []
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         meta = m.meta
