@@ -110,7 +110,7 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
       node_cpu [{node, pid, cpu_s, percent}]  (percent of one core),
       loadgen_cpu_s, loadgen_cpu_percent, loadgen_saturated (bool),
       heartbeat_gap_max_ms (the longest silence of the leader a follower saw),
-      node_loop [{node, loop_max_busy_ms, leader_gap_max_ms, snapshots,
+      node_loop [{node, loop_max_busy_ms, loop_max_cpu_ms, leader_gap_max_ms, snapshots,
       keys, rss_mib}]  (sampled from status during the run; memory at its end).
     """
     c = _cluster(ctx)
@@ -165,6 +165,8 @@ def write_table(r: WriteReport) -> Table:
         rows.append((f"loop {lp.node}", ", ".join([
             "longest turn " + ("—" if lp.loop_max_busy_ms is None
                                else f"{lp.loop_max_busy_ms:.1f} ms"),
+            "most CPU in a turn " + ("—" if lp.loop_max_cpu_ms is None
+                                     else f"{lp.loop_max_cpu_ms:.1f} ms"),
             f"{lp.snapshots} snapshots",
             ("—" if lp.keys is None else f"{lp.keys:,} keys"),
             ("—" if lp.rss_mib is None else f"{lp.rss_mib:,.0f} MiB")])))

@@ -79,6 +79,7 @@ class NodeLoop(msgspec.Struct, frozen=True):
 
     node: str
     loop_max_busy_ms: float | None
+    loop_max_cpu_ms: float | None  # of the loop's thread in its longest-working turn
     leader_gap_max_ms: float | None
     snapshots: int
     keys: int | None
@@ -244,6 +245,7 @@ class _NodeSamples:
 
     def __init__(self) -> None:
         self.busy_ms: float | None = None
+        self.cpu_ms: float | None = None
         self.gap_ms: float | None = None
         self.snapshot_index: int | None = None
         self.snapshots = 0
@@ -252,6 +254,7 @@ class _NodeSamples:
 
     def add(self, st: dict[str, Any]) -> None:
         self.busy_ms = _max_of(self.busy_ms, st.get("loop_max_busy_ms"))
+        self.cpu_ms = _max_of(self.cpu_ms, st.get("loop_max_cpu_ms"))
         self.gap_ms = _max_of(self.gap_ms, st.get("leader_gap_max_ms"))
         index = st.get("snapshot_index")
         if isinstance(index, int):
@@ -327,7 +330,7 @@ class _LeaderWatch(threading.Thread):
         out = []
         for n in self._cluster.node_ids():
             got = self.nodes.get(n, _NodeSamples())
-            out.append(NodeLoop(n, got.busy_ms, got.gap_ms, got.snapshots, got.keys,
+            out.append(NodeLoop(n, got.busy_ms, got.cpu_ms, got.gap_ms, got.snapshots, got.keys,
                                 _rss_mib(got.pid)))
         return out
 
