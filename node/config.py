@@ -29,6 +29,10 @@ MAX_UNCOMMITTED_BYTES = 32 * 1024 * 1024
 # After a local snapshot the log keeps this many entries before it, so that a
 # follower briefly behind is caught up by appends (etcd's default too).
 CATCHUP_ENTRIES = 5_000
+# The log holds at most about this many applied entries in memory; older
+# ones are read back from the WAL for a follower that lags (node/raft/log.py).
+# None: every entry until the next snapshot.
+LOG_CACHE_ENTRIES = 10_000
 # A learner is promoted to voter only once its log is within this many
 # entries of the leader's (thesis §4.2.1): a voter far behind would hold back
 # every commit that needs it.
@@ -142,6 +146,7 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_apply_bytes: int = MAX_APPLY_BYTES
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     catchup_entries: int = CATCHUP_ENTRIES
+    log_cache_entries: int | None = LOG_CACHE_ENTRIES
     # The election timeout is election_ticks plus a random 0 to this many
     # minus one (§5.2); None: election_ticks (150-300 ms by default); 0
     # turns the randomization off (split votes then repeat).
@@ -165,6 +170,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_uncommitted_bytes must be positive")
         if self.catchup_entries < 0:
             raise ValueError("catchup_entries must not be negative")
+        if self.log_cache_entries is not None and self.log_cache_entries < 0:
+            raise ValueError("log_cache_entries must not be negative")
         if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
             raise ValueError("election_jitter_ticks must not be negative")
         if self.promote_max_lag_entries < 0:
@@ -245,6 +252,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
     catchup_entries: int = CATCHUP_ENTRIES  # kept in the log before a snapshot
+    log_cache_entries: int | None = LOG_CACHE_ENTRIES  # applied entries held in memory
     promote_max_lag_entries: int = PROMOTE_MAX_LAG_ENTRIES
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
@@ -287,6 +295,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             max_inflight_appends=self.max_inflight_appends,
             max_uncommitted_bytes=self.max_uncommitted_bytes,
             catchup_entries=self.catchup_entries,
+            log_cache_entries=self.log_cache_entries,
             election_jitter_ticks=self.election_jitter_ticks,
             promote_max_lag_entries=self.promote_max_lag_entries,
         )
@@ -320,6 +329,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("max_uncommitted_bytes: must be at least 1")
         if self.catchup_entries < 0:
             out.append("catchup_entries: must not be negative")
+        if self.log_cache_entries is not None and self.log_cache_entries < 0:
+            out.append("log_cache_entries: must not be negative")
         if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
             out.append("election_jitter_ticks: must not be negative")
         if self.promote_max_lag_entries < 0:

@@ -291,6 +291,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
                     next_tick += behind * tick_s
                 self._handle_ready()
                 self._flush_replies()
+                self._release_log_memory()
                 self._advance_images()
                 self._answer_deferred_control()
                 self._record_floor()

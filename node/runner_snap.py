@@ -1,9 +1,10 @@
-"""The runner's side of snapshots, made without stopping its loop: a local
-snapshot's image (or a digest's) is encoded from a frozen copy a slice per
-turn within a time budget, and written by a helper thread that holds the
-interpreter lock only between system calls; a leader's snapshot is written
-and decoded off the loop while the Ready that brought it waits. A mixin of
-`NodeRunner` (node/runner.py).
+"""The runner's side of snapshots and of the log's memory, made without
+stopping its loop: a local snapshot's image (or a digest's) is encoded from
+a frozen copy a slice per turn within a time budget, and written by a
+helper thread that holds the interpreter lock only between system calls; a
+leader's snapshot is written and decoded off the loop while the Ready that
+brought it waits; entries compacted or evicted are freed a slice per turn.
+A mixin of `NodeRunner` (node/runner.py).
 """
 
 from __future__ import annotations
@@ -139,10 +140,19 @@ class SnapshotHandling:
     def _may_encode(job: _ImageJob) -> bool:
         return job.snapshot is None or job.snapshot.queued_bytes < SNAPSHOT_QUEUE_BYTES
 
-    def _advance_images(self) -> None:
-        """One slice of encoding, then see what the writer finished."""
+    def _release_log_memory(self) -> None:
+        """Evict applied entries beyond the log's cache from memory, in the
+        core and in storage (which reads them back from the WAL when a
+        follower lags), and free a slice of what was dropped."""
+        dropped = self.core.evict_log()
+        if dropped:
+            self.storage.evict(self.core.log.mem_base)
+            self._to_free.extend(dropped)
         if self._to_free:
             del self._to_free[-ENTRIES_FREED_PER_TURN:]
+
+    def _advance_images(self) -> None:
+        """One slice of encoding, then see what the writer finished."""
         self._reap_writes()
         if self._image_jobs:
             until = time.monotonic() + SNAPSHOT_SLICE_MS / 1000.0

@@ -114,7 +114,7 @@ def test_entries_a_snapshot_compacts_away_are_freed_a_few_per_turn(
     assert r.core.log.first_index() == applied - 100 + 1
     waiting = [len(r._to_free)]
     while r._to_free:
-        r._advance_images()
+        r._release_log_memory()
         waiting.append(len(r._to_free))
     assert waiting[0] > 150, waiting
     assert all(a - b <= 50 for a, b in itertools.pairwise(waiting)), waiting

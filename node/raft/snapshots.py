@@ -77,13 +77,35 @@ class Snapshots(CoreState):
             return []
         self.snapshot_meta = meta
         self._snap_out = None
-        keep_from = meta.index - self.config.catchup_entries
+        # Entries evicted from memory up to the snapshot cannot be read back
+        # any more (storage dropped them with it): they go too.
+        keep_from = max(meta.index - self.config.catchup_entries,
+                        min(self.log.mem_base, meta.index))
+        return self._compact_log(keep_from)
+
+    def _compact_log(self, keep_from: int) -> list[Entry]:
         term = self.log.term(keep_from)
         if keep_from > self.log.snapshot.index and term is not None:
             dropped = self.log.compact(SnapshotMeta(keep_from, term))
             self._membership.compacted(keep_from)
             return dropped
         return []
+
+    def evict_log(self) -> list[Entry]:
+        """Stop holding in memory the applied entries beyond the newest
+        `log_cache_entries` (in batches of an eighth of that); storage
+        reads them back for a follower that lags. Entries at or below the
+        stored snapshot cannot be read back: the catch-up tail kept before
+        it goes first. Returns what was dropped, for the caller to free."""
+        cache = self.config.log_cache_entries
+        if cache is None:
+            return []
+        log = self.log
+        upto = min(log.applied, log.stable_index, log.last_index() - cache)
+        if upto - max(log.mem_base, self.snapshot_meta.index) < max(1, cache // 8):
+            return []
+        dropped = self._compact_log(self.snapshot_meta.index)
+        return dropped + log.evict(upto)
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         meta = m.meta

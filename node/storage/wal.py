@@ -161,6 +161,7 @@ class Replay:
     records: list[Record] = field(default_factory=list)
     offsets: array[int] = field(default_factory=lambda: array("Q"))
     paths: list[Path] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
     firsts: list[int] = field(default_factory=list)
     last_mark: SnapshotMark | None = None
 
@@ -168,6 +169,10 @@ class Replay:
         """The segment file and byte offset of record `k`."""
         seg = bisect.bisect_right(self.firsts, k) - 1
         return self.paths[seg], self.offsets[k]
+
+    def seq_of(self, k: int) -> int:
+        """The sequence number of the segment holding record `k`."""
+        return self.seqs[bisect.bisect_right(self.firsts, k) - 1]
 
 
 def _record_follows(data: bytes, start: int) -> bool:
@@ -271,6 +276,9 @@ class _Chunk:
     buf: bytearray = field(default_factory=bytearray)
     max_index: int = 0
     mark: int | None = None
+    # Each entry record's index and where it starts in `buf`, in order.
+    entry_index: array[int] = field(default_factory=lambda: array("Q"))
+    entry_start: array[int] = field(default_factory=lambda: array("Q"))
 
 
 class Wal:
@@ -306,6 +314,11 @@ class Wal:
         self.reservation_error: OSError | None = None
         self.space_error: OSError | None = None
         self.recovery = Recovery()
+        # Where the entry records written since `take_written` lie: index,
+        # segment seq and byte offset, in the order they were written.
+        self._written_index: array[int] = array("Q")
+        self._written_seq: array[int] = array("Q")
+        self._written_off: array[int] = array("Q")
 
     @classmethod
     def open(cls, directory: Path, *, sync: bool, segment_bytes: int) -> tuple[Wal, Replay]:
@@ -327,6 +340,7 @@ class Wal:
             path = directory / segment_name(seq)
             data = path.read_bytes()
             replay.paths.append(path)
+            replay.seqs.append(seq)
             replay.firsts.append(len(replay.records))
             end, max_index, mark = _scan(data, path, k == len(seqs) - 1, replay)
             if mark is not None:
@@ -378,6 +392,7 @@ class Wal:
         encode_into = self._encode_into
         pack_into = _HEADER.pack_into
         crc32 = zlib.crc32
+        at_index, at_start = chunk.entry_index.append, chunk.entry_start.append
         for e in entries:
             start = len(buf)
             buf += prefix
@@ -393,6 +408,10 @@ class Wal:
                 self._chunks.append(chunk)
                 buf = chunk.buf
                 room = self._segment_bytes
+                at_index, at_start = chunk.entry_index.append, chunk.entry_start.append
+                start = 0
+            at_index(e.index)
+            at_start(start)
         if entries:
             chunk.max_index = max(chunk.max_index, entries[-1].index)
         self._room = room
@@ -442,7 +461,12 @@ class Wal:
                     self._roll_first = False
                 seg = self._segments[-1]
                 if chunk.buf:
+                    at = seg.size
                     self._write_chunk(seg, chunk.buf)
+                    n = len(chunk.entry_index)
+                    self._written_index.extend(chunk.entry_index)
+                    self._written_seq.extend(array("Q", [seg.seq]) * n)
+                    self._written_off.extend(array("Q", (at + s for s in chunk.entry_start)))
                 seg.max_index = max(seg.max_index, chunk.max_index)
                 if chunk.mark is not None:
                     self._mark = (seg.seq, chunk.mark)
@@ -549,6 +573,16 @@ class Wal:
 
     def segment_paths(self) -> list[Path]:
         return [s.path for s in self._segments]
+
+    def take_written(self) -> tuple[array[int], array[int], array[int]]:
+        """Where each entry record written since the last call lies (index,
+        segment seq, offset), in writing order; a later record for an index
+        replaces an earlier one (a truncated suffix written again). Durable
+        once `sync` returned."""
+        out = (self._written_index, self._written_seq, self._written_off)
+        self._written_index, self._written_seq, self._written_off = (
+            array("Q"), array("Q"), array("Q"))
+        return out
 
     def close(self) -> None:
         """Write and sync what is buffered, then close the segment."""
