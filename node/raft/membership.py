@@ -75,7 +75,10 @@ class Membership:
         before = self._points[-1]
         while len(self._points) > 1 and log.term(self._points[-1].index) != self._points[-1].term:
             self._points.pop()
-        self.appended(e for e in entries if log.term(e.index) == e.term)
+        # Only a configuration entry can change it: test the kind before
+        # looking the term up (this runs for every entry a follower appends).
+        self.appended(e for e in entries
+                      if e.kind is EntryKind.CONF_CHANGE and log.term(e.index) == e.term)
         return self._points[-1] != before
 
     def compacted(self, first_kept: int) -> None:

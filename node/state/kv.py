@@ -85,8 +85,11 @@ class Put(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="put
     prev: bool = False
 
     def __post_init__(self) -> None:
-        _check_key(self.key)
-        _check_value(self.value)
+        # Inline: run for every write at its proposal and at every replica's apply.
+        if len(self.key) * 4 > MAX_KEY_BYTES or not self.key:
+            _check_key(self.key)
+        if len(self.value) > MAX_VALUE_BYTES:
+            _check_value(self.value)
 
 
 class Delete(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="delete"):
@@ -162,12 +165,12 @@ class Command(msgspec.Struct, frozen=True, array_like=True):
     body: Body
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(msgspec.Struct, frozen=True, gc=False):
     """What applying one command did, for whoever waits on it: the write
     (`session`, `seq`) or the registration (`seq` 0; `session` is the new
     id) or closing (`seq` 0), its result, and the index at which the write
-    was first applied (a retry's answer is the first one's)."""
+    was first applied (a retry's answer is the first one's). A Struct, not
+    a dataclass: one is made per entry applied, on every replica."""
 
     session: int
     seq: int
@@ -219,8 +222,7 @@ def decode_op(raw: msgspec.Raw) -> Op:
 def fingerprint(raw: msgspec.Raw) -> int:
     """What tells a retry of a write from another write under the same seq:
     the length and CRC-32 of the operation's bytes."""
-    data = memoryview(raw)
-    return (len(data) << 32) | zlib.crc32(data)
+    return (len(raw) << 32) | zlib.crc32(raw)
 
 
 _NOOP = Result(ok=True)

@@ -55,9 +55,19 @@ class Session:
         """The client needs no answer below `first_outstanding` any more."""
         if first_outstanding <= self.first_outstanding:
             return
-        self.first_outstanding = first_outstanding
-        if self.answers:
-            self.answers = {s: a for s, a in self.answers.items() if s >= first_outstanding}
+        old, self.first_outstanding = self.first_outstanding, first_outstanding
+        answers = self.answers
+        if not answers:
+            return
+        if first_outstanding - old == 1:
+            answers.pop(old, None)  # a client with one write in flight, moving on
+        elif first_outstanding - old <= len(answers):
+            # The usual step (a client with a few writes in flight moves on
+            # by one or a few): drop those seqs, not rebuild the dict.
+            for seq in range(old, first_outstanding):
+                answers.pop(seq, None)
+        else:
+            self.answers = {s: a for s, a in answers.items() if s >= first_outstanding}
 
 
 class SessionImage(msgspec.Struct, frozen=True, array_like=True):
@@ -99,8 +109,11 @@ class SessionTable:
     def advance(self, time_ms: int) -> None:
         """An entry stamped `time_ms` is applied: move the clock and expire
         every session idle for longer than the timeout by that clock."""
-        if time_ms > self.clock_ms:
-            self.clock_ms = time_ms
+        if time_ms <= self.clock_ms:
+            # The clock did not move: what it expires went when it last did
+            # (sessions registered or touched since are stamped with it).
+            return
+        self.clock_ms = time_ms
         horizon = self.clock_ms - self.timeout_ms
         sessions = self._by_activity
         while sessions:
