@@ -26,6 +26,7 @@ from node.raft.messages import (
 )
 from node.raft.snapshots import stream_head
 from node.runner import NodeRunner
+from node.runner_snap import SHARDS_FREED_PER_TURN
 from node.state.kv import (
     Command,
     KVStore,
@@ -260,3 +261,9 @@ def test_a_leaders_snapshot_is_stored_and_decoded_off_the_loop_while_its_ready_w
     assert r.kv.applied_index == 10 and r.kv.get("k7") == b"v"
     stored = r.storage.snapshot_meta()
     assert (stored.index, stored.term) == (10, 1) and r.core.log.commit == 10
+    # The state it replaced is freed a slice of its shards per turn.
+    waiting = [len(r._shards_to_free)]
+    while r._shards_to_free:
+        r._release_log_memory()
+        waiting.append(len(r._shards_to_free))
+    assert waiting[0] > SHARDS_FREED_PER_TURN and len(waiting) > 2, waiting
