@@ -229,12 +229,12 @@ class SnapshotHandling:
         per turn: hashing a large state at once held the loop for longer
         than an election timeout."""
         image = self.kv.freeze()
+        applied, keys = image.applied_index, len(image)
         h = hashlib.sha256()
         fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._image_jobs.append(_ImageJob(
             image_encoder(image), h.update,
-            lambda: fut.set_result({"applied": image.applied_index, "digest": h.hexdigest(),
-                                    "keys": len(image)})))
+            lambda: fut.set_result({"applied": applied, "digest": h.hexdigest(), "keys": keys})))
         return fut
 
     # --- a leader's snapshot (§7) ---------------------------------------------

@@ -4,6 +4,7 @@ validation, and replicas that agree (sessions: tests/test_sessions.py)."""
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -387,6 +388,18 @@ def test_image_encoded_in_pieces_is_the_image_encoded_at_once() -> None:
         assert enc.done
         assert size > 1000 or len(pieces) > 2, "small pieces were asked for"
         assert b"".join(pieces) == encode_image(img), f"pieces of {size} bytes"
+
+
+def test_an_encoder_lets_go_of_each_shard_once_encoded() -> None:
+    """The encoder holds a frozen shard only until it is encoded, so the
+    frozen copies are freed a piece at a time, not all when it goes."""
+    img = _populated(300).kv.freeze()
+    shard = next(s for s in img.shards if s)
+    enc = image_encoder(img)
+    held = sys.getrefcount(shard)
+    while enc.next_piece(100) is not None:
+        pass
+    assert sys.getrefcount(shard) == held - 1
 
 
 def test_an_image_of_format_2_is_still_restored() -> None:

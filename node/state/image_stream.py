@@ -20,11 +20,14 @@ _encoder = msgspec.msgpack.Encoder()
 class ImageEncoder:
     """An image's bytes, piece by piece: `head` first, then the data
     chunks of `shards` in order. Shares the shards with the image they came
-    from, which must not change while this runs (a frozen image does not)."""
+    from, which must not change while this runs (a frozen image does not),
+    and lets go of each once encoded: the copies a store made since are
+    then the only ones, and the frozen ones are freed a piece at a time
+    rather than all at once when the encoder goes."""
 
     def __init__(self, head: bytes, shards: tuple[dict[str, bytes], ...]) -> None:
         self._head: bytes | None = head
-        self._shards = shards
+        self._shards: list[dict[str, bytes] | None] = list(shards)
         self._next = 0
 
     @property
@@ -43,6 +46,7 @@ class ImageEncoder:
         i = self._next
         while i < len(shards) and size < max_bytes:
             shard = shards[i]
+            shards[i] = None
             i += 1
             if not shard:
                 continue
