@@ -200,6 +200,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self._client_backlog: collections.deque[
             tuple[list[bytes], bytes | ClientRequest]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
+        self.storage.remove_files_with(self._remove_files)
         self._floor = FloorRecorder(run_dir, node_id, self._snapshotter.submit)
         self._init_snapshots()
         self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []

@@ -138,6 +138,13 @@ class SnapshotHandling:
     def _finish_local(self, job: _LocalSnapshot) -> None:
         job.finished = self._snapshotter.submit(job.writer.finish)
 
+    def _remove_files(self, job: Callable[[], None]) -> None:
+        """Unlink dead files on the snapshot thread (FileStorage.remove_files_with)."""
+        try:
+            self._snapshotter.submit(job)
+        except RuntimeError:  # the node is stopping: the thread is gone
+            job()
+
     def _images_waiting(self) -> bool:
         """Image pieces are left to encode and the writer can take them."""
         return any(self._may_encode(j) for j in self._image_jobs)

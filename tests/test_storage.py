@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -411,3 +412,27 @@ def test_an_evicted_entry_damaged_on_disk_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"fails its CRC.*at byte"):
         fs.entries(5, 6, 1 << 30)
     fs.abandon()
+
+
+def test_dead_files_are_removed_by_the_given_thread(tmp_path: Path) -> None:
+    """With `remove_files_with`, the snapshot file a new one replaced and the
+    dead WAL segments are unlinked by the job handed over, not in `sync`."""
+    fs = FileStorage(tmp_path, segment_bytes=512)
+    jobs: list[Callable[[], None]] = []
+    fs.remove_files_with(jobs.append)
+    fs.append([Entry(1, i, data=b"x" * 100) for i in range(1, 21)])
+    fs.create_snapshot(SnapshotMeta(10, 1), b"first")
+    fs.sync()
+    fs.create_snapshot(SnapshotMeta(20, 1), b"second")
+    fs.append([Entry(1, 21)])
+    fs.sync()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert len([n for n in before if n.startswith("snap-")]) == 2 and jobs
+    for job in jobs:
+        job()
+    after = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in after if n.startswith("snap-")] == [f"snap-{20:016x}-{1:016x}.snap"]
+    assert len([n for n in after if n.startswith("wal-")]) < len(
+        [n for n in before if n.startswith("wal-")])
+    fs.close()
+    assert FileStorage(tmp_path).snapshot() == Snapshot(SnapshotMeta(20, 1), b"second")

@@ -15,6 +15,7 @@ import re
 import struct
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,9 @@ class Wal:
         self._written_index: array[int] = array("Q")
         self._written_seq: array[int] = array("Q")
         self._written_off: array[int] = array("Q")
+        # Runs the removal of dead segments (None: at once); a crash before
+        # it ran leaves dead segments, which the next open removes.
+        self.remover: Callable[[Callable[[], None]], object] | None = None
 
     @classmethod
     def open(cls, directory: Path, *, sync: bool, segment_bytes: int) -> tuple[Wal, Replay]:
@@ -565,11 +569,20 @@ class Wal:
             dead += 1
         if not dead:
             return
-        for seg in self._segments[:dead]:
-            seg.path.unlink()
+        paths = [seg.path for seg in self._segments[:dead]]
         del self._segments[:dead]
-        if self._sync:
-            fsync_dir(self.directory)
+        sync = self._sync
+
+        def remove() -> None:
+            for path in paths:  # oldest first: what is left stays contiguous
+                path.unlink(missing_ok=True)
+            if sync:
+                fsync_dir(self.directory)
+
+        if self.remover is None:
+            remove()
+        else:
+            self.remover(remove)
 
     def segment_paths(self) -> list[Path]:
         return [s.path for s in self._segments]
