@@ -69,13 +69,19 @@ SIM_CLIENT_OP_TICKS = 60  # and this long for an operation before giving up
 
 
 
+# Applied entries a core holds in memory: few, so that followers that lag are
+# sent entries read back from storage (node/raft/log.py, evict) all the time.
+_LOG_CACHE_ENTRIES = 4
+
+
 def sim_core_config(rng: random.Random | None = None) -> CoreConfig:
     """Short timeouts keep runs short; small batches, pipelines and snapshot
     chunks make the flow-control and chunked-snapshot paths run often. With
     `rng`, a seed also picks its variant of the settings a user may change."""
     if rng is None:
         return CoreConfig(election_ticks=10, heartbeat_ticks=2, max_append_entries=4,
-                          max_inflight_appends=4, snapshot_chunk_bytes=64, catchup_entries=0)
+                          max_inflight_appends=4, snapshot_chunk_bytes=64, catchup_entries=0,
+                          log_cache_entries=_LOG_CACHE_ENTRIES)
     return CoreConfig(
         election_ticks=10,
         heartbeat_ticks=2,
@@ -83,6 +89,7 @@ def sim_core_config(rng: random.Random | None = None) -> CoreConfig:
         max_inflight_appends=rng.choice((1, 4, 64)),
         snapshot_chunk_bytes=rng.choice((16, 64, 4096)),
         catchup_entries=rng.choice((0, 0, 3, 20)),
+        log_cache_entries=_LOG_CACHE_ENTRIES,
         prevote=rng.random() < 0.8,
         check_quorum=rng.random() < 0.8,
     )
@@ -493,6 +500,8 @@ class Simulation:
             except _Crashed as crash:
                 self._crash(n, str(crash))
                 return
+        if core.evict_log():
+            self._stats["entries_evicted"] += 1
         if io.changed:
             self._observe(n)
 
@@ -569,7 +578,9 @@ class Simulation:
         log = core.log
         found = self._checker.observe(self.now, NodeState(
             n.id, core.term, core.role.value, log.commit, n.applied,
-            log.snapshot.index, log.snapshot.term, log.entries, vote=core.vote,
+            # Entries evicted from memory are applied and stored: the checker
+            # sees the log from the first one still held, like a snapshot.
+            log.mem_base, log.term(log.mem_base) or 0, log.entries, vote=core.vote,
             confs=[ConfView(p.index, frozenset(p.conf.voters), frozenset(p.conf.voters_outgoing))
                    for p in core.conf_history()]))
         if found:
@@ -803,7 +814,8 @@ def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> RunSu
 
 # The counters a sweep adds up to show which paths its runs went through.
 COVERAGE_STATS = (
-    "became_leader", "crashes", "compactions", "snapshot_installed", "leadership_transferred",
+    "became_leader", "crashes", "compactions", "entries_evicted", "snapshot_installed",
+    "leadership_transferred",
     "append_rejected", "membership_changed", "messages_delivered", "messages_dropped", "ops_ok",
     "ops_unknown", "ops_fail",
 )

@@ -29,6 +29,10 @@ MAX_UNCOMMITTED_BYTES = 32 * 1024 * 1024
 # After a local snapshot the log keeps this many entries before it, so that a
 # follower briefly behind is caught up by appends (etcd's default too).
 CATCHUP_ENTRIES = 5_000
+# The log holds at most about this many applied entries in memory; older
+# ones are read back from the WAL for a follower that lags (node/raft/log.py).
+# None: every entry until the next snapshot.
+LOG_CACHE_ENTRIES = 10_000
 # A learner is promoted to voter only once its log is within this many
 # entries of the leader's (thesis §4.2.1): a voter far behind would hold back
 # every commit that needs it.
@@ -149,9 +153,14 @@ HISTORY_MAX_BYTES = 64 * 1024 * 1024
 # of keys and values (its answer is kept in its session for retries).
 MAX_TXN_OPS = 128
 MAX_TXN_ANSWER_BYTES = 1024 * 1024
-# A snapshot image is encoded in chunks of about this size so that a thread
-# encoding it releases the interpreter lock between chunks.
-KV_IMAGE_CHUNK_BYTES = 256 * 1024
+# A snapshot image is made of chunks of about this size: a turn of the loop
+# encodes one at least (node/runner_snap.py). Chunks are part of an image's
+# bytes, so every replica of a cluster must use the same.
+KV_IMAGE_CHUNK_BYTES = 64 * 1024
+# A local snapshot's image is encoded on the loop a piece of about this size
+# at a time, as many pieces per turn as its time budget allows
+# (node/runner_snap.py).
+KV_IMAGE_PIECE_BYTES = 64 * 1024
 
 
 class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +175,7 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_apply_bytes: int = MAX_APPLY_BYTES
     max_uncommitted_bytes: int = MAX_UNCOMMITTED_BYTES
     catchup_entries: int = CATCHUP_ENTRIES
+    log_cache_entries: int | None = LOG_CACHE_ENTRIES
     # The election timeout is election_ticks plus a random 0 to this many
     # minus one (§5.2); None: election_ticks (150-300 ms by default); 0
     # turns the randomization off (split votes then repeat).
@@ -189,6 +199,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_uncommitted_bytes must be positive")
         if self.catchup_entries < 0:
             raise ValueError("catchup_entries must not be negative")
+        if self.log_cache_entries is not None and self.log_cache_entries < 0:
+            raise ValueError("log_cache_entries must not be negative")
         if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
             raise ValueError("election_jitter_ticks must not be negative")
         if self.promote_max_lag_entries < 0:
@@ -269,6 +281,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES  # of commands applied since the last snapshot
     catchup_entries: int = CATCHUP_ENTRIES  # kept in the log before a snapshot
+    log_cache_entries: int | None = LOG_CACHE_ENTRIES  # applied entries held in memory
     promote_max_lag_entries: int = PROMOTE_MAX_LAG_ENTRIES
     max_append_entries: int = MAX_APPEND_ENTRIES
     max_inflight_appends: int = MAX_INFLIGHT_APPENDS
@@ -317,6 +330,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             max_inflight_appends=self.max_inflight_appends,
             max_uncommitted_bytes=self.max_uncommitted_bytes,
             catchup_entries=self.catchup_entries,
+            log_cache_entries=self.log_cache_entries,
             election_jitter_ticks=self.election_jitter_ticks,
             promote_max_lag_entries=self.promote_max_lag_entries,
         )
@@ -350,6 +364,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("max_uncommitted_bytes: must be at least 1")
         if self.catchup_entries < 0:
             out.append("catchup_entries: must not be negative")
+        if self.log_cache_entries is not None and self.log_cache_entries < 0:
+            out.append("log_cache_entries: must not be negative")
         if self.election_jitter_ticks is not None and self.election_jitter_ticks < 0:
             out.append("election_jitter_ticks: must not be negative")
         if self.promote_max_lag_entries < 0:

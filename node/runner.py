@@ -41,12 +41,13 @@ from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.confchange import initial
 from node.raft.core import RaftCore
-from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
+from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot
 from node.raft.ready import Ready, SoftState, Step
 from node.replies import ClientReplies
 from node.runner_clients import ClientHandling
 from node.runner_disk import DiskHandling
-from node.state.kv import UNSAFE_BUGS_ENV, KVStore, encode_image, image_digest, parse_unsafe_bugs
+from node.runner_snap import SnapshotHandling
+from node.state.kv import UNSAFE_BUGS_ENV, KVStore, parse_unsafe_bugs
 from node.storage import FileStorage, StorageError
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
@@ -89,7 +90,7 @@ def load_links(path: Path) -> dict[str, LinkRule]:
     return msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
 
 
-class NodeRunner(ClientHandling, DiskHandling):
+class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
     """One node: storage, core, state machine, sockets, and the loop."""
 
     def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO,
@@ -116,6 +117,7 @@ class NodeRunner(ClientHandling, DiskHandling):
         # A Ready whose persist found the disk full waits here, the steps of
         # its persist already done in _persisted, and the log is frozen.
         self._stalled: Ready | None = None
+        self._stalled_on_snapshot = False
         self._persisted: set[str] = set()
         self._stall_retry_at = 0.0
         if self.cfg.fsync == "never":
@@ -146,9 +148,11 @@ class NodeRunner(ClientHandling, DiskHandling):
                           history_revisions=self.cfg.history_revisions,
                           history_max_bytes=self.cfg.history_max_bytes,
                           unsafe_bugs=self.unsafe_bugs)
-        snap = self.storage.snapshot()
-        if snap.meta.index > 0:
-            self.kv.restore(snap.data)
+        view = self.storage.snapshot_view()
+        if view is not None:
+            with view:
+                self.kv.restore(view.data)
+        snap_index = self.storage.snapshot_meta().index
         seed = int.from_bytes(os.urandom(8), "big")
         core_cfg = self.cfg.core_config()
         max_command = MAX_MESSAGE_BYTES
@@ -202,11 +206,18 @@ class NodeRunner(ClientHandling, DiskHandling):
         self._client_backlog: collections.deque[
             tuple[list[bytes], bytes | ClientRequest]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
+        self.storage.remove_files_with(self._remove_files)
         self._floor = FloorRecorder(run_dir, node_id, self._snapshotter.submit)
-        self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
+        self._init_snapshots()
         self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
+        self._max_cpu_s = 0.0
+        # The leader last heard from and when; the longest silence of a
+        # leader between two of its messages (shown in status, reset when
+        # read): what an election timeout is measured against (§5.2).
+        self._leader_heard: tuple[str, float] | None = None
+        self._leader_gap_max_s = 0.0
         self._bytes_since_snapshot = 0
         self._reservation_logged = False
         self._logged_commit = self.core.log.commit
@@ -214,7 +225,7 @@ class NodeRunner(ClientHandling, DiskHandling):
         self.log.info("node_started", pid=os.getpid(), peer_addr=self.spec.peer_addr(),
                       client_addr=self.spec.client_addr(), transport=self.cfg.transport,
                       fsync=self.cfg.fsync, commit=self.core.log.commit,
-                      last_index=self.core.log.last_index(), snapshot_index=snap.meta.index)
+                      last_index=self.core.log.last_index(), snapshot_index=snap_index)
 
     def _make_transport(self) -> PeerTransport:
         # The members of the configuration in force; others come and go
@@ -264,10 +275,12 @@ class NodeRunner(ClientHandling, DiskHandling):
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
-                if (self.core.has_ready() and self._stalled is None) or self._clients_waiting():
+                if (self.core.has_ready() and self._stalled is None) or self._clients_waiting() \
+                        or self._images_waiting():
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
+                cpu_from = time.thread_time()
                 if self._stop_signalled and not self._stopping:
                     self.shutdown()
                 if self.zap.socket in events:
@@ -286,7 +299,8 @@ class NodeRunner(ClientHandling, DiskHandling):
                 self._handle_ready()
                 self.watches.serve()
                 self._flush_replies()
-                self._check_snapshot_job()
+                self._release_log_memory()
+                self._advance_images()
                 self._answer_deferred_control()
                 self._record_floor()
                 self._watch_disk()
@@ -296,6 +310,11 @@ class NodeRunner(ClientHandling, DiskHandling):
                 busy = time.monotonic() - busy_from
                 if busy > self._max_busy_s:
                     self._max_busy_s = busy
+                # Of which the loop's own work: on a loaded machine a turn
+                # also waits for a core, the disk and the interpreter lock.
+                cpu = time.thread_time() - cpu_from
+                if cpu > self._max_cpu_s:
+                    self._max_cpu_s = cpu
                 if self._stopping and (now >= self._stop_deadline or (
                         not self.core.has_ready() and not self._client_backlog
                         and self._may_exit(now))):
@@ -306,9 +325,14 @@ class NodeRunner(ClientHandling, DiskHandling):
     def _receive_peers(self) -> None:
         if self._stalled is not None:
             # Frozen: what peers send is lost, as to a paused process.
-            self.disk.peer_messages_dropped += len(self.transport.receive())
+            lost = len(self.transport.receive())
+            if not self._stalled_on_snapshot:
+                self.disk.peer_messages_dropped += lost
             return
-        for src, data in self.transport.receive():
+        received = self.transport.receive()
+        if received:
+            self._heard_from(received, time.monotonic())
+        for src, data in received:
             try:
                 msg = codec.decode(data)
             except codec.DecodeError as e:
@@ -324,6 +348,16 @@ class NodeRunner(ClientHandling, DiskHandling):
                 continue
             self.core.step(msg)
 
+    def _heard_from(self, received: Sequence[tuple[str, bytes]], now: float) -> None:
+        """Note the leader's silence if one of `received` is from it."""
+        leader = self.core.leader
+        if leader is None or leader == self.id or all(src != leader for src, _ in received):
+            return
+        last = self._leader_heard
+        if last is not None and last[0] == leader:
+            self._leader_gap_max_s = max(self._leader_gap_max_s, now - last[1])
+        self._leader_heard = (leader, now)
+
     # --- Ready ----------------------------------------------------------------
 
     def _reconfigure(self, conf: ConfState) -> None:
@@ -334,8 +368,7 @@ class NodeRunner(ClientHandling, DiskHandling):
             self.transport.send(m.dst, codec.encode(m))
 
     def _install(self, snapshot: Snapshot) -> None:
-        self.kv.restore(snapshot.data)
-        self._bytes_since_snapshot = 0
+        self._install_received(snapshot)
 
     def _finish(self, rd: Ready) -> None:
         self._apply_reads(rd)
@@ -373,50 +406,6 @@ class NodeRunner(ClientHandling, DiskHandling):
             self.api.lost_leadership()
         self._last_role, self._last_term = role, term
 
-    # --- snapshots ------------------------------------------------------------
-
-    def _maybe_snapshot(self, force: bool = False) -> bool:
-        if self._snap_job is not None or self.disk.state != "ok":
-            return False  # a snapshot is the whole state written once more
-        applied = self.kv.applied_index
-        since = applied - self.core.snapshot_meta.index
-        due = (since >= self.cfg.snapshot_entries
-               or self._bytes_since_snapshot >= self.cfg.snapshot_bytes)
-        if since <= 0 or not (force or due):
-            return False
-        term = self.core.log.term(applied)
-        if term is None:
-            return False
-        meta = SnapshotMeta(applied, term)
-        # Freeze on the loop thread (cheap); encode and write on another, so
-        # the loop keeps ticking while a large image reaches the disk.
-        image = self.kv.freeze()
-        storage = self.storage
-        fut = self._snapshotter.submit(
-            lambda: storage.write_snapshot_file(meta, encode_image(image)))
-        self._snap_job = (meta, fut)
-        self._bytes_since_snapshot = 0
-        return True
-
-    def _check_snapshot_job(self) -> None:
-        if self._snap_job is None or not self._snap_job[1].done():
-            return
-        meta, fut = self._snap_job
-        self._snap_job = None
-        started = time.monotonic()
-        try:
-            fut.result()
-        except (OSError, StorageError) as e:
-            self._log_event(self.log.error, "snapshot_failed",
-                            {"index": meta.index, "error": str(e)})
-            return
-        if meta.index <= self.core.snapshot_meta.index:
-            return  # a leader's snapshot overtook ours
-        self.storage.install_local_snapshot(meta)
-        self.core.compact(meta)
-        self.log.info("snapshot_created", index=meta.index, snapshot_term=meta.term,
-                      install_ms=round((time.monotonic() - started) * 1000, 3))
-
     # --- Controlled -------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -428,8 +417,11 @@ class NodeRunner(ClientHandling, DiskHandling):
         } if c.role is Role.LEADER else {}
         tstats = dict(self.transport.stats)
         max_busy_ms, self._max_busy_s = round(self._max_busy_s * 1000, 3), 0.0
+        max_cpu_ms, self._max_cpu_s = round(self._max_cpu_s * 1000, 3), 0.0
+        leader_gap_ms, self._leader_gap_max_s = round(self._leader_gap_max_s * 1000, 3), 0.0
         return {
-            "loop_max_busy_ms": max_busy_ms,
+            "loop_max_busy_ms": max_busy_ms, "loop_max_cpu_ms": max_cpu_ms,
+            "leader_gap_max_ms": leader_gap_ms,
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
             "vote": c.vote, "commit": c.log.commit, "commit_term": c.log.term(c.log.commit),
             "applied": self.kv.applied_index,
@@ -491,12 +483,7 @@ class NodeRunner(ClientHandling, DiskHandling):
                 "snapshot_index": self.core.snapshot_meta.index}
 
     def digest(self) -> concurrent.futures.Future[dict[str, Any]]:
-        """The state machine's digest, computed on the snapshot thread from
-        a frozen image (cheap here): hashing a large state on the loop once
-        held it for longer than an election timeout."""
-        image = self.kv.freeze()
-        return self._snapshotter.submit(lambda: {
-            "applied": image.applied_index, "digest": image_digest(image), "keys": len(image)})
+        return self._digest_job()
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         """SIGTERM/SIGINT. A handler runs between any two bytecodes of the
@@ -563,8 +550,10 @@ class NodeRunner(ClientHandling, DiskHandling):
         emit(event, **kw)
 
     def _close(self) -> None:
+        self._image_jobs = []
         self._snapshotter.shutdown(wait=True)
-        self._check_snapshot_job()
+        self._reap_writes()
+        self._check_local_snapshot()
         try:
             self.storage.close()
         except StorageError as e:

@@ -2,6 +2,8 @@
 send, §5.1) and what a full disk changes (docs/STORAGE.md, "A full disk"):
 writes refused while the disk is low, and a Ready whose persist found it
 full kept, retried and carried out once durable, the log frozen meanwhile.
+A Ready that brings a leader's snapshot waits the same way while the
+snapshot is written and decoded off the loop (node/runner_snap.py).
 A mixin of `NodeRunner` (node/runner.py); it opens no file of its own."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 from node.control import ControlError
 from node.disk import DISK_RETRY_INTERVAL_MS, DiskWatch
 from node.membership_mark import FloorRecorder, record_member
+from node.raft.messages import Snapshot
 from node.raft.ready import Ready, ReadyHandler, complete_ready, handle_ready
 from node.storage import FileStorage, NoSpace
 from node.storage.wal import FULL_ERRNOS
@@ -30,8 +33,9 @@ _READY_BUDGET_S = 0.010
 
 
 class _Stalled(Exception):
-    """The persist of a Ready found the disk full: it waits in `_stalled`,
-    and `handle_ready` is left where it was."""
+    """The persist of a Ready found the disk full, or waits for a leader's
+    snapshot to be stored: it waits in `_stalled`, and `handle_ready` is
+    left where it was."""
 
 
 class DiskHandling:
@@ -48,12 +52,17 @@ class DiskHandling:
         id: str
         _ready_io: ReadyHandler
         _floor: FloorRecorder
+
+        def _received_ready(self, snap: Snapshot) -> bool: ...
+
         _log_file: LogFile | None
         _member_marked: bool
         _reservation_logged: bool
-        # A Ready whose persist found the disk full, the steps of its persist
-        # already done, and when to try it again.
+        # A Ready whose persist found the disk full (or waits for a leader's
+        # snapshot: `_stalled_on_snapshot`), the steps of its persist already
+        # done, and when to try it again.
         _stalled: Ready | None
+        _stalled_on_snapshot: bool
         _persisted: set[str]
         _stall_retry_at: float
 
@@ -66,14 +75,17 @@ class DiskHandling:
         """Why a client request cannot be taken for want of disk space
         (node/disk.py): a write whenever the disk is low or full, a
         linearizable read only while the log is stalled."""
-        stalled = self._stalled is not None
+        stalled = self._disk_stalled()
         if not stalled and (self.disk.state == "ok" or not needs_log):
             return None
         self.disk.writes_refused += needs_log
         return self.disk.refusal(stalled)
 
+    def _disk_stalled(self) -> bool:
+        return self._stalled is not None and not self._stalled_on_snapshot
+
     def _refuse_if_stalled(self) -> None:
-        if self._stalled is not None:
+        if self._disk_stalled():
             raise ControlError("no_space", self.disk.refusal(stalled=True))
 
     def _watch_disk(self) -> None:
@@ -82,7 +94,7 @@ class DiskHandling:
         if self.disk.state != "ok" and self.storage.space_error is not None \
                 and self.disk.room_again():
             self.storage.forget_space_error()
-        change = self.disk.check(self.storage.space_error, self._stalled is not None)
+        change = self.disk.check(self.storage.space_error, self._disk_stalled())
         if change is None:
             return
         old, new = change
@@ -119,7 +131,7 @@ class DiskHandling:
         """Persist the stalled Ready again (every DISK_RETRY_INTERVAL_MS);
         once it is durable, carry it out and unfreeze. True if unfrozen."""
         now = time.monotonic()
-        if now < self._stall_retry_at:
+        if now < self._stall_retry_at and not self._stalled_on_snapshot:
             return False
         self._stall_retry_at = now + DISK_RETRY_INTERVAL_MS / 1000.0
         rd = self._stalled
@@ -129,6 +141,7 @@ class DiskHandling:
         except _Stalled:
             return False
         self._stalled = None
+        self._stalled_on_snapshot = False
         complete_ready(self.core, self._ready_io, rd)
         return True
 
@@ -140,7 +153,9 @@ class DiskHandling:
         done = self._persisted
         try:
             if rd.snapshot is not None and "snapshot" not in done:
-                self.storage.apply_snapshot(rd.snapshot)
+                if not self._received_ready(rd.snapshot):
+                    self._stalled, self._stalled_on_snapshot = rd, True
+                    raise _Stalled
                 done.add("snapshot")
             if rd.entries and "entries" not in done:
                 self.storage.append(rd.entries)

@@ -110,7 +110,10 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
       errors, errors_by_code {code: count}, unknown, retries,
       leader_changes, leaders_seen [{term, leader}],
       node_cpu [{node, pid, cpu_s, percent}]  (percent of one core),
-      loadgen_cpu_s, loadgen_cpu_percent, loadgen_saturated (bool).
+      loadgen_cpu_s, loadgen_cpu_percent, loadgen_saturated (bool),
+      heartbeat_gap_max_ms (the longest silence of the leader a follower saw),
+      node_loop [{node, loop_max_busy_ms, loop_max_cpu_ms, leader_gap_max_ms, snapshots,
+      keys, rss_mib}]  (sampled from status during the run; memory at its end).
     """
     c = _cluster(ctx)
     con = render.console()
@@ -158,6 +161,17 @@ def write_table(r: WriteReport) -> Table:
     for n in r.node_cpu:
         rows.append((f"CPU {n.node}", "—" if n.percent is None else
                      f"{n.percent:.0f}% ({n.cpu_s:.1f} s)"))
+    rows.append(("longest leader silence", "—" if r.heartbeat_gap_max_ms is None
+                 else f"{r.heartbeat_gap_max_ms:.1f} ms"))
+    for lp in r.node_loop:
+        rows.append((f"loop {lp.node}", ", ".join([
+            "longest turn " + ("—" if lp.loop_max_busy_ms is None
+                               else f"{lp.loop_max_busy_ms:.1f} ms"),
+            "most CPU in a turn " + ("—" if lp.loop_max_cpu_ms is None
+                                     else f"{lp.loop_max_cpu_ms:.1f} ms"),
+            f"{lp.snapshots} snapshots",
+            ("—" if lp.keys is None else f"{lp.keys:,} keys"),
+            ("—" if lp.rss_mib is None else f"{lp.rss_mib:,.0f} MiB")])))
     rows.append(("CPU load generator", f"{r.loadgen_cpu_percent:.0f}% ({r.loadgen_cpu_s:.1f} s, "
                  f"{r.procs} process{'es' if r.procs > 1 else ''})"))
     for k, v in rows:

@@ -110,6 +110,13 @@ def test_write_reports_committed_ops_and_ordered_latency(cluster3: TestCluster) 
     assert {n["node"] for n in out["node_cpu"]} == set(cluster3.node_ids())
     assert all(n["cpu_s"] > 0 for n in out["node_cpu"])
     assert out["loadgen_cpu_s"] > 0 and isinstance(out["loadgen_saturated"], bool)
+    loops = {n["node"]: n for n in out["node_loop"]}
+    assert set(loops) == set(cluster3.node_ids())
+    assert all(n["keys"] is not None and n["rss_mib"] > 0 for n in loops.values())
+    assert all(0 < n["loop_max_cpu_ms"] <= n["loop_max_busy_ms"] + 1 for n in loops.values())
+    followers = [n for n in loops.values() if n["leader_gap_max_ms"] is not None]
+    assert len(followers) >= 2, "each follower reports its leader's longest silence"
+    assert out["heartbeat_gap_max_ms"] == max(n["leader_gap_max_ms"] for n in followers)
 
 
 def test_write_with_reads_over_two_processes(cluster3: TestCluster) -> None:

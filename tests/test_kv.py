@@ -36,6 +36,7 @@ from node.state.kv import (
     encode_command,
     encode_image,
     encode_op,
+    image_encoder,
 )
 from node.state.sessions import Result
 
@@ -317,17 +318,39 @@ def _answer_below_outstanding(header: list[Any]) -> None:
     s[2] = s[3][0][0] + 1
 
 
-def _duplicate_key(img: bytes) -> bytes:
-    del img
+def _with_chunks(chunks: list[list[list[Any]]], image_format: int) -> bytes:
+    """A one-key image whose data is replaced by `chunks`, in `image_format`
+    (2: sizes in the header; 4: each chunk framed by its length, an empty
+    frame after the data, no history)."""
     f = _Feeder(KVStore())
     f("c", 1, Put("k", b"v"))
     good = encode_image(f.kv.freeze())
     hlen = struct.unpack_from(">I", good, 4)[0]
     header = msgspec.msgpack.decode(good[8 : 8 + hlen])
-    chunk = msgspec.msgpack.encode([["k", b"v"], ["k", b"w"]])
-    header[4], header[5] = [len(chunk)], [2]
+    encoded = [msgspec.msgpack.encode(c) for c in chunks]
+    header[0] = image_format
+    if image_format == 2:
+        header[4], header[5] = [len(c) for c in encoded], [len(c) for c in chunks]
+        header[6:] = [0, 0, [], []]
+        data = b"".join(encoded)
+    else:
+        data = b"".join(struct.pack(">I", len(c)) + c for c in encoded) + struct.pack(">I", 0)
     new = msgspec.msgpack.encode(header)
-    return good[:4] + struct.pack(">I", len(new)) + new + chunk
+    return good[:4] + struct.pack(">I", len(new)) + new + data
+
+
+def _duplicate_key(img: bytes) -> bytes:
+    del img
+    return _with_chunks([[["k", [b"v", 2, 2, 1]]], [["k", [b"w", 2, 2, 1]]]], 4)
+
+
+def _duplicate_key_format_2(img: bytes) -> bytes:
+    del img
+    return _with_chunks([[["k", b"v"], ["k", b"w"]]], 2)
+
+
+def _empty_framed_chunk(img: bytes) -> bytes:
+    return img + struct.pack(">I", 0)
 
 
 def _break_first_chunk(img: bytes) -> bytes:
@@ -348,7 +371,33 @@ _GARBAGE: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("session beyond the index", lambda b: _edit_header(b, _session_beyond_index)),
     ("answer below first outstanding", lambda b: _edit_header(b, _answer_below_outstanding)),
     ("duplicate key", _duplicate_key),
+    ("duplicate key, format 2", _duplicate_key_format_2),
+    ("empty framed chunk", _empty_framed_chunk),
+    ("chunk longer than the image", lambda b: b + struct.pack(">I", 9) + b"\x90"),
 ]
+
+
+def test_image_encoded_in_pieces_is_the_image_encoded_at_once() -> None:
+    """However small the pieces a loop asks for, they join into the same bytes
+    as `encode_image` (replicas at one index must agree byte for byte)."""
+    img = _populated(300).kv.freeze()
+    for size in (1, 100, 10_000):
+        enc = image_encoder(img)
+        pieces = []
+        while (piece := enc.next_piece(size)) is not None:
+            pieces.append(piece)
+        assert enc.done
+        assert size > 1000 or len(pieces) > 2, "small pieces were asked for"
+        assert b"".join(pieces) == encode_image(img), f"pieces of {size} bytes"
+
+
+def test_an_image_of_format_2_is_still_restored() -> None:
+    """Snapshot files written before images were framed (format 2) load as before."""
+    old = _with_chunks([[["a", b"1"], ["b", b"2"]], [["c", b"3"]]], 2)
+    kv = KVStore()
+    kv.restore(old)
+    assert [kv.get(k) for k in "abc"] == [b"1", b"2", b"3"]
+    assert len(kv) == 3
 
 
 @pytest.mark.parametrize("name, corrupt", _GARBAGE, ids=[g[0] for g in _GARBAGE])

@@ -387,3 +387,24 @@ def test_restart_after_compaction_recovers_state_from_snapshot_and_log() -> None
     assert net.core("n2").log.snapshot.index == 4
     net.run(2)
     assert net.applied("n2") == [b"%d" % k for k in range(6)]
+
+
+def test_lagging_follower_is_sent_entries_evicted_from_the_leaders_memory() -> None:
+    """A leader holds only its newest applied entries in memory
+    (log_cache_entries); a follower behind them is sent the older ones as
+    appends read back from storage, not a snapshot, and every term is still
+    known for the consistency check. Reference: §5.3."""
+    net = elected(Network(3, small_config(log_cache_entries=2)))
+    net.isolate("n3")
+    for k in range(20):
+        net.propose("n1", b"value-%02d" % k)
+    net.stabilize()
+    lead = net.core("n1").log
+    dropped = net.core("n1").evict_log()
+    assert len(dropped) >= 18 and len(lead.entries) <= 3, (len(dropped), len(lead.entries))
+    assert lead.term(2) == lead.term(lead.last_index()), "evicted terms are kept"
+    mark = len(net.sent)
+    net.recover()
+    net.settle()
+    assert not [m for m in net.sent[mark:] if isinstance(m, InstallSnapshot)]
+    assert net.applied("n3") == net.applied("n1") == [b"value-%02d" % k for k in range(20)]

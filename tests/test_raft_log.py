@@ -199,8 +199,9 @@ def test_compact_drops_entries_up_to_the_snapshot() -> None:
     """Compaction forgets the covered entries and keeps the rest readable."""
     log = log_of(1, 1, 2, 2, commit=4)
     log.applied_to(3)
-    log.compact(SnapshotMeta(3, 2))
+    dropped = log.compact(SnapshotMeta(3, 2))
     assert (log.first_index(), log.last_index(), log.term(3), log.term(4)) == (4, 4, 2, 2)
+    assert [e.index for e in dropped] == [1, 2, 3], "returned for the caller to free"
 
 
 def test_compact_beyond_applied_or_with_wrong_term_is_refused() -> None:

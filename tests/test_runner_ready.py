@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,27 @@ from node.raft.messages import (
     Entry,
     HardState,
     Hup,
+    InstallSnapshot,
     RequestVote,
     RequestVoteResponse,
+    SnapshotMeta,
 )
+from node.raft.snapshots import stream_head
 from node.runner import NodeRunner
+from node.runner_snap import SHARDS_FREED_PER_TURN
+from node.state.kv import (
+    Command,
+    KVStore,
+    Put,
+    RegisterSession,
+    Write,
+    encode_command,
+    encode_image,
+    encode_op,
+)
 from node.storage import FileStorage
 from raftctl.cluster import Cluster, make_config
+from tests.procs import wait_until
 
 
 class _Recorder:
@@ -182,3 +198,72 @@ def test_sigterm_only_sets_a_flag_and_the_loop_stops_between_steps(
         r.core = core
     r.run()  # stops at once: the flag is set; the loop hands over, then exits
     assert r._stopping
+
+
+def test_status_reports_the_longest_silence_of_the_leader_and_resets_it(
+        runner: tuple[NodeRunner, list[str]]) -> None:
+    """`leader_gap_max_ms` is the longest time between two messages from the
+    leader this node follows; messages from others do not count, a change of
+    leader starts afresh, and reading it resets it."""
+    r, _ = runner
+    r.core.step(AppendEntries(term=2, src="n2", dst="n1", prev_index=0, prev_term=0,
+                              entries=[], commit=0))
+    assert r.core.leader == "n2"
+    r._heard_from([("n2", b"")], 10.000)
+    r._heard_from([("n3", b"")], 10.050)
+    r._heard_from([("n3", b""), ("n2", b"")], 10.070)
+    r._heard_from([("n2", b"")], 10.100)
+    assert r.status()["leader_gap_max_ms"] == 70.0
+    assert r.status()["leader_gap_max_ms"] == 0.0
+    r.core.step(AppendEntries(term=3, src="n3", dst="n1", prev_index=0, prev_term=0,
+                              entries=[], commit=0))
+    r._heard_from([("n3", b"")], 11.000)
+    assert r.status()["leader_gap_max_ms"] == 0.0, "a new leader is not the old one's silence"
+    r._heard_from([("n3", b"")], 11.020)
+    assert r.status()["leader_gap_max_ms"] == 20.0
+
+
+def test_a_leaders_snapshot_is_stored_and_decoded_off_the_loop_while_its_ready_waits(
+        runner: tuple[NodeRunner, list[str]]) -> None:
+    """A big InstallSnapshot never holds the loop (§7, node/runner_snap.py):
+    while the snapshot thread writes and decodes it, each turn returns at
+    once with the Ready waiting and the log frozen (no tick, peers' messages
+    dropped as by a paused process, not counted as a full disk's); once
+    done, the image is the state machine's and the snapshot the stored one."""
+    r, _ = runner
+    src = KVStore()
+    src.apply(1, encode_command(Command(0, RegisterSession())))
+    for i in range(2, 11):
+        src.apply(i, encode_command(Command(0, Write(1, i, i, encode_op(Put(f"k{i}", b"v"))))))
+    stream = stream_head(r.core.conf) + encode_image(src.freeze())
+    meta = SnapshotMeta(10, 1)
+    gate = threading.Event()
+    r._snapshotter.submit(gate.wait, 30.0)  # the thread is busy until the test opens the gate
+    r.core.step(InstallSnapshot(term=2, src="n2", dst="n1", meta=meta, offset=0,
+                                data=stream, done=True, size=len(stream)))
+    try:
+        for _ in range(3):
+            r._handle_ready()
+            r._tick(50)
+            r._receive_peers()
+            assert r._stalled is not None and r._stalled_on_snapshot
+            assert r.kv.applied_index == 0 and r.storage.snapshot_meta().index == 0
+        assert r.core.term == 2 and r.core.role.value == "follower", "no election while frozen"
+        assert r.disk.peer_messages_dropped == 0
+    finally:
+        gate.set()
+
+    def unfrozen() -> bool:
+        r._handle_ready()
+        return r._stalled is None
+
+    wait_until(unfrozen, 30.0, "the snapshot stored and decoded", interval_s=0.001)
+    assert r.kv.applied_index == 10 and r.kv.get("k7") == b"v"
+    stored = r.storage.snapshot_meta()
+    assert (stored.index, stored.term) == (10, 1) and r.core.log.commit == 10
+    # The state it replaced is freed a slice of its shards per turn.
+    waiting = [len(r._shards_to_free)]
+    while r._shards_to_free:
+        r._release_log_memory()
+        waiting.append(len(r._shards_to_free))
+    assert waiting[0] > SHARDS_FREED_PER_TURN and len(waiting) > 2, waiting

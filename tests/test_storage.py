@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -180,17 +181,72 @@ def test_memory_storage_two_phase_equals_create_snapshot() -> None:
     assert (a.initial_state(), a.snapshot()) == (b.initial_state(), b.snapshot())
 
 
-def test_snapshot_is_read_from_its_file_once(tmp_path: Path) -> None:
-    """After a reopen the image comes from the file, and later calls reuse it."""
+def test_snapshot_image_is_read_in_ranges_from_its_file(tmp_path: Path) -> None:
+    """After a reopen the image comes from its file, in ranges, and nothing
+    of it is kept in memory between calls."""
     fs = FileStorage(tmp_path)
     fs.append([Entry(1, 1), Entry(1, 2)])
-    fs.create_snapshot(SnapshotMeta(2, 1), b"state")
+    image = bytes(range(256)) * 40
+    fs.create_snapshot(SnapshotMeta(2, 1), image)
     fs.close()
     fs = FileStorage(tmp_path)
-    first = fs.snapshot()
-    assert first == Snapshot(SnapshotMeta(2, 1), b"state")
-    assert fs.snapshot() is first
+    assert fs.snapshot_meta() == SnapshotMeta(2, 1)
+    assert fs.snapshot_image_size() == len(image)
+    got = b"".join(fs.read_snapshot_image(off, 1000) for off in range(0, len(image), 1000))
+    assert got == image
+    assert fs.read_snapshot_image(len(image), 10) == b""
+    assert fs.snapshot() == Snapshot(SnapshotMeta(2, 1), image)
+    assert not hasattr(fs, "_snap"), "no image may be cached"
     fs.close()
+
+
+def test_snapshot_image_damaged_after_open_fails_its_crc_when_read_to_the_end(
+        tmp_path: Path) -> None:
+    """A leader reads its image in ranges to send it: damage found after the
+    node started is reported, by file and offset, once the last range is read."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1)])
+    fs.create_snapshot(SnapshotMeta(1, 1), b"state" * 1000)
+    fs.sync()
+    fs.close()
+    fs = FileStorage(tmp_path)
+    snap = next(tmp_path.glob("snap-*"))
+    raw = bytearray(snap.read_bytes())
+    raw[100] ^= 0xFF
+    snap.write_bytes(bytes(raw))
+    fs.read_snapshot_image(0, 4000)
+    with pytest.raises(StorageError, match=r"fails its CRC.*at byte"):
+        fs.read_snapshot_image(4000, 4000)
+    fs.close()
+
+
+def test_snapshot_view_reads_the_file_where_it_cannot_be_mapped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system that cannot map files (FUSE ones), the image a node
+    starts from is read instead, and still checked against its CRC."""
+    import mmap
+
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, 1)])
+    fs.create_snapshot(SnapshotMeta(1, 1), b"state" * 1000)
+    fs.close()
+
+    def no_mapping(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", no_mapping)
+    fs = FileStorage(tmp_path)
+    view = fs.snapshot_view()
+    assert view is not None
+    with view:
+        assert bytes(view.data) == b"state" * 1000
+    fs.close()
+    (path,) = tmp_path.glob("snap-*")
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(raw)
+    with pytest.raises(StorageError, match="fails its CRC"):
+        FileStorage(tmp_path)
 
 
 def test_corrupt_snapshot_file_stops_the_start(tmp_path: Path) -> None:
@@ -298,3 +354,85 @@ def test_overtaken_local_image_is_removed_and_a_newer_one_kept(tmp_path: Path) -
     fs.sync()
     assert not older.exists() and newer.exists()
     fs.close()
+
+
+def test_evicted_entries_are_read_back_from_the_wal(tmp_path: Path) -> None:
+    """Entries evicted from memory come back from their WAL records, the
+    same as they were written, across segment boundaries, an overwritten
+    suffix, a snapshot and a reopen; only synced entries are evicted."""
+    fs = FileStorage(tmp_path, segment_bytes=2048)
+    written = [Entry(1, i, data=b"%d" % i * 20) for i in range(1, 201)]
+    fs.append(written[:150])
+    fs.sync()
+    fs.append(written[150:170])
+    # §5.3: overwritten, synced and unsynced ones alike, before the next sync.
+    fs.append([Entry(2, i, data=b"new%d" % i) for i in range(140, 151)])
+    fs.append([Entry(2, i, data=b"new%d" % i) for i in range(151, 201)])
+    assert [e.index for e in fs.evict(190)] == list(range(1, 140)), "only what was synced"
+    fs.sync()
+    expect = written[:139] + [Entry(2, i, data=b"new%d" % i) for i in range(140, 201)]
+    assert [e.index for e in fs.evict(190)] == list(range(140, 191))
+    assert len(fs.segment_paths()) > 3
+    assert fs.entries(1, 201, 1 << 30) == expect
+    got = fs.entries(100, 201, 200)
+    assert got == expect[99 : 99 + len(got)] and 1 <= len(got) < 10, "the byte limit holds"
+    fs.create_snapshot(SnapshotMeta(120, 1), b"image")
+    fs.sync()
+    assert fs.entries(121, 201, 1 << 30) == expect[120:]
+    assert fs.initial_state().entries == expect[120:]
+    fs.close()
+    fs = FileStorage(tmp_path, segment_bytes=2048)
+    fs.evict(200)
+    assert fs.entries(121, 201, 1 << 30) == expect[120:]
+    fs.close()
+    # Written and overwritten within one sync: the later record counts.
+    fs = FileStorage(tmp_path / "one-sync")
+    fs.append(written[:20])
+    fs.append([Entry(2, i, data=b"new%d" % i) for i in range(11, 21)])
+    fs.sync()
+    fs.evict(20)
+    assert fs.entries(1, 21, 1 << 30) == written[:10] + [
+        Entry(2, i, data=b"new%d" % i) for i in range(11, 21)]
+    fs.close()
+
+
+def test_an_evicted_entry_damaged_on_disk_is_refused(tmp_path: Path) -> None:
+    """An entry read back from the WAL is checked against its CRC: damage is
+    reported by file and offset, never sent to a follower."""
+    fs = FileStorage(tmp_path)
+    fs.append([Entry(1, i, data=b"payload%d" % i) for i in range(1, 11)])
+    fs.sync()
+    fs.evict(10)
+    (seg,) = fs.segment_paths()
+    raw = bytearray(seg.read_bytes())
+    at = raw.find(b"payload5")
+    raw[at] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    assert fs.entries(1, 5, 1 << 30)[-1].index == 4
+    with pytest.raises(StorageError, match=r"fails its CRC.*at byte"):
+        fs.entries(5, 6, 1 << 30)
+    fs.abandon()
+
+
+def test_dead_files_are_removed_by_the_given_thread(tmp_path: Path) -> None:
+    """With `remove_files_with`, the snapshot file a new one replaced and the
+    dead WAL segments are unlinked by the job handed over, not in `sync`."""
+    fs = FileStorage(tmp_path, segment_bytes=512)
+    jobs: list[Callable[[], None]] = []
+    fs.remove_files_with(jobs.append)
+    fs.append([Entry(1, i, data=b"x" * 100) for i in range(1, 21)])
+    fs.create_snapshot(SnapshotMeta(10, 1), b"first")
+    fs.sync()
+    fs.create_snapshot(SnapshotMeta(20, 1), b"second")
+    fs.append([Entry(1, 21)])
+    fs.sync()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert len([n for n in before if n.startswith("snap-")]) == 2 and jobs
+    for job in jobs:
+        job()
+    after = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in after if n.startswith("snap-")] == [f"snap-{20:016x}-{1:016x}.snap"]
+    assert len([n for n in after if n.startswith("wal-")]) < len(
+        [n for n in before if n.startswith("wal-")])
+    fs.close()
+    assert FileStorage(tmp_path).snapshot() == Snapshot(SnapshotMeta(20, 1), b"second")

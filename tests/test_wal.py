@@ -381,7 +381,7 @@ def test_dead_segments_and_snapshot_files_go_with_the_sync_of_the_new_mark(
         tmp_path: Path) -> None:
     """The segments and snapshot files that a new snapshot mark makes dead go
     in the sync that makes the mark durable, not before it."""
-    from node.storage.wal import snapshot_files
+    from node.storage.snapfile import snapshot_files
 
     st = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     index = 0

@@ -28,6 +28,9 @@ from node.raft.quorum import JointConfig
 from node.raft.ready import ReadState, SoftState
 from node.storage import Storage
 
+if TYPE_CHECKING:  # snapshots.py is a mixin built on this module
+    from node.raft.snapshots import OutgoingSnapshot
+
 
 class Role(enum.StrEnum):
     FOLLOWER = "follower"
@@ -99,7 +102,7 @@ class CoreState:
     _read_seq: int
     _read_round_due: bool
     _snap_in: tuple[SnapshotMeta, bytearray] | None
-    _snap_out: Snapshot | None
+    _snap_out: OutgoingSnapshot | None
     _pending_snapshot: Snapshot | None
     _tick_fn: Callable[[], None]
     _step_fn: Callable[[PeerMessage], None]

@@ -77,7 +77,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self._rng = rng
         self._base = base if base is not None else initial([node_id, *peers])
         st = storage.initial_state()
-        self.log = RaftLog(st.snapshot, st.entries, st.hard_state.commit, st.snapshot.index)
+        self.log = RaftLog(st.snapshot, st.entries, st.hard_state.commit, st.snapshot.index,
+                           fetch=storage.entries)
         self._membership = Membership(st.snapshot, self._base, st.entries)
         self.role = Role.FOLLOWER
         self._conf_changed(announce=False)

@@ -1,12 +1,19 @@
 """The replicated log as the core sees it: a snapshot point plus the entries
 after it, which of them are on disk, and the commit and apply marks.
 
-Pure bookkeeping: no I/O. The runner persists what `unstable()` returns.
+Pure bookkeeping: no I/O. The runner persists what `unstable()` returns;
+entries evicted from memory are read back through the `fetch` it is given.
 """
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Callable
+
 from node.raft.messages import Entry, SnapshotMeta
+
+# Reads entries lo..hi-1 back from storage, at least one, within a byte limit.
+Fetch = Callable[[int, int, int], list[Entry]]
 
 # Per-entry overhead counted against byte limits (framing, term, index).
 ENTRY_OVERHEAD_BYTES = 16
@@ -17,7 +24,9 @@ def entry_size(e: Entry) -> int:
 
 
 class RaftLog:
-    """Entries `snapshot.index+1 .. last_index()` held in memory."""
+    """Entries `snapshot.index+1 .. last_index()`: an evicted prefix of them
+    (applied and stored; only their terms are kept, and `fetch` reads them
+    back), then `entries`, held in memory."""
 
     def __init__(
         self,
@@ -25,6 +34,7 @@ class RaftLog:
         entries: list[Entry],
         commit: int,
         applied: int,
+        fetch: Fetch | None = None,
     ) -> None:
         if entries and entries[0].index != snapshot.index + 1:
             raise ValueError(
@@ -32,6 +42,10 @@ class RaftLog:
             )
         self.snapshot = snapshot
         self.entries: list[Entry] = list(entries)
+        # Terms of the evicted entries snapshot.index+1 .. mem_base.
+        self._evicted_terms: array[int] = array("Q")
+        self.mem_base = snapshot.index
+        self._fetch = fetch
         # Everything loaded from storage is already stable.
         self.stable_index = self.last_index()
         self.commit = max(commit, snapshot.index)
@@ -45,10 +59,12 @@ class RaftLog:
         return self.snapshot.index + 1
 
     def last_index(self) -> int:
-        return self.snapshot.index + len(self.entries)
+        return self.mem_base + len(self.entries)
 
     def last_term(self) -> int:
-        return self.entries[-1].term if self.entries else self.snapshot.term
+        if self.entries:
+            return self.entries[-1].term
+        return self._evicted_terms[-1] if self._evicted_terms else self.snapshot.term
 
     def term(self, index: int) -> int | None:
         """The term of the entry at `index`, or None if compacted or absent."""
@@ -56,7 +72,9 @@ class RaftLog:
             return self.snapshot.term
         if index < self.snapshot.index or index > self.last_index():
             return None
-        return self.entries[index - self.snapshot.index - 1].term
+        if index <= self.mem_base:
+            return self._evicted_terms[index - self.snapshot.index - 1]
+        return self.entries[index - self.mem_base - 1].term
 
     def match_term(self, index: int, term: int) -> bool:
         return self.term(index) == term
@@ -72,9 +90,11 @@ class RaftLog:
         if lo < self.first_index():
             raise IndexError(f"entry {lo} is compacted (first index {self.first_index()})")
         hi = min(hi, self.last_index() + 1)
+        if lo <= self.mem_base:
+            return self._read_back(lo, min(hi, self.mem_base + 1), max_bytes)[:max_count]
         out: list[Entry] = []
         size = 0
-        base = self.snapshot.index + 1
+        base = self.mem_base + 1
         for i in range(lo, hi):
             e = self.entries[i - base]
             size += entry_size(e)
@@ -85,10 +105,23 @@ class RaftLog:
 
     def entries_between(self, lo: int, hi: int) -> list[Entry]:
         """Entries lo..hi-1, all of them (none may be compacted)."""
-        base = self.snapshot.index + 1
-        if lo < base:
-            raise IndexError(f"entry {lo} is compacted (first index {base})")
-        return self.entries[lo - base : hi - base]
+        if lo < self.first_index():
+            raise IndexError(f"entry {lo} is compacted (first index {self.first_index()})")
+        out: list[Entry] = []
+        while lo <= self.mem_base and lo < hi:
+            got = self._read_back(lo, min(hi, self.mem_base + 1), 1 << 62)
+            out.extend(got)
+            lo += len(got)
+        base = self.mem_base + 1
+        return out + self.entries[max(lo, base) - base : hi - base]
+
+    def _read_back(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        if self._fetch is None:
+            raise AssertionError(f"entry {lo} was evicted and the log cannot read it back")
+        got = self._fetch(lo, hi, max_bytes)
+        if not got or got[0].index != lo:
+            raise AssertionError(f"storage gave {got[:1]} for evicted entry {lo}")
+        return got
 
     def first_index_of_term(self, index: int) -> int:
         """The first index at or before `index` whose entry has the same term."""
@@ -104,11 +137,17 @@ class RaftLog:
                 return e.index
             if e.term < term:
                 return None
+        for k in range(len(self._evicted_terms) - 1, -1, -1):
+            t = self._evicted_terms[k]
+            if t == term:
+                return self.snapshot.index + k + 1
+            if t < term:
+                return None
         return self.snapshot.index if self.snapshot.term == term else None
 
     def unstable(self) -> list[Entry]:
         """Entries not yet on disk."""
-        return self.entries[self.stable_index - self.snapshot.index :]
+        return self.entries[self.stable_index - self.mem_base :]
 
     # --- writing -----------------------------------------------------------
 
@@ -121,7 +160,7 @@ class RaftLog:
             raise AssertionError(f"refusing to truncate committed entry {first}")
         if first > self.last_index() + 1:
             raise AssertionError(f"gap: appending {first} after {self.last_index()}")
-        del self.entries[first - self.snapshot.index - 1 :]
+        del self.entries[first - self.mem_base - 1 :]
         self.entries.extend(entries)
         self.stable_index = min(self.stable_index, first - 1)
 
@@ -163,25 +202,54 @@ class RaftLog:
             raise AssertionError(f"applied {index} beyond commit {self.commit}")
         self.applied = max(self.applied, index)
 
-    def compact(self, meta: SnapshotMeta) -> None:
-        """Drop entries up to `meta.index`: a local snapshot now covers them."""
+    def compact(self, meta: SnapshotMeta) -> list[Entry]:
+        """Drop entries up to `meta.index`: a local snapshot now covers them.
+        Returns them, so that the caller chooses when they are freed."""
         if meta.index <= self.snapshot.index:
-            return
+            return []
         if meta.index > self.applied:
             raise AssertionError(f"compacting {meta.index} beyond applied {self.applied}")
         if self.term(meta.index) != meta.term:
             raise AssertionError(f"snapshot term {meta.term} disagrees at {meta.index}")
-        del self.entries[: meta.index - self.snapshot.index]
+        n = meta.index - self.snapshot.index
+        in_mem = max(0, meta.index - self.mem_base)
+        del self._evicted_terms[:n]
+        dropped = self.entries[:in_mem]
+        del self.entries[:in_mem]
         self.snapshot = meta
+        self.mem_base = max(self.mem_base, meta.index)
         self.stable_index = max(self.stable_index, meta.index)
+        return dropped
+
+    def evict(self, upto: int) -> list[Entry]:
+        """Stop holding the entries up to `upto` (applied and stable, so
+        stored: `fetch` reads them back); returns them, to be freed when the
+        caller likes."""
+        if upto > min(self.applied, self.stable_index):
+            raise AssertionError(f"evicting {upto} beyond applied {self.applied} "
+                                 f"or stable {self.stable_index}")
+        n = upto - self.mem_base
+        if n <= 0:
+            return []
+        dropped = self.entries[:n]
+        del self.entries[:n]
+        self._evicted_terms.extend(e.term for e in dropped)
+        self.mem_base = upto
+        return dropped
 
     def restore(self, meta: SnapshotMeta) -> None:
         """Install a snapshot from the leader: keep entries after it only if
         the log agrees at the snapshot's last entry (§7)."""
-        if self.match_term(meta.index, meta.term):
-            del self.entries[: meta.index - self.snapshot.index]
-        else:
+        if not self.match_term(meta.index, meta.term):
             self.entries = []
+            self._evicted_terms = array("Q")
+            self.mem_base = meta.index
+        elif meta.index >= self.mem_base:
+            del self.entries[: meta.index - self.mem_base]
+            self._evicted_terms = array("Q")
+            self.mem_base = meta.index
+        else:
+            del self._evicted_terms[: meta.index - self.snapshot.index]
         self.snapshot = meta
         self.stable_index = max(meta.index, min(self.stable_index, self.last_index()))
         self.commit = max(self.commit, meta.index)

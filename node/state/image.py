@@ -1,6 +1,7 @@
 """Snapshot images of the key-value state machine: the frozen state
-(`KVImage`), its byte format (3: keys in order with their revisions, the
-history of changes; 2, of earlier versions, still read), and the checks an
+(`KVImage`), its byte format (4: keys in order with their revisions and the
+history of changes, in framed chunks written as they are encoded; 2 and 3,
+of earlier versions, still read), and the checks an
 image must pass. Pure: encoding and decoding are safe on another thread.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
 
 from node.config import KV_IMAGE_CHUNK_BYTES, MAX_KEY_BYTES
 from node.raft.messages import U64
+from node.state.image_stream import SECTION_END, ImageEncoder, framed_sections
 from node.state.index import SortedKeys
 from node.state.mvcc import SHARDS, Change, ChangeLog, CowMap, LogView, Mvcc, Rec, shard_of
 from node.state.ops import Key, Value, check_key
@@ -91,8 +94,10 @@ class _ChangeImage(msgspec.Struct, frozen=True, array_like=True):
 
 _MAGIC = b"RKVI"
 # 2: registered sessions (thesis §6.3) and the log clock, keys by shard.
-# 3: keys in order with their revisions, and the history (node/state/mvcc.py).
-_FORMAT = 3
+# 3: keys in order with their revisions, and the history (node/state/mvcc.py),
+#    chunk sizes in the header. 4: the same, each chunk framed by its length
+#    (node/state/image_stream.py), so it is written as it is encoded.
+_FORMAT = 4
 _FRAME = struct.Struct(">4sI")  # magic, header length
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
@@ -101,12 +106,10 @@ _pairs_decoder = msgspec.msgpack.Decoder(list[tuple[Key, Rec]])
 _changes_decoder = msgspec.msgpack.Decoder(list[_ChangeImage])
 
 
-def encode_image(img: KVImage) -> bytes:
-    """Serialise an image. Pure and safe to run in another thread: it encodes
-    chunks of about KV_IMAGE_CHUNK_BYTES so the interpreter lock is released
-    between them, and the final join releases it too."""
-    chunks: list[bytes] = []
-    counts: list[int] = []
+def _chunks(img: KVImage) -> Iterator[bytes]:
+    """The image's chunks after its header, made as they are asked for:
+    [key, record] pairs in key order, the end of that section, then the
+    changes kept, each chunk about KV_IMAGE_CHUNK_BYTES."""
     batch: list[object] = []
     size = 0
     shards = img.shards
@@ -117,13 +120,11 @@ def encode_image(img: KVImage) -> bytes:
             batch.append((key, rec))
             size += len(key) + len(rec.value)
             if size >= KV_IMAGE_CHUNK_BYTES:
-                chunks.append(_encoder.encode(batch))
-                counts.append(len(batch))
+                yield _encoder.encode(batch)
                 batch, size = [], 0
     if batch:
-        chunks.append(_encoder.encode(batch))
-        counts.append(len(batch))
-    data_chunks = len(chunks)
+        yield _encoder.encode(batch)
+    yield SECTION_END
     batch, size = [], 0
     seen: set[str] = set()
     for c in img.changes:
@@ -132,17 +133,23 @@ def encode_image(img: KVImage) -> bytes:
         batch.append(_ChangeImage(c.rev, c.key, c.after, before))
         size += len(c.key) + (len(c.after.value) if c.after is not None else 0) + 16
         if size >= KV_IMAGE_CHUNK_BYTES:
-            chunks.append(_encoder.encode(batch))
-            counts.append(len(batch))
+            yield _encoder.encode(batch)
             batch, size = [], 0
     if batch:
-        chunks.append(_encoder.encode(batch))
-        counts.append(len(batch))
-    header = _encoder.encode(_Header(
-        _FORMAT, img.applied_index, img.clock_ms, list(img.sessions),
-        [len(c) for c in chunks[:data_chunks]], counts[:data_chunks], img.revision,
-        img.compacted, [len(c) for c in chunks[data_chunks:]], counts[data_chunks:]))
-    return b"".join([_FRAME.pack(_MAGIC, len(header)), header, *chunks])
+        yield _encoder.encode(batch)
+
+
+def image_encoder(img: KVImage) -> ImageEncoder:
+    """The image's bytes a piece at a time, for a loop to encode a slice per
+    turn (node/runner_snap.py). Pure."""
+    header = _encoder.encode(_Header(_FORMAT, img.applied_index, img.clock_ms,
+                                     list(img.sessions), [], [], img.revision, img.compacted))
+    return ImageEncoder(_FRAME.pack(_MAGIC, len(header)) + header, _chunks(img))
+
+
+def encode_image(img: KVImage) -> bytes:
+    """Serialise an image at once. Pure and safe to run in another thread."""
+    return image_encoder(img).encode_all()
 
 
 def decode_image(data: bytes | memoryview) -> KVImage:
@@ -168,11 +175,13 @@ def _decode(buf: memoryview) -> KVImage:
     if pos > len(buf):
         raise ImageError("truncated image header")
     h = _header_decoder.decode(buf[_FRAME.size : pos])
-    if h.format not in (2, _FORMAT):
+    if h.format not in (2, 3, _FORMAT):
         raise ImageError(f"unknown image format {h.format}")
     if len(h.chunk_bytes) != len(h.chunk_pairs) or len(h.change_bytes) != len(h.change_counts):
         raise ImageError("chunk tables of different lengths")
-    if pos + sum(h.chunk_bytes) + sum(h.change_bytes) != len(buf):
+    if h.format == _FORMAT and (h.chunk_bytes or h.change_bytes):
+        raise ImageError(f"a format {_FORMAT} image frames its chunks: its tables are empty")
+    if h.format != _FORMAT and pos + sum(h.chunk_bytes) + sum(h.change_bytes) != len(buf):
         raise ImageError(f"data chunks do not fill the image of {len(buf)} bytes")
     problem = check_images(h.clock_ms, h.applied_index, h.sessions)
     if problem is not None:
@@ -183,8 +192,23 @@ def _decode(buf: memoryview) -> KVImage:
         shards, keys = _v2_data(buf, pos, h)
         return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions),
                        SortedKeys.from_sorted(keys).freeze())
-    shards, keys, pos = _data(buf, pos, h)
-    changes = _changes(buf, pos, h, shards)
+    if h.format == _FORMAT:
+        try:
+            data, history = framed_sections(buf, pos, 2)
+        except ValueError as e:
+            raise ImageError(str(e)) from None
+        data_chunks: list[tuple[memoryview, int | None]] = [(c, None) for c in data]
+        change_chunks: list[tuple[memoryview, int | None]] = [(c, None) for c in history]
+    else:
+        data_chunks, change_chunks = [], []
+        for nbytes, n in zip(h.chunk_bytes, h.chunk_pairs, strict=True):
+            data_chunks.append((buf[pos : pos + nbytes], n))
+            pos += nbytes
+        for nbytes, n in zip(h.change_bytes, h.change_counts, strict=True):
+            change_chunks.append((buf[pos : pos + nbytes], n))
+            pos += nbytes
+    shards, keys = _data(data_chunks, h)
+    changes = _changes(change_chunks, h, shards)
     return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions),
                    SortedKeys.from_sorted(keys).freeze(), h.revision, h.compacted,
                    ChangeLog(changes).freeze())
@@ -212,18 +236,18 @@ def _v2_data(buf: memoryview, pos: int,
     return shards, sorted(k for s in shards for k in s)
 
 
-def _data(buf: memoryview, pos: int,
-          h: _Header) -> tuple[tuple[dict[str, Rec], ...], list[str], int]:
-    """Format 3: [key, record] pairs in key order."""
+def _data(chunks: list[tuple[memoryview, int | None]],
+          h: _Header) -> tuple[tuple[dict[str, Rec], ...], list[str]]:
+    """Formats 3 and 4: [key, record] pairs in key order; each chunk with
+    the number of pairs a format 3 header promises."""
     shards: tuple[dict[str, Rec], ...] = tuple({} for _ in range(SHARDS))
     keys: list[str] = []
     crc32 = zlib.crc32
     last = ""
     rev = h.revision
-    for nbytes, npairs in zip(h.chunk_bytes, h.chunk_pairs, strict=True):
-        pairs = _pairs_decoder.decode(buf[pos : pos + nbytes])
-        pos += nbytes
-        if len(pairs) != npairs:
+    for chunk, npairs in chunks:
+        pairs = _pairs_decoder.decode(chunk)
+        if npairs is not None and len(pairs) != npairs:
             raise ImageError("a data chunk holds the wrong number of pairs")
         # `check_key` and `shard_of` inlined: this loop runs once per key of
         # the store. Decoded strings are valid UTF-8, without surrogates.
@@ -239,10 +263,10 @@ def _data(buf: memoryview, pos: int,
                 raise ImageError(f"key {key!r} has revisions the image cannot hold")
             keys.append(key)
             shards[crc32(key.encode()) % SHARDS][key] = rec
-    return shards, keys, pos
+    return shards, keys
 
 
-def _changes(buf: memoryview, pos: int, h: _Header,
+def _changes(chunks: list[tuple[memoryview, int | None]], h: _Header,
              shards: tuple[dict[str, Rec], ...]) -> list[Change]:
     """The history, checked against the revisions and the live keys: in
     revision order, within [compacted, revision], each key's last change
@@ -252,10 +276,9 @@ def _changes(buf: memoryview, pos: int, h: _Header,
     out: list[Change] = []
     last: dict[str, Change] = {}
     rev = h.compacted
-    for nbytes, count in zip(h.change_bytes, h.change_counts, strict=True):
-        items = _changes_decoder.decode(buf[pos : pos + nbytes])
-        pos += nbytes
-        if len(items) != count:
+    for chunk, count in chunks:
+        items = _changes_decoder.decode(chunk)
+        if count is not None and len(items) != count:
             raise ImageError("a chunk of changes holds the wrong number of them")
         for c in items:
             if not max(rev, 1) <= c.rev <= h.revision or (

@@ -28,6 +28,7 @@ from node.state.image import (
     encode_image,
     freeze,
     image_digest,
+    image_encoder,
     thaw,
 )
 from node.state.index import prefix_end
@@ -39,6 +40,7 @@ from node.state.txn import CAS_FAILED, VALUE_TOO_LARGE, execute
 __all__ = [
     "CAS_FAILED", "VALUE_TOO_LARGE", "Append", "Cas", "Delete", "DeleteRange", "ImageError",
     "KVImage", "Key", "Op", "Put", "Txn", "Value", "decode_image", "encode_image", "image_digest",
+    "image_encoder",
 ]
 
 # Codes in `Result.error`; clients match on them, so they never change.
@@ -323,7 +325,7 @@ class KVStore:
         self.sessions.load(img.clock_ms, img.sessions)
         self._applied = img.applied_index
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         """Replace the whole state by an encoded image; raise `ImageError`
         and change nothing if it is malformed."""
         self.install(decode_image(data))

@@ -8,13 +8,27 @@ latest snapshot. The core only reads it; the runner writes through it.
 from __future__ import annotations
 
 import os
+from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
 from node.config import FSYNC_POLICIES, WAL_SEGMENT_BYTES
+from node.raft.log import entry_size
 from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
+from node.storage.entry_store import EntryStore
+from node.storage.snapfile import (
+    SnapshotFile,
+    SnapshotView,
+    SnapshotWriter,
+    read_snapshot,
+    remove_temp_files,
+    snapshot_files,
+    snapshot_name,
+    write_snapshot,
+)
 from node.storage.wal import (
     FULL_ERRNOS,
     NoSpace,
@@ -28,12 +42,7 @@ from node.storage.wal import (
     corruption,
     fsync_dir,
     lock_directory,
-    read_snapshot,
-    remove_temp_files,
     segment_paths_in,
-    snapshot_files,
-    snapshot_name,
-    write_snapshot,
 )
 
 __all__ = ["FileStorage", "InitialState", "MemoryStorage", "NoSpace", "Storage", "StorageError"]
@@ -89,7 +98,26 @@ class Storage(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """The latest snapshot (an empty one at index 0 if there is none)."""
+        """The latest snapshot (an empty one at index 0 if there is none),
+        its whole image in memory: for tests and the simulator."""
+        ...
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The latest snapshot's point (index 0 if there is none)."""
+        ...
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries lo..hi-1 after the snapshot, at least one if any, within
+        `max_bytes`: what a leader sends a follower behind its memory."""
+        ...
+
+    def snapshot_image_size(self) -> int:
+        """The byte length of the latest snapshot's image."""
+        ...
+
+    def read_snapshot_image(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes of the latest snapshot's image from `offset`: a
+        leader sends a large image in chunks without holding all of it."""
         ...
 
     def sync(self) -> None:
@@ -186,6 +214,28 @@ class MemoryStorage:
     def snapshot(self) -> Snapshot:
         return self._snap
 
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._snap.meta
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        base = self._snap.meta.index + 1
+        if lo < base:
+            raise IndexError(f"entry {lo} is at or below the snapshot at {base - 1}")
+        out: list[Entry] = []
+        size = 0
+        for e in self._entries[lo - base : hi - base]:
+            size += entry_size(e)
+            if out and size > max_bytes:
+                break
+            out.append(e)
+        return out
+
+    def snapshot_image_size(self) -> int:
+        return len(self._snap.data)
+
+    def read_snapshot_image(self, offset: int, n: int) -> bytes:
+        return self._snap.data[offset : offset + max(0, n)]
+
     def sync(self) -> None:
         """Nothing to do: memory is as durable as it gets."""
 
@@ -197,10 +247,12 @@ class FileStorage:
     """Storage in a directory: a WAL of framed records and snapshot files.
 
     The entries after the snapshot are also kept in memory, as in
-    `MemoryStorage`; the WAL is read only when the storage is opened. Not
-    thread-safe, except `write_snapshot_file`. With `fsync="never"` nothing is
-    fsynced: a crash of the machine (not of the process) can lose acknowledged
-    writes. `recovery` says what opening found (a torn tail cut, and where).
+    `MemoryStorage`; the WAL is read only when the storage is opened. The
+    snapshot's image is not: it is read from its file when asked for. Not
+    thread-safe, except `write_snapshot_file` and a `SnapshotWriter`. With
+    `fsync="never"` nothing is fsynced: a crash of the machine (not of the
+    process) can lose acknowledged writes. `recovery` says what opening
+    found (a torn tail cut, and where).
     """
 
     def __init__(
@@ -225,9 +277,10 @@ class FileStorage:
             raise
         self._hs = HardState()
         self._meta = SnapshotMeta()
-        self._entries: list[Entry] = []
-        self._snap: Snapshot | None = None
+        self._log = EntryStore(self.directory, 0, [])
         self._snap_path: Path | None = None
+        # The current snapshot's file, open for ranged reads once asked.
+        self._snap_file: SnapshotFile | None = None
         # A snapshot was installed: old files go once its mark is durable.
         self._cleanup_due = False
         try:
@@ -236,7 +289,7 @@ class FileStorage:
             self.recovery: Recovery = self._wal.recovery
             try:
                 self._replay(replay)
-                self._synced = (self._meta.index + len(self._entries), self._hs.term)
+                self._synced = (self._log.last_index(), self._hs.term)
                 self._wal.collect()
                 self._remove_stale_snapshots()
             except BaseException:
@@ -266,6 +319,8 @@ class FileStorage:
         base = mark.meta.index if mark is not None else 0
         hs = HardState()
         entries: list[Entry] = []
+        # The record number of each entry, for where it lies.
+        records: list[int] = []
         for k, rec in enumerate(replay.records):
             if isinstance(rec, Entry):
                 pos = rec.index - base - 1
@@ -273,25 +328,34 @@ class FileStorage:
                     continue
                 if pos < len(entries):
                     del entries[pos:]
+                    del records[pos:]
                 elif pos > len(entries):
                     path, off = replay.where(k)
                     raise corruption(path, off, f"entry {rec.index} follows a gap after "
                                                 f"{base + len(entries)} (a segment is missing)")
                 entries.append(rec)
+                records.append(k)
             elif isinstance(rec, HardState):
                 hs = rec
             elif isinstance(rec, Truncate):
                 del entries[max(0, rec.index - base - 1) :]
+                del records[max(0, rec.index - base - 1) :]
             else:
                 lo = max(rec.meta.index, base) - base
                 entries = entries[lo : max(lo, rec.last - base)]
+                records = records[lo : max(lo, rec.last - base)]
                 hs = rec.hard_state
         self._hs = hs
-        self._entries = entries
+        self._log = EntryStore(self.directory, base, entries)
+        self._log.written(array("Q", (e.index for e in entries)),
+                          array("Q", map(replay.seq_of, records)),
+                          array("Q", (replay.offsets[k] for k in records)))
         if mark is not None:
             self._meta = mark.meta
             self._snap_path = self.directory / snapshot_name(mark.meta)
-            self._snap = Snapshot(mark.meta, read_snapshot(self._snap_path, mark.meta))
+            # Checked whole now (header and CRC), as a node starts; not kept.
+            f = self._snapshot_file()
+            f.view().close()
 
     def _remove_stale_snapshots(self) -> None:
         """At open, remove every snapshot file but the current one: older ones,
@@ -308,14 +372,26 @@ class FileStorage:
     # --- the Storage protocol -------------------------------------------------------
 
     def initial_state(self) -> InitialState:
-        return InitialState(self._hs, self._meta, list(self._entries))
+        return InitialState(self._hs, self._meta,
+                            self._log.get(self._meta.index + 1, self._log.last_index() + 1))
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries lo..hi-1, at least one if any, within `max_bytes`: those
+        evicted from memory are read back from the WAL."""
+        return self._log.get(lo, hi, max_bytes)
+
+    def evict(self, upto: int) -> list[Entry]:
+        """Stop holding the entries up to `upto` in memory (those synced);
+        `entries` reads them from the WAL. Returns them, for the caller to
+        free a few at a time."""
+        return self._log.evict(upto)
 
     def append(self, entries: list[Entry]) -> None:
         if not entries:
             return
         first = entries[0].index
         base = self._meta.index + 1
-        last = base + len(self._entries) - 1
+        last = self._log.last_index()
         if first < base:
             raise StorageError(f"append at {first} is below the snapshot at {base - 1}")
         if first > last + 1:
@@ -326,9 +402,9 @@ class FileStorage:
             # §5.3: a conflicting suffix goes; the marker reaches disk in the same
             # sync() as the new entries, before they are acknowledged.
             self._wal.add(RecordKind.TRUNCATE, Truncate(first))
-            del self._entries[first - base :]
+            self._log.truncate(first)
         self._wal.add_entries(entries)
-        self._entries.extend(entries)
+        self._log.extend(entries)
 
     def set_hard_state(self, hs: HardState) -> None:
         self._wal.add(RecordKind.HARD_STATE, hs)
@@ -341,18 +417,24 @@ class FileStorage:
         if meta.index < self._meta.index:
             raise StorageError(
                 f"snapshot at {meta.index} is older than the stored one at {self._meta.index}")
-        pos = meta.index - self._meta.index - 1
-        if 0 <= pos < len(self._entries) and self._entries[pos].term == meta.term:
-            kept = self._entries[pos + 1 :]
-        else:
-            kept = []
         self.write_snapshot_file(meta, snap.data)
-        self._install(meta, kept, snap)
+        self._install(meta, keep=self._log.term(meta.index) == meta.term)
+
+    def install_received_snapshot(self, meta: SnapshotMeta) -> None:
+        """Second half of `apply_snapshot`, after `write_snapshot_file(meta,
+        ...)` (which may run on another thread): the leader's snapshot
+        becomes the stored one, as `apply_snapshot` says."""
+        if meta.index < self._meta.index:
+            raise StorageError(
+                f"snapshot at {meta.index} is older than the stored one at {self._meta.index}")
+        if not (self.directory / snapshot_name(meta)).is_file():
+            raise StorageError(f"no snapshot file was written for {meta}")
+        self._install(meta, keep=self._log.term(meta.index) == meta.term)
 
     def create_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        kept = self._entries_after_local(meta)
+        self._check_local(meta)
         self.write_snapshot_file(meta, data)
-        self._install(meta, kept, Snapshot(meta, data))
+        self._install(meta, keep=True)
 
     def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
         """As the protocol says; a full disk raises NoSpace, and leaves
@@ -364,18 +446,41 @@ class FileStorage:
                 raise NoSpace(f"the snapshot at {meta.index} cannot be written: {e}") from e
             raise
 
+    def snapshot_writer(self, meta: SnapshotMeta) -> SnapshotWriter:
+        """A stream to write the image for `meta` in pieces (on any
+        thread), then `install_local_snapshot(meta)` once it finished."""
+        return SnapshotWriter(self.directory, meta, sync=self._sync)
+
     def install_local_snapshot(self, meta: SnapshotMeta) -> None:
-        kept = self._entries_after_local(meta)
+        self._check_local(meta)
         if not (self.directory / snapshot_name(meta)).is_file():
             raise StorageError(f"no snapshot file was written for {meta}")
-        self._install(meta, kept, None)
+        self._install(meta, keep=True)
 
     def snapshot(self) -> Snapshot:
-        if self._snap is None:
-            if self._snap_path is None:
-                return Snapshot(SnapshotMeta(), b"")
-            self._snap = Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
-        return self._snap
+        if self._snap_path is None:
+            return Snapshot(SnapshotMeta(), b"")
+        return Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._meta
+
+    def snapshot_image_size(self) -> int:
+        return 0 if self._snap_path is None else self._snapshot_file().size
+
+    def read_snapshot_image(self, offset: int, n: int) -> bytes:
+        return b"" if self._snap_path is None else self._snapshot_file().read(offset, n)
+
+    def snapshot_view(self) -> SnapshotView | None:
+        """The current snapshot's image mapped whole and checked (None if
+        there is none), to decode without a copy of it; close it after."""
+        return None if self._snap_path is None else self._snapshot_file().view()
+
+    def _snapshot_file(self) -> SnapshotFile:
+        assert self._snap_path is not None
+        if self._snap_file is None:
+            self._snap_file = SnapshotFile(self._snap_path, self._meta)
+        return self._snap_file
 
     def durable_floor(self, commit: int) -> tuple[int, int]:
         """An index the log durably holds and will always hold (`commit`,
@@ -403,7 +508,8 @@ class FileStorage:
         """Make every write durable (one fdatasync), then drop the segments
         and snapshot files that a now durable snapshot mark made dead."""
         self._wal.sync()
-        self._synced = (self._meta.index + len(self._entries), self._hs.term)
+        self._log.written(*self._wal.take_written())
+        self._synced = (self._log.last_index(), self._hs.term)
         if self._cleanup_due:
             self._remove_replaced_snapshots()
 
@@ -413,13 +519,28 @@ class FileStorage:
         never installed (a leader's snapshot overtook a local one). Newer
         images may still be waiting for `install_local_snapshot`."""
         self._cleanup_due = False
-        removed = False
-        for path, meta in snapshot_files(self.directory).items():
-            if path != self._snap_path and meta.index <= self._meta.index:
+        dead = [path for path, meta in snapshot_files(self.directory).items()
+                if path != self._snap_path and meta.index <= self._meta.index]
+        if not dead:
+            return
+        directory, sync = self.directory, self._sync
+
+        def remove() -> None:
+            for path in dead:
                 path.unlink(missing_ok=True)
-                removed = True
-        if removed and self._sync:
-            fsync_dir(self.directory)
+            if sync:
+                fsync_dir(directory)
+
+        if self._wal.remover is None:
+            remove()
+        else:
+            self._wal.remover(remove)
+
+    def remove_files_with(self, submit: Callable[[Callable[[], None]], object]) -> None:
+        """Hand the removal of dead WAL segments and replaced snapshot files
+        to `submit` (another thread): unlinking a 100 MiB file took 50 ms
+        here, on the loop that also sends heartbeats."""
+        self._wal.remover = submit
 
     def close(self) -> None:
         """Sync what is buffered and release the directory."""
@@ -436,6 +557,7 @@ class FileStorage:
         """Release the directory without writing what is buffered, as a crash
         would: for tests of recovery."""
         self._wal.abandon()
+        self._close_snapshot_file()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -444,15 +566,28 @@ class FileStorage:
         """The WAL segment files, oldest first."""
         return self._wal.segment_paths()
 
-    def _entries_after_local(self, meta: SnapshotMeta) -> list[Entry]:
-        """The entries a local snapshot at `meta` keeps."""
-        return entries_after_local_snapshot(self._entries, self._meta, meta)
+    def _check_local(self, meta: SnapshotMeta) -> None:
+        """Refuse a local snapshot as `entries_after_local_snapshot` does."""
+        if meta.index < self._meta.index:
+            raise StorageError(f"snapshot at {meta.index} is older than {self._meta.index}")
+        if meta.index > self._log.last_index():
+            raise StorageError(f"snapshot at {meta.index} is beyond the log")
+        if meta.index > self._meta.index and self._log.term(meta.index) != meta.term:
+            raise StorageError(f"snapshot term {meta.term} disagrees with the log at {meta.index}")
 
-    def _install(self, meta: SnapshotMeta, kept: list[Entry], snap: Snapshot | None) -> None:
-        self._wal.add(
-            RecordKind.SNAPSHOT, SnapshotMark(meta, meta.index + len(kept), self._hs))
+    def _install(self, meta: SnapshotMeta, *, keep: bool) -> None:
+        """`meta` becomes the snapshot; the entries after it stay if `keep`."""
+        if keep:
+            self._log.drop_through(meta.index)
+        else:
+            self._log.reset(meta.index)
+        self._wal.add(RecordKind.SNAPSHOT, SnapshotMark(meta, self._log.last_index(), self._hs))
         self._cleanup_due = True
+        self._close_snapshot_file()
         self._snap_path = self.directory / snapshot_name(meta)
         self._meta = meta
-        self._entries = kept
-        self._snap = snap
+
+    def _close_snapshot_file(self) -> None:
+        if self._snap_file is not None:
+            self._snap_file.close()
+            self._snap_file = None

@@ -1,5 +1,5 @@
-"""On-disk formats of a node's storage: WAL segments of length+CRC framed
-records, and snapshot files. Framing, scanning, group commit and file
+"""On-disk format of a node's write-ahead log: segments of length+CRC framed
+records (snapshot files are snapfile.py's). Framing, scanning, group commit and file
 housekeeping only; what the records mean for the Raft log is `node.storage`'s.
 """
 
@@ -13,9 +13,9 @@ import itertools
 import os
 import re
 import struct
-import tempfile
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,6 @@ PREALLOC_BYTES = 4 * 1024 * 1024
 # in flight while the node stops taking new ones (`space_error`).
 RESERVE_AHEAD_BYTES = 1024 * 1024
 _SEGMENT_NAME = re.compile(r"wal-([0-9a-f]{16})\.log")
-_SNAPSHOT_NAME = re.compile(r"snap-([0-9a-f]{16})-([0-9a-f]{16})\.snap")
-_TEMP_PREFIX = ".snap-"
-_TEMP_SUFFIX = ".tmp"
 
 _RECOVER_ADVICE = (
     "The node must not start from it: records after this point cannot be trusted. "
@@ -108,10 +105,6 @@ def corruption(path: Path, offset: int, what: str) -> StorageError:
 
 def segment_name(seq: int) -> str:
     return f"wal-{seq:016x}.log"
-
-
-def snapshot_name(meta: SnapshotMeta) -> str:
-    return f"snap-{meta.index:016x}-{meta.term:016x}.snap"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -134,7 +127,7 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     n = os.write(fd, data)
     if n == len(data):
         return
@@ -143,78 +136,9 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         n += os.write(fd, view[n:])
 
 
-# --- snapshot files ------------------------------------------------------------
-
-# magic, index, term, image size, CRC32 of the image; the image follows.
-_SNAP_HEADER = struct.Struct("<8sQQQI")
-_SNAP_MAGIC = b"RAFTSNP1"
-
-
-def write_snapshot(directory: Path, meta: SnapshotMeta, data: bytes, *, sync: bool) -> Path:
-    """Write `data` to a temporary file, fsync it, rename it into place and fsync
-    the directory: a crash leaves the old file set or the new one, never half.
-    Touches nothing but files, so it may run on any thread."""
-    header = _SNAP_HEADER.pack(_SNAP_MAGIC, meta.index, meta.term, len(data), zlib.crc32(data))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
-    try:
-        try:
-            _write_all(fd, header)
-            _write_all(fd, data)
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        final = directory / snapshot_name(meta)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if sync:
-        fsync_dir(directory)
-    return final
-
-
-def read_snapshot(path: Path, meta: SnapshotMeta) -> bytes:
-    """The image in the snapshot file at `path`, checked against `meta` and its CRC."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise corruption(path, 0, "snapshot file named by the WAL is missing") from None
-    if len(raw) < _SNAP_HEADER.size:
-        raise corruption(path, 0, "snapshot file is shorter than its header")
-    magic, index, term, size, crc = _SNAP_HEADER.unpack_from(raw)
-    if magic != _SNAP_MAGIC or (index, term) != (meta.index, meta.term):
-        raise corruption(path, 0, "snapshot file header does not match its name")
-    data = raw[_SNAP_HEADER.size :]
-    if len(data) != size:
-        raise corruption(path, len(raw), f"snapshot file holds {len(data)} of {size} bytes")
-    if zlib.crc32(data) != crc:
-        raise corruption(path, _SNAP_HEADER.size, "snapshot image fails its CRC")
-    return data
-
-
-def snapshot_files(directory: Path) -> dict[Path, SnapshotMeta]:
-    out: dict[Path, SnapshotMeta] = {}
-    for name in os.listdir(directory):
-        m = _SNAPSHOT_NAME.fullmatch(name)
-        if m:
-            out[directory / name] = SnapshotMeta(int(m.group(1), 16), int(m.group(2), 16))
-    return out
-
-
 def segment_paths_in(directory: Path) -> list[Path]:
     """The WAL segment files in `directory`, by name."""
     return sorted(directory / n for n in os.listdir(directory) if _SEGMENT_NAME.fullmatch(n))
-
-
-def remove_temp_files(directory: Path) -> bool:
-    """Remove snapshot files a crash left half-written; True if any were."""
-    found = False
-    for name in os.listdir(directory):
-        if name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX):
-            (directory / name).unlink(missing_ok=True)
-            found = True
-    return found
 
 
 # --- WAL segments: reading --------------------------------------------------------
@@ -238,6 +162,7 @@ class Replay:
     records: list[Record] = field(default_factory=list)
     offsets: array[int] = field(default_factory=lambda: array("Q"))
     paths: list[Path] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
     firsts: list[int] = field(default_factory=list)
     last_mark: SnapshotMark | None = None
 
@@ -245,6 +170,10 @@ class Replay:
         """The segment file and byte offset of record `k`."""
         seg = bisect.bisect_right(self.firsts, k) - 1
         return self.paths[seg], self.offsets[k]
+
+    def seq_of(self, k: int) -> int:
+        """The sequence number of the segment holding record `k`."""
+        return self.seqs[bisect.bisect_right(self.firsts, k) - 1]
 
 
 def _record_follows(data: bytes, start: int) -> bool:
@@ -348,6 +277,9 @@ class _Chunk:
     buf: bytearray = field(default_factory=bytearray)
     max_index: int = 0
     mark: int | None = None
+    # Each entry record's index and where it starts in `buf`, in order.
+    entry_index: array[int] = field(default_factory=lambda: array("Q"))
+    entry_start: array[int] = field(default_factory=lambda: array("Q"))
 
 
 class Wal:
@@ -383,6 +315,14 @@ class Wal:
         self.reservation_error: OSError | None = None
         self.space_error: OSError | None = None
         self.recovery = Recovery()
+        # Where the entry records written since `take_written` lie: index,
+        # segment seq and byte offset, in the order they were written.
+        self._written_index: array[int] = array("Q")
+        self._written_seq: array[int] = array("Q")
+        self._written_off: array[int] = array("Q")
+        # Runs the removal of dead segments (None: at once); a crash before
+        # it ran leaves dead segments, which the next open removes.
+        self.remover: Callable[[Callable[[], None]], object] | None = None
 
     @classmethod
     def open(cls, directory: Path, *, sync: bool, segment_bytes: int) -> tuple[Wal, Replay]:
@@ -404,6 +344,7 @@ class Wal:
             path = directory / segment_name(seq)
             data = path.read_bytes()
             replay.paths.append(path)
+            replay.seqs.append(seq)
             replay.firsts.append(len(replay.records))
             end, max_index, mark = _scan(data, path, k == len(seqs) - 1, replay)
             if mark is not None:
@@ -455,6 +396,7 @@ class Wal:
         encode_into = self._encode_into
         pack_into = _HEADER.pack_into
         crc32 = zlib.crc32
+        at_index, at_start = chunk.entry_index.append, chunk.entry_start.append
         for e in entries:
             start = len(buf)
             buf += prefix
@@ -470,6 +412,10 @@ class Wal:
                 self._chunks.append(chunk)
                 buf = chunk.buf
                 room = self._segment_bytes
+                at_index, at_start = chunk.entry_index.append, chunk.entry_start.append
+                start = 0
+            at_index(e.index)
+            at_start(start)
         if entries:
             chunk.max_index = max(chunk.max_index, entries[-1].index)
         self._room = room
@@ -519,7 +465,12 @@ class Wal:
                     self._roll_first = False
                 seg = self._segments[-1]
                 if chunk.buf:
+                    at = seg.size
                     self._write_chunk(seg, chunk.buf)
+                    n = len(chunk.entry_index)
+                    self._written_index.extend(chunk.entry_index)
+                    self._written_seq.extend(array("Q", [seg.seq]) * n)
+                    self._written_off.extend(array("Q", (at + s for s in chunk.entry_start)))
                 seg.max_index = max(seg.max_index, chunk.max_index)
                 if chunk.mark is not None:
                     self._mark = (seg.seq, chunk.mark)
@@ -548,7 +499,7 @@ class Wal:
                 and end + RESERVE_AHEAD_BYTES > self._allocated:
             self._preallocate(end + RESERVE_AHEAD_BYTES)
         try:
-            _write_all(self._fd, buf)
+            write_all(self._fd, buf)
         except OSError as e:
             if e.errno not in FULL_ERRNOS:
                 raise
@@ -618,14 +569,33 @@ class Wal:
             dead += 1
         if not dead:
             return
-        for seg in self._segments[:dead]:
-            seg.path.unlink()
+        paths = [seg.path for seg in self._segments[:dead]]
         del self._segments[:dead]
-        if self._sync:
-            fsync_dir(self.directory)
+        sync = self._sync
+
+        def remove() -> None:
+            for path in paths:  # oldest first: what is left stays contiguous
+                path.unlink(missing_ok=True)
+            if sync:
+                fsync_dir(self.directory)
+
+        if self.remover is None:
+            remove()
+        else:
+            self.remover(remove)
 
     def segment_paths(self) -> list[Path]:
         return [s.path for s in self._segments]
+
+    def take_written(self) -> tuple[array[int], array[int], array[int]]:
+        """Where each entry record written since the last call lies (index,
+        segment seq, offset), in writing order; a later record for an index
+        replaces an earlier one (a truncated suffix written again). Durable
+        once `sync` returned."""
+        out = (self._written_index, self._written_seq, self._written_off)
+        self._written_index, self._written_seq, self._written_off = (
+            array("Q"), array("Q"), array("Q"))
+        return out
 
     def close(self) -> None:
         """Write and sync what is buffered, then close the segment."""

@@ -70,6 +70,22 @@ class NodeCpu(msgspec.Struct, frozen=True):
     percent: float | None  # of one core
 
 
+class NodeLoop(msgspec.Struct, frozen=True):
+    """What a node's status said during a run, sampled every
+    BENCH_STATUS_POLL_MS: its longest loop turn, the longest silence of
+    its leader (the gap an election timeout is measured against, §5.2),
+    the snapshots it made or took, and at the end its keys and memory.
+    None where the node never said (down, or a version without it)."""
+
+    node: str
+    loop_max_busy_ms: float | None
+    loop_max_cpu_ms: float | None  # of the loop's thread in its longest-working turn
+    leader_gap_max_ms: float | None
+    snapshots: int
+    keys: int | None
+    rss_mib: float | None
+
+
 class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = "write"
     cluster: str
@@ -97,6 +113,9 @@ class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
     loadgen_cpu_s: float
     loadgen_cpu_percent: float  # of one core, summed over its processes
     loadgen_saturated: bool
+    # The longest silence of a leader seen by any follower, and each node's loop.
+    heartbeat_gap_max_ms: float | None
+    node_loop: list[NodeLoop]
 
 
 class Summary(msgspec.Struct, frozen=True):
@@ -221,8 +240,52 @@ class StatusPoller:
             s.close(linger=0)
 
 
+class _NodeSamples:
+    """One node's status samples, folded as they come (see `NodeLoop`)."""
+
+    def __init__(self) -> None:
+        self.busy_ms: float | None = None
+        self.cpu_ms: float | None = None
+        self.gap_ms: float | None = None
+        self.snapshot_index: int | None = None
+        self.snapshots = 0
+        self.keys: int | None = None
+        self.pid: int | None = None
+
+    def add(self, st: dict[str, Any]) -> None:
+        self.busy_ms = _max_of(self.busy_ms, st.get("loop_max_busy_ms"))
+        self.cpu_ms = _max_of(self.cpu_ms, st.get("loop_max_cpu_ms"))
+        self.gap_ms = _max_of(self.gap_ms, st.get("leader_gap_max_ms"))
+        index = st.get("snapshot_index")
+        if isinstance(index, int):
+            if self.snapshot_index is not None and index > self.snapshot_index:
+                self.snapshots += 1
+            self.snapshot_index = index
+        keys, pid = st.get("keys"), st.get("pid")
+        self.keys = keys if isinstance(keys, int) else self.keys
+        self.pid = pid if isinstance(pid, int) else self.pid
+
+
+def _max_of(a: float | None, b: object) -> float | None:
+    if not isinstance(b, (int, float)):
+        return a
+    return float(b) if a is None else max(a, float(b))
+
+
+def _rss_mib(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        rss: int = psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
+    return round(rss / (1024 * 1024), 1)
+
+
 class _LeaderWatch(threading.Thread):
-    """Samples every node's (term, leader) every BENCH_STATUS_POLL_MS."""
+    """Samples every node's status every BENCH_STATUS_POLL_MS: the (term,
+    leader) pairs seen, and each node's loop (`NodeLoop`). The first sample
+    resets the peaks a status read resets, so they cover the run alone."""
 
     def __init__(self, c: Cluster) -> None:
         super().__init__(name="bench-leader-watch", daemon=True)
@@ -230,6 +293,8 @@ class _LeaderWatch(threading.Thread):
         self._stop_event = threading.Event()
         self._ready = threading.Event()
         self.seen: set[tuple[int, str]] = set()
+        self.nodes: dict[str, _NodeSamples] = {}
+        self._counting = False
         self.error: Exception | None = None
 
     def run(self) -> None:
@@ -244,6 +309,7 @@ class _LeaderWatch(threading.Thread):
             deadline = time.monotonic() + LEADER_WAIT_S
             while not self.seen and time.monotonic() < deadline:
                 self._sample(poller)
+            self._counting = True
             self._ready.set()
             while not self._stop_event.wait(BENCH_STATUS_POLL_MS / 1000):
                 self._sample(poller)
@@ -253,9 +319,20 @@ class _LeaderWatch(threading.Thread):
             poller.close()
 
     def _sample(self, poller: StatusPoller) -> None:
-        for st in poller.status().values():
+        for node, st in poller.status().items():
             if st.get("leader"):
                 self.seen.add((int(st["term"]), str(st["leader"])))
+            if self._counting:
+                self.nodes.setdefault(node, _NodeSamples()).add(st)
+
+    def node_loop(self) -> list[NodeLoop]:
+        """Each node's loop over the run, its memory now."""
+        out = []
+        for n in self._cluster.node_ids():
+            got = self.nodes.get(n, _NodeSamples())
+            out.append(NodeLoop(n, got.busy_ms, got.cpu_ms, got.gap_ms, got.snapshots, got.keys,
+                                _rss_mib(got.pid)))
+        return out
 
     def wait_ready(self) -> None:
         self._ready.wait()
@@ -367,11 +444,14 @@ def bench_write(
     finally:
         watch.stop()
     seen = sorted(watch.seen)
-    return _write_report(c, cfg.fsync, len(cfg.nodes), spec, res, node_cpu, seen)
+    return _write_report(c, cfg.fsync, len(cfg.nodes), spec, res, node_cpu, seen,
+                         watch.node_loop())
 
 
 def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, res: LoadResult,
-                  node_cpu: list[NodeCpu], seen: list[tuple[int, str]]) -> WriteReport:
+                  node_cpu: list[NodeCpu], seen: list[tuple[int, str]],
+                  node_loop: list[NodeLoop]) -> WriteReport:
+    gaps = [n.leader_gap_max_ms for n in node_loop if n.leader_gap_max_ms is not None]
     h = res.latency
     wall = res.wall_s
     return WriteReport(
@@ -390,6 +470,7 @@ def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, res: LoadR
         node_cpu=node_cpu, loadgen_cpu_s=round(res.cpu_s, 3),
         loadgen_cpu_percent=round(100.0 * res.cpu_s / wall, 1),
         loadgen_saturated=res.saturated_procs > 0,
+        heartbeat_gap_max_ms=max(gaps) if gaps else None, node_loop=node_loop,
     )
 
 

@@ -1,0 +1,124 @@
+"""A node's local snapshot is made a slice per turn of its loop, never at
+once, from the image frozen when it began (node/runner_snap.py): the runner
+in-process, a one-node cluster, its loop turned by hand."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import node.runner_snap as runner_snap
+import node.state.image as image
+from node.raft.messages import Hup, Propose
+from node.runner import NodeRunner
+from node.state.kv import (
+    Command,
+    Put,
+    RegisterSession,
+    Write,
+    decode_image,
+    encode_command,
+    encode_image,
+    encode_op,
+)
+from raftctl.cluster import Cluster, make_config
+from tests.procs import wait_until
+
+
+@pytest.fixture
+def leader(tmp_path: Path) -> Iterator[NodeRunner]:
+    """The one node of a one-node cluster, in this process, leading."""
+    c = Cluster(tmp_path / "run", "t")
+    c.create(make_config(1, name="t", catchup_entries=100))
+    r = NodeRunner(c.run_dir, "n1", io.StringIO())
+    try:
+        r.core.step(Hup(transfer=True))
+        _settle(r)
+        assert r.core.leader == "n1", "a lone node elects itself"
+        yield r
+    finally:
+        r._close()
+
+
+def _settle(r: NodeRunner) -> None:
+    """Persist, commit and apply everything proposed so far."""
+    while r.core.has_ready():
+        r._handle_ready()
+
+
+def _propose_puts(r: NodeRunner, session: int, first_seq: int, n: int,
+                  value: bytes = b"v" * 50) -> None:
+    """Session `session`'s writes `first_seq`.. of `value` to key/<seq % 400>."""
+    for seq in range(first_seq, first_seq + n):
+        op = encode_op(Put(f"key/{seq % 400}", value))
+        r.core.step(Propose(encode_command(Command(0, Write(session, seq, seq, op)))))
+    _settle(r)
+
+
+def test_a_local_snapshot_is_encoded_a_piece_per_turn_from_its_frozen_image(
+        leader: NodeRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no time budget left, each turn encodes one piece: the snapshot
+    spans many turns, writes applied meanwhile are not in it, and the file
+    holds exactly the state at its index."""
+    r = leader
+    r.core.step(Propose(encode_command(Command(0, RegisterSession()))))
+    _settle(r)
+    session = r.kv.applied_index
+    _propose_puts(r, session, 1, 400)
+    # Small chunks, so that the image is many pieces (a piece is a chunk at least).
+    monkeypatch.setattr(image, "KV_IMAGE_CHUNK_BYTES", 500)
+    frozen = r.kv.freeze()
+    expected = encode_image(frozen)  # bytes: the frozen dicts must not change either
+    chunks = sum(1 for c in image._chunks(frozen) if c)
+    assert chunks > 20, chunks
+    monkeypatch.setattr(runner_snap, "SNAPSHOT_SLICE_MS", 0.0)
+    monkeypatch.setattr(runner_snap, "KV_IMAGE_PIECE_BYTES", 1)
+    assert r._maybe_snapshot(force=True)
+    turns = 0
+
+    def turn() -> bool:
+        nonlocal turns
+        turns += 1
+        if turns == 10:
+            # Overwrites of keys in the image, while it is being written.
+            _propose_puts(r, session, 401, 400, value=b"new")
+        r._advance_images()
+        return r.storage.snapshot_meta().index == frozen.applied_index
+
+    wait_until(turn, 30.0, "the snapshot installed", interval_s=0.0)
+    assert turns > chunks, f"{chunks} chunks and the head were encoded in {turns} turns"
+    assert r.storage.snapshot().data == expected
+    assert encode_image(decode_image(expected)) == expected
+    assert r.kv.get("key/1") == b"new"
+    assert r.core.snapshot_meta.index == frozen.applied_index
+
+
+def test_entries_a_snapshot_compacts_away_are_freed_a_few_per_turn(
+        leader: NodeRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log forgets what a snapshot covers (but `catchup_entries`), and
+    the loop frees those entries ENTRIES_FREED_PER_TURN at a time, never a
+    snapshot interval of them in one turn."""
+    r = leader
+    r.core.step(Propose(encode_command(Command(0, RegisterSession()))))
+    _settle(r)
+    _propose_puts(r, r.kv.applied_index, 1, 300)
+    monkeypatch.setattr(runner_snap, "ENTRIES_FREED_PER_TURN", 50)
+    applied = r.kv.applied_index
+    assert r._maybe_snapshot(force=True)
+
+    def installed() -> bool:
+        r._advance_images()
+        return r.core.snapshot_meta.index == applied
+
+    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    assert r.core.log.first_index() == applied - 100 + 1
+    waiting = [len(r._to_free)]
+    while r._to_free:
+        r._release_log_memory()
+        waiting.append(len(r._to_free))
+    assert waiting[0] > 150, waiting
+    assert all(a - b <= 50 for a, b in itertools.pairwise(waiting)), waiting
