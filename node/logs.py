@@ -26,6 +26,9 @@ EVENTS = frozenset(
         "snapshot_failed",
         "bad_datagram", "message_oversize", "follower_lost_data", "rejoined_without_data",
         "membership_changed", "peer_added", "peer_removed", "peer_unknown",
+        # A Paxos node's own (node/paxos/).
+        "prepare_sent", "promised", "preempted", "campaign_abandoned", "accept_sent",
+        "accepted", "chosen",
     }
 )
 
