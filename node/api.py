@@ -34,7 +34,7 @@ from node.state.kv import (
 )
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
-    from node.raft.core import RaftCore
+    from node.consensus import ConsensusCore
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
@@ -228,7 +228,7 @@ class ClientApi:
     def __init__(
         self,
         node_id: str,
-        core: RaftCore,
+        core: ConsensusCore[Any],
         kv: KVStore,
         reply: ReplyFn,
         client_addrs: dict[str, str],

@@ -1,12 +1,12 @@
 """Operator commands on the control socket: status, link faults, leadership
-transfer, membership changes, compaction, digest, shutdown. Requests and
+transfer, membership changes, compaction, digest, a Paxos decree, shutdown. Requests and
 replies are msgpack maps; the runner implements `Controlled`. No socket I/O
 here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
@@ -60,9 +60,20 @@ class ShutdownRequest(_Ctl, tag="shutdown", frozen=True):
     pass
 
 
+# A decree is read in the logs, value and all: a line's worth.
+DECREE_MAX_CHARS = 200
+
+
+class DecreeRequest(_Ctl, tag="decree", frozen=True):
+    """Paxos only: run one instance of the Synod protocol (a fresh phase 1,
+    then `value` in the next free slot), for the logs to show."""
+
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=DECREE_MAX_CHARS)]
+
+
 ControlRequest = (
     StatusRequest | SetLinksRequest | TransferRequest | ChangeMembersRequest | CompactRequest
-    | DigestRequest | ShutdownRequest
+    | DigestRequest | DecreeRequest | ShutdownRequest
 )
 
 
@@ -81,6 +92,7 @@ class Controlled(Protocol):
     def change_members(self, changes: list[MemberChange]) -> dict[str, Any]: ...
     def compact(self) -> dict[str, Any]: ...
     def digest(self) -> dict[str, Any]: ...
+    def decree(self, value: str) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
 
 
@@ -113,6 +125,8 @@ def handle_control(node: Controlled, data: bytes) -> tuple[bytes, str | None]:
             result = node.compact()
         elif isinstance(req, DigestRequest):
             result = node.digest()
+        elif isinstance(req, DecreeRequest):
+            result = node.decree(req.value)
         else:
             node.shutdown()
     except ControlError as e:

@@ -28,14 +28,15 @@ from node.config import (
     ClusterConfig,
     node_dir,
 )
+from node.consensus import ConsensusCore, make_core, peer_decoder, start_decree
 from node.control import ControlError, MemberChange, handle_control
 from node.errors import NotLeader
 from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
 from node.membership_mark import DataLost, data_lost_message, record_member, was_member
+from node.paxos.messages import PaxosMessage
 from node.peers import PeerBook, conf_status, propose_members, transport_addr
 from node.raft.base import Role
 from node.raft.confchange import initial
-from node.raft.core import RaftCore
 from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
 from node.raft.ready import Ready, SoftState, Step, handle_ready
 from node.state.kv import KVStore, encode_image
@@ -101,7 +102,7 @@ class NodeRunner:
         self._limiter = RateLimiter()
         self.counters: dict[str, int] = {"bad_messages": 0, "spoofed_messages": 0,
                                           "auth_rejected": 0, "bad_requests": 0}
-        self._core: RaftCore | None = None
+        self._core: ConsensusCore[Any] | None = None
         self.log = make_logger(log_stream, node_id, self._log_state)
         ndir = node_dir(run_dir, node_id)
         (ndir / "data").mkdir(parents=True, exist_ok=True)
@@ -141,11 +142,10 @@ class NodeRunner:
                 core_cfg, max_append_bytes=lim.max_append_bytes,
                 snapshot_chunk_bytes=lim.snapshot_chunk_bytes)
             max_command = lim.max_entry_data_bytes
-        # The configuration in force is the latest in the log; where the log
-        # holds none, it is the cluster's initial one (docs/MEMBERSHIP.md).
-        self.core = RaftCore(node_id, [], self.storage, core_cfg, random.Random(seed),
-                             base=initial(self.cfg.initial_ids()))
+        self.core = make_core(self.cfg.algorithm, node_id, self.storage, core_cfg,
+                              random.Random(seed), initial(self.cfg.initial_ids()))
         self._core = self.core
+        self._decode = peer_decoder(self.cfg.algorithm)
         self._last_role = self.core.role
         self._last_term = self.core.term
 
@@ -273,7 +273,7 @@ class NodeRunner:
     def _receive_peers(self) -> None:
         for src, data in self.transport.receive():
             try:
-                msg = codec.decode(data)
+                msg = self._decode(data)
             except codec.DecodeError as e:
                 self.counters["bad_messages"] += 1
                 self._log_bad("bad_message", source=src, reason=str(e)[:200])
@@ -343,7 +343,7 @@ class NodeRunner:
                 return
             handle_ready(self.core, self._ready_io)
 
-    def _persist(self, rd: Ready) -> None:
+    def _persist(self, rd: Ready[Any]) -> None:
         # Persist before send (§5.1): one sync covers the whole batch.
         if rd.snapshot is not None:
             self.storage.apply_snapshot(rd.snapshot)
@@ -364,7 +364,7 @@ class NodeRunner:
     def _reconfigure(self, conf: ConfState) -> None:
         self.peer_book.apply(conf)
 
-    def _send(self, messages: Sequence[PeerMessage]) -> None:
+    def _send(self, messages: Sequence[PeerMessage | PaxosMessage]) -> None:
         for m in messages:
             self.transport.send(m.dst, codec.encode(m))
 
@@ -372,7 +372,7 @@ class NodeRunner:
         self.kv.restore(snapshot.data)
         self._bytes_since_snapshot = 0
 
-    def _finish(self, rd: Ready) -> None:
+    def _finish(self, rd: Ready[Any]) -> None:
         self._apply_reads(rd)
         for name, kw in rd.events:
             self._log_event(self.log.info, name, kw)
@@ -392,7 +392,7 @@ class NodeRunner:
             done = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
             self.api.applied(done, e.index, e.term)
 
-    def _apply_reads(self, rd: Ready) -> None:
+    def _apply_reads(self, rd: Ready[Any]) -> None:
         for rs in rd.read_states:
             self.api.read_ready(rs.ctx, rs.index)
         for ctx in rd.dropped_reads:
@@ -477,6 +477,7 @@ class NodeRunner:
             "sessions": len(self.kv.sessions),
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
+            **c.status_facts(),
             "counters": {
                 **self.counters,
                 "dropped_messages": c.counters.dropped_messages
@@ -516,6 +517,9 @@ class NodeRunner:
         started = self._maybe_snapshot(force=True)
         return {"started": started, "applied": self.kv.applied_index,
                 "snapshot_index": self.core.snapshot_meta.index}
+
+    def decree(self, value: str) -> dict[str, Any]:
+        return start_decree(self.core, value)
 
     def digest(self) -> dict[str, Any]:
         return {"applied": self.kv.applied_index, "digest": self.kv.digest(), "keys": len(self.kv)}
