@@ -127,10 +127,8 @@ class PaxosInvariants:
             if e.term == 0 or (old is not None and old.term == e.term and
                                _value(old) == _value(e)):
                 continue
-            if prev is not None and slot > st.commit and e.term < prev.promised:
-                out.append(self._v(PROMISE_KEPT, (
-                    f"{st.node} accepted ballot {e.term} in slot {slot} after promising "
-                    f"ballot {prev.promised}")))
+            if prev is not None and slot > st.commit:
+                self._check_promise(st.node, slot, e.term, prev.promised, out)
             self._accept(st.node, slot, e.term, _value(e), out)
         lo = first if prev is None else max(first, prev.commit + 1)
         for slot in range(lo, min(st.commit, first + len(st.entries) - 1) + 1):
@@ -144,6 +142,15 @@ class PaxosInvariants:
                         f"{_show(now)} there")))
         self._last[st.node] = _Seen(st.promised, st.commit, st.snapshot_index, list(st.entries))
         return out
+
+    def _check_promise(self, node: str, slot: int, ballot: int, promised: int,
+                       out: list[Violation]) -> None:
+        """P1a: a value newly accepted (a slot not known chosen, whose value
+        changed) is of a ballot no lower than the promise the node had."""
+        if ballot < promised:
+            out.append(self._v(PROMISE_KEPT, (
+                f"{node} accepted ballot {ballot} in slot {slot} after promising ballot "
+                f"{promised}")))
 
     def _accept(self, node: str, slot: int, ballot: int, value: tuple[int, bytes],
                 out: list[Violation]) -> None:

@@ -18,6 +18,7 @@ from node.paxos.messages import (
     Preempted,
     Prepare,
     Promise,
+    decree_text,
     is_decree,
 )
 from node.paxos.slots import is_hole
@@ -30,11 +31,6 @@ from node.raft.messages import (
     SnapshotMeta,
     TimeoutNow,
 )
-
-
-def _text(data: bytes) -> str:
-    """A decree's value as a log line shows it."""
-    return data[:100].decode("utf-8", "replace")
 
 
 class Acceptor(PaxosState):
@@ -116,7 +112,7 @@ class Acceptor(PaxosState):
             if e.index > self.log.commit and self.log.put(e) and is_decree(e):
                 self._decree_slots.add(e.index)
                 self._event("accepted", slot=e.index, ballot=self.describe(e.term),
-                            proposer=m.src, value=_text(e.data))
+                            proposer=m.src, value=decree_text(e.data))
         self._learn(m.commit, m.term)
         self._send(Accepted(term=m.term, src=self.id, dst=m.src, lo=lo, hi=hi,
                             commit=self.log.commit, last=self.log.last_index()))
@@ -131,8 +127,9 @@ class Acceptor(PaxosState):
                                 commit=self.log.commit))
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:
-        """The leader hands over (node/paxos/leader.py): run phase 1 now."""
-        if m.src != self.leader or m.term < self.promised:
+        """The leader hands over (node/paxos/leader.py): run phase 1 now. A
+        ballot below the promise is a deposed leader's, too late to heed."""
+        if m.term < self.promised:
             return
         self._event("timeout_now_received", leader=m.src)
         self._campaign("transfer")
@@ -164,7 +161,7 @@ class Acceptor(PaxosState):
                 e = self.log.at(slot)
                 if e is not None:
                     self._event("chosen", slot=slot, ballot=self.describe(e.term),
-                                value=_text(e.data))
+                                value=decree_text(e.data))
 
     # --- snapshots from the leader ----------------------------------------------------
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from node.errors import NotLeader, ProposalDropped
 from node.paxos.base import PaxosState
-from node.paxos.messages import Accept, Accepted, Heartbeat, HeartbeatAck, PaxosMessage, Preempted
+from node.paxos.messages import (
+    Accept,
+    Accepted,
+    Heartbeat,
+    HeartbeatAck,
+    PaxosMessage,
+    Preempted,
+    decree_text,
+)
 from node.paxos.slots import entry_size
 from node.raft.base import PendingRead, Role
 from node.raft.messages import (
@@ -78,7 +86,7 @@ class Leader(PaxosState):
         slot = self.log.last_index()
         self._decree_slots.add(slot)
         self._event("accept_sent", slot=slot, ballot=self.describe(self.ballot),
-                    value=value[:100].decode("utf-8", "replace"))
+                    value=decree_text(value))
 
     # --- phase 2 -----------------------------------------------------------------
 

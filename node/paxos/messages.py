@@ -128,3 +128,9 @@ def is_decree(e: Entry) -> bool:
     state machine skips it like any no-op; the logs follow it message by
     message (the single-decree Synod protocol, Paxos Made Simple §2)."""
     return e.kind is EntryKind.NOOP and bool(e.data)
+
+
+def decree_text(data: bytes) -> str:
+    """A decree's value as a log line shows it (a decree holds at most 100
+    characters, node/control.py; anything longer is cut)."""
+    return data[:400].decode("utf-8", "replace")

@@ -164,7 +164,10 @@ class Proposer(PaxosState):
             self._event("became_follower", leader=leader, ballot=self.describe(ballot))
 
     def _step_follower(self, m: PaxosMessage) -> None:
-        """Answers to a ballot this node no longer holds: nothing to do."""
+        """Answers to a ballot this node no longer holds: only a refusal
+        teaches something, the round a later ballot must be above."""
+        if isinstance(m, Preempted):
+            self._max_round = max(self._max_round, round_of(m.term))
 
     def _become_leader(self) -> None:
         p1 = self._p1
