@@ -61,7 +61,7 @@ class ShutdownRequest(_Ctl, tag="shutdown", frozen=True):
 
 
 # A decree is read in the logs, value and all: a line's worth.
-DECREE_MAX_CHARS = 200
+DECREE_MAX_CHARS = 100
 
 
 class DecreeRequest(_Ctl, tag="decree", frozen=True):
