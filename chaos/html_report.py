@@ -17,7 +17,7 @@ from chaos.linearizability import OK, UNKNOWN
 from chaos.monitor import CHAOS_STATUS_POLL_MS
 from chaos.record import FaultWindow, RunRecord
 from chaos.report import MEANS, MISMATCH, ROWS, Verdict, bucket, fault_counts, outcome_counts
-from chaos.workload import CAS, OpRecord
+from chaos.workload import APPEND, CAS, CLOSE_SESSION, OPEN_SESSION, READ_SET, OpRecord
 
 REPORT_FILE = "report.html"
 
@@ -47,11 +47,13 @@ FAMILIES = {
     "kill": "crash", "stop": "crash", "kill-all": "crash", "snapshot-kill": "crash",
     "pause": "pause", "isolate": "network", "partition": "network", "bridge": "network",
     "ring": "network", "one-way": "network", "netem": "netem", "transfer": "transfer",
+    "power-loss": "power",
 }
-FAMILY_COLOURS = {"crash": "#e53935", "pause": "#8e24aa", "network": "#fb8c00",
-                  "netem": "#1e88e5", "transfer": "#43a047"}
+FAMILY_COLOURS = {"crash": "#e53935", "power": "#6d4c41", "pause": "#8e24aa",
+                  "network": "#fb8c00", "netem": "#1e88e5", "transfer": "#43a047"}
 _FAMILY_NAMES = {
     "crash": "crash: kill, stop (SIGTERM), kill-all, snapshot-kill",
+    "power": "power loss: SIGKILL, and what the disk had not synced is gone",
     "pause": "pause (SIGSTOP)",
     "network": "network: isolate, partition, bridge, ring, one-way",
     "netem": "netem: delay, loss, duplicate, reorder", "transfer": "leadership transfer",
@@ -349,8 +351,13 @@ def legend_html() -> str:
 
 def _facts(rec: RunRecord) -> str:
     mix = ", ".join(f"{k}:{w:g}" for k, w in rec.nemesis.items())
+    shares = ", ".join(f"{n} {k}" for n, k in rec.shares.items()) or rec.workload
+    load = f"{rec.rate:g} operations/s in all" if rec.rate else "no rate limit"
     rows = [("seed", str(rec.seed)), ("nodes", ", ".join(rec.nodes)),
-            ("workload", f"{rec.workload}: {rec.clients} clients on {len(rec.keys)} keys"),
+            ("workload", f"{rec.workload}: {rec.clients} clients ({shares}) on "
+                         f"{len(rec.keys)} keys and {len(rec.set_keys)} sets; {load}; "
+                         f"{rec.depth} writes in flight per set client; register values "
+                         f"{rec.value_sizes or 'small'}"),
             ("faults", f"{rec.duration_s:g}s, each fault {rec.interval_s:g}s then "
                        f"{rec.interval_s:g}s of quiet; mix {mix}"),
             ("leader hit", f"{sum(1 for w in rec.faults if w.hit_leader)} of "
@@ -381,17 +388,42 @@ def _checks_html(verdict: Verdict) -> str:
     return '<table class="checks">' + "".join(rows) + "</table>"
 
 
-def _op_rows(rec: RunRecord, positions: Iterable[int], culprit_t: float | None) -> str:
+def _op_value(o: OpRecord, element: str | None) -> str:
+    """What an operation wrote or read, as the slice table shows it: a set
+    read as its size and how often it holds the element in question."""
+    if o.kind == CAS:
+        value = f"{o.expected!r} -> {o.value!r}"
+    elif o.kind == READ_SET:
+        elements = o.elements or []
+        value = f"{len(elements)} elements" if o.outcome == OK else ""
+        if element is not None and o.outcome == OK:
+            value += f"; {element!r} x{elements.count(element)}"
+    elif o.kind in (OPEN_SESSION, CLOSE_SESSION):
+        value = f"session {o.session}" if o.session is not None else ""
+    else:
+        value = repr(o.value)
+    if o.kind == APPEND and o.session is not None:
+        sent = f", sent {o.attempts} times" if o.attempts and o.attempts > 1 else ""
+        value += f" (session {o.session}, seq {o.seq}{sent})"
+    if o.size is not None:
+        value += f" ({o.size} bytes)"
+    if o.found is not None:
+        value += f" (found {o.found!r})"
+    return value
+
+
+def _op_rows(rec: RunRecord, positions: Iterable[int], culprit_t: float | None,
+             element: str | None = None) -> str:
     rows = []
     for p in positions:
         if not 0 <= p < len(rec.ops):
             continue
         o = rec.ops[p]
-        value = (f"{o.expected!r} -> {o.value!r}" if o.kind == CAS else repr(o.value))
-        if o.found is not None:
-            value += f" (found {o.found!r})"
+        value = _op_value(o, element)
         end = "?" if o.outcome == UNKNOWN else f"{o.complete_s:.3f}"
-        cls = ' class="culprit"' if culprit_t is not None and o.complete_s == culprit_t else ""
+        culprit = (culprit_t is not None and o.complete_s == culprit_t) or \
+            (element is not None and o.kind == APPEND and o.value == element)
+        cls = ' class="culprit"' if culprit else ""
         rows.append(f"<tr{cls}><td>{p}</td><td>{escape(o.client)}</td><td>{escape(o.kind)}</td>"
                     f"<td>{escape(o.key)}</td><td>{escape(value)}</td><td>{escape(o.outcome)}"
                     f"</td><td>{o.invoke_s:.3f}</td><td>{end}</td>"
@@ -411,10 +443,11 @@ def _anomalies(rec: RunRecord, verdict: Verdict) -> str:
         row = next((r for r, names in ROWS.items() if v.check in names), v.check)
         out.append(f'<section class="anomaly" id="anomaly-{i + 1}"><h3>!{i + 1} '
                    f"{escape(v.check)}" + (f" at {v.t_s:.3f}s" if v.t_s is not None else "")
-                   + (f" on {escape(v.key)}" if v.key else "") + "</h3>"
+                   + (f" on {escape(v.key)}" if v.key else "")
+                   + (f", element {escape(v.element)}" if v.element else "") + "</h3>"
                    f"<p>{escape(v.detail)}</p><p><small>check: {escape(row)}: "
                    f"{escape(MEANS.get(row, ''))}</small></p>"
-                   + _op_rows(rec, v.ops, v.t_s) + "</section>")
+                   + _op_rows(rec, v.ops, v.t_s, v.element) + "</section>")
     return "\n".join(out)
 
 

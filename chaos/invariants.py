@@ -60,7 +60,8 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     `check`, a sentence about what happened, and when: `tick` in the
     simulator, `t_s` (seconds since the start) in a live run. A finding about
     one key names it, and `ops` is the smallest slice of the run's history
-    that shows it (positions in the run's operations, by invocation)."""
+    that shows it (positions in the run's operations, by invocation); a
+    finding about one element of a set names it too."""
 
     check: str
     detail: str
@@ -68,6 +69,7 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     t_s: float | None = None
     key: str | None = None
     ops: tuple[int, ...] = ()
+    element: str | None = None
 
     def when(self) -> str:
         if self.tick is not None:

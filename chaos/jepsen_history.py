@@ -12,7 +12,7 @@ from typing import Any
 
 from chaos.linearizability import FAIL, OK, READ, UNKNOWN
 from chaos.record import RunRecord
-from chaos.workload import CAS
+from chaos.workload import APPEND, CAS, CLOSE_SESSION, OPEN_SESSION, READ_SET, OpRecord
 
 NEMESIS = "nemesis"
 JSONL_FILE = "history.jsonl"
@@ -23,9 +23,32 @@ EDN_FILE = "history.edn"
 _TYPE = {OK: "ok", FAIL: "fail", UNKNOWN: "info"}
 
 
-def _value(kind: str, key: str, value: str | None, expected: str | None) -> list[Any]:
-    """Jepsen's independent-key tuple: [key, v], with [expected, new] for a cas."""
-    return [key, [expected, value] if kind == CAS else value]
+def _value(o: OpRecord, done: bool) -> Any:
+    """Jepsen's independent-key tuple: [key, v], with [expected, new] for a
+    cas, the element for an append, every element read (a vector, in order,
+    duplicates kept) for a set read. A session operation's value is the
+    session (nil while a registration is under way)."""
+    if o.kind == OPEN_SESSION:
+        return o.session if done and o.outcome == OK else None
+    if o.kind == CLOSE_SESSION:
+        return o.session
+    if o.kind == READ_SET:
+        return [o.key, o.elements if done and o.outcome == OK else None]
+    if o.kind == READ:
+        return [o.key, o.value if done and o.outcome == OK else None]
+    if o.kind == CAS:
+        return [o.key, [o.expected, o.value]]
+    return [o.key, o.value]
+
+
+def _extra(o: OpRecord) -> dict[str, Any]:
+    """Keys beside Jepsen's own: an append's session and seq, a padded value's size."""
+    out: dict[str, Any] = {}
+    if o.kind == APPEND and o.session is not None:
+        out.update(session=o.session, seq=o.seq)
+    if o.size is not None:
+        out["size"] = o.size
+    return out
 
 
 def history_ops(rec: RunRecord) -> list[dict[str, Any]]:
@@ -40,16 +63,12 @@ def history_ops(rec: RunRecord) -> list[dict[str, Any]]:
     events: list[tuple[int, int, int, dict[str, Any]]] = []
     for o in sorted(rec.ops, key=lambda o: o.invoke):
         p = process[o.client]
-        read = o.kind == READ
+        extra = _extra(o)
         events.append((_ns(o.invoke_s), 1, o.invoke, {
-            "type": "invoke", "f": o.kind,
-            "value": _value(o.kind, o.key, None if read else o.value, o.expected),
-            "process": p}))
+            "type": "invoke", "f": o.kind, "value": _value(o, False), "process": p, **extra}))
         done: dict[str, Any] = {
-            "type": _TYPE[o.outcome], "f": o.kind,
-            "value": _value(o.kind, o.key, o.value if not read or o.outcome == OK else None,
-                            o.expected),
-            "process": p}
+            "type": _TYPE[o.outcome], "f": o.kind, "value": _value(o, True), "process": p,
+            **extra}
         if o.error is not None:
             done["error"] = o.error
         events.append((_ns(o.complete_s), 1, o.complete, done))

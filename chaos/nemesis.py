@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from chaos.faults import FaultState
-from chaos.record import FaultEvent, FaultWindow
-from chaos.schedule import Step
+from chaos.power_fault import PowerLoss, describe_dropped
+from chaos.record import DATA_LOST, FaultEvent, FaultWindow
+from chaos.schedule import CLOCK, POWER_LOSS, Step
 
 
 class NodeStateLike(Protocol):
@@ -40,6 +41,15 @@ class ClusterLike(Protocol):
     def apply_faults(self, state: FaultState) -> list[str]: ...
     def status(self, timeout_s: float = ...) -> Sequence[NodeStateLike]: ...
     def digest(self, node_id: str) -> dict[str, Any] | None: ...
+
+
+@runtime_checkable
+class ClockLike(Protocol):
+    """A cluster whose nodes' host clocks can be set apart (the `clock`
+    kind): raftctl's HostCluster, on hosts with kernels of their own."""
+
+    def clock_unavailable(self) -> str | None: ...
+    def skew_clock(self, node_id: str, offset_s: float) -> None: ...
 
 
 class MembersLike(Protocol):
@@ -99,12 +109,14 @@ class Nemesis:
     took down and how, so that `heal_all` brings back every one of them."""
 
     def __init__(self, cluster: ClusterLike, log: EventLog,
+                 power: PowerLoss | None = None,
                  members: MembersLike | None = None) -> None:
         self.cluster = cluster
         self.log = log
+        self.power = power  # None: no power-loss mounts, so no power-loss fault
         self.members = members
         self.windows: list[FaultWindow] = []
-        self._down: dict[str, str] = {}  # node -> kill | stop | pause
+        self._down: dict[str, str] = {}  # node -> kill | stop | pause | power
         self._links = False
         # Membership changes to undo at the heal, in order: (how, node, by).
         self._undo: list[tuple[str, str, str]] = []
@@ -120,8 +132,12 @@ class Nemesis:
                 err = self._take_down(step.kind, n)
                 if err:
                     errors.append(err)
+        elif step.kind == POWER_LOSS:
+            errors += self._cut_power(step)
         elif step.kind == "membership":
             errors += self._change_members(step)
+        elif step.kind == CLOCK:
+            errors += self._skew(step, step.offset_s, step.label)
         elif step.kind == "transfer":
             if len(step.targets) == 2:
                 errors += self._do("transfer", step.label, list(step.targets),
@@ -209,12 +225,36 @@ class Nemesis:
         return self._do("membership", f"{node} replaced by {by} again", [node, by],
                         lambda: m.replace(node, by=by))
 
+    def _cut_power(self, step: Step) -> list[str]:
+        power = self.power
+        if power is None:
+            err = "no power-loss mounts (the schedule should not have offered power-loss)"
+            self.log.add(POWER_LOSS, step.label, list(step.targets), error=err)
+            return [f"{step.label}: {err}"]
+        try:
+            dropped = power.cut(step.targets)
+        except Exception as e:  # recorded as a failed action; the run goes on
+            err = f"{type(e).__name__}: {e}"
+            self.log.add(POWER_LOSS, step.label, list(step.targets), error=err)
+            # Whatever was killed before the failure must come back.
+            up = {s.id for s in self.cluster.status(timeout_s=0.3) if s.process != "down"}
+            self._down.update({n: "power" for n in step.targets if n not in up})
+            return [f"{step.label}: {err}"]
+        self._down.update({n: "power" for n in step.targets})
+        self.log.add(POWER_LOSS, f"{step.label}; dropped {describe_dropped(dropped)}",
+                     list(step.targets))
+        return []
+
     def heal(self, step: Step, window: FaultWindow) -> list[str]:
         """Undo `step`; returns what could not be undone."""
         failed: list[str] = []
         if step.kind == "membership":
             failed += self._undo_members()
-        if step.kind in _DOWN_BY:
+        if step.kind == CLOCK:
+            failed += self._skew(step, -step.offset_s, f"{step.targets[0]}'s host clock set back")
+        elif step.kind == POWER_LOSS:
+            failed += self._restore_power(list(step.targets))
+        elif step.kind in _DOWN_BY:
             for n in step.targets:
                 failed += self._bring_back(n)
         elif self._links:
@@ -232,6 +272,8 @@ class Nemesis:
         if how == "pause":
             errs = self._do("resume", f"{node} resumed (SIGCONT)", [node],
                             lambda: self.cluster.resume(node))
+        elif how == "power":
+            return self._restore_power([node])
         else:
             errs = self._do("start", f"{node} restarted", [node],
                             lambda: self.cluster.start(node))
@@ -239,11 +281,30 @@ class Nemesis:
             del self._down[node]
         return errs
 
+    def _restore_power(self, nodes: list[str]) -> list[str]:
+        """Start the nodes whose power was cut, all at once; note each one
+        that did not come back from its own disk."""
+        nodes = [n for n in nodes if self._down.get(n) == "power"]
+        if not nodes or self.power is None:
+            return []
+        power = self.power
+        came: dict[str, str | None] = {}
+        errs = self._do("start", f"{','.join(nodes)} restarted after the power cut", nodes,
+                        lambda: came.update(power.restore(nodes)))
+        for n, lost in came.items():
+            if lost is not None:
+                self.log.add(DATA_LOST, lost, [n])
+        if not errs:
+            for n in nodes:
+                del self._down[n]
+        return errs
+
     def heal_all(self) -> list[str]:
         """Undo every fault: links first (a node started later loads them),
         then start or resume every node taken down. Returns what failed."""
         failed = self._do("heal", "healed every link", [],
                           lambda: self.cluster.apply_faults(FaultState()))
+        failed += self._restore_power(list(self._down))
         for n in list(self._down):
             failed += self._bring_back(n)
         failed += self._undo_members()
@@ -252,6 +313,15 @@ class Nemesis:
             if w.end_s is None:
                 w.end_s = now
         return failed
+
+    def _skew(self, step: Step, offset_s: float, detail: str) -> list[str]:
+        clock = self.cluster
+        if not isinstance(clock, ClockLike):
+            err = "this cluster's clocks cannot be set (the run should have refused)"
+            self.log.add(CLOCK, detail, list(step.targets), error=err)
+            return [f"{detail}: {err}"]
+        node = step.targets[0]
+        return self._do(CLOCK, detail, [node], lambda: clock.skew_clock(node, offset_s))
 
     def _do(self, kind: str, detail: str, targets: list[str],
             action: Callable[[], object]) -> list[str]:

@@ -16,6 +16,9 @@ from chaos.workload import OpRecord
 # The client names the run itself uses after the fault phase.
 RECOVERY_CLIENT = "recovery"
 FINAL_CLIENT = "final"
+# The event of a node that did not come back from its own disk after a power
+# cut (the verdict's power-loss row is made of these).
+DATA_LOST = "data-lost"
 
 
 class FaultEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -101,9 +104,14 @@ class RunRecord(msgspec.Struct, kw_only=True):
     duration_s: float
     interval_s: float
     nemesis: dict[str, float]
-    workload: str = "register"
+    workload: str = "register"  # the workloads' names, comma-separated
     clients: int
-    keys: list[str]
+    keys: list[str]  # the register keys
+    set_keys: list[str] = []
+    shares: dict[str, int] = {}  # clients per workload
+    rate: float = 0.0  # operations a second of all clients together (0: no limit)
+    value_sizes: str = ""  # the register writes' size mix
+    depth: int = 1  # writes a pipelined client keeps in flight
     nodes: list[str]
     recovery_bound_s: float
     durable: bool = True  # the nodes sync before they answer (fsync always)

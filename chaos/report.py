@@ -24,18 +24,40 @@ from chaos.invariants import (
     Violation,
 )
 from chaos.linearizability import OK, UNKNOWN, WRITE
-from chaos.record import FINAL_CLIENT, RECOVERY_CLIENT, NodeSample, RunRecord, observe_sample
-from chaos.workload import CAS, CAS_FAILED, OpRecord
+from chaos.record import (
+    DATA_LOST,
+    FINAL_CLIENT,
+    RECOVERY_CLIENT,
+    NodeSample,
+    RunRecord,
+    observe_sample,
+)
+from chaos.schedule import POWER_LOSS
+from chaos.set_checks import (
+    DUPLICATED_ELEMENTS,
+    LOST_ELEMENTS,
+    STALE_SET_READ,
+    UNEXPECTED_ELEMENTS,
+    SetStats,
+    set_checks,
+)
+from chaos.workload import APPEND, CAS, CAS_FAILED, OpRecord
 
 MISMATCH = "mismatch"
 
 REPLICAS = "replicas converge"
 RECOVERY = "recovery"
 RUN = "run"
+# A node that did not come back from its own disk after a power cut.
+POWER_LOSS_ROW = "power loss"
 # The verdict's rows, in order, and the checks each one covers.
 ROWS: dict[str, tuple[str, ...]] = {
-    LINEARIZABLE: (LINEARIZABLE,),
+    LINEARIZABLE: (LINEARIZABLE, STALE_SET_READ),
     ACKED_WRITES: (ACKED_WRITES, ACKNOWLEDGED_DURABLE),
+    LOST_ELEMENTS: (LOST_ELEMENTS,),
+    DUPLICATED_ELEMENTS: (DUPLICATED_ELEMENTS,),
+    UNEXPECTED_ELEMENTS: (UNEXPECTED_ELEMENTS,),
+    POWER_LOSS_ROW: (POWER_LOSS_ROW,),
     ELECTION_SAFETY: (ELECTION_SAFETY,),
     TERM_MONOTONIC: (TERM_MONOTONIC, COMMIT_MONOTONIC),
     STATE_MACHINE_SAFETY: (STATE_MACHINE_SAFETY, LEADER_COMPLETENESS),
@@ -46,8 +68,14 @@ ROWS: dict[str, tuple[str, ...]] = {
 }
 # What each row promises, for the text and the page.
 MEANS: dict[str, str] = {
-    LINEARIZABLE: "every key's history has a linearization (one register per key)",
+    LINEARIZABLE: "every key's history has a linearization (one register per key), and no "
+                  "read of a set misses an element known to be in it",
     ACKED_WRITES: "every acknowledged write is in the final state",
+    LOST_ELEMENTS: "every acknowledged append's element is in the final read of its set",
+    DUPLICATED_ELEMENTS: "no element is in a set twice (each append applied at most once)",
+    UNEXPECTED_ELEMENTS: "a set holds only elements appended to it, none whose append was "
+                         "refused",
+    POWER_LOSS_ROW: "a node whose power was cut comes back from what its disk kept",
     ELECTION_SAFETY: "at most one leader per term (§5.2)",
     TERM_MONOTONIC: "terms and commit indexes never go back; a term led survives restarts",
     STATE_MACHINE_SAFETY: "committed prefixes agree, and leaders hold them (§5.4)",
@@ -79,7 +107,7 @@ def raft_invariants(rec: RunRecord) -> list[Violation]:
             d = rec.digests[k]
             found += inv.observe_digest(d.t, d.node, d.applied, d.digest)
     for o in rec.ops:
-        if o.outcome == OK and o.index is not None and o.kind in (WRITE, CAS):
+        if o.outcome == OK and o.index is not None and o.kind in (WRITE, CAS, APPEND):
             inv.acknowledged(o.index, f"{o.kind} {o.key}={o.value!r} by {o.client}")
     if rec.converged and rec.final_digests:
         t = max(d.t for d in rec.final_digests.values())
@@ -96,6 +124,11 @@ def judge(rec: RunRecord) -> Verdict:
     v += checks.linearizability(rec.ops, rec.keys)
     v += checks.cas_preconditions(rec.ops)
     v += checks.lost_writes(rec.ops, rec.keys)
+    found, sets = set_checks(rec.ops, rec.set_keys)
+    v += found
+    v += [Violation(check=POWER_LOSS_ROW, t_s=e.t, detail=e.detail,
+                    ops=checks.time_slice(rec.ops, e.t))
+          for e in rec.events if e.kind == DATA_LOST]
     v += raft_invariants(rec)
     final = list(rec.final_digests.values())
     if not rec.converged:
@@ -114,19 +147,32 @@ def judge(rec: RunRecord) -> Verdict:
             f"the first write after healing was acknowledged after {rec.recovery_s:.2f}s, "
             f"over the bound of {rec.recovery_bound_s:g}s")))
     v += [Violation(check=RUN, detail=m) for m in rec.problems]
-    return Verdict(ok=not v, checks=_rows(rec, v), violations=v)
+    return Verdict(ok=not v, checks=_rows(rec, v, sets), violations=v)
 
 
-def _rows(rec: RunRecord, v: list[Violation]) -> dict[str, str]:
+def _rows(rec: RunRecord, v: list[Violation], sets: SetStats) -> dict[str, str]:
     by = Counter(x.check for x in v)
     client_ops = [o for o in rec.ops if o.client not in (RECOVERY_CLIENT, FINAL_CLIENT)]
     acked = sum(1 for o in client_ops if o.kind in (WRITE, CAS) and o.outcome == OK)
     final = list(rec.final_digests.values())
     idx = final[0].applied if final else 0
+    cuts = sum(len(w.targets) for w in rec.faults if w.kind == POWER_LOSS and not w.error)
+    no_sets = "no set in this run"
     ok = {
-        LINEARIZABLE: f"{len(rec.ops)} operations on {len(rec.keys)} keys",
+        LINEARIZABLE: f"{sum(1 for o in rec.ops if o.key in rec.keys)} operations on "
+                      f"{len(rec.keys)} keys" + (f", {sets.reads} reads of {sets.keys} sets"
+                                                 if sets.keys else ""),
         ACKED_WRITES: f"{acked} acknowledged writes, final values of {len(rec.keys)} keys "
                       "explained",
+        LOST_ELEMENTS: f"all {sets.acknowledged} acknowledged elements of {sets.keys} sets "
+                       "present" if sets.keys else no_sets,
+        DUPLICATED_ELEMENTS: f"{sets.present} elements present, each once "
+                             f"({sets.unknown} appends of unknown outcome)"
+                             if sets.keys else no_sets,
+        UNEXPECTED_ELEMENTS: f"every one of the {sets.present} elements was appended"
+                             if sets.keys else no_sets,
+        POWER_LOSS_ROW: f"{cuts} power cuts, every node came back from its disk" if cuts
+                        else "no power cut in this run",
         ELECTION_SAFETY: f"{_terms_led(rec)} terms with a leader, one each",
         TERM_MONOTONIC: f"{len(rec.samples)} status samples of {len(rec.nodes)} nodes",
         STATE_MACHINE_SAFETY: f"{_commit_marks(rec)} committed (index, term) marks agree",
@@ -263,7 +309,9 @@ def summary(rec: RunRecord, verdict: Verdict) -> dict[str, object]:
     return {
         "seed": rec.seed, "duration_s": rec.duration_s, "interval_s": rec.interval_s,
         "nemesis": rec.nemesis, "workload": rec.workload, "clients": rec.clients,
-        "keys": rec.keys, "nodes": rec.nodes, "notes": rec.notes,
+        "shares": rec.shares, "rate": rec.rate, "value_sizes": rec.value_sizes,
+        "pipeline": rec.depth, "keys": rec.keys, "set_keys": rec.set_keys, "nodes": rec.nodes,
+        "notes": rec.notes,
         "healed_s": rec.healed_s, "recovery_s": rec.recovery_s,
         "recovery_bound_s": rec.recovery_bound_s,
         "operations": outcome_counts(rec),

@@ -8,7 +8,7 @@ oracle answers: it never touches a cluster or a clock.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from chaos import faults
@@ -17,16 +17,29 @@ from chaos.faults import Link, Netem
 # Every kind of fault. Process faults: kill (SIGKILL), pause (SIGSTOP),
 # stop (SIGTERM: the node hands over leadership and exits), kill-all (every
 # node at once, all restarted at the heal), snapshot-kill (a forced
-# compaction, then SIGKILL while it is written). Link faults: isolate,
-# partition (two halves), bridge, ring (majorities ring), one-way, netem
-# (delay, loss, duplicate and reorder). And transfer (leadership transfer).
+# compaction, then SIGKILL while it is written), power-loss (SIGKILL, then
+# what the node's disk had not synced is gone: chaos/power_fault.py). Link
+# faults: isolate, partition (two halves), bridge, ring (majorities ring),
+# one-way, netem (delay, loss, duplicate and reorder). And transfer
+# (leadership transfer).
 KINDS = ("kill", "pause", "stop", "kill-all", "snapshot-kill", "isolate", "partition",
-         "bridge", "ring", "one-way", "netem", "transfer")
+         "bridge", "ring", "one-way", "netem", "transfer", "power-loss")
+POWER_LOSS = "power-loss"
+# Power loss needs every node's data directory on a power-loss mount; a
+# schedule is told when they are (`unavailable` says why not otherwise).
+NO_POWER_LOSS = {POWER_LOSS: "the nodes' data directories are not on power-loss mounts "
+                             "(`raftctl up --power-loss` puts them there)"}
 # Named on its own, never part of `all`: membership removes a member,
 # replaces it or adds one, each undone at the heal (docs/MEMBERSHIP.md). It
 # changes who is in the cluster, and takes longer than the faults above.
 MEMBERSHIP = "membership"
-KNOWN_KINDS = (*KINDS, MEMBERSHIP)
+# Named on its own too: clock skews the clock of the target's host (and sets
+# it back at the heal). Only for clusters on hosts with kernels of their own
+# (docs/DEPLOY.md): it sets a real machine's clock.
+CLOCK = "clock"
+KNOWN_KINDS = (*KINDS, MEMBERSHIP, CLOCK)
+# How far a clock fault moves a host's clock, either way.
+_CLOCK_SKEW_S = (2.0, 30.0)
 # What a membership fault does: remove the target (added back with its data
 # at the heal), replace it by a new member (and the new one by it at the
 # heal), or grow the cluster by a voter (removed at the heal).
@@ -59,8 +72,11 @@ _SPECS: dict[str, tuple[str, ...]] = {
     "netem": (LEADER, MINORITY, MAJORITY),
     "transfer": (SUCCESSOR, ONE),
     "membership": (LEADER, SUCCESSOR, ONE),
+    "clock": (LEADER, SUCCESSOR, ONE),
     "kill-all": (ALL,),
     "ring": (ALL,),
+    # Jepsen's LazyFS nemesis cuts any subset, the whole cluster too.
+    POWER_LOSS: (LEADER, SUCCESSOR, ONE, MINORITY, MAJORITY, ALL),
 }
 # The fewest nodes a kind needs, and why.
 _NEEDS: dict[str, tuple[int, str]] = {
@@ -108,6 +124,7 @@ class Step:
     links: tuple[Link, ...] = ()
     rates: Netem | None = None
     change: str = ""  # membership: one of MEMBERSHIP_CHANGES
+    offset_s: float = 0.0  # clock: the skew of the target's host clock
 
     def key(self) -> tuple[float, str, tuple[str, ...]]:
         return self.t_s, self.kind, self.targets
@@ -144,14 +161,18 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def feasible(mix: dict[str, float], nodes: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """The kinds of `mix` that `nodes` allow, and a note for each left out.
-    Raises ValueError if none is left."""
+def feasible(mix: dict[str, float], nodes: Sequence[str],
+             unavailable: Mapping[str, str] = NO_POWER_LOSS) -> tuple[dict[str, float], list[str]]:
+    """The kinds of `mix` that `nodes` allow and that are not `unavailable`
+    (kind -> why), and a note for each left out. Raises ValueError if none
+    is left."""
     kept: dict[str, float] = {}
     notes: list[str] = []
     for kind, w in mix.items():
         need, why = _NEEDS.get(kind, (1, ""))
-        if len(nodes) < need:
+        if kind in unavailable:
+            notes.append(f"{kind} skipped: {unavailable[kind]}")
+        elif len(nodes) < need:
             notes.append(f"{kind} skipped: it needs at least {need} nodes ({why}), "
                          f"the cluster has {len(nodes)}")
         else:
@@ -182,15 +203,19 @@ class Schedule:
     starts, `next(view)` makes it from what the oracle sees then."""
 
     def __init__(self, seed: int, nodes: Sequence[str], mix: dict[str, float],
-                 interval_s: float = NEMESIS_INTERVAL_S) -> None:
+                 interval_s: float = NEMESIS_INTERVAL_S,
+                 unavailable: Mapping[str, str] = NO_POWER_LOSS) -> None:
         if interval_s <= 0:
             raise ValueError("the nemesis interval must be above 0 s")
         self.nodes = sorted(nodes)
-        self.mix, self.notes = feasible(mix, self.nodes)
+        self.mix, self.notes = feasible(mix, self.nodes, unavailable)
         self.interval_s = interval_s
         self._rng = random.Random(seed)
         self._kinds = _Stride(self.mix, self._rng)
         self._specs = _Stride(_SPEC_WEIGHTS, self._rng)
+        # A kind that may also hit every node deals its choices on its own
+        # (made at its first fault), so the others' schedules stay as they were.
+        self._own_specs: dict[str, _Stride] = {}
         self._k = 0
 
     def next_time(self) -> float:
@@ -202,7 +227,14 @@ class Schedule:
         self._k += 1
         kind = self._kinds.take()
         allowed = _SPECS[kind]
-        spec = allowed[0] if len(allowed) == 1 else self._specs.take(allowed)
+        if len(allowed) == 1:
+            spec = allowed[0]
+        elif ALL in allowed:
+            if kind not in self._own_specs:
+                self._own_specs[kind] = _Stride({**_SPEC_WEIGHTS, ALL: 1.0}, self._rng)
+            spec = self._own_specs[kind].take(allowed)
+        else:
+            spec = self._specs.take(allowed)
         return self._make(t, kind, spec, view)
 
     # --- targets ---------------------------------------------------------------
@@ -232,11 +264,12 @@ class Schedule:
         links: set[Link] = set()
         rates: Netem | None = None
         change = ""
+        offset = 0.0
         names = ",".join(targets)
-        if kind in ("kill", "pause", "stop", "snapshot-kill", "kill-all"):
+        if kind in ("kill", "pause", "stop", "snapshot-kill", "kill-all", POWER_LOSS):
             verb = {"kill": "killed", "pause": "paused", "stop": "stopped (SIGTERM)",
                     "snapshot-kill": "killed while writing a snapshot",
-                    "kill-all": "killed (all)"}[kind]
+                    "kill-all": "killed (all)", POWER_LOSS: "lost power"}[kind]
             label = f"{names} {verb}"
         elif kind == "isolate":
             links = faults.partition([targets], nodes)
@@ -274,6 +307,9 @@ class Schedule:
                 label = f"{names} removed from the cluster (added back at the heal)"
             else:
                 label = f"{names} replaced by a new member (and back at the heal)"
+        elif kind == CLOCK:
+            offset = round(self._rng.uniform(*_CLOCK_SKEW_S), 1) * self._rng.choice((-1, 1))
+            label = f"{names}'s host clock {offset:+g}s"
         else:  # transfer
             lead, to = view.leader, targets[0]
             if to == lead:
@@ -284,7 +320,7 @@ class Schedule:
                 targets, label = [lead, to], f"leadership {lead} -> {to}"
         return Step(t_s=t, heal_s=heal, kind=kind, targets=tuple(targets), spec=spec,
                     label=label, leader=view.leader, links=tuple(sorted(links)), rates=rates,
-                    change=change)
+                    change=change, offset_s=offset)
 
     def _halves(self, spec: str, view: View,
                 targets: list[str]) -> tuple[list[str], str, set[Link]]:
@@ -330,9 +366,10 @@ def describe_rates(r: Netem) -> str:
 
 
 def plan(seed: int, nodes: Sequence[str], mix: dict[str, float], oracle: Oracle,
-         duration_s: float, interval_s: float = NEMESIS_INTERVAL_S) -> list[Step]:
+         duration_s: float, interval_s: float = NEMESIS_INTERVAL_S,
+         unavailable: Mapping[str, str] = NO_POWER_LOSS) -> list[Step]:
     """Every fault of a run of `duration_s`, asking `oracle` at each start."""
-    sched = Schedule(seed, nodes, mix, interval_s)
+    sched = Schedule(seed, nodes, mix, interval_s, unavailable)
     out: list[Step] = []
     while (t := sched.next_time()) < duration_s:
         out.append(sched.next(oracle(t)))

@@ -1,29 +1,44 @@
 """Chaos workloads and the history they record: the `Workload` interface,
-a registry of workloads by name, and the register workload (client threads
-writing unique values, reading linearizably and doing compare-and-set on a
-few keys). A workload talks to the cluster only through clients.
+what every workload is made from (`WorkloadSpec`, a shared `Pacer`), the
+operation kinds, and the register workload (client threads writing unique
+values, reading linearizably and doing compare-and-set on a few keys). A
+workload talks to the cluster only through clients.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
+from chaos.values import DEFAULT_SIZES, SizeMix, decode_value, encode_value, parse_sizes
 from node.client import ClientError, OutcomeUnknown, Unavailable, WriteResult
+
+if TYPE_CHECKING:  # only a type: the raw-protocol client builds on this module
+    from chaos.pipeline import Endpoint
 
 # The workload's clients.
 CHAOS_OP_TIMEOUT_MS = 3_000  # a workload operation gives up (unknown or failed) after this
-CHAOS_ATTEMPT_TIMEOUT_MS = 500  # one node gets this long to answer before the next is tried
-CHAOS_CLIENT_OPS_PER_S = 20.0  # each workload client starts at most this many operations a second
+# A register client's node gets this long to answer before the next is tried
+# (the pipelined clients adapt theirs: chaos/pipeline.py).
+CHAOS_ATTEMPT_TIMEOUT_MS = 500
+CHAOS_OPS_PER_S = 300.0  # all clients of a run together start at most this many a second
 
+# Operation kinds (`f` in the Jepsen history), besides read and write.
 CAS = "cas"
+APPEND = "append"  # add a unique element to the set held in a key
+READ_SET = "read-set"  # a linearizable read of a set: every element, in order
+OPEN_SESSION = "open-session"
+CLOSE_SESSION = "close-session"
+# What separates the elements of a set in its value.
+SET_SEPARATOR = ","
 # A failed compare-and-set that reports the value it found (node/state/kv.py).
 CAS_FAILED = "cas_failed"
 
@@ -52,7 +67,12 @@ class OpRecord(msgspec.Struct, kw_only=True):
     or cas carries the value it wrote in `value`; a read the value it got; a
     cas also its `expected` value and, when it failed on a mismatch, the value
     it `found`. `outcome` is ok, fail (certainly no effect) or unknown. An
-    acknowledged write carries the log `index` it was applied at.
+    acknowledged write carries the log `index` it was applied at. Values are
+    the names of writes (`c3-17`); a padded one's byte `size` is kept beside.
+    An append's `value` is its element, a set read's `elements` what it read
+    (duplicates kept); writes of the raw-protocol clients carry their
+    `session` and `seq` and how many `attempts` they sent, session
+    operations the session.
     """
 
     client: str
@@ -68,6 +88,44 @@ class OpRecord(msgspec.Struct, kw_only=True):
     found: str | None = None
     error: str | None = None
     index: int | None = None
+    size: int | None = None
+    elements: list[str] | None = None
+    session: int | None = None
+    seq: int | None = None
+    attempts: int | None = None
+
+
+def parse_set(raw: bytes | None) -> list[str]:
+    """The elements of a set's value, in order, duplicates kept."""
+    if not raw:
+        return []
+    return [e for e in raw.decode("utf-8", errors="replace").split(SET_SEPARATOR) if e]
+
+
+class Pacer:
+    """Spreads the operations of all of a run's clients to at most `rate` a
+    second (0: no limit), so a run's load does not grow with its clients.
+    Thread-safe; a stalled cluster builds up no burst."""
+
+    def __init__(self, rate: float) -> None:
+        self.gap_s = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """The monotonic time at which the caller may start its next operation."""
+        now = time.monotonic()
+        if not self.gap_s:
+            return now
+        with self._lock:
+            t = max(self._next, now)
+            self._next = t + self.gap_s
+            return t
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait for a turn; False if `stop` was set meanwhile."""
+        # The pacing of the workload, not a synchronisation.
+        return not stop.wait(max(0.0, self.reserve() - time.monotonic()))
 
 
 class History:
@@ -93,29 +151,30 @@ class History:
             self.ops.append(op)
 
 
-def _text(v: bytes | None) -> str | None:
-    return None if v is None else v.decode("utf-8", errors="replace")
-
-
 def run_op(cl: KVClient, history: History, client: str, kind: str, key: str,
-           value: str | None = None, expected: str | None = None) -> OpRecord:
-    """Perform one operation and record what it really returned."""
+           value: str | None = None, expected: str | None = None, size: int = 0,
+           expected_raw: bytes | None = None) -> tuple[OpRecord, bytes | None]:
+    """Perform one operation and record what it really returned: the
+    record, and the bytes a read or a failed cas found (what a later cas of
+    this client expects). A write's value is `value` padded to `size` bytes;
+    a cas expects `expected_raw` (the bytes of `expected`)."""
+    payload = b"" if value is None else encode_value(value, size)
     inv, inv_s = history.mark()
     outcome, got, found, error, index = OK, value, None, None, None
+    raw: bytes | None = None
     try:
         if kind == READ:
-            got = _text(cl.get(key))
+            raw = cl.get(key)
+            got = decode_value(raw)
         else:
             assert value is not None, "a write needs a value"
-            if kind == WRITE:
-                res = cl.put(key, value.encode())
-            else:
-                res = cl.cas(key, None if expected is None else expected.encode(),
-                             value.encode())
+            res = (cl.put(key, payload) if kind == WRITE
+                   else cl.cas(key, expected_raw, payload))
             if not res.ok:
                 outcome, error = FAIL, res.error
                 if res.error == CAS_FAILED:
-                    found = _text(res.value)
+                    raw = res.value
+                    found = decode_value(raw)
             else:
                 index = res.index
     except OutcomeUnknown as e:
@@ -131,25 +190,51 @@ def run_op(cl: KVClient, history: History, client: str, kind: str, key: str,
                   invoke=inv, complete=comp, invoke_s=round(inv_s, 4),
                   complete_s=round(comp_s, 4), outcome=outcome,
                   expected=expected if kind == CAS else None, found=found, error=error,
-                  index=index)
+                  index=index,
+                  size=len(payload) if value is not None and len(payload) > len(value) else None)
     if kind == READ and outcome != OK:
         op.value = None
+    history.add(op)
+    return op, raw
+
+
+def read_set_op(cl: KVClient, history: History, client: str, key: str) -> OpRecord:
+    """A linearizable read of the set in `key`, recorded with its elements."""
+    inv, inv_s = history.mark()
+    outcome, error, elements = OK, None, None
+    try:
+        elements = parse_set(cl.get(key))
+    except ClientError as e:
+        outcome, error = FAIL, e.code
+    except Exception as e:  # a client library failure: a read that failed has no effect
+        outcome, error = FAIL, f"{type(e).__name__}: {e}"
+    comp, comp_s = history.mark()
+    op = OpRecord(client=client, kind=READ_SET, key=key, value=None, invoke=inv,
+                  complete=comp, invoke_s=round(inv_s, 4), complete_s=round(comp_s, 4),
+                  outcome=outcome, error=error, elements=elements)
     history.add(op)
     return op
 
 
 @dataclass(frozen=True)
 class WorkloadSpec:
-    """What every workload is made from: a client factory, the history to
-    record into, the keys to use, how many clients, the seed, and at most
-    how many operations a second each client starts (0: no limit)."""
+    """What every workload is made from: a client factory (register
+    clients), the raw-protocol `endpoint` (pipelined and short-lived
+    clients; None where none is needed), the history to record into, the
+    register `keys` and the `set_keys`, how many clients, the seed, the
+    `pacer` every client of the run shares, the value sizes of register
+    writes, and how many writes a pipelined client keeps in flight."""
 
     factory: ClientFactory
     history: History
     keys: list[str]
     clients: int
     seed: int
-    rate: float = 0.0
+    pacer: Pacer = field(default_factory=lambda: Pacer(0.0))
+    set_keys: list[str] = field(default_factory=list)
+    endpoint: Endpoint | None = None
+    sizes: SizeMix = field(default_factory=lambda: parse_sizes(DEFAULT_SIZES))
+    depth: int = 4
 
 
 class Workload(Protocol):
@@ -166,83 +251,84 @@ class Workload(Protocol):
         ...
 
 
-class RegisterWorkload:
-    """`clients` threads, each with its own client, doing seeded random
-    writes, reads and compare-and-sets on `keys` until stopped. Every
-    written value is unique (`<client>-<n>`), so a read tells which write
-    it saw."""
+class Threads:
+    """The threads of a workload: started together, stopped together."""
 
-    def __init__(self, spec: WorkloadSpec) -> None:
-        if spec.clients < 1 or not spec.keys:
-            raise ValueError("a workload needs at least one client and one key")
-        self.factory = spec.factory
-        self.history = spec.history
-        self.keys = spec.keys
-        # Each client starts at most `rate` operations a second, which
-        # bounds the history the checker must search (0: no limit).
-        self.gap_s = 1.0 / spec.rate if spec.rate > 0 else 0.0
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run,
-                             args=(f"c{i + 1}", random.Random(spec.seed * 1000 + i)),
-                             name=f"chaos-client-{i + 1}", daemon=True)
-            for i in range(spec.clients)
-        ]
-        self.errors: list[str] = []
+    def __init__(self, targets: list[tuple[str, Callable[[], None]]]) -> None:
+        self.stopping = threading.Event()
+        self._threads = [threading.Thread(target=fn, name=name, daemon=True)
+                         for name, fn in targets]
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
     def stop(self, timeout_s: float) -> bool:
-        """Ask every client to stop after its current operation and wait;
+        """Ask every thread to stop after its current operation and wait;
         False if one is still running after `timeout_s`."""
-        self._stop.set()
+        self.stopping.set()
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
+
+class RegisterWorkload:
+    """`clients` threads, each with its own client, doing seeded random
+    writes, reads and compare-and-sets on `keys` until stopped. Every
+    written value is unique (`<client>-<n>`, padded to a size of the size
+    mix), so a read tells which write it saw."""
+
+    def __init__(self, spec: WorkloadSpec) -> None:
+        if spec.clients < 1 or not spec.keys:
+            raise ValueError("a workload needs at least one client and one key")
+        self.spec = spec
+        self._threads = Threads([
+            (f"chaos-register-{i + 1}",
+             functools.partial(self._run, f"c{i + 1}", random.Random(spec.seed * 1000 + i)))
+            for i in range(spec.clients)])
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        self._threads.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        return self._threads.stop(timeout_s)
+
     def _run(self, name: str, rng: random.Random) -> None:
+        spec, stop = self.spec, self._threads.stopping
         try:
-            cl = self.factory()
+            cl = spec.factory()
         except Exception as e:  # reported in the verdict, not a crash of the run
             self.errors.append(f"{name}: cannot make a client: {e}")
             return
         kinds = [k for k, _ in _MIX]
         weights = [w for _, w in _MIX]
-        # The value this client last saw for each key: what its cas expects.
-        seen: dict[str, str | None] = {}
+        # The value this client last saw for each key (its name and bytes):
+        # what its cas expects.
+        seen: dict[str, tuple[str | None, bytes | None]] = {}
         n = 0
-        next_start = time.monotonic()
         try:
-            while not self._stop.is_set():
-                if self.gap_s:
-                    if self._stop.wait(max(0.0, next_start - time.monotonic())):
-                        break  # the pacing of the workload, not a synchronisation
-                    next_start = max(next_start + self.gap_s, time.monotonic())
+            while spec.pacer.wait(stop):
                 kind = rng.choices(kinds, weights)[0]
-                key = rng.choice(self.keys)
+                key = rng.choice(spec.keys)
                 if kind == READ:
-                    op = run_op(cl, self.history, name, READ, key)
+                    op, raw = run_op(cl, spec.history, name, READ, key)
                     if op.outcome == OK:
-                        seen[key] = op.value
-                else:
-                    n += 1
-                    value = f"{name}-{n}"
-                    op = run_op(cl, self.history, name, kind, key, value,
-                                expected=seen.get(key) if kind == CAS else None)
-                    if op.outcome == OK:
-                        seen[key] = value
-                    elif op.error == CAS_FAILED:
-                        seen[key] = op.found
+                        seen[key] = (op.value, raw)
+                    continue
+                n += 1
+                value, size = f"{name}-{n}", spec.sizes.draw(rng)
+                exp, exp_raw = seen.get(key, (None, None))
+                op, raw = run_op(cl, spec.history, name, kind, key, value,
+                                 expected=exp if kind == CAS else None, size=size,
+                                 expected_raw=exp_raw)
+                if op.outcome == OK:
+                    seen[key] = (value, encode_value(value, size))
+                elif op.error == CAS_FAILED:
+                    seen[key] = (op.found, raw)
         finally:
             cl.close()
-
-
-# Workloads by name (`raftctl chaos run --workload`).
-WORKLOADS: dict[str, Callable[[WorkloadSpec], Workload]] = {"register": RegisterWorkload}
-DEFAULT_WORKLOAD = "register"
 
 
 def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
@@ -255,6 +341,8 @@ def checker_ops(ops: Iterable[OpRecord]) -> list[Operation]:
     any time after its invocation."""
     out: list[Operation] = []
     for op in ops:
+        if op.kind not in (READ, WRITE, CAS):
+            continue  # set and session operations: the set checks read those
         ms_in, ms_out = int(op.invoke_s * 1000), int(op.complete_s * 1000)
         if op.kind == READ:
             if op.outcome == OK:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TextIO, cast
 
 # structlog imports rich for pretty tracebacks whenever it is installed; a
 # node only writes JSON, and rich adds a few hundred ms to every node start
@@ -14,13 +16,18 @@ from pathlib import Path
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None marks "not importable"
 
 from node.config import node_dir  # noqa: E402 - must come after the line above
+from node.logs import LogFile  # noqa: E402
 from node.membership_mark import DataLost  # noqa: E402
+from node.private_files import open_private, private_dir  # noqa: E402
 from node.runner import NodeRunner  # noqa: E402
 from node.storage import StorageError  # noqa: E402
 from node.transport.zmq import KeysError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever the node creates is its owner's alone (docs/SECURITY.md);
+    # the files it makes also say so themselves (node/private_files.py).
+    os.umask(0o077)
     ap = argparse.ArgumentParser(prog="python -m node", description=__doc__)
     ap.add_argument("--run-dir", required=True, type=Path, help="the cluster's run directory")
     ap.add_argument("--id", required=True, help="this node's id in cluster.json")
@@ -29,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir.resolve()
     log_path = node_dir(run_dir, args.id) / "node.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1, encoding="utf-8") as log_stream:
+    private_dir(log_path.parent)
+    log_file = LogFile(open_private(log_path, os.O_WRONLY | os.O_APPEND))
+    # A LogFile is all of TextIO that a logger uses (write, flush).
+    log_stream = cast(TextIO, log_file)
+    with log_file:
         try:
             runner = NodeRunner(run_dir, args.id, log_stream, force_rejoin=args.force_rejoin)
         except KeyError as e:

@@ -14,8 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from node.config import MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES
+from node.config import (
+    BATCH_FRAME_MAX_BYTES,
+    MAX_BATCH_REQUESTS,
+    MAX_KEY_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_REQUEST_FIELDS,
+    MAX_VALUE_BYTES,
+)
 from node.errors import NotLeader, ProposalDropped
+from node.frames import array_len, map_len
 from node.state.kv import (
     Append,
     Applied,
@@ -43,7 +51,12 @@ SessionId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 
-class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op",
+           forbid_unknown_fields=True):
+    """A request holds its op's fields and no other: msgspec then never
+    descends into a value the schema does not expect, so a request's nesting
+    is the schema's (one map of scalars) whatever the frame holds."""
+
     id: ReqId = 0
 
 
@@ -122,16 +135,33 @@ Route = list[bytes]  # the ROUTER envelope to send the reply back along
 ReplyFn = Callable[[Route, bytes], None]
 
 
+class RequestRefused(ValueError):
+    """A frame or request the node does not handle; `code` is the answer's
+    error (`bad_request` or `too_large`), the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def decode_request(data: bytes) -> ClientRequest:
-    """Parse one request; raises ValueError with a message for the client."""
+    """Parse one request; raises RequestRefused with a message for the
+    client. Size and field count are checked before anything is decoded."""
     if len(data) > MAX_MESSAGE_BYTES:
-        raise ValueError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        raise RequestRefused("too_large", f"a frame of {len(data)} bytes exceeds the limit "
+                             f"of {MAX_MESSAGE_BYTES}")
+    fields = map_len(data)
+    if fields is None:
+        raise RequestRefused("bad_request", "a request must be a MessagePack map")
+    if fields > MAX_REQUEST_FIELDS:
+        raise RequestRefused("bad_request", f"a request of {fields} fields: a request has at "
+                             f"most {MAX_REQUEST_FIELDS}")
     try:
         return _req_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise ValueError(str(e)) from None
+        raise RequestRefused("bad_request", str(e)) from None
     except Exception as e:  # any other parse failure is still the client's bad input
-        raise ValueError(f"{type(e).__name__}: {e}") from None
+        raise RequestRefused("bad_request", f"{type(e).__name__}: {e}") from None
 
 
 def encode_response(resp: ClientResponse) -> bytes:
@@ -144,7 +174,28 @@ def encode_response(resp: ClientResponse) -> bytes:
 # an array of responses (docs/PROTOCOL.md). One ZeroMQ message instead of
 # one per request is what lets a pipelined client and the leader keep up.
 
-_batch_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
+class _AnyFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Every field any request has, with its type but not its limits: a
+    batch whose items all decode as this has the shape of a batch of
+    requests (an array of maps of scalars), so splitting it cannot recurse,
+    and each item is then decoded, and refused, on its own."""
+
+    op: str = ""
+    id: int = 0
+    session: int = 0
+    seq: int = 0
+    first_outstanding: int | None = None
+    key: str = ""
+    value: bytes = b""
+    expected: bytes | None = None
+    prev: bool = False
+    stale: bool = False
+
+
+_batch_decoder: msgspec.msgpack.Decoder[list[ClientRequest]] = \
+    msgspec.msgpack.Decoder(list[ClientRequest])
+_shape_decoder = msgspec.msgpack.Decoder(list[_AnyFields])
+_items_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 
 def is_batch(frame: bytes) -> bool:
@@ -152,21 +203,44 @@ def is_batch(frame: bytes) -> bool:
     return bool(frame) and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD))
 
 
-def split_batch(frame: bytes) -> list[bytes]:
-    """The encoded items of a batch frame; raises ValueError if it is not one."""
+def split_batch(frame: bytes) -> list[ClientRequest | bytes]:
+    """The requests of a batch frame: decoded when every one is valid (one
+    pass), else each item's bytes, to be decoded and answered one by one.
+    Raises RequestRefused for a frame over the limits or not shaped as a
+    batch of requests; size and count are checked before decoding."""
+    if len(frame) > BATCH_FRAME_MAX_BYTES:
+        raise RequestRefused("too_large", f"a batch frame of {len(frame)} bytes exceeds the "
+                             f"limit of {BATCH_FRAME_MAX_BYTES}; send it in several")
+    count = array_len(frame)
+    if count is None:
+        raise RequestRefused("bad_request", "bad batch frame: its array header is cut short")
+    if count == 0:
+        raise RequestRefused("bad_request", "an empty batch frame holds no request")
+    if count > MAX_BATCH_REQUESTS:
+        raise RequestRefused("too_large", f"a batch frame of {count} requests exceeds the "
+                             f"limit of {MAX_BATCH_REQUESTS}; send it in several")
     try:
-        return [bytes(raw) for raw in _batch_decoder.decode(frame)]
+        return list(_batch_decoder.decode(frame))
+    except Exception:  # some item is not a valid request: find out below
+        pass
+    try:
+        _shape_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise ValueError(f"bad batch frame: {e}") from None
+        raise RequestRefused("bad_request", f"bad batch frame: {e}") from None
+    except Exception as e:  # any other parse failure is still the client's bad input
+        raise RequestRefused("bad_request", f"bad batch frame: {type(e).__name__}") from None
+    return [bytes(raw) for raw in _items_decoder.decode(frame)]
 
 
-def batch_bounds(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+def batch_bounds(sizes: list[int], limit: int,
+                 max_items: int = MAX_BATCH_REQUESTS) -> list[tuple[int, int]]:
     """Cut a run of items of these sizes into [start, end) batches of at
-    most `limit` bytes each (an item larger than `limit` goes alone)."""
+    most `limit` bytes and `max_items` items each (an item larger than
+    `limit` goes alone)."""
     out: list[tuple[int, int]] = []
     start, size = 0, 0
     for i, n in enumerate(sizes):
-        if i > start and size + n > limit:
+        if i > start and (size + n > limit or i - start >= max_items):
             out.append((start, i))
             start, size = i, 0
         size += n
@@ -195,17 +269,33 @@ def join_batch(items: list[bytes]) -> bytes:
     return head + b"".join(items)
 
 
+class _IdOnly(msgspec.Struct, frozen=True):
+    id: ReqId = 0
+
+
+_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+
+
 def _request_id(data: bytes) -> int:
-    """Best effort: the `id` of a request we could not parse, to echo it."""
-    try:
-        raw = msgspec.msgpack.decode(data)
-    except Exception:  # garbage: no id to echo
+    """Best effort: the `id` of a request we could not parse, to echo it.
+    Only a map within the limits is looked at, and nothing is built of it
+    but the id (the rest is skipped by msgspec)."""
+    fields = map_len(data)
+    if fields is None or fields > MAX_REQUEST_FIELDS or len(data) > MAX_MESSAGE_BYTES:
         return 0
-    if isinstance(raw, dict):
-        rid = raw.get("id")
-        if isinstance(rid, int) and 0 <= rid < 2**63:
-            return rid
-    return 0
+    try:
+        return _id_decoder.decode(data).id
+    except Exception:  # garbage, or a nesting too deep to skip: no id to echo
+        return 0
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` is not a key (the schema counts characters, a key is
+    limited in bytes of UTF-8), or None."""
+    # 4 bytes is the longest UTF-8 character: shorter keys need no encoding.
+    if len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES:
+        return f"a key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8"
+    return None
 
 
 @dataclass
@@ -235,6 +325,7 @@ class ClientApi:
         on_bad_request: Callable[[str], None],
         max_command_bytes: int = MAX_MESSAGE_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
+        no_space: Callable[[bool], str | None] = lambda _needs_log: None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -244,6 +335,10 @@ class ClientApi:
         self._on_bad = on_bad_request
         self._max_command = max_command_bytes
         self._monotonic = monotonic
+        # Why a request cannot be taken for want of disk space (None: it
+        # can). Asked with True for what enters the log, with False for a
+        # linearizable read, which needs the log running but not the disk.
+        self._no_space = no_space
         self.counters = ApiCounters()
         # Writes by (session, seq): a retry still in flight waits with the first.
         self._writes: dict[tuple[int, int], list[_Waiter]] = {}
@@ -263,15 +358,19 @@ class ClientApi:
 
     # --- requests -----------------------------------------------------------
 
-    def handle(self, route: Route, data: bytes) -> None:
+    def handle(self, route: Route, data: bytes | ClientRequest) -> None:
+        """Handle one request: its bytes, or already decoded (a batch's)."""
         self.counters.requests += 1
-        try:
-            req = decode_request(data)
-        except ValueError as e:
-            self._on_bad(str(e))
-            self._send(route, ClientResponse(
-                id=_request_id(data), ok=False, error="bad_request", message=str(e)))
-            return
+        if isinstance(data, bytes):
+            try:
+                req = decode_request(data)
+            except RequestRefused as e:
+                self._on_bad(str(e))
+                self._send(route, ClientResponse(
+                    id=_request_id(data), ok=False, error=e.code, message=str(e)))
+                return
+        else:
+            req = data
         if isinstance(req, PingRequest):
             self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
         elif isinstance(req, GetRequest):
@@ -283,11 +382,11 @@ class ClientApi:
         else:
             self._write(route, req)
 
-    def refuse(self, route: Route, message: str) -> None:
+    def refuse(self, route: Route, message: str, code: str = "bad_request") -> None:
         """Answer a frame that holds no request to handle (a bad batch)."""
         self.counters.requests += 1
         self._on_bad(message)
-        self._send(route, ClientResponse(id=0, ok=False, error="bad_request", message=message))
+        self._send(route, ClientResponse(id=0, ok=False, error=code, message=message))
 
     def _write(self, route: Route, req: WriteRequest) -> None:
         waiter = _Waiter(route, req.id)
@@ -325,6 +424,10 @@ class ClientApi:
 
     def _propose(self, waiter: _Waiter, body: Body) -> int | None:
         """Stamp and propose `body`; its log index, or None if refused (and answered)."""
+        full = self._no_space(True)
+        if full is not None:
+            self._fail(waiter, "no_space", full)
+            return None
         data = encode_command(Command(self._stamp_ms(), body))
         if len(data) > self._max_command:
             # It could never be replicated (a UDP cluster sends one entry
@@ -354,8 +457,17 @@ class ClientApi:
 
     def _get(self, route: Route, req: GetRequest) -> None:
         waiter = _Waiter(route, req.id)
+        problem = key_problem(req.key)
+        if problem is not None:
+            self._on_bad(problem)
+            self._fail(waiter, "bad_request", problem)
+            return
         if req.stale:
             self._answer_read(waiter, req.key)
+            return
+        full = self._no_space(False)
+        if full is not None:
+            self._fail(waiter, "no_space", full)
             return
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")

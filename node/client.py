@@ -35,7 +35,7 @@ _encoder = msgspec.msgpack.Encoder()
 # Errors after which another attempt (same seq) is safe and may succeed.
 _RETRYABLE = {"not_leader", "leader_changed", "busy"}
 # Answers that say the attempt was never proposed (so never applied).
-_NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large"}
+_NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large", "no_space"}
 # `close()` gives closing the session this long, then leaves it to expire.
 _CLOSE_TIMEOUT_S = 1.0
 

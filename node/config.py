@@ -39,6 +39,30 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # A batch frame of client requests or replies (node/api.py) is cut before
 # it grows past this, well under MAX_MESSAGE_BYTES.
 CLIENT_BATCH_MAX_BYTES = 1024 * 1024
+# What a node takes in one client frame, checked before any of it is decoded
+# (docs/SECURITY.md, "Limits on input"). A batch frame holds at most
+# MAX_BATCH_REQUESTS requests in at most BATCH_FRAME_MAX_BYTES (the items plus
+# the array header join_batch puts before them): decoding the worst such
+# frame (one key repeated in every map) was measured at 15 ms. A request is a
+# map of at most MAX_REQUEST_FIELDS keys (a request has 8 at most).
+MAX_BATCH_REQUESTS = 4096
+BATCH_FRAME_MAX_BYTES = CLIENT_BATCH_MAX_BYTES + 5
+MAX_REQUEST_FIELDS = 16
+# libzmq closes the connection of a client frame past this without the node
+# seeing it; a frame between MAX_MESSAGE_BYTES and this gets `too_large`.
+CLIENT_FRAME_HARD_LIMIT_BYTES = 2 * MAX_MESSAGE_BYTES
+# Answer frames queued in libzmq per client connection; the node holds the
+# rest (node/replies.py). Requests queue as for peers (PEER_QUEUE_MSGS): a
+# shorter receive queue stops libzmq reading the connection, its heartbeat
+# answers too, and a client sending faster than the node takes was cut off.
+CLIENT_QUEUE_FRAMES = 16
+# Answers one loop turn may produce, or that may wait for clients' queues to
+# take them, before the node stops taking client frames (they wait in their
+# queues, pushing back on their clients): what bounds the memory of many
+# reads of large values (node/replies.py). A connection that takes none of
+# its answers for CLIENT_STUCK_TIMEOUT_MS loses them.
+CLIENT_TURN_REPLY_BYTES = 8 * 1024 * 1024
+CLIENT_STUCK_TIMEOUT_MS = 1_000
 
 # Peer transport (node/transport/zmq.py). A cut link must lose messages rather
 # than deliver them late in a burst: queues are short, and a silent connection

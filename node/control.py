@@ -1,20 +1,30 @@
 """Operator commands on the control socket: status, link faults, leadership
 transfer, membership changes, compaction, digest, a Paxos decree, shutdown. Requests and
 replies are msgpack maps; the runner implements `Controlled`. No socket I/O
-here.
+here; a command whose work is slow (`digest`) hands back a future, and the
+runner answers when it is done.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
-from node.config import NodeSpec
+from node.config import MAX_MESSAGE_BYTES, MAX_REQUEST_FIELDS, NodeSpec
+from node.frames import map_len
 from node.transport.links import LinkRule
 
+# More link rules than any cluster has peers is not a request to act on.
+MAX_LINK_RULES = 256
 
-class _Ctl(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+
+class _Ctl(msgspec.Struct, frozen=True, kw_only=True, tag_field="op",
+           forbid_unknown_fields=True):
+    """As client requests (node/api.py): only the op's fields, so msgspec
+    never descends into a value the schema does not expect."""
+
     id: int = 0
 
 
@@ -25,7 +35,7 @@ class StatusRequest(_Ctl, tag="status", frozen=True):
 class SetLinksRequest(_Ctl, tag="set_links", frozen=True):
     """Replace every link rule of this node (an empty map heals all links)."""
 
-    rules: dict[str, LinkRule]
+    rules: Annotated[dict[str, LinkRule], msgspec.Meta(max_length=MAX_LINK_RULES)]
 
 
 class TransferRequest(_Ctl, tag="transfer_leader", frozen=True):
@@ -91,7 +101,7 @@ class Controlled(Protocol):
     def transfer_leader(self, to: str) -> None: ...
     def change_members(self, changes: list[MemberChange]) -> dict[str, Any]: ...
     def compact(self) -> dict[str, Any]: ...
-    def digest(self) -> dict[str, Any]: ...
+    def digest(self) -> concurrent.futures.Future[dict[str, Any]]: ...
     def decree(self, value: str) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
 
@@ -100,9 +110,24 @@ _decoder: msgspec.msgpack.Decoder[ControlRequest] = msgspec.msgpack.Decoder(Cont
 _encoder = msgspec.msgpack.Encoder()
 
 
-def handle_control(node: Controlled, data: bytes) -> tuple[bytes, str | None]:
-    """Run one control request; returns the encoded reply and, for bad input,
-    the reason (for the `bad_request` log event)."""
+Reply = bytes | concurrent.futures.Future[bytes]
+
+
+def _refuse(message: str, code: str = "bad_request") -> tuple[Reply, str | None]:
+    return _encoder.encode(ControlResponse(ok=False, error=code, message=message)), message
+
+
+def handle_control(node: Controlled, data: bytes) -> tuple[Reply, str | None]:
+    """Run one control request; returns the encoded reply (or a future of
+    it) and, for bad input, the reason (for the `bad_request` log event).
+    Size and field count are checked before anything is decoded."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        return _refuse(f"a frame of {len(data)} bytes exceeds the limit of "
+                       f"{MAX_MESSAGE_BYTES}", "too_large")
+    fields = map_len(data)
+    if fields is None or fields > MAX_REQUEST_FIELDS:
+        return _refuse(f"a control request is a MessagePack map of at most "
+                       f"{MAX_REQUEST_FIELDS} fields")
     try:
         req = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -124,7 +149,7 @@ def handle_control(node: Controlled, data: bytes) -> tuple[bytes, str | None]:
         elif isinstance(req, CompactRequest):
             result = node.compact()
         elif isinstance(req, DigestRequest):
-            result = node.digest()
+            return _when_done(req.id, node.digest()), None
         elif isinstance(req, DecreeRequest):
             result = node.decree(req.value)
         else:
@@ -133,6 +158,23 @@ def handle_control(node: Controlled, data: bytes) -> tuple[bytes, str | None]:
         return _encoder.encode(ControlResponse(
             id=req.id, ok=False, error=e.code, message=str(e))), None
     return _encoder.encode(ControlResponse(id=req.id, ok=True, data=result)), None
+
+
+def _when_done(req_id: int, fut: concurrent.futures.Future[dict[str, Any]]
+               ) -> concurrent.futures.Future[bytes]:
+    """The encoded reply to `req_id`, once `fut` is done."""
+    out: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+
+    def done(f: concurrent.futures.Future[dict[str, Any]]) -> None:
+        try:
+            reply = ControlResponse(id=req_id, ok=True, data=f.result())
+        except Exception as e:  # the work failed: say so rather than stay silent
+            reply = ControlResponse(id=req_id, ok=False, error="failed",
+                                    message=f"{type(e).__name__}: {e}")
+        out.set_result(_encoder.encode(reply))
+
+    fut.add_done_callback(done)
+    return out
 
 
 class ControlError(Exception):

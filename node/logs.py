@@ -7,6 +7,8 @@ Every line has `ts` (UTC, microseconds), `level`, `node`, `term`, `role` and
 from __future__ import annotations
 
 import datetime as dt
+import io
+import os
 import time
 from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any, TextIO
@@ -16,7 +18,7 @@ import structlog
 # The fixed vocabulary (docs/LOGS.md lists and explains each).
 EVENTS = frozenset(
     {
-        "node_started", "node_stopping", "node_stopped", "durability_off",
+        "node_started", "node_stopping", "node_stopped", "durability_off", "unsafe_bugs_enabled",
         "election_started", "prevote_started", "vote_granted", "vote_rejected",
         "vote_ignored", "became_leader", "became_follower", "stepped_down",
         "append_rejected", "snapshot_sent", "snapshot_installed", "snapshot_created",
@@ -26,6 +28,7 @@ EVENTS = frozenset(
         "snapshot_failed",
         "bad_datagram", "message_oversize", "follower_lost_data", "rejoined_without_data",
         "membership_changed", "peer_added", "peer_removed", "peer_unknown",
+        "disk_low", "disk_full", "disk_space_recovered",
         # A Paxos node's own (node/paxos/).
         "prepare_sent", "promised", "preempted", "campaign_abandoned", "accept_sent",
         "accepted", "chosen",
@@ -37,7 +40,8 @@ EVENTS = frozenset(
 # interval per source, with the number left out since the last line.
 RATE_LIMITED_EVENTS = {"append_rejected": "leader", "vote_ignored": "candidate",
                        "auth_rejected": "address", "bad_message": "source",
-                       "bad_request": None, "bad_datagram": "reason"}
+                       "bad_request": None, "bad_datagram": "reason",
+                       "message_oversize": "to", "snapshot_failed": None}
 RATE_LIMIT_INTERVAL_S = 1.0
 
 
@@ -64,6 +68,45 @@ class RateLimiter:
             self._seen.clear()
         self._seen[key] = (now, 0)
         return dropped
+
+
+class LogFile(io.TextIOBase):
+    """A node's log file: each line one write() straight to the file. A
+    line the disk cannot take (full) is dropped and counted, never raised:
+    the log shares the disk of the node it reports on and must not stop it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.dropped = 0
+        self.error: OSError | None = None
+
+    def write(self, s: str) -> int:
+        data = s.encode()
+        try:
+            n = os.write(self._fd, data)
+            if n != len(data):
+                # Part of the line: the disk filled up under it. End the line
+                # so the next one stays whole.
+                self.dropped += 1
+                os.write(self._fd, b"\n")
+        except OSError as e:
+            self.dropped += 1
+            self.error = e
+        return len(s)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
 
 
 def _utc_ts(_: Any, __: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -1,6 +1,8 @@
 """`NodeRunner`: the node's one event loop, and the only caller of the core
 that does I/O. Poll sockets up to the next tick, step in what arrived, tick,
-then handle `Ready`: persist (one sync), send, apply, reply, advance.
+then handle `Ready`: persist (one sync), send, apply, reply, advance. Its
+clients and operators are node/runner_clients.py's, its disk (persisting,
+and a full disk) node/runner_disk.py's.
 """
 
 from __future__ import annotations
@@ -20,41 +22,42 @@ import msgspec
 import zmq
 
 from node import codec
-from node.api import ClientApi, batch_bounds, is_batch, join_batch, split_batch
+from node.api import ClientApi, ClientRequest
 from node.config import (
-    CLIENT_BATCH_MAX_BYTES,
+    CLIENT_FRAME_HARD_LIMIT_BYTES,
+    CLIENT_QUEUE_FRAMES,
     MAX_MESSAGE_BYTES,
     STATUS_LOG_INTERVAL_MS,
     ClusterConfig,
     node_dir,
 )
 from node.consensus import ConsensusCore, make_core, peer_decoder, start_decree
-from node.control import ControlError, MemberChange, handle_control
+from node.control import ControlError, MemberChange
+from node.disk import DiskWatch, needs_space
 from node.errors import NotLeader
-from node.logs import RATE_LIMITED_EVENTS, RateLimiter, make_logger
-from node.membership_mark import DataLost, data_lost_message, record_member, was_member
+from node.logs import RATE_LIMITED_EVENTS, LogFile, RateLimiter, make_logger
+from node.membership_mark import DataLost, FloorRecorder, check_on_start
 from node.paxos.messages import PaxosMessage
 from node.peers import PeerBook, conf_status, propose_members, transport_addr
+from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.confchange import initial
 from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot, SnapshotMeta
-from node.raft.ready import Ready, SoftState, Step, handle_ready
-from node.state.kv import KVStore, encode_image
-from node.storage import FileStorage
+from node.raft.ready import Ready, SoftState, Step
+from node.replies import ClientReplies
+from node.runner_clients import ClientHandling
+from node.runner_disk import DiskHandling
+from node.state.kv import UNSAFE_BUGS_ENV, KVStore, encode_image, image_digest, parse_unsafe_bugs
+from node.storage import FileStorage, StorageError
 from node.transport.auth import ZapHandler
 from node.transport.base import PeerTransport
 from node.transport.links import FaultyTransport, LinkFilter, LinkRule
 from node.transport.udp import UdpTransport, udp_core_limits, udp_mac_key
 from node.transport.zmq import CurveKeys, ZmqTransport, make_server_socket, read_keys
 
-# At most this many messages are taken from one socket per loop iteration, so
-# ticks and heartbeats keep their rhythm under load.
-_DRAIN_LIMIT = 2048
-# Time budgets of one loop turn (a tick is 10 ms, an election timeout 150 ms
-# or more), so that under overload ticks and heartbeats still come round.
-_CLIENT_DRAIN_BUDGET_S = 0.005
-_READY_BUDGET_S = 0.010
-# After a stall (SIGSTOP, a long GC), catch up on at most this many ticks.
+# The time budgets of one loop turn are beside the work they bound
+# (node/runner_clients.py, node/runner_disk.py). After a stall (SIGSTOP, a
+# long GC), catch up on at most this many ticks.
 _MAX_CATCHUP_TICKS = 5
 
 
@@ -86,7 +89,7 @@ def load_links(path: Path) -> dict[str, LinkRule]:
     return msgspec.json.decode(path.read_bytes(), type=dict[str, LinkRule])
 
 
-class NodeRunner:
+class NodeRunner(ClientHandling, DiskHandling):
     """One node: storage, core, state machine, sockets, and the loop."""
 
     def __init__(self, run_dir: Path, node_id: str, log_stream: TextIO,
@@ -104,10 +107,17 @@ class NodeRunner:
                                           "auth_rejected": 0, "bad_requests": 0}
         self._core: ConsensusCore[Any] | None = None
         self.log = make_logger(log_stream, node_id, self._log_state)
+        self._log_file = log_stream if isinstance(log_stream, LogFile) else None
         ndir = node_dir(run_dir, node_id)
-        (ndir / "data").mkdir(parents=True, exist_ok=True)
+        private_dir(ndir / "data")
 
         self.storage = FileStorage(ndir / "data", fsync=self.cfg.fsync)
+        self.disk = DiskWatch(ndir / "data")
+        # A Ready whose persist found the disk full waits here, the steps of
+        # its persist already done in _persisted, and the log is frozen.
+        self._stalled: Ready[Any] | None = None
+        self._persisted: set[str] = set()
+        self._stall_retry_at = 0.0
         if self.cfg.fsync == "never":
             self.log.warning("durability_off", fsync="never",
                              detail="acknowledged writes can be lost on a crash")
@@ -115,19 +125,24 @@ class NodeRunner:
             rec = self.storage.recovery
             self.log.warning("wal_tail_truncated", bytes=rec.truncated_bytes, file=rec.file,
                              offset=rec.offset)
-        init = self.storage.initial_state()
-        empty = init.hard_state.term == 0 and init.snapshot.index == 0 and not init.entries
-        self._member_marked = not empty
-        if not empty and not was_member(run_dir, node_id):
-            record_member(run_dir, node_id, sync=self.cfg.fsync == "always")
-        if empty and was_member(run_dir, node_id):
-            if not force_rejoin:
-                self.storage.close()
-                raise DataLost(data_lost_message(node_id, ndir / "data"))
-            self.log.warning("rejoined_without_data", detail="started as a voter with an empty "
-                             "log although it was a member: it may vote twice in a term")
+        try:
+            self._member_marked, forced = check_on_start(
+                run_dir, node_id, ndir / "data", self.storage.initial_state(),
+                force_rejoin=force_rejoin, sync=self.cfg.fsync == "always")
+        except DataLost:
+            self.storage.close()
+            raise
+        if forced is not None:
+            self.log.warning("rejoined_without_data", detail=forced)
+        try:  # test-only bugs put back on purpose (node/state/kv.py); read here alone
+            self.unsafe_bugs = parse_unsafe_bugs(os.environ.get(UNSAFE_BUGS_ENV, ""))
+        except ValueError as e:
+            raise SystemExit(f"{UNSAFE_BUGS_ENV}: {e}") from None
+        if self.unsafe_bugs:
+            self.log.warning("unsafe_bugs_enabled", bugs=sorted(self.unsafe_bugs),
+                             detail="this node breaks its guarantees on purpose, for tests only")
         self.kv = KVStore(session_timeout_ms=self.cfg.session_timeout_ms,
-                          max_sessions=self.cfg.max_sessions)
+                          max_sessions=self.cfg.max_sessions, unsafe_bugs=self.unsafe_bugs)
         snap = self.storage.snapshot()
         if snap.meta.index > 0:
             self.kv.restore(snap.data)
@@ -161,19 +176,29 @@ class NodeRunner:
                                   lambda event, **kw: self.log.info(event, **kw))
         self.transport: PeerTransport = FaultyTransport(self._make_transport(), self.links)
         self.peer_book.attach(self.transport)
-        self.client_sock = make_server_socket(self.ctx, self.spec.client_addr(), self.keys)
-        self.control_sock = make_server_socket(self.ctx, self.spec.control_addr(), self.keys)
+        # Client and control frames over the limit still reach the loop, to
+        # be answered `too_large`, up to a hard limit (node/config.py).
+        self.client_sock, self.control_sock = (
+            make_server_socket(self.ctx, addr, self.keys,
+                               max_frame_bytes=CLIENT_FRAME_HARD_LIMIT_BYTES,
+                               send_queue_frames=CLIENT_QUEUE_FRAMES)
+            for addr in (self.spec.client_addr(), self.spec.control_addr()))
+        self.client_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # node/replies.py
+        self._replies = ClientReplies(self.client_sock)
+        self._poller = zmq.Poller()
+        self._watching_clients = True
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
-            self._client_addrs, self._bad_request, max_command)
-        # Replies to DEALER clients, per routing id, sent as one frame at the
-        # end of the loop iteration (node/api.py, batch frames).
-        self._outbox: dict[bytes, list[bytes]] = {}
+            self._client_addrs, self._bad_request, max_command,
+            no_space=self._no_space)
         # Requests of a batch frame that the client drain's time budget left
         # for the next turns, in order, ahead of any new frame.
-        self._client_backlog: collections.deque[tuple[list[bytes], bytes]] = collections.deque()
+        self._client_backlog: collections.deque[
+            tuple[list[bytes], bytes | ClientRequest]] = collections.deque()
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, "snapshot")
+        self._floor = FloorRecorder(run_dir, node_id, self._snapshotter.submit)
         self._snap_job: tuple[SnapshotMeta, concurrent.futures.Future[Any]] | None = None
+        self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
         self._bytes_since_snapshot = 0
@@ -194,15 +219,14 @@ class NodeRunner:
                 self.id, (self.spec.host, self.spec.peer_port),
                 peers, udp_mac_key(self.keys),
                 self.cfg.udp_max_datagram_bytes,
-                on_bad=lambda reason, detail: self.log.warning(
+                on_bad=lambda reason, detail: self._log_bad(
                     "bad_datagram", reason=reason, detail=detail[:200]),
-                on_oversize=lambda dst, size: self.log.error(
-                    "message_oversize", to=dst, bytes=size,
-                    limit=self.cfg.udp_max_datagram_bytes),
+                on_oversize=lambda dst, size: self._log_event(
+                    self.log.error, "message_oversize",
+                    {"to": dst, "bytes": size, "limit": self.cfg.udp_max_datagram_bytes}),
                 on_unknown=self.peer_book.unknown_sender)
         return ZmqTransport(self.ctx, self.id, self.spec.peer_addr(), peers, self.keys,
                             on_unknown=self.peer_book.unknown_sender)
-
 
     def _log_state(self) -> tuple[int, str]:
         c = self._core
@@ -217,7 +241,7 @@ class NodeRunner:
         gc.freeze()
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        poller = zmq.Poller()
+        poller = self._poller
         peer_socks = self.transport.poll_sockets()
         for s in peer_socks:
             poller.register(s, zmq.POLLIN)
@@ -234,7 +258,7 @@ class NodeRunner:
                 if due is not None:
                     wake = min(wake, due / 1000.0)
                 timeout_ms = max(0, int((wake - now) * 1000.0 + 0.999))
-                if self.core.has_ready() or self._client_backlog:
+                if (self.core.has_ready() and self._stalled is None) or self._clients_waiting():
                     timeout_ms = 0  # the last turn stopped at its budget
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
@@ -244,19 +268,21 @@ class NodeRunner:
                     self.zap.handle()
                 if any(s in events for s in peer_socks) or due is not None:
                     self._receive_peers()
-                if self.client_sock in events or self._client_backlog:
+                if self.client_sock in events or self._clients_waiting():
                     self._receive_clients()
                 if self.control_sock in events:
                     self._receive_control()
                 now = time.monotonic()
                 if now >= next_tick:
                     behind = int((now - next_tick) / tick_s) + 1
-                    for _ in range(min(behind, _MAX_CATCHUP_TICKS)):
-                        self.core.tick()
+                    self._tick(min(behind, _MAX_CATCHUP_TICKS))
                     next_tick += behind * tick_s
                 self._handle_ready()
                 self._flush_replies()
                 self._check_snapshot_job()
+                self._answer_deferred_control()
+                self._record_floor()
+                self._watch_disk()
                 self._maybe_log_progress(now)
                 # How long the loop went without polling: what a stall costs
                 # heartbeats and clients (shown in status, reset when read).
@@ -271,6 +297,10 @@ class NodeRunner:
             self._close()
 
     def _receive_peers(self) -> None:
+        if self._stalled is not None:
+            # Frozen: what peers send is lost, as to a paused process.
+            self.disk.peer_messages_dropped += len(self.transport.receive())
+            return
         for src, data in self.transport.receive():
             try:
                 msg = self._decode(data)
@@ -282,84 +312,12 @@ class NodeRunner:
                 self.counters["spoofed_messages"] += 1
                 self._log_bad("bad_message", source=src, reason=f"claims to be from {msg.src}")
                 continue
+            if self.disk.state != "ok" and needs_space(msg, self.core.log):
+                self.disk.peer_messages_dropped += 1
+                continue
             self.core.step(msg)
 
-    def _receive_clients(self) -> None:
-        # A time budget as well as a count, checked per request: a batch
-        # frame may hold thousands of requests, and a turn of the loop that
-        # outlasts an election timeout sends no heartbeat. What is left waits
-        # for the next turn: the rest of a batch here, new frames in ZeroMQ.
-        until = time.monotonic() + _CLIENT_DRAIN_BUDGET_S
-        backlog = self._client_backlog
-        for _ in range(_DRAIN_LIMIT):
-            while backlog:
-                if time.monotonic() >= until:
-                    return
-                self.api.handle(*backlog.popleft())
-            if time.monotonic() >= until:
-                return
-            try:
-                frames = self.client_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            route, payload = _split_envelope(frames)
-            if route is None:
-                self._bad_request("request without an envelope")
-                continue
-            if not is_batch(payload):
-                self.api.handle(route, payload)
-                continue
-            try:
-                if len(route) != 1:
-                    # A REQ socket takes one reply per request message.
-                    raise ValueError("batch frames need a DEALER socket")
-                items = split_batch(payload)
-            except ValueError as e:
-                self.api.refuse(route, str(e))
-                continue
-            backlog.extend((route, item) for item in items)
-
-    def _receive_control(self) -> None:
-        for _ in range(64):
-            try:
-                frames = self.control_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            route, payload = _split_envelope(frames)
-            if route is None:
-                continue
-            reply, bad = handle_control(self, payload)
-            if bad is not None:
-                self._bad_request(bad)
-            self.control_sock.send_multipart([*route, reply], zmq.NOBLOCK)
-
     # --- Ready ----------------------------------------------------------------
-
-    def _handle_ready(self) -> None:
-        # Bounded like the client drain; what is left waits one turn.
-        until = time.monotonic() + _READY_BUDGET_S
-        while self.core.has_ready():
-            if time.monotonic() >= until:
-                return
-            handle_ready(self.core, self._ready_io)
-
-    def _persist(self, rd: Ready[Any]) -> None:
-        # Persist before send (§5.1): one sync covers the whole batch.
-        if rd.snapshot is not None:
-            self.storage.apply_snapshot(rd.snapshot)
-        if rd.entries:
-            self.storage.append(rd.entries)
-        if rd.hard_state is not None:
-            self.storage.set_hard_state(rd.hard_state)
-        if rd.must_sync():
-            self.storage.sync()
-            if not self._member_marked and self.core.term > 0:
-                # Before the vote or acknowledgement this sync was for leaves.
-                record_member(self.run_dir, self.id, sync=self.cfg.fsync == "always")
-                self._member_marked = True
-            if self.storage.reservation_error is not None and not self._reservation_logged:
-                self._reservation_logged = True
-                self.log.warning("wal_reservation_off", error=str(self.storage.reservation_error))
 
     def _reconfigure(self, conf: ConfState) -> None:
         self.peer_book.apply(conf)
@@ -411,8 +369,8 @@ class NodeRunner:
     # --- snapshots ------------------------------------------------------------
 
     def _maybe_snapshot(self, force: bool = False) -> bool:
-        if self._snap_job is not None:
-            return False
+        if self._snap_job is not None or self.disk.state != "ok":
+            return False  # a snapshot is the whole state written once more
         applied = self.kv.applied_index
         since = applied - self.core.snapshot_meta.index
         due = (since >= self.cfg.snapshot_entries
@@ -441,8 +399,9 @@ class NodeRunner:
         started = time.monotonic()
         try:
             fut.result()
-        except OSError as e:
-            self.log.error("snapshot_failed", index=meta.index, error=str(e))
+        except (OSError, StorageError) as e:
+            self._log_event(self.log.error, "snapshot_failed",
+                            {"index": meta.index, "error": str(e)})
             return
         if meta.index <= self.core.snapshot_meta.index:
             return  # a leader's snapshot overtook ours
@@ -473,10 +432,12 @@ class NodeRunner:
             "links": {p: msgspec.to_builtins(r) for p, r in self.links.rules().items()},
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
             "transport": self.cfg.transport, "fsync": self.cfg.fsync,
+            "unsafe_bugs": sorted(self.unsafe_bugs),
             "keys": len(self.kv),
             "sessions": len(self.kv.sessions),
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
+            "disk": {**self.disk.status(), "log_lines_dropped": self._log_lines_dropped()},
             **c.status_facts(),
             "counters": {
                 **self.counters,
@@ -488,6 +449,7 @@ class NodeRunner:
                 "writes_acked": self.api.counters.writes_acked,
                 "reads_served": self.api.counters.reads_served,
                 "client_errors": dict(self.api.counters.by_error),
+                "client_replies": self._replies.stats(),
                 "transport": tstats,
             },
         }
@@ -502,6 +464,7 @@ class NodeRunner:
                       rules={p: msgspec.to_builtins(r) for p, r in rules.items()})
 
     def transfer_leader(self, to: str) -> None:
+        self._refuse_if_stalled()
         try:
             self.core.transfer_leader(to)
         except NotLeader as e:
@@ -514,6 +477,7 @@ class NodeRunner:
         return propose_members(self.core, changes)
 
     def compact(self) -> dict[str, Any]:
+        self._refuse_if_stalled()
         started = self._maybe_snapshot(force=True)
         return {"started": started, "applied": self.kv.applied_index,
                 "snapshot_index": self.core.snapshot_meta.index}
@@ -521,8 +485,13 @@ class NodeRunner:
     def decree(self, value: str) -> dict[str, Any]:
         return start_decree(self.core, value)
 
-    def digest(self) -> dict[str, Any]:
-        return {"applied": self.kv.applied_index, "digest": self.kv.digest(), "keys": len(self.kv)}
+    def digest(self) -> concurrent.futures.Future[dict[str, Any]]:
+        """The state machine's digest, computed on the snapshot thread from
+        a frozen image (cheap here): hashing a large state on the loop once
+        held it for longer than an election timeout."""
+        image = self.kv.freeze()
+        return self._snapshotter.submit(lambda: {
+            "applied": image.applied_index, "digest": image_digest(image), "keys": len(image)})
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         """SIGTERM/SIGINT. A handler runs between any two bytecodes of the
@@ -538,7 +507,8 @@ class NodeRunner:
         self._stopping = True
         budget = 2 * self.cfg.election_ticks * self.cfg.tick_ms / 1000.0
         self._stop_deadline = time.monotonic() + budget
-        target = self._best_successor()
+        # A stalled log is frozen: it hands nothing over, it only leaves.
+        target = self._best_successor() if self._stalled is None else None
         self.log.info("node_stopping", handing_to=target)
         if target is not None:
             self.core.transfer_leader(target)
@@ -563,25 +533,6 @@ class NodeRunner:
             self.log.info("commit_progress", commit=commit, applied=self.kv.applied_index,
                           committed_since=commit - self._logged_commit)
             self._logged_commit = commit
-
-    def _reply_client(self, route: list[bytes], data: bytes) -> None:
-        if len(route) != 1:
-            # A ROUTER drops a reply to a client that went away; that is fine.
-            self.client_sock.send_multipart([*route, data], zmq.NOBLOCK)
-            return
-        self._outbox.setdefault(route[0], []).append(data)
-
-    def _flush_replies(self) -> None:
-        """Send what waits in the outbox: per client connection, as few
-        frames as CLIENT_BATCH_MAX_BYTES allows."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, {}
-        for rid, items in outbox.items():
-            for a, b in batch_bounds([len(d) for d in items], CLIENT_BATCH_MAX_BYTES):
-                frame = items[a] if b - a == 1 else join_batch(items[a:b])
-                # A ROUTER drops a reply to a client that went away; that is fine.
-                self.client_sock.send_multipart([rid, frame], zmq.NOBLOCK)
 
     def _bad_request(self, reason: str) -> None:
         self.counters["bad_requests"] += 1
@@ -609,8 +560,12 @@ class NodeRunner:
     def _close(self) -> None:
         self._snapshotter.shutdown(wait=True)
         self._check_snapshot_job()
-        self.storage.sync()
-        self.storage.close()
+        try:
+            self.storage.close()
+        except StorageError as e:
+            # A full disk: what did not reach it was never acknowledged.
+            self.storage.abandon()
+            self.log.error("disk_full", error=str(e), free_bytes=self.disk.free_bytes)
         self.transport.close()
         for s in (self.client_sock, self.control_sock, self.zap.socket):
             s.close(linger=0)
@@ -628,11 +583,3 @@ class _ReadyIO:
         self.apply = r._apply_entries
         self.finish = r._finish
         self.reached = r._reached
-
-
-def _split_envelope(frames: list[bytes]) -> tuple[list[bytes] | None, bytes]:
-    """ROUTER frames are [identity, (empty delimiter from REQ clients), payload]."""
-    if len(frames) < 2:
-        return None, b""
-    return frames[:-1], frames[-1]
-

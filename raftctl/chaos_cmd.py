@@ -6,14 +6,17 @@ and renders text."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import click
 import msgspec
@@ -22,6 +25,8 @@ from rich.text import Text
 
 from chaos import html_report, jepsen_history, record
 from chaos.nemesis import ChaosError
+from chaos.pipeline import Endpoint
+from chaos.power_fault import PowerLoss, find_mounts
 from chaos.record import FaultEvent, RunRecord
 from chaos.report import (
     LEGEND,
@@ -33,18 +38,26 @@ from chaos.report import (
     summary,
     timeline,
 )
-from chaos.run import ChaosOptions, run_chaos
-from chaos.schedule import DEFAULT_MIX, KNOWN_KINDS, MEMBERSHIP, NEMESIS_INTERVAL_S, parse_mix
+from chaos.run import CHAOS_CLIENTS, CHAOS_PIPELINE_DEPTH, ChaosOptions, run_chaos
+from chaos.schedule import (
+    CLOCK,
+    DEFAULT_MIX,
+    KNOWN_KINDS,
+    MEMBERSHIP,
+    NEMESIS_INTERVAL_S,
+    parse_mix,
+)
+from chaos.values import DEFAULT_SIZES, parse_sizes
 from chaos.workload import (
     CHAOS_ATTEMPT_TIMEOUT_MS,
-    CHAOS_CLIENT_OPS_PER_S,
     CHAOS_OP_TIMEOUT_MS,
-    DEFAULT_WORKLOAD,
-    WORKLOADS,
+    CHAOS_OPS_PER_S,
     ClientFactory,
     KVClient,
 )
+from chaos.workload_mix import DEFAULT_WORKLOADS, WORKLOADS, parse_workloads
 from node.client import Client
+from node.config import node_dir
 from raftctl import render
 from raftctl.cluster import Cluster, ClusterError
 from raftctl.exits import CliError, Exit, from_cluster_error
@@ -52,6 +65,7 @@ from raftctl.logview import parse_duration_s
 from raftctl.members import ChaosMembers
 from raftctl.options import json_option
 
+T = TypeVar("T")
 # Violations listed one by one before the rest is only counted.
 _SHOWN_VIOLATIONS = 20
 VERDICT_FILE = "verdict.json"
@@ -72,6 +86,14 @@ def client_factory(c: Cluster) -> ClientFactory:
                       attempt_timeout_s=CHAOS_ATTEMPT_TIMEOUT_MS / 1000.0)
 
     return make
+
+
+def _parsed(parse: Callable[[str], T], text: str, what: str) -> T:
+    """`parse(text)`, its ValueError as the option's error."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=what) from None
 
 
 def _seconds(text: str, what: str) -> float:
@@ -96,21 +118,32 @@ def chaos() -> None:
 @click.option("--nemesis", "nemesis_", default=DEFAULT_MIX, show_default=True,
               help=f"Fault kinds with optional weights, comma-separated, like "
                    f"kill:2,partition,netem:0.5; all is every kind but {MEMBERSHIP}, which "
-                   f"changes the members (name it). Kinds: {', '.join(KNOWN_KINDS)}.")
+                   f"changes the members, and {CLOCK}, which sets the clocks of the hosts "
+                   f"(clusters on hosts with kernels of their own): name them. "
+                   f"Kinds: {', '.join(KNOWN_KINDS)}.")
 @click.option("--interval", default=f"{NEMESIS_INTERVAL_S:g}s", show_default=True,
               help="How long each fault lasts; after its heal the cluster gets as long again "
                    "to recover before the next fault.")
-@click.option("--workload", type=click.Choice(sorted(WORKLOADS)), default=DEFAULT_WORKLOAD,
-              show_default=True, help="What the clients do.")
+@click.option("--workload", default=DEFAULT_WORKLOADS, show_default=True,
+              help=f"What the clients do, comma-separated ({', '.join(WORKLOADS)}): register "
+                   "is read, write and cas per key (checked for linearizability); set appends "
+                   "unique elements on pipelined sessions (checked for lost and duplicated "
+                   "elements); churn opens and closes short sessions, some clients vanishing "
+                   "without closing. Clients are shared register 1 : set 2 : churn 1.")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule [default: random].")
-@click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Concurrent client threads.")
-@click.option("--rate", type=click.FloatRange(0.0), default=CHAOS_CLIENT_OPS_PER_S,
-              show_default=True,
-              help="Operations a second per client (0: as fast as the cluster answers); "
-                   "bounds the history the linearizability check must search.")
+@click.option("--clients", type=click.IntRange(1, 500), default=CHAOS_CLIENTS, show_default=True,
+              help="Concurrent clients, all workloads together (one thread each).")
+@click.option("--rate", type=click.FloatRange(0.0), default=CHAOS_OPS_PER_S, show_default=True,
+              help="Operations a second, all clients together (0: as fast as the cluster "
+                   "answers); bounds the history the checks must search.")
+@click.option("--value-size", "value_size", default=DEFAULT_SIZES, show_default=True,
+              help="Sizes of the register workload's values, with weights: 100, 4KiB, or "
+                   "32:85,4KiB:12,1MiB:3 (at most 1MiB; a UDP cluster refuses entries over "
+                   "about 56KB as too_large, which the history records as failed).")
+@click.option("--pipeline", "depth", type=click.IntRange(1, 64), default=CHAOS_PIPELINE_DEPTH,
+              show_default=True, help="Writes a set client keeps in flight on its session.")
 @click.option("--keys", "n_keys", type=click.IntRange(1, 100), default=5, show_default=True,
-              help="Keys the clients share.")
+              help="Keys the register clients share, and as many sets.")
 @click.option("--recovery-timeout", default="10s", show_default=True,
               help="After healing, a write must be acknowledged within this.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -122,23 +155,27 @@ def chaos() -> None:
                    "JSON file.")
 @click.pass_context
 def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workload: str,
-        seed: int | None, clients: int, rate: float, n_keys: int, recovery_timeout: str,
-        out_dir: Path | None, as_json: bool, report_file: Path | None) -> None:
+        seed: int | None, clients: int, rate: float, value_size: str, depth: int, n_keys: int,
+        recovery_timeout: str, out_dir: Path | None, as_json: bool,
+        report_file: Path | None) -> None:
     """Inject seeded faults into the running cluster while clients work,
     heal, and check that the history is linearizable, no acknowledged write
-    was lost, the Raft invariants held on the nodes' status and digests, and
-    the cluster recovers. Writes report.html, history.jsonl and history.edn
-    into the run's directory. Exit code 1 on any violation, 130 if Ctrl-C
-    cut the run short (it still heals and judges)."""
+    or set element was lost or applied twice, the Raft invariants held on
+    the nodes' status and digests, and the cluster recovers. Writes
+    report.html, history.jsonl and history.edn into the run's directory.
+    Exit code 1 on any violation, 130 if Ctrl-C cut the run short (it still
+    heals and judges)."""
     c = _c(ctx)
-    try:
-        mix = parse_mix(nemesis_)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--nemesis") from None
+    mix = _parsed(parse_mix, nemesis_, "--nemesis")
+    names = _parsed(parse_workloads, workload, "--workload")
+    if clients < len(names):
+        raise click.BadParameter(f"the {len(names)} workloads {','.join(names)} need at least "
+                                 f"{len(names)} clients", param_hint="--clients")
     opts = ChaosOptions(
         duration_s=_seconds(duration, "--duration"), interval_s=_seconds(interval, "--interval"),
         mix=mix, workload=workload, seed=seed if seed is not None else random.randrange(1, 2**31),
         clients=clients, keys=n_keys, rate=rate,
+        sizes=_parsed(parse_sizes, value_size, "--value-size"), depth=depth,
         recovery_timeout_s=_seconds(recovery_timeout, "--recovery-timeout"),
         key_prefix=f"chaos-{os.urandom(3).hex()}")
     try:
@@ -146,6 +183,8 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
             raise CliError(f"cluster {c.name} is not up; start it with `raftctl up`",
                            Exit.UNAVAILABLE)
         factory = client_factory(c)
+        endpoint = Endpoint(c.client_addrs(), c.keys())
+        mounts = find_mounts({n: node_dir(c.run_dir, n) for n in c.node_ids()})
     except ClusterError as e:
         raise from_cluster_error(e) from None
     out = out_dir or c.run_dir / "chaos" / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{opts.seed}"
@@ -157,21 +196,28 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
     if not as_json:
         click.echo(f"chaos run on cluster {c.name} ({', '.join(c.node_ids())}): seed {opts.seed}, "
                    f"{opts.duration_s:g}s, nemesis {nemesis_} (each fault {opts.interval_s:g}s, "
-                   f"then {opts.interval_s:g}s to recover), {workload} workload, {clients} "
-                   "clients" + (f" ({rate:g} ops/s each)" if rate else "") + f" on {n_keys} keys")
+                   f"then {opts.interval_s:g}s to recover), workloads {workload}, {clients} "
+                   "clients" + (f" ({rate:g} ops/s in all)" if rate else "")
+                   + f" on {n_keys} keys")
     live = not as_json and err.is_terminal
 
     def on_event(ev: FaultEvent) -> None:
         if live:
             err.print(_event_text(ev))
 
+    power = PowerLoss(c, mounts) if isinstance(mounts, dict) else mounts
+    log_starts = _log_sizes(c)
     try:
         with _noting_interrupts() as interrupted:
-            rec = run_chaos(c, factory, opts, on_event=on_event, members=ChaosMembers(c))
+            rec = run_chaos(c, factory, opts, on_event=on_event, endpoint=endpoint,
+                            power=power, members=ChaosMembers(c))
     except ChaosError as e:
         raise CliError(str(e), Exit.UNAVAILABLE) from None
     except ClusterError as e:
         raise from_cluster_error(e) from None
+    finally:
+        endpoint.close()
+    _save_node_logs(c, log_starts, out)
     verdict = _save(rec, out)
     if report_file is not None:
         _write_report(report_file, rec, verdict)
@@ -179,6 +225,34 @@ def run(ctx: click.Context, duration: str, nemesis_: str, interval: str, workloa
     if interrupted:
         # The checks passed on a run cut short: not the run that was asked for.
         ctx.exit(Exit.INTERRUPTED)
+
+
+def _log_sizes(c: Cluster) -> dict[str, int]:
+    """Where each node's log ends before the run: what it logs from there
+    is the run's."""
+    sizes: dict[str, int] = {}
+    for n in c.node_ids():
+        with contextlib.suppress(OSError):
+            sizes[n] = c.log_path(n).stat().st_size
+    return sizes
+
+
+def _save_node_logs(c: Cluster, starts: dict[str, int], out: Path) -> None:
+    """Copy what each node logged during the run to OUT/nodes/NODE/node.log,
+    so that `raftctl explain --from OUT` tells the run after the cluster is
+    gone. A node added during the run is copied whole."""
+    for n in c.node_ids():
+        src, dst = c.log_path(n), out / "nodes" / n / "node.log"
+        try:
+            with src.open("rb") as f:
+                f.seek(starts.get(n, 0))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with dst.open("wb") as g:
+                    shutil.copyfileobj(f, g)
+        except FileNotFoundError:
+            continue  # a node of another host: its log is not here
+        except OSError as e:
+            raise CliError(f"cannot copy {n}'s log into {dst}: {e.strerror}") from None
 
 
 @contextmanager
@@ -246,6 +320,8 @@ def _show(ctx: click.Context, rec: RunRecord, verdict: Verdict, out: Path,
         click.echo(f"report: {out / html_report.REPORT_FILE}")
         click.echo(f"history: {out / jepsen_history.JSONL_FILE}, "
                    f"{out / jepsen_history.EDN_FILE}")
+        if (out / "nodes").is_dir():
+            click.echo(f"node logs: {out / 'nodes'} (raftctl explain --from {out})")
     if not verdict.ok:
         ctx.exit(Exit.FAILED)
 
@@ -265,6 +341,7 @@ _KIND_STYLES = {"kill": "bold red", "kill-all": "bold red", "snapshot-kill": "bo
                 "stop": "red", "compact": "red", "pause": "magenta", "isolate": "yellow",
                 "partition": "yellow", "bridge": "yellow", "ring": "yellow", "one-way": "yellow",
                 "netem": "cyan", "transfer": "bold cyan", "leader": "bold green",
+                "power-loss": "bold red", "data-lost": "bold red reverse",
                 "start": "green", "resume": "green", "heal": "green", "recovered": "bold green",
                 "converged": "bold green", "invariant": "bold red", "skip": "dim"}
 

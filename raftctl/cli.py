@@ -4,6 +4,7 @@ function and render. All printing happens in the command modules and in
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -26,6 +27,8 @@ from raftctl.cluster import (
     Cluster,
     ClusterError,
     ClusterUnavailable,
+    NodeState,
+    check_cluster_name,
     default_home,
     make_config,
 )
@@ -47,6 +50,9 @@ from raftctl.options import cluster_of, complete_nodes, json_option, run_dir_of
 from raftctl.remote import has_hosts, open_cluster
 
 LEADER_WAIT_S = 10.0
+# Errors of the machine an operator can act on (free space, fix a
+# permission), reported as such rather than as a bug of raftctl.
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _version() -> str:
@@ -57,6 +63,13 @@ def _version() -> str:
         return version("raftctl")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _cluster_name(name: str) -> str:
+    try:
+        return check_cluster_name(name)
+    except ClusterError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _print_version(ctx: click.Context) -> None:
@@ -98,6 +111,12 @@ class _RaftctlGroup(click.Group):
             err = from_client_error(e)
         except KeyboardInterrupt:
             err = CliError("interrupted", Exit.INTERRUPTED)
+        except OSError as e:
+            if e.errno not in _MACHINE_ERRNOS:
+                raise
+            # A full disk, a directory not ours: the machine, not a bug.
+            where = f"{e.filename}: " if e.filename else ""
+            err = CliError(f"{where}{e.strerror or e}", Exit.FAILED)
         except CliError as e:
             e.as_json = bool(ctx.meta.get(JSON_META))
             raise
@@ -116,7 +135,8 @@ class _RaftctlGroup(click.Group):
               callback=lambda ctx, _p, v: _print_version(ctx) if v else None,
               help="Show the version and exit.")
 @click.option("--cluster", "-C", envvar=CLUSTER_ENV, default=DEFAULT_CLUSTER, show_default=True,
-              help=f"Cluster name (env {CLUSTER_ENV}).")
+              callback=lambda _ctx, _p, v: _cluster_name(v),
+              help=f"Cluster name: letters, digits, '.', '-', '_' (env {CLUSTER_ENV}).")
 @click.option("--home", envvar=HOME_ENV, type=click.Path(file_okay=False, path_type=Path),
               help=f"Where clusters live: each in HOME/NAME, and `raftctl ls` lists them (env "
                    f"{HOME_ENV}; default ./{DEFAULT_HOME_NAME}, under the current directory).")
@@ -166,6 +186,10 @@ def version_cmd(as_json: bool) -> None:
                    "namespace per node on a private bridge; `sandbox` (no root): all nodes in "
                    "one user namespace on 127.1.0.x; a bare --netns picks bridge as root, else "
                    "sandbox. Delay, duplicate and reorder stay in the transport.")
+@click.option("--power-loss", "power_loss", is_flag=True,
+              help="Put each node's data directory on a power-loss mount (FUSE) before it "
+                   "starts, so `chaos run` can cut its power: what was not fsynced is lost. "
+                   "`down` unmounts them.")
 @click.option("--wait", "wait_s", type=float, default=LEADER_WAIT_S, show_default=True,
               help="Seconds to wait for a leader.")
 @click.option("--wheel", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -177,8 +201,8 @@ def version_cmd(as_json: bool) -> None:
 @json_option("Print the status as JSON (as `status --json`).")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, algorithm: str | None, netns_mode: str | None, wait_s: float,
-       wheel: Path | None, wheelhouse: Path | None, as_json: bool) -> None:
+       fsync: str | None, algorithm: str | None, netns_mode: str | None, power_loss: bool,
+       wait_s: float, wheel: Path | None, wheelhouse: Path | None, as_json: bool) -> None:
     """Start the cluster's nodes and wait for a leader. A cluster file with
     [hosts] tables runs its nodes on those hosts over SSH (docs/DEPLOY.md)."""
     c = cluster_of(ctx)
@@ -189,7 +213,8 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
     if netns_mode and (why := netns_unavailable(netns_mode)) is not None:
         raise CliError(why)
     _refuse_if_running(c)
-    if c.exists():
+    created = not c.exists()
+    if not created:
         if nodes is not None or config_file is not None or transport or fsync or algorithm \
                 or netns_mode:
             raise CliError(f"cluster {c.name} already exists in {c.run_dir} with "
@@ -230,10 +255,28 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
             c.create(cfg)
     cfg = c.config()
     _warn_durability(c)
+    try:
+        refused = _start_all(c, wait_s, as_json, power_loss, wheel, wheelhouse)
+    except ClusterError as e:
+        raise type(e)(f"{e}{_after_failed_up(c, created)}") from None
+    _print_status(ctx, c, as_json, exit_on_no_leader=not refused)
+    for n, why in refused.items():
+        click.echo(f"Error: {n} did not start: {why}", err=True)
+    if refused:
+        ctx.exit(Exit.FAILED)
+
+
+def _start_all(c: Cluster, wait_s: float, as_json: bool, power_loss: bool = False,
+               wheel: Path | None = None, wheelhouse: Path | None = None) -> dict[str, str]:
+    """Start every node and wait for a leader; returns the nodes that
+    exited meanwhile (a refusal to start), with what they said. Raises
+    if no leader comes, saying which nodes refused."""
     c.check_ports()
     failed = _install_on_hosts(c, wheel, wheelhouse)
     c.prepare_kernel()
-    for n in c.node_ids():
+    _power_loss_mounts(c, power_loss)
+    ids = c.node_ids()
+    for n in ids:
         if n in failed:
             continue
         try:
@@ -242,15 +285,45 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
             if not has_hosts(c.run_dir):
                 raise
             failed[n] = str(e)  # on hosts, one node's trouble does not stop the others
-    try:
-        with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
-            c.wait_for_leader(wait_s)
-    finally:
-        for node, why in failed.items():
-            click.echo(f"Error: {node} not started: {why}", err=True)
-    _print_status(ctx, c, as_json)
-    if failed:
-        ctx.exit(Exit.UNAVAILABLE)
+    refused: dict[str, str] = dict(failed)
+    answered: set[str] = set()
+    deadline = time.monotonic() + wait_s
+    with _spinner(as_json, f"waiting for cluster {c.name} to elect a leader"):
+        # Until a leader is elected and each node answered or exited (a
+        # refusal to start takes a moment: the node opens its storage first).
+        while True:
+            for n in ids:
+                if n in refused or n in answered:
+                    continue
+                state = c.node_status(n, timeout_s=0.2)
+                if state.status is not None:
+                    answered.add(n)
+                elif state.process == "down":
+                    refused[n] = c.exit_output(n) or f"it exited; see {c.log_path(n).parent}"
+            lead = c.leader() if answered else None
+            if lead is not None and len(answered) + len(refused) == len(ids):
+                return refused
+            if time.monotonic() >= deadline or len(refused) == len(ids):
+                if lead is not None:
+                    return refused
+                why = "".join(f"; {n} did not start: {w}" for n, w in refused.items())
+                raise ClusterUnavailable(f"no leader was elected within {wait_s:.1f}s{why}; "
+                                         "see `raftctl logs` and `raftctl status`")
+            time.sleep(0.05)  # polling cadence; the condition is a leader and every node settled
+
+
+def _after_failed_up(c: Cluster, created: bool) -> str:
+    """What a failed `up` leaves behind, said at the end of its error: a
+    run directory it made and in which nothing ran is removed."""
+    if not created:
+        return ""
+    if not c.running_nodes() and not any(
+            (c.log_path(n)).exists() for n in c.node_ids()):
+        c.teardown_kernel()
+        c.purge()
+        return f"; the run directory it made, {c.run_dir}, was removed"
+    return (f"; the run directory it made, {c.run_dir}, is kept for its logs "
+            "(`raftctl down --purge` removes it)")
 
 
 def _host_cluster(c: Cluster) -> Any:
@@ -278,6 +351,26 @@ def _install_on_hosts(c: Cluster, wheel: Path | None, wheelhouse: Path | None,
     return {n: str(e) for n, e in c.install(wheel, wheelhouse).items()}
 
 
+def _power_loss_mounts(c: Cluster, wanted: bool) -> None:
+    """Mount the data directories on power-loss mounts if `wanted`; refuse
+    to start nodes whose data lives on an unmounted power-loss disk."""
+    from raftctl import power  # FUSE plumbing: loaded only where it is needed
+
+    if wanted:
+        power.mount_data_dirs(c)
+    elif lost := power.needs_power_loss(c):
+        raise CliError(f"the data of {', '.join(lost)} lives on power-loss disks (nodes/N/disk); "
+                       "start the cluster with `raftctl up --power-loss`")
+
+
+def _unmount_power_loss(run_dir: Path) -> None:
+    """After the nodes stopped: unmount any power-loss mount of the run directory."""
+    if any(run_dir.glob("nodes/*/disk")):
+        from raftctl import power  # FUSE plumbing: loaded only where it is needed
+
+        power.unmount_data_dirs(run_dir)
+
+
 def _refuse_if_running(c: Cluster) -> None:
     running = c.running_nodes()
     if not running:
@@ -302,8 +395,14 @@ def down(ctx: click.Context, purge: bool, as_json: bool) -> None:
     if c.exists():
         stopped = c.stop_all()
         c.teardown_kernel()
-    elif not (purge and c.run_dir.exists()):
+    # Node processes no cluster.json names (it was deleted, or a raftctl
+    # died before recording them) are this run directory's too.
+    stopped += c.stop_orphans()
+    if not c.exists() and not stopped and not (purge and c.run_dir.exists()):
         raise ClusterUnavailable(f"cluster {c.name} is not set up in {c.run_dir}")
+    # Before --purge deletes anything: removing files through a live mount
+    # would leave its server and the mount behind.
+    _unmount_power_loss(c.run_dir)
     if purge:
         c.purge()
     if as_json:
@@ -332,14 +431,26 @@ def _warn_durability(c: Cluster) -> None:
             "be lost on a crash")
 
 
-def _print_status(ctx: click.Context, c: Cluster, as_json: bool) -> None:
+def _warn_unsafe_bugs(states: list[NodeState]) -> None:
+    bugs = {s.id: s.status["unsafe_bugs"] for s in states
+            if s.status is not None and s.status.get("unsafe_bugs")}
+    if bugs:
+        which = "; ".join(f"{n}: {', '.join(b)}" for n, b in bugs.items())
+        render.console(stderr=True).print(
+            f"[bold red]warning:[/] test-only bugs are on ({which}): these nodes break their "
+            "guarantees on purpose; restart them without RAFTCTL_TEST_UNSAFE_BUGS")
+
+
+def _print_status(ctx: click.Context, c: Cluster, as_json: bool,
+                  exit_on_no_leader: bool = True) -> None:
     _warn_durability(c)
     states = c.status()
+    _warn_unsafe_bugs(states)
     if as_json:
         click.echo(render.dumps(render.status_rows(states)))
     else:
         render.console().print(render.status_table(states, title=f"cluster {c.name}"))
-    if c.leader(states) is None:
+    if c.leader(states) is None and exit_on_no_leader:
         up = [s.id for s in states if s.process == "running"]
         why = "no node is running" if not up else f"none of {', '.join(up)} leads"
         click.echo(f"Error: cluster {c.name} has no leader: {why}", err=True)

@@ -8,15 +8,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,7 @@ import msgspec
 import psutil
 import zmq
 
-from chaos.faults import FaultState, compile_rules
+from chaos.faults import compile_rules
 from node.config import ClusterConfig, NodeSpec, node_dir
 from node.control import (
     CompactRequest,
@@ -37,6 +33,7 @@ from node.control import (
     decode_response,
     encode_request,
 )
+from node.private_files import open_private, private_dir, write_private
 from node.transport.links import LinkRule
 from node.transport.zmq import (
     CurveKeys,
@@ -47,86 +44,41 @@ from node.transport.zmq import (
     write_keys,
 )
 from raftctl import netns
+from raftctl.cluster_faults import ClusterFaults
+from raftctl.clusterfile import (
+    CLUSTER_ENV,
+    CLUSTER_NAME,
+    DEFAULT_CLUSTER,
+    DEFAULT_HOME_NAME,
+    HOME_ENV,
+    PORT_RANGE_LOW,
+    RUN_DIR_ENV,
+    ClusterError,
+    ClusterFile,
+    ClusterUnavailable,
+    NodeState,
+    ProcessInfo,
+    UnknownNode,
+    check_cluster_name,
+    default_home,
+    default_run_dir,
+    free_ports,
+    leader_of,
+    load_config_file,
+    make_config,
+    port_in_use,
+)
+from raftctl.procscan import data_left, output_since, unrecorded
 
-DEFAULT_CLUSTER = "default"
-RUN_DIR_ENV = "RAFTCTL_RUN_DIR"
-CLUSTER_ENV = "RAFTCTL_CLUSTER"
-HOME_ENV = "RAFTCTL_HOME"
-# Where a cluster's run directory goes when no home is given: under the
-# current directory, as raftctl always did.
-DEFAULT_HOME_NAME = ".raftctl"
+# The names callers import from here: the supervisor, and the files and
+# errors it is built on (raftctl/clusterfile.py).
+__all__ = ["CLUSTER_ENV", "CLUSTER_NAME", "CONTROL_TIMEOUT_S", "DEFAULT_CLUSTER",
+    "DEFAULT_HOME_NAME", "HOME_ENV", "PORT_RANGE_LOW", "RUN_DIR_ENV", "Cluster",
+    "ClusterError", "ClusterFile", "ClusterUnavailable", "NodeState", "ProcessInfo",
+    "UnknownNode", "check_cluster_name", "default_home", "default_run_dir", "free_ports",
+    "leader_of", "load_config_file", "make_config", "port_in_use"]
+
 CONTROL_TIMEOUT_S = 1.0
-PORT_RANGE_LOW = 20000
-
-
-class ClusterError(Exception):
-    """Something the operator asked for cannot be done; the message says why
-    and, where there is one, what to do."""
-
-
-class ClusterUnavailable(ClusterError):
-    """The cluster, or a node the request needs, is not there to ask: not set
-    up, not running, no leader, or no answer."""
-
-
-class UnknownNode(ClusterError):
-    """A node name that is not in the cluster."""
-
-
-class ProcessInfo(msgspec.Struct, frozen=True):
-    pid: int
-    create_time: float
-
-
-class ClusterFile(msgspec.Struct):
-    """`cluster.json`: the config the nodes read, the processes we started,
-    and the nodes removed from the cluster (`raftctl member remove`: kept in
-    `config.nodes` with their addresses, never counted as nodes again)."""
-
-    config: ClusterConfig
-    processes: dict[str, ProcessInfo] = {}
-    removed: list[str] = []
-
-
-def default_home() -> Path:
-    """`./.raftctl`: the home of clusters when neither --home nor RAFTCTL_HOME is given."""
-    return Path.cwd() / DEFAULT_HOME_NAME
-
-
-def default_run_dir(name: str, home: Path | None = None) -> Path:
-    """`HOME/NAME` (HOME: `./.raftctl` by default); the option `--run-dir` or
-    RAFTCTL_RUN_DIR overrides it."""
-    return (home or default_home()) / name
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports, free right now for TCP and UDP on `host`, chosen
-    below the kernel's ephemeral range. A port from that range can be taken
-    while its node is down: as the source port of any outgoing connection,
-    or by a peer's reconnect attempt to it connecting to itself (TCP
-    simultaneous open), and then the node cannot start again."""
-    lo = PORT_RANGE_LOW
-    hi = min(_ephemeral_range()[0], 65536)
-    if hi - lo < 4 * n:
-        lo, hi = 1024, 65536
-    rng = random.Random()
-    out: list[int] = []
-    for _ in range(200 * n):
-        if len(out) == n:
-            return out
-        port = rng.randrange(lo, hi)
-        if port not in out and not port_in_use(host, port) \
-                and not port_in_use(host, port, udp=True):
-            out.append(port)
-    raise ClusterError(f"could not find {n} free ports on {host} between {lo} and {hi}")
 
 
 def _threads_left(pid: int) -> int:
@@ -140,87 +92,11 @@ def _threads_left(pid: int) -> int:
         return 0
 
 
-def make_config(n: int, name: str = DEFAULT_CLUSTER, transport: str = "zmq",
-                **settings: Any) -> ClusterConfig:
-    if n < 1:
-        raise ClusterError("a cluster needs at least 1 node (-n)")
-    if n > 15:
-        raise ClusterError(f"{n} nodes is more than this tool runs on one machine (at most 15)")
-    ports = free_ports(3 * n)
-    nodes = [
-        NodeSpec(id=f"n{i + 1}", peer_port=ports[3 * i], client_port=ports[3 * i + 1],
-                 control_port=ports[3 * i + 2])
-        for i in range(n)
-    ]
-    cfg = ClusterConfig(name=name, transport=transport, nodes=nodes, **settings)
-    _validate(cfg, "generated config")
-    return cfg
+def _pids(procs: dict[str, psutil.Process]) -> str:
+    return ", ".join(f"{n} pid {p.pid}" for n, p in sorted(procs.items()))
 
 
-def load_config_file(path: Path, name: str | None = None) -> ClusterConfig:
-    """Read a TOML cluster file, with a clear message for each problem."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ClusterError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ClusterError(f"{path} is not valid TOML: {e}") from None
-    if name is not None:
-        raw["name"] = name
-    if "netns" in raw:
-        raise ClusterError(f"{path}: netns: kernel mode is chosen with `raftctl up --netns`, "
-                           "which also gives the nodes their addresses; remove it from the file")
-    # [hosts] and [ssh] are the inventory of a multi-host cluster (raftctl/remote/).
-    unknown = sorted(set(raw) - set(ClusterConfig.__struct_fields__) - {"hosts", "ssh"})
-    if unknown:
-        known = ", ".join(sorted(f for f in ClusterConfig.__struct_fields__ if f != "netns"))
-        raise ClusterError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(unknown)} (known: {known})")
-    try:
-        cfg = msgspec.convert(raw, ClusterConfig)
-    except msgspec.ValidationError as e:
-        raise ClusterError(f"{path}: {e}") from None
-    _validate(cfg, str(path))
-    return cfg
-
-
-def _validate(cfg: ClusterConfig, where: str) -> None:
-    problems = cfg.problems()
-    if problems:
-        raise ClusterError(f"{where}: " + "; ".join(problems))
-
-
-def port_in_use(host: str, port: int, udp: bool = False) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-@dataclass
-class NodeState:
-    """What the supervisor can tell of one node."""
-
-    id: str
-    pid: int | None
-    process: str  # running | paused | down
-    status: dict[str, Any] | None  # the node's own status, if it answered
-
-
-def leader_of(states: list[NodeState]) -> str | None:
-    """The leader of the highest term that a live node reports."""
-    best: tuple[int, str] | None = None
-    for s in states:
-        st = s.status
-        if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
-            best = (st["term"], s.id)
-    return best[1] if best else None
-
-
-class Cluster:
+class Cluster(ClusterFaults):
     """One cluster's run directory and processes."""
 
     def __init__(self, run_dir: Path, name: str = DEFAULT_CLUSTER) -> None:
@@ -231,6 +107,8 @@ class Cluster:
         self._removed: list[str] = []
         self._file_key: tuple[int, int] | None = None
         self._keys: CurveKeys | None = None
+        # Where each node's stdout.log ended when this object launched it.
+        self._launch_offsets: dict[str, int] = {}
 
     # --- files ----------------------------------------------------------------
 
@@ -243,30 +121,74 @@ class Cluster:
 
     def load(self) -> ClusterFile:
         try:
-            return msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            cf = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
         except FileNotFoundError:
-            raise ClusterUnavailable(
-                f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`"
-            ) from None
+            raise self._not_set_up() from None
         except msgspec.DecodeError as e:
             raise ClusterError(f"{self.file} is damaged ({e}); `raftctl down --purge` "
                                "removes the run directory") from None
+        if cf.launching:
+            self._adopt_launched(cf)
+        return cf
+
+    def _not_set_up(self) -> ClusterError:
+        """Why there is no cluster here, naming what is left of one."""
+        orphans = self.orphans()
+        if orphans:
+            return ClusterError(
+                f"{self.file} is missing, but node processes of this run directory still run "
+                f"({_pids(orphans)}): `raftctl down` stops them, or restore cluster.json")
+        left = data_left(self.run_dir) if self.run_dir.is_dir() else []
+        if left:
+            return ClusterUnavailable(
+                f"{self.file} is missing, but the run directory holds a cluster's data "
+                f"({', '.join(left)}): restore cluster.json, or `raftctl down --purge` "
+                "removes it all")
+        return ClusterUnavailable(
+            f"cluster {self.name} is not set up in {self.run_dir}; start it with `raftctl up`")
+
+    def orphans(self) -> dict[str, psutil.Process]:
+        """Node processes of this run directory that cluster.json does not
+        name (all of them, if it is gone)."""
+        try:
+            cf = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            recorded = {i.pid for i in cf.processes.values()}
+        except (OSError, msgspec.DecodeError):
+            recorded = set()
+        return unrecorded(self.run_dir, recorded)
+
+    def _adopt_launched(self, cf: ClusterFile) -> None:
+        """Nodes recorded as launching: the process of each that runs is
+        taken into `cf`, and the record is cleared; saved if the run
+        directory's lock is free now (else the next change saves it)."""
+        found = unrecorded(self.run_dir, {i.pid for i in cf.processes.values()})
+        for node in list(cf.launching):
+            p = found.get(node)
+            if p is not None:
+                with contextlib.suppress(psutil.Error):
+                    cf.processes[node] = ProcessInfo(p.pid, p.create_time())
+            del cf.launching[node]
+        with contextlib.suppress(OSError, BlockingIOError):
+            fd = open_private(self.run_dir / "lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._save(cf)
+            finally:
+                os.close(fd)
 
     def _save(self, cf: ClusterFile) -> None:
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(cf)))
-        os.replace(tmp, self.file)
+        write_private(self.file, msgspec.json.format(msgspec.json.encode(cf)), sync=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise changes to the run directory between raftctl commands."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        private_dir(self.run_dir)
+        fd = open_private(self.run_dir / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock
 
     def config(self) -> ClusterConfig:
         # Read again only when the file changed (`raftctl member` adds and
@@ -330,24 +252,33 @@ class Cluster:
     def remember_leader(self, node_id: str) -> None:
         if self.last_leader() == node_id:
             return
-        path = self.run_dir / "last_leader"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         # A hint only: a run directory we cannot write to costs a slower start.
         with contextlib.suppress(OSError):
-            tmp.write_text(node_id)
-            os.replace(tmp, path)
+            write_private(self.run_dir / "last_leader", node_id.encode())
 
     # --- setting up -------------------------------------------------------------
 
     def create(self, cfg: ClusterConfig) -> None:
-        """Write a new run directory for `cfg` (refuses if one is there)."""
+        """Write a new run directory for `cfg` (refuses if one is there, or
+        if what is there is left of one: new keys over its data would make
+        its nodes strangers to each other)."""
         with self.locked():
             if self.exists():
                 raise ClusterError(f"cluster {self.name} already exists in {self.run_dir}")
+            left = data_left(self.run_dir)
+            orphans = self.orphans()
+            if left or orphans:
+                running = f"; its nodes still run ({_pids(orphans)}): `raftctl down` stops " \
+                    "them" if orphans else ""
+                raise ClusterError(
+                    f"{self.run_dir} has no cluster.json but holds a cluster's data "
+                    f"({', '.join(left) or 'running nodes'}){running}. raftctl makes no new "
+                    "keys for a cluster whose data exists: restore cluster.json, or "
+                    "`raftctl down --purge` removes the run directory")
             for n in cfg.nodes:
-                (node_dir(self.run_dir, n.id) / "data").mkdir(parents=True, exist_ok=True)
+                private_dir(node_dir(self.run_dir, n.id) / "data")
                 if n.ipc_dir:
-                    Path(n.ipc_dir).mkdir(parents=True, exist_ok=True)
+                    private_dir(Path(n.ipc_dir))
             write_keys(self.run_dir / "keys", generate_keys())
             if not cfg.initial_members:
                 # Fixed now: later members join this configuration.
@@ -357,7 +288,7 @@ class Cluster:
     def purge(self) -> None:
         import shutil
 
-        if self.running_nodes():
+        if self.running_nodes() or self.orphans():
             raise ClusterError(f"cluster {self.name} is running; `raftctl down` first")
         self.teardown_kernel()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -424,10 +355,26 @@ class Cluster:
             if self._process(cf.processes.get(node_id)) is not None:
                 raise ClusterError(f"node {node_id} is already running "
                                    f"(pid {cf.processes[node_id].pid})")
+            stray = self.orphans().get(node_id)
+            if stray is not None:
+                with contextlib.suppress(psutil.Error):
+                    cf.processes[node_id] = ProcessInfo(stray.pid, stray.create_time())
+                    self._save(cf)
+                raise ClusterError(f"node {node_id} is already running (pid {stray.pid}, which "
+                                   "cluster.json did not name; now it does)")
             self._check_node_ports(spec)
-            ndir = node_dir(self.run_dir, node_id)
-            ndir.mkdir(parents=True, exist_ok=True)
-            with open(ndir / "stdout.log", "ab") as out:
+            ndir = private_dir(node_dir(self.run_dir, node_id))
+            # The intent first, durably: if this raftctl dies after the
+            # launch, the next command finds the process by its command line.
+            cf.launching[node_id] = time.time()
+            try:
+                self._save(cf)
+            except OSError as e:
+                raise ClusterError(f"cannot record in {self.file} that {node_id} is starting "
+                                   f"({e.strerror}); nothing was started") from None
+            stdout = ndir / "stdout.log"
+            with open(open_private(stdout, os.O_WRONLY | os.O_APPEND), "ab") as out:
+                self._launch_offsets[node_id] = out.tell()
                 try:
                     prefix = (self.kernel().exec_prefix(node_id) if cf.config.kernel_mode() else [])
                 except netns.NetnsError as e:
@@ -441,8 +388,39 @@ class Cluster:
                 )
             create_time = psutil.Process(proc.pid).create_time()
             cf.processes[node_id] = ProcessInfo(proc.pid, create_time)
-            self._save(cf)
+            del cf.launching[node_id]
+            try:
+                self._save(cf)
+            except OSError as e:
+                # A process no file names is one nothing would ever stop.
+                proc.kill()
+                proc.wait(5)
+                raise ClusterError(f"{node_id} was started but cannot be recorded in {self.file} "
+                                   f"({e.strerror}), so it was stopped again") from None
             return proc.pid
+
+    def exit_output(self, node_id: str) -> str:
+        """What a node launched by this object wrote before it exited (a
+        refusal to start says why there); empty if it was not launched here."""
+        offset = self._launch_offsets.get(node_id)
+        if offset is None:
+            return ""
+        return output_since(node_dir(self.run_dir, node_id) / "stdout.log", offset)
+
+    def stop_orphans(self) -> list[str]:
+        """SIGTERM the node processes of this run directory that cluster.json
+        does not name (SIGKILL after 10 s); returns their nodes."""
+        orphans = self.orphans()
+        for p in orphans.values():
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        _gone, alive = psutil.wait_procs(list(orphans.values()), timeout=10.0)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5.0)
+        return sorted(orphans)
 
     def signal(self, node_id: str, sig: int) -> int:
         """Send `sig` to a node's process; raises if it is not running."""
@@ -592,46 +570,6 @@ class Cluster:
         r = self.control(node_id, DigestRequest())
         return r.data if r is not None and r.ok else None
 
-    def kernel(self) -> netns.Kernel:
-        """The kernel-mode plumbing of this cluster (config().netns is set)."""
-        return netns.kernel(self.config().kernel_mode(), self.run_dir, self.node_ids())
-
-    def with_netns_addresses(self, cfg: ClusterConfig, mode: str) -> ClusterConfig:
-        """`cfg` in kernel mode `mode`: each node at its own address; in a
-        sandbox, clients reach it through Unix sockets in the run directory."""
-        k = netns.kernel(mode, self.run_dir, [n.id for n in cfg.nodes])
-        ipc_dir = str((self.run_dir / "sock").resolve()) if mode == "sandbox" else ""
-        nodes = [msgspec.structs.replace(n, host=k.addresses[n.id], ipc_dir=ipc_dir)
-                 for n in cfg.nodes]
-        cfg = msgspec.structs.replace(cfg, nodes=nodes, netns=mode)
-        if problems := cfg.problems():
-            raise ClusterError("; ".join(problems))
-        return cfg
-
-    def prepare_kernel(self) -> None:
-        """Kernel mode: (re)create the namespaces, and re-apply the recorded
-        faults to them, before any node starts."""
-        mode = self.config().kernel_mode()
-        if not mode:
-            return
-        why = netns.unavailable(mode)
-        if why is not None:
-            raise ClusterError(why)
-        try:
-            self.kernel().setup()
-        except netns.NetnsError as e:
-            raise ClusterError(str(e)) from None
-        self.apply_faults(self.load_faults())
-
-    def teardown_kernel(self) -> list[str]:
-        """Remove the namespaces (also after a crash); returns what went."""
-        if not self.exists():
-            return []
-        mode = self.config().kernel_mode()
-        if not mode or netns.unavailable(mode):
-            return []
-        return self.kernel().teardown()
-
     def stop_all(self) -> list[str]:
         """SIGTERM every running node (resuming paused ones first), SIGKILL
         those still there after 10 s; returns the nodes that were running."""
@@ -645,48 +583,6 @@ class Cluster:
                 self.signal(n, signal.SIGKILL)
                 self._wait_gone(n, 5.0)
         return running
-
-    def set_links(self, node_id: str, rules: dict[str, LinkRule]) -> bool:
-        """Record the node's link rules (a node started later loads them) and
-        push them to the node if it runs; True if it confirmed."""
-        path = node_dir(self.run_dir, node_id) / "links.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(rules))
-        os.replace(tmp, path)
-        if self.process_state(node_id)[1] != "running":
-            return False
-        r = self.control(node_id, SetLinksRequest(rules=rules))
-        return r is not None and r.ok
-
-    def load_faults(self) -> FaultState:
-        path = self.run_dir / "faults.json"
-        if not path.exists():
-            return FaultState()
-        try:
-            return msgspec.json.decode(path.read_bytes(), type=FaultState)
-        except msgspec.DecodeError as e:
-            raise ClusterError(f"{path} is damaged ({e}); `raftctl heal` resets it") from None
-
-    def apply_faults(self, state: FaultState) -> list[str]:
-        """Record `state` and push each node's rules; returns the nodes that
-        did not confirm (not running: they load the rules when started)."""
-        with self.locked():
-            nodes = self.node_ids()
-            path = self.run_dir / "faults.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
-            os.replace(tmp, path)
-            rules = compile_rules(state, nodes)
-            if self.config().kernel_mode():
-                # Cuts and loss in the kernel; the rest stays in the transport.
-                try:
-                    self.kernel().apply_rules(rules)
-                except netns.NetnsError as e:
-                    raise ClusterError(str(e)) from None
-                rules = {n: {p: r for p, r in ((p, netns.transport_part(r))
-                                               for p, r in rules[n].items()) if r != LinkRule()}
-                         for n in nodes}
-            return [n for n in nodes if not self.set_links(n, rules[n])]
 
     def client_addrs(self) -> dict[str, str]:
         return {n: self.config().node(n).client_addr() for n in self.node_ids()}

@@ -4,13 +4,11 @@ are. It only reads (no file is written, no node is changed) and never prints."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from raftctl.cluster import ClusterError, leader_of
+from raftctl.procscan import node_processes
 from raftctl.remote import open_cluster
 
 # A cluster's nodes get this long to answer `ls`'s status request.
@@ -41,18 +39,7 @@ def run_dirs_in(home: Path) -> set[Path]:
 def running_run_dirs() -> set[Path]:
     """Run directories of this user's node processes, found by their command
     line (`python -m node --run-dir DIR --id N`, maybe behind nsenter)."""
-    uid = os.getuid()
-    out: set[Path] = set()
-    for p in psutil.process_iter(["cmdline", "uids"]):
-        cmd: list[str] | None = p.info.get("cmdline")
-        uids = p.info.get("uids")
-        if not cmd or uids is None or uids.real != uid:
-            continue
-        for i in range(len(cmd) - 3):
-            if cmd[i:i + 3] == ["-m", "node", "--run-dir"]:
-                out.add(Path(cmd[i + 3]).resolve())
-                break
-    return out
+    return set(node_processes())
 
 
 def describe(run_dir: Path, current: Path) -> FoundCluster | None:

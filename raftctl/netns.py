@@ -29,6 +29,7 @@ from typing import Protocol
 import msgspec
 import psutil
 
+from node.private_files import write_private
 from node.transport.links import LinkRule
 
 CHAIN = "RAFTCTL"
@@ -264,9 +265,7 @@ class Sandbox:
         if proc.stderr is not None:
             proc.stderr.close()
         holder = _Holder(proc.pid, psutil.Process(proc.pid).create_time())
-        tmp = self._file.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(holder))
-        os.replace(tmp, self._file)
+        write_private(self._file, msgspec.json.encode(holder))
         try:
             prefix = self._prefix(holder.pid)
             _run(*prefix, "ip", "link", "set", "lo", "up")

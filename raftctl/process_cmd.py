@@ -84,12 +84,21 @@ def _start_and_wait(c: Cluster, n: str) -> int:
     deadline = time.monotonic() + START_ANSWER_TIMEOUT_S
     while c.node_status(n, timeout_s=0.5).status is None:
         if c.process_state(n)[1] == "down":
-            log = c.run_dir / "nodes" / n / "stdout.log"
-            raise ClusterError(f"node {n} exited right after starting; see {log}")
+            raise ClusterError(exited_message(c, n))
         if time.monotonic() > deadline:
             raise ClusterError(f"node {n} (pid {pid}) started but does not answer; "
                                f"see `raftctl logs {n}`")
     return pid
+
+
+def exited_message(c: Cluster, n: str) -> str:
+    """Why node `n` exited right after starting, in its own words if it
+    gave any (a refusal to start is printed on its stdout)."""
+    log = c.run_dir / "nodes" / n / "stdout.log"
+    said = c.exit_output(n)
+    if not said:
+        return f"node {n} exited right after starting; see {log}"
+    return f"node {n} exited right after starting: {said}"
 
 
 @dataclass(frozen=True)

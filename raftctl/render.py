@@ -28,7 +28,8 @@ HIGHLIGHT_EVENTS = {"became_leader": "bold green", "stepped_down": "bold red",
                     "election_started": "yellow", "prevote_started": "yellow",
                     "node_started": "bold", "node_stopping": "bold", "snapshot_installed": "cyan",
                     "leadership_transferred": "bold green", "link_faults_set": "magenta",
-                    "auth_rejected": "red", "bad_message": "red", "wal_tail_truncated": "red"}
+                    "auth_rejected": "red", "bad_message": "red", "wal_tail_truncated": "red",
+                    "unsafe_bugs_enabled": "bold red"}
 
 
 def node_state(s: NodeState) -> str:
@@ -39,6 +40,16 @@ def node_state(s: NodeState) -> str:
     if s.status is None:
         return "unreachable"
     return str(s.status["role"])
+
+
+def disk_note(st: dict[str, Any] | None) -> str:
+    """`disk low` or `disk full` (with the free space) when a node's disk
+    stops its writes (node/disk.py), else nothing."""
+    disk = (st or {}).get("disk") or {}
+    if disk.get("state", "ok") == "ok":
+        return ""
+    free = disk.get("free_bytes", -1)
+    return f"disk {disk['state']}" + (f" ({free // (1024 * 1024)} MiB free)" if free >= 0 else "")
 
 
 def faults_summary(st: dict[str, Any] | None) -> str:
@@ -112,6 +123,8 @@ def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
             "log_last": st.get("log_last"), "snapshot_index": st.get("snapshot_index"),
             "faults": st.get("links") or {},
             "member": member_role(lead_conf, s.id), "conf": st.get("conf"),
+            "disk": (st.get("disk") or {}).get("state"),
+            "unsafe_bugs": st.get("unsafe_bugs") or [],
             # A Paxos node's ballot (`term` is its number) and slots.
             **({k: st.get(k) for k in ("algorithm", "ballot", "leader_ballot", "slots")}
                if "ballot" in st else {}),
@@ -143,7 +156,8 @@ def status_table(states: list[NodeState], title: str | None = None) -> Table:
             s.id, _s(member_role(lead_conf, s.id)), str(s.pid or "-"),
             Text(state, style=STATE_STYLES.get(state, "")),
             _s(st.get("ballot" if paxos else "term")), _s(st.get("leader")),
-            _s(st.get("commit")), _s(st.get("applied")), log, faults_summary(st),
+            _s(st.get("commit")), _s(st.get("applied")), log,
+            ", ".join(x for x in (disk_note(st), faults_summary(st)) if x),
         )
     return t
 

@@ -394,6 +394,87 @@ def _node_stopped(ev: dict[str, Any], t: Track) -> Said:
                 f"{ev.get('applied')})")
 
 
+def _bytes(n: Any) -> str:
+    """A byte count as an operator reads it: 31.5 MiB."""
+    if not isinstance(n, int | float) or isinstance(n, bool):
+        return f"{n} bytes"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return _plural(int(n), "byte", "bytes")
+
+
+def _members(v: Any) -> list[str]:
+    """A comma-separated member list as logged ("n1,n2"), as names."""
+    return [m for m in str(v).split(",") if m] if v not in (None, "") else []
+
+
+def _disk_low(ev: dict[str, Any], t: Track) -> Said:
+    return Said(f"{ev['node']} stopped taking writes: its disk is nearly full",
+                f"{_bytes(ev.get('free_bytes'))} free ({ev.get('error')})",
+                "it answers no_space rather than risk a write it cannot make durable; "
+                "heartbeats, votes and reads go on", "docs/STORAGE.md")
+
+
+def _disk_full(ev: dict[str, Any], t: Track) -> Said:
+    return Said(f"{ev['node']} could not write for want of space: its log is frozen",
+                f"{_bytes(ev.get('free_bytes'))} free ({ev.get('error')})",
+                "it neither steps nor ticks until the write goes through, so it never "
+                "answers from state it has not stored", "Figure 2")
+
+
+def _disk_space_recovered(ev: dict[str, Any], t: Track) -> Said:
+    dropped = ev.get("log_lines_dropped") or 0
+    lost = f"; {_plural(dropped, 'log line', 'log lines')} could not be written meanwhile" \
+        if dropped else ""
+    return Said(f"{ev['node']} has room on its disk again",
+                f"{_bytes(ev.get('free_bytes'))} free after it was {ev.get('was')}{lost}",
+                "writes resume")
+
+
+def _membership_changed(ev: dict[str, Any], t: Track) -> Said:
+    n, voters = ev["node"], _members(ev.get("voters"))
+    old, learners = _members(ev.get("outgoing")), _members(ev.get("learners"))
+    facts = f"voters {names(voters) or 'none'}"
+    if learners:
+        facts += f", learners {names(learners)} (they copy the log but do not vote)"
+    if old:
+        return Said(f"{n} is in a joint configuration from index {ev.get('index')}",
+                    f"old voters {names(old)}, new {facts}",
+                    "while joint, an election or a commit needs a majority of the old voters "
+                    "and one of the new", "§6", "joint")
+    return Said(f"{n}'s configuration changed at index {ev.get('index')}", facts,
+                "a node uses the newest configuration in its log, committed or not", "§6",
+                "membership")
+
+
+def _peer_added(ev: dict[str, Any], t: Track) -> Said:
+    how = ("its address came with the configuration change" if ev.get("source")
+           == "configuration" else "a sender it did not know, found in cluster.json")
+    return Said(f"{ev['node']} can now reach {ev.get('peer')}", how)
+
+
+def _peer_removed(ev: dict[str, Any], t: Track) -> Said:
+    return Said(f"{ev['node']} stopped talking to {ev.get('peer')}",
+                "it left the configuration; its messages are dropped")
+
+
+def _peer_unknown(ev: dict[str, Any], t: Track) -> Said:
+    return Said(f"{ev['node']} cannot reach {ev.get('peer')}",
+                "it is a member, but nobody gave its address")
+
+
+def _bug_names(v: Any) -> str:
+    return names([str(b) for b in v]) if isinstance(v, list) else str(v)
+
+
+def _unsafe_bugs_enabled(ev: dict[str, Any], t: Track) -> Said:
+    return Said(f"{ev['node']} runs with known bugs put back on purpose",
+                f"{_bug_names(ev.get('bugs'))}: {ev.get('detail')}",
+                "a test switch to prove the chaos runner finds them; its results are not "
+                "to be trusted", "docs/CHAOS.md")
+
+
 def _suppressed(ev: dict[str, Any]) -> str:
     n = ev.get("suppressed")
     if not n:
@@ -426,6 +507,11 @@ SAYERS: dict[str, Sayer] = {
     "bad_request": _bad_request, "bad_datagram": _bad_datagram,
     "message_oversize": _message_oversize, "auth_rejected": _auth_rejected,
     "node_stopping": _node_stopping, "node_stopped": _node_stopped,
+    "disk_low": _disk_low, "disk_full": _disk_full,
+    "disk_space_recovered": _disk_space_recovered,
+    "membership_changed": _membership_changed, "peer_added": _peer_added,
+    "peer_removed": _peer_removed, "peer_unknown": _peer_unknown,
+    "unsafe_bugs_enabled": _unsafe_bugs_enabled,
 }
 
 # Paxos's own events. Imported only here, below what it builds on (Said,
@@ -460,4 +546,7 @@ def learn(ev: dict[str, Any], t: Track) -> None:
         t.leading[n] = term
     elif name in ("stepped_down", "node_started", "node_stopped"):
         t.leading.pop(n, None)
+    elif name == "membership_changed" and not ev.get("outgoing"):
+        # Majorities are counted over the voters in force from now on.
+        t.nodes = _members(ev.get("voters")) or t.nodes
     t.last[n] = ev

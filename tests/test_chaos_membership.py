@@ -72,7 +72,7 @@ def test_each_membership_fault_is_undone_at_its_heal(change: str) -> None:
     """Remove comes back, replace swaps back, grow shrinks again: the next
     fault starts from the same voters."""
     fake, members = FakeCluster(3), FakeMembers(["n1", "n2", "n3"])
-    nem = Nemesis(fake, EventLog(lambda: 0.0), members)
+    nem = Nemesis(fake, EventLog(lambda: 0.0), members=members)
     step = next(s for s in _steps(3, "membership", seed=4) if s.change == change)
     w = nem.inject(step)
     assert w.error is None and members.voters != {"n1", "n2", "n3"}
@@ -83,7 +83,7 @@ def test_each_membership_fault_is_undone_at_its_heal(change: str) -> None:
 def test_an_unhealed_membership_fault_is_undone_by_the_final_heal() -> None:
     """A run cut short still leaves the cluster's voters as they were."""
     fake, members = FakeCluster(3), FakeMembers(["n1", "n2", "n3"])
-    nem = Nemesis(fake, EventLog(lambda: 0.0), members)
+    nem = Nemesis(fake, EventLog(lambda: 0.0), members=members)
     for s in [s for s in _steps(3, "membership", seed=4)][:3]:
         nem.inject(s)
     assert nem.heal_all() == []

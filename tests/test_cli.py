@@ -220,7 +220,7 @@ def test_port_taken_is_refused(cli: Cli, tmp_path: Path) -> None:
         p = cli("up", "-c", str(f), ok=False)
     assert p.returncode == 1
     assert f"port {ports[4]} (n2 client_port)" in p.stderr and "in use" in p.stderr
-    cli("down")
+    assert "was removed" in p.stderr and not cli.run_dir.exists()
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.toml")),

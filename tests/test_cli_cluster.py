@@ -270,6 +270,15 @@ def test_an_interrupted_chaos_run_does_not_exit_0(c: TestCluster) -> None:
     rep: dict[str, Any] = json.loads(out)
     assert any("interrupted" in e["detail"] for e in rep["events"]), rep["events"]
     assert "verdict" in rep and c.load_faults().is_clear()
+    # The run's lines of every node's log are saved beside its report, and
+    # explain tells them from there: the partition the run made among them.
+    out_dir = Path(rep["out_dir"])
+    for n in c.node_ids():
+        assert (out_dir / "nodes" / n / "node.log").is_file(), n
+    told = CliRunner().invoke(main, ["explain", "--from", str(out_dir), "--json"])
+    assert told.exit_code == 0, told.output
+    assert any(json.loads(line).get("event") == "link_faults_set"
+               for line in told.output.splitlines()), told.output[-2000:]
 
 
 def test_failover_table_names_each_column_once(c: TestCluster) -> None:

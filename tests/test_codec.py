@@ -291,15 +291,37 @@ _ITEM_VALUES = st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=20)
 
 @given(st.lists(st.dictionaries(st.text(max_size=5), _ITEM_VALUES, max_size=3), max_size=40))
 def test_a_batch_frame_is_the_msgpack_array_of_its_items(items: list[dict[str, Any]]) -> None:
-    """join_batch of encoded items is exactly their MessagePack array, is
-    recognised as a batch, and split_batch gives the items back."""
-    from node.api import is_batch, join_batch, split_batch
+    """join_batch of encoded items is exactly their MessagePack array and
+    is recognised as a batch."""
+    from node.api import is_batch, join_batch
 
     encoded = [msgspec.msgpack.encode(i) for i in items]
     frame = join_batch(encoded)
     assert is_batch(frame)
     assert msgspec.msgpack.decode(frame) == items
-    assert split_batch(frame) == encoded
+
+
+_REQUESTS = st.lists(st.fixed_dictionaries({
+    "op": st.sampled_from(["ping", "get", "explode"]), "id": st.integers(0, 2**63 - 1),
+    "key": st.text(min_size=1, max_size=5)}), min_size=1, max_size=40)
+
+
+@given(_REQUESTS)
+def test_split_batch_gives_each_request_back(items: list[dict[str, Any]]) -> None:
+    """split_batch of a batch of requests gives them back in order: decoded
+    when all are valid, else as the bytes of each, to be refused one by one."""
+    from node.api import GetRequest, join_batch, split_batch
+
+    items = [{k: v for k, v in i.items() if k != "key" or i["op"] == "get"} for i in items]
+    encoded = [msgspec.msgpack.encode(i) for i in items]
+    got = split_batch(join_batch(encoded))
+    assert len(got) == len(items)
+    if any(i["op"] == "explode" for i in items):
+        assert got == encoded
+    else:
+        assert [r.id for r in got if not isinstance(r, bytes)] == [i["id"] for i in items]
+        assert [r.key for r in got if isinstance(r, GetRequest)] == \
+            [i["key"] for i in items if i["op"] == "get"]
 
 
 def test_a_single_request_is_not_a_batch_and_a_torn_batch_is_refused() -> None:

@@ -46,3 +46,29 @@ def test_a_line_carries_the_common_keys_first() -> None:
     assert list(line)[:6] == ["ts", "level", "node", "term", "role", "event"]
     assert line["term"] == 7 and line["role"] == "leader" and line["last_index"] == 3
     assert line["ts"].endswith("Z") and len(line["ts"].split(".")[1]) == 7  # microseconds
+
+
+def test_the_rate_limiter_admits_one_line_a_second_per_source_and_counts_the_rest() -> None:
+    """Within an interval a source gets one line; the next admitted line
+    says how many were left out; sources are limited independently."""
+    from node.logs import RateLimiter
+
+    now = [100.0]
+    lim = RateLimiter(interval_s=1.0, clock=lambda: now[0])
+    assert lim.admit("a") == 0
+    assert [lim.admit("a") for _ in range(500)] == [None] * 500
+    assert lim.admit("b") == 0, "another source is not held back by the first"
+    now[0] += 1.0
+    assert lim.admit("a") == 500
+    assert lim.admit("a") is None
+
+
+def test_repeating_events_are_rate_limited() -> None:
+    """Every event that one source can repeat many times a second, including
+    auth_rejected per address, goes through the limiter."""
+    from node.logs import RATE_LIMITED_EVENTS
+
+    for event, key in {"auth_rejected": "address", "bad_request": None, "bad_message": "source",
+                       "bad_datagram": "reason", "append_rejected": "leader",
+                       "message_oversize": "to", "snapshot_failed": None}.items():
+        assert RATE_LIMITED_EVENTS.get(event, "missing") == key, event

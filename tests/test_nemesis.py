@@ -362,7 +362,7 @@ def test_a_client_that_acknowledges_unsent_writes_is_caught(
 
     monkeypatch.setattr(chaos_cmd, "client_factory", lying_factory)
     code, rep = chaos_run(zmq3, "--duration", "3s", "--interval", "10s", "--clients", "2",
-                       "--keys", "1", "--seed", "5")
+                          "--keys", "1", "--seed", "5", "--workload", "register")
     assert code == 1
     checks = {v["check"] for v in rep["verdict"]["violations"]}
     assert LINEARIZABLE in checks, rep["verdict"]

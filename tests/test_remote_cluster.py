@@ -283,6 +283,17 @@ def test_chaos_run_against_hosts(hosts: HostsCli) -> None:
     wait_until(hosts.all_follow, 20, "every node back after the run")
 
 
+def test_clock_skew_is_unavailable_on_hosts_sharing_this_kernel(hosts: HostsCli) -> None:
+    """These hosts are namespaces of this machine: one kernel, one clock. A
+    clock fault is refused (exit 3) saying so, and no clock was touched."""
+    before = hosts.cluster().clock_unavailable()
+    assert before is not None and "this machine's kernel" in before, before
+    p = hosts("chaos", "run", "--nemesis", "clock", "--duration", "2s", ok=False)
+    assert p.returncode == 3, p.stderr
+    assert "clock skew is unavailable" in p.stderr and "same boot id" in p.stderr, p.stderr
+    assert not (hosts.run_dir / "clock.json").exists()
+
+
 def test_a_host_that_cannot_be_reached_is_named(hosts: HostsCli) -> None:
     """With n2's sshd refusing connections: status shows n2 unreachable,
     `kill` of all three kills n1 and n3 and names n2's host with the SSH

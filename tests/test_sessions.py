@@ -5,6 +5,7 @@ and a write of an unknown or expired session never applied."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from node.state.kv import (
     SESSION_EXPIRED,
     STALE_SEQUENCE,
     TOO_MANY_OUTSTANDING,
+    UNSAFE_APPLY_UNKNOWN_SESSIONS,
     Append,
     Applied,
     Body,
@@ -26,6 +28,7 @@ from node.state.kv import (
     encode_command,
     encode_image,
     encode_op,
+    parse_unsafe_bugs,
 )
 from node.state.sessions import Result
 
@@ -153,6 +156,30 @@ def test_eviction_is_in_log_order_and_an_evicted_retry_is_not_reapplied() -> Non
     assert [s.id for s in log.kv.freeze().sessions] == [a, c]
     assert log.write(b, 1, Append("k", b"b1,")).result.error == SESSION_EXPIRED
     assert log.kv.get("k") == b"a1,b1,a2,"
+
+
+def test_the_unsafe_switch_puts_back_the_eviction_bug() -> None:
+    """With the test-only switch apply_unknown_sessions, the evicted session's
+    retry above is applied again (the element appears twice), every replica
+    alike, and the image stays valid; `chaos run` must catch exactly this."""
+    log = _Log(KVStore(max_sessions=2, unsafe_bugs=frozenset({UNSAFE_APPLY_UNKNOWN_SESSIONS})))
+    a, b = log.register(), log.register()
+    log.write(a, 1, Append("k", b"a1,"))
+    log.write(b, 1, Append("k", b"b1,"))
+    log.write(a, 2, Append("k", b"a2,"))
+    log.register()  # evicts b
+    assert log.write(b, 1, Append("k", b"b1,")).result.ok
+    assert log.kv.get("k") == b"a1,b1,a2,b1,"
+    KVStore().restore(encode_image(log.kv.freeze()))  # no ImageError
+    assert log.write(99, 1, Put("k", b"v")).result.error == SESSION_EXPIRED  # never registered
+
+
+def test_unsafe_bug_names_are_checked() -> None:
+    """Only known bug names are accepted; a typo is refused, naming the known ones."""
+    assert parse_unsafe_bugs("") == frozenset()
+    assert parse_unsafe_bugs(" apply_unknown_sessions ,") == {UNSAFE_APPLY_UNKNOWN_SESSIONS}
+    with pytest.raises(ValueError, match=r"unknown bug apply_unknown_session;.*apply_unknown_"):
+        parse_unsafe_bugs("apply_unknown_session")
 
 
 def test_closed_session_refuses_later_writes() -> None:

@@ -322,21 +322,59 @@ def test_snapshot_dropping_the_whole_log_frees_every_old_segment(tmp_path: Path)
 
 
 def test_a_failed_write_is_never_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a write or fsync fails, every later sync() raises: a half-written
-    batch or a failed fsync must not be papered over by a retry."""
+    """After a write fails for any reason but a full disk, every later sync()
+    raises: a half-written batch or a failed fsync must not be papered over
+    by a retry."""
+    import errno
+
     st = FileStorage(tmp_path, fsync="always")
     st.append([Entry(1, 1)])
 
-    def no_space(fd: int, data: bytes) -> int:
-        raise OSError(28, "No space left on device")
+    def broken(fd: int, data: bytes) -> int:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "write", no_space)
-    with pytest.raises(StorageError, match="No space"):
+    monkeypatch.setattr(os, "write", broken)
+    with pytest.raises(StorageError, match="Input/output"):
         st.sync()
     monkeypatch.undo()
     with pytest.raises(StorageError, match="failed earlier"):
         st.sync()
     st.abandon()
+
+
+def test_a_write_refused_for_space_is_kept_cut_and_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that finds the disk full after writing part of a batch: the
+    part is cut off the file, the batch stays buffered, sync() raises
+    NoSpace, and the next sync() writes it whole."""
+    import errno
+
+    from node.storage import NoSpace
+
+    st = FileStorage(tmp_path, fsync="always")
+    st.append([Entry(1, 1, data=b"a" * 100)])
+    st.sync()
+    first = st.segment_paths()[-1].read_bytes().rstrip(b"\0")
+    st.append(_entries(1, 2, 40, b"b" * 100))
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 1000:
+            real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(NoSpace, match="No space"):
+        st.sync()
+    monkeypatch.undo()
+    assert st.space_error is not None
+    assert st.segment_paths()[-1].read_bytes() == first, "part of the batch stayed in the file"
+    st.sync()
+    st.close()
+    again = FileStorage(tmp_path, fsync="always")
+    assert [e.index for e in again.initial_state().entries] == list(range(1, 41))
+    assert again.recovery.truncated_bytes == 0
+    again.close()
 
 
 def test_dead_segments_and_snapshot_files_go_with_the_sync_of_the_new_mark(
@@ -431,21 +469,27 @@ def test_a_rolled_segment_keeps_no_zero_tail(tmp_path: Path) -> None:
     again.close()
 
 
+@pytest.mark.parametrize("refused", ["ENOSPC", "EOPNOTSUPP"])
 def test_a_refused_reservation_leaves_the_wal_working(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str) -> None:
     """Reserving blocks ahead is an optimisation: when the filesystem refuses
-    (full, or no support) the WAL writes on without it and says why."""
+    the WAL writes on without it and says why: for want of space in
+    `space_error` (tried again next time), for want of support in
+    `reservation_error` (never again)."""
     import errno
 
+    code = getattr(errno, refused)
+
     def refuse(fd: int, offset: int, length: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "posix_fallocate", refuse)
     st = FileStorage(tmp_path, fsync="always")
     for k in range(3):
         st.append(_entries(1, 10 * k + 1, 10 * k + 10))
         st.sync()
-    assert st.reservation_error is not None and st.reservation_error.errno == errno.ENOSPC
+    err = st.space_error if refused == "ENOSPC" else st.reservation_error
+    assert err is not None and err.errno == code
     st.close()
     again = FileStorage(tmp_path, fsync="always")
     assert [e.index for e in again.initial_state().entries] == list(range(1, 31))
@@ -469,7 +513,7 @@ def test_a_reservation_refused_halfway_leaves_no_zeros_inside_the_log(
     for k in range(40):
         st.append(_entries(1, 10 * k + 1, 10 * k + 10, b"z" * 40))
         st.sync()
-    assert len(st.segment_paths()) >= 3 and st.reservation_error is not None
+    assert len(st.segment_paths()) >= 3 and st.space_error is not None
     st.close()
     again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     assert [e.index for e in again.initial_state().entries] == list(range(1, 401))

@@ -28,7 +28,9 @@ The order, and why:
    events and the role;
 
 and only then `RaftCore.advance(ready)`. A crash may come between any two
-steps; the simulator crashes nodes at each of them (`Step`).
+steps; the simulator crashes nodes at each of them (`Step`). A persist that
+fails for a reason that passes (a full disk) leaves the Ready unfinished;
+`complete_ready` carries out steps 4 to 6 once it is durable.
 """
 
 from __future__ import annotations
@@ -169,7 +171,6 @@ def handle_ready(core: ReadyCore[M], h: ReadyHandler[M]) -> Ready[M]:
     if rd.conf_state is not None:
         h.reconfigure(rd.conf_state)
     early = [m for m in rd.messages if may_send_early(m)]
-    late = [m for m in rd.messages if not may_send_early(m)] if early else rd.messages
     if early:
         h.send(early)
     h.reached(Step.SENT_EARLY)
@@ -179,6 +180,16 @@ def handle_ready(core: ReadyCore[M], h: ReadyHandler[M]) -> Ready[M]:
     h.reached(Step.APPLIED_EARLY)
     h.persist(rd)
     h.reached(Step.PERSISTED)
+    return complete_ready(core, h, rd)
+
+
+def complete_ready(core: ReadyCore[M], h: ReadyHandler[M], rd: Ready[M]) -> Ready[M]:
+    """Steps 4 to 6 of `rd` and `advance`: what follows its persist. A
+    caller whose persist of `rd` failed for a reason that passes (a full
+    disk), and that changed nothing of the core since, calls this once `rd`
+    is durable after all; `handle_ready` calls it otherwise."""
+    committed = rd.committed_entries
+    late = [m for m in rd.messages if not may_send_early(m)]
     if late:
         h.send(late)
     h.reached(Step.SENT)

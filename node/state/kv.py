@@ -37,6 +37,26 @@ SEQUENCE_REUSED = "sequence_reused"
 TOO_MANY_OUTSTANDING = "too_many_outstanding"
 VALUE_TOO_LARGE = "too_large"
 
+# Test-only switches that put old bugs back, so that `chaos run` can prove it
+# finds them (docs/CHAOS.md, "Proving the runner finds bugs"). Never on unless
+# the node process is started with RAFTCTL_TEST_UNSAFE_BUGS naming them.
+# apply_unknown_sessions: a write whose session is unknown (evicted, expired)
+# is applied as if its session were new, so a retry can be applied twice.
+UNSAFE_APPLY_UNKNOWN_SESSIONS = "apply_unknown_sessions"
+UNSAFE_BUGS = (UNSAFE_APPLY_UNKNOWN_SESSIONS,)
+UNSAFE_BUGS_ENV = "RAFTCTL_TEST_UNSAFE_BUGS"
+
+
+def parse_unsafe_bugs(text: str) -> frozenset[str]:
+    """The bugs a comma-separated list names; ValueError on a name that is not
+    one, so a typo never starts a node that believes it is testing."""
+    bugs = frozenset(b.strip() for b in text.split(",") if b.strip())
+    unknown = sorted(bugs - set(UNSAFE_BUGS))
+    if unknown:
+        raise ValueError(f"unknown bug {', '.join(unknown)}; the test-only bugs are "
+                         f"{', '.join(UNSAFE_BUGS)} (unset {UNSAFE_BUGS_ENV} to run safely)")
+    return bugs
+
 # A key is at most MAX_KEY_BYTES of UTF-8; a character is at least one byte, so
 # the decoder can reject longer strings before `_check_key` counts bytes.
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
@@ -423,8 +443,10 @@ class KVStore:
 
     def __init__(self, *, session_timeout_ms: int = SESSION_TIMEOUT_MS,
                  max_sessions: int = MAX_SESSIONS,
-                 max_outstanding: int = MAX_OUTSTANDING_PER_SESSION) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING_PER_SESSION,
+                 unsafe_bugs: frozenset[str] = frozenset()) -> None:
         self._data = _CowMap()
+        self._apply_unknown_sessions = UNSAFE_APPLY_UNKNOWN_SESSIONS in unsafe_bugs
         self.sessions = SessionTable(timeout_ms=session_timeout_ms, max_sessions=max_sessions,
                                      max_outstanding=max_outstanding)
         self._applied = 0
@@ -476,6 +498,10 @@ class KVStore:
     def _write(self, index: int, w: Write) -> Applied:
         table = self.sessions
         sess = table.get(w.session)
+        if sess is None and self._apply_unknown_sessions and w.session < index:
+            # The old bug, on purpose: taken for a new session (an id below
+            # `index` keeps the snapshot image valid), the retry runs again.
+            sess = table.register(w.session)
         if sess is None:
             # Never applied: it may be the retry of a write applied before
             # the session expired (the client cannot tell, so it reports

@@ -10,10 +10,11 @@ from node.storage.files import (
     FileStorage,
     InitialState,
     MemoryStorage,
+    NoSpace,
     Storage,
     StorageError,
     entries_after_local_snapshot,
 )
 
-__all__ = ["FileStorage", "InitialState", "MemoryStorage", "Storage", "StorageError",
+__all__ = ["FileStorage", "InitialState", "MemoryStorage", "NoSpace", "Storage", "StorageError",
            "entries_after_local_snapshot"]

@@ -16,6 +16,8 @@ import msgspec
 from node.config import FSYNC_POLICIES, WAL_SEGMENT_BYTES
 from node.raft.messages import Entry, HardState, Snapshot, SnapshotMeta
 from node.storage.wal import (
+    FULL_ERRNOS,
+    NoSpace,
     RecordKind,
     Recovery,
     Replay,
@@ -28,12 +30,13 @@ from node.storage.wal import (
     lock_directory,
     read_snapshot,
     remove_temp_files,
+    segment_paths_in,
     snapshot_files,
     snapshot_name,
     write_snapshot,
 )
 
-__all__ = ["FileStorage", "InitialState", "MemoryStorage", "Storage", "StorageError"]
+__all__ = ["FileStorage", "InitialState", "MemoryStorage", "NoSpace", "Storage", "StorageError"]
 
 
 class InitialState(msgspec.Struct, frozen=True):
@@ -94,6 +97,21 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def _check_wal_present(directory: Path) -> None:
+    """A snapshot file without any WAL segment: the WAL was deleted (the
+    storage always keeps the segment a snapshot's mark is in). Opening would
+    start an empty log and delete the snapshot as never marked."""
+    snaps = snapshot_files(directory)
+    if snaps and not segment_paths_in(directory):
+        newest = max(snaps, key=lambda p: snaps[p].index)
+        raise StorageError(
+            f"{directory}: the WAL is missing (no wal-*.log segment) but the snapshot "
+            f"{newest.name} is there: the WAL was deleted, and with it the vote, the term and "
+            "every entry after the snapshot. The node must not start from what is left; "
+            "nothing was changed. Restore the WAL, or move the data directory away and bring "
+            "the node back as a new member")
 
 
 def entries_after_local_snapshot(
@@ -196,10 +214,15 @@ class FileStorage:
         self.directory = Path(directory)
         self._sync = fsync == "always"
         if not self.directory.is_dir():
-            self.directory.mkdir(parents=True)
+            self.directory.mkdir(mode=0o700, parents=True)
             if self._sync:
                 fsync_dir(self.directory.parent)
         self._lock_fd = lock_directory(self.directory)
+        try:
+            _check_wal_present(self.directory)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._hs = HardState()
         self._meta = SnapshotMeta()
         self._entries: list[Entry] = []
@@ -213,6 +236,7 @@ class FileStorage:
             self.recovery: Recovery = self._wal.recovery
             try:
                 self._replay(replay)
+                self._synced = (self._meta.index + len(self._entries), self._hs.term)
                 self._wal.collect()
                 self._remove_stale_snapshots()
             except BaseException:
@@ -331,7 +355,14 @@ class FileStorage:
         self._install(meta, kept, Snapshot(meta, data))
 
     def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> str:
-        return str(write_snapshot(self.directory, meta, data, sync=self._sync))
+        """As the protocol says; a full disk raises NoSpace, and leaves
+        nothing behind."""
+        try:
+            return str(write_snapshot(self.directory, meta, data, sync=self._sync))
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise NoSpace(f"the snapshot at {meta.index} cannot be written: {e}") from e
+            raise
 
     def install_local_snapshot(self, meta: SnapshotMeta) -> None:
         kept = self._entries_after_local(meta)
@@ -346,15 +377,33 @@ class FileStorage:
             self._snap = Snapshot(self._meta, read_snapshot(self._snap_path, self._meta))
         return self._snap
 
+    def durable_floor(self, commit: int) -> tuple[int, int]:
+        """An index the log durably holds and will always hold (`commit`,
+        the commit index known now, or the last synced entry if lower) and
+        the synced term (node/membership_mark.py)."""
+        return min(commit, self._synced[0]), self._synced[1]
+
     @property
     def reservation_error(self) -> OSError | None:
         """Why the WAL stopped reserving blocks ahead, if it did."""
         return self._wal.reservation_error
 
+    @property
+    def space_error(self) -> OSError | None:
+        """Why the last write or reservation found the disk full, until one
+        succeeds (or `forget_space_error`): the node should take no new
+        writes while it is set."""
+        return self._wal.space_error
+
+    def forget_space_error(self) -> None:
+        """There is room again, the caller saw: the next sync tries anew."""
+        self._wal.space_error = None
+
     def sync(self) -> None:
         """Make every write durable (one fdatasync), then drop the segments
         and snapshot files that a now durable snapshot mark made dead."""
         self._wal.sync()
+        self._synced = (self._meta.index + len(self._entries), self._hs.term)
         if self._cleanup_due:
             self._remove_replaced_snapshots()
 

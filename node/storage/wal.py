@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import errno
 import fcntl
 import itertools
 import os
@@ -26,6 +27,16 @@ from node.raft.messages import U64, Entry, HardState, SnapshotMeta
 
 class StorageError(Exception):
     """Storage cannot be used: corrupt, unreadable or inconsistent."""
+
+
+class NoSpace(StorageError):
+    """The filesystem is full (or over quota): what was to be written was
+    not, nothing durable was lost or damaged, and the same write may be
+    tried again once there is room (docs/STORAGE.md, "A full disk")."""
+
+
+# What "the disk is full" looks like to a write or a reservation.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 # A record: u32 payload length, u32 CRC32 of the payload, then the payload,
@@ -73,6 +84,10 @@ _NONZERO = re.compile(rb"[^\x00]")
 # file size to persist (docs/STORAGE.md). Measured on ext4 with one writer:
 # write + fdatasync 0.18 -> 0.14 ms, 7 -> 5 context switches.
 PREALLOC_BYTES = 4 * 1024 * 1024
+# A reservation is extended while less than this is left ahead of the
+# records: when the filesystem refuses, what is left still takes the writes
+# in flight while the node stops taking new ones (`space_error`).
+RESERVE_AHEAD_BYTES = 1024 * 1024
 _SEGMENT_NAME = re.compile(r"wal-([0-9a-f]{16})\.log")
 _SNAPSHOT_NAME = re.compile(r"snap-([0-9a-f]{16})-([0-9a-f]{16})\.snap")
 _TEMP_PREFIX = ".snap-"
@@ -110,7 +125,7 @@ def fsync_dir(directory: Path) -> None:
 
 def lock_directory(directory: Path) -> int:
     """Take the data directory for this process; returns the lock's fd."""
-    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -185,6 +200,11 @@ def snapshot_files(directory: Path) -> dict[Path, SnapshotMeta]:
         if m:
             out[directory / name] = SnapshotMeta(int(m.group(1), 16), int(m.group(2), 16))
     return out
+
+
+def segment_paths_in(directory: Path) -> list[Path]:
+    """The WAL segment files in `directory`, by name."""
+    return sorted(directory / n for n in os.listdir(directory) if _SEGMENT_NAME.fullmatch(n))
 
 
 def remove_temp_files(directory: Path) -> bool:
@@ -306,6 +326,11 @@ def _scan(data: bytes, path: Path, last: bool, out: Replay) -> tuple[int, int, i
 # --- WAL segments: writing ----------------------------------------------------------
 
 
+class _OutOfSpace(Exception):
+    """Internal to `Wal.sync`: a write or a new segment found the disk full
+    (the OSError is the cause); nothing of the chunk stays in the file."""
+
+
 @dataclass(slots=True)
 class _Segment:
     seq: int
@@ -348,9 +373,15 @@ class Wal:
         # (segment seq, snapshot index) of the newest durable snapshot mark.
         self._mark: tuple[int, int] | None = None
         self._failed: OSError | None = None
+        # The first remaining chunk starts a new segment: a sync that ran
+        # out of space had written the chunks before it.
+        self._roll_first = False
         # Blocks are reserved ahead only when they are fsynced, and no more
-        # once the filesystem refused (the reservation is an optimisation).
+        # once the filesystem refused for want of support (the reservation
+        # is an optimisation). Refused for want of space, it is tried again
+        # at each sync, and `space_error` says the disk is nearly full.
         self.reservation_error: OSError | None = None
+        self.space_error: OSError | None = None
         self.recovery = Recovery()
 
     @classmethod
@@ -407,7 +438,7 @@ class Wal:
 
     def _create_segment(self, seq: int) -> None:
         path = self.directory / segment_name(seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._allocated = 0
         self._segments.append(_Segment(seq, path, 0, 0))
         if self._sync:
@@ -468,33 +499,40 @@ class Wal:
 
     def sync(self) -> None:
         """Write every framed record (one write() per segment), fdatasync
-        once, then delete the segments a new snapshot mark made dead."""
+        once, then delete the segments a new snapshot mark made dead.
+
+        Out of space (NoSpace), the records not written stay buffered and a
+        record cut short is cut off the file: the same sync may be called
+        again. Any other failure is final: a failed fsync cannot be retried
+        (the kernel may already have dropped the dirty pages)."""
         if self._failed is not None:
             raise StorageError(f"the WAL failed earlier ({self._failed}); the node must stop")
         chunks = self._chunks
-        if len(chunks) == 1 and not chunks[0].buf:
+        if len(chunks) == 1 and not chunks[0].buf and not self._roll_first:
             return
         marked = False
+        done = 0
         try:
             for k, chunk in enumerate(chunks):
-                if k > 0:
+                if k > 0 or self._roll_first:
                     self._roll()
+                    self._roll_first = False
                 seg = self._segments[-1]
                 if chunk.buf:
-                    if self._sync and self.reservation_error is None \
-                            and seg.size + len(chunk.buf) > self._allocated:
-                        self._preallocate(seg.size + len(chunk.buf))
-                    _write_all(self._fd, chunk.buf)
-                    seg.size += len(chunk.buf)
+                    self._write_chunk(seg, chunk.buf)
                 seg.max_index = max(seg.max_index, chunk.max_index)
                 if chunk.mark is not None:
                     self._mark = (seg.seq, chunk.mark)
                     marked = True
+                done = k + 1
             if self._sync:
                 os.fdatasync(self._fd)
+        except _OutOfSpace as e:
+            if done:
+                del self._chunks[:done]
+                self._roll_first = True
+            raise NoSpace(f"the WAL cannot be written: {e.__cause__}") from e.__cause__
         except OSError as e:
-            # A half-written batch cannot be retried, nor can a failed fsync
-            # (the kernel may already have dropped the dirty pages).
             self._failed = e
             raise StorageError(f"writing the WAL failed: {e}; the node must stop") from e
         self._chunks = [_Chunk()]
@@ -502,33 +540,70 @@ class Wal:
         if marked:
             self.collect()
 
+    def _write_chunk(self, seg: _Segment, buf: bytearray) -> None:
+        """Append `buf` to the current segment, reserving ahead first. Out
+        of space, whatever part of it reached the file is cut off again."""
+        end = seg.size + len(buf)
+        if self._sync and self.reservation_error is None \
+                and end + RESERVE_AHEAD_BYTES > self._allocated:
+            self._preallocate(end + RESERVE_AHEAD_BYTES)
+        try:
+            _write_all(self._fd, buf)
+        except OSError as e:
+            if e.errno not in FULL_ERRNOS:
+                raise
+            self.space_error = e
+            # Never synced, so never acknowledged: cut, and write it again later.
+            os.ftruncate(self._fd, seg.size)
+            os.lseek(self._fd, seg.size, os.SEEK_SET)
+            self._allocated = min(self._allocated, seg.size)
+            raise _OutOfSpace from e
+        seg.size = end
+
     def _preallocate(self, need: int) -> None:
         """Reserve the current segment's blocks up to `need` bytes and on to
-        the next multiple of PREALLOC_BYTES. If the filesystem refuses (no
-        room for a reservation, no support), writes go on without one: the
-        write itself decides whether the disk is full."""
+        the next multiple of PREALLOC_BYTES. If the filesystem refuses, writes
+        go on without one (the write itself decides whether the disk is
+        full): for want of space it says so in `space_error` and is tried
+        again next time; for want of support, never again."""
         target = -(-need // PREALLOC_BYTES) * PREALLOC_BYTES
         try:
             os.posix_fallocate(self._fd, self._allocated, target - self._allocated)
         except OSError as e:
-            self.reservation_error = e
+            if e.errno in FULL_ERRNOS:
+                self.space_error = e
+            else:
+                self.reservation_error = e
             # It may have grown the file before it failed: those zeros must
             # go at the next roll like any reserved space.
             self._allocated = max(self._allocated, os.fstat(self._fd).st_size)
             return
         self._allocated = target
+        self.space_error = None
 
     def _roll(self) -> None:
-        """Close the current segment (durable first, without its zero tail)
-        and start the next one."""
-        size = self._segments[-1].size
-        if self._allocated > size:
-            os.ftruncate(self._fd, size)
+        """Start the next segment, then close the current one (durable
+        first, without its zero tail). Creating the file comes first: if the
+        disk is full, nothing has changed."""
+        old = self._segments[-1]
+        path = self.directory / segment_name(old.seq + 1)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                self.space_error = e
+                raise _OutOfSpace from e
+            raise
+        if self._allocated > old.size:
+            os.ftruncate(self._fd, old.size)
         if self._sync:
             os.fdatasync(self._fd)
         os.close(self._fd)
-        self._fd = -1
-        self._create_segment(self._segments[-1].seq + 1)
+        self._fd = fd
+        self._allocated = 0
+        self._segments.append(_Segment(old.seq + 1, path, 0, 0))
+        if self._sync:
+            fsync_dir(self.directory)
 
     def collect(self) -> None:
         """Delete the oldest segments while every index they name is covered by

@@ -18,6 +18,7 @@ import zmq
 from zmq.utils import z85
 
 from node.config import ZAP_BATCH_REQUESTS, ZAP_DOMAIN, ZAP_REJECTS_REMEMBERED
+from node.private_files import NotPrivate, check_owner, write_private
 
 # libzmq asks this inproc endpoint of the socket's own context (RFC 27).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -75,26 +76,19 @@ def raw_public_key(key: bytes) -> bytes:
 
 
 def write_keys(path: Path, keys: CurveKeys) -> None:
-    """Write `keys` to `path` as JSON with mode 0600, atomically (temporary
-    file, fsync, rename), so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write `keys` to `path` as JSON with mode 0600, atomically and durably
+    (node/private_files.py: a temporary file created exclusively, so a link
+    planted in the directory cannot carry the secret elsewhere)."""
     body = json.dumps({"public": keys.public.decode(), "secret": keys.secret.decode()})
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        # O_CREAT's mode does not apply to a file left behind by a crash.
-        os.fchmod(fd, 0o600)
-        os.write(fd, body.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, body.encode() + b"\n", sync=True)
 
 
 def read_keys(path: Path) -> CurveKeys:
     """Read a keys file written by `write_keys`.
 
-    Raises `KeysError` if the file is missing, not a regular file, readable
-    or writable by group or others, or does not hold a matching keypair.
+    Raises `KeysError` if the file is missing, not a regular file, owned by
+    another user (not root), readable or writable by group or others, or
+    does not hold a matching keypair.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -107,6 +101,10 @@ def read_keys(path: Path) -> CurveKeys:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeysError(f"keys file {path} is not a regular file")
+        try:
+            check_owner(st, path)
+        except NotPrivate as e:
+            raise KeysError(f"keys file {e}: refusing to trust it") from None
         if st.st_mode & 0o077:
             raise KeysError(
                 f"keys file {path} is accessible by group or others "

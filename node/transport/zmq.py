@@ -64,27 +64,30 @@ def set_common_options(sock: zmq.Socket[Any]) -> None:
     sock.setsockopt(zmq.CONNECT_TIMEOUT, PEER_CONNECT_TIMEOUT_MS)
 
 
-def _max_frame_bytes(keys: CurveKeys | None) -> int:
+def _max_frame_bytes(keys: CurveKeys | None, payload_bytes: int = MAX_MESSAGE_BYTES) -> int:
     # libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE
-    # makes larger than the payload; a payload of exactly MAX_MESSAGE_BYTES
+    # makes larger than the payload; a payload of exactly `payload_bytes`
     # must still pass.
-    return MAX_MESSAGE_BYTES + (CURVE_FRAME_OVERHEAD_BYTES if keys is not None else 0)
+    return payload_bytes + (CURVE_FRAME_OVERHEAD_BYTES if keys is not None else 0)
 
 
 def make_server_socket(
-    ctx: zmq.Context[Any], bind_addr: str, keys: CurveKeys | None
+    ctx: zmq.Context[Any], bind_addr: str, keys: CurveKeys | None, *,
+    max_frame_bytes: int = MAX_MESSAGE_BYTES, send_queue_frames: int = PEER_QUEUE_MSGS,
 ) -> zmq.Socket[bytes]:
     """A ROUTER bound to `bind_addr` ("tcp://host:port"): a CURVE server with
     the cluster keys (None: no security, for tests only), frames above
-    MAX_MESSAGE_BYTES dropped with their connection, and a reconnecting
-    client taking over its identity at once (ROUTER_HANDOVER).
+    `max_frame_bytes` dropped with their connection, at most
+    `send_queue_frames` frames queued for sending per connection, and a
+    reconnecting client taking over its identity at once (ROUTER_HANDOVER).
 
     Requires a `ZapHandler` on `ctx` when `keys` is given, or no client is
     admitted."""
     sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
     try:
         set_common_options(sock)
-        sock.setsockopt(zmq.MAXMSGSIZE, _max_frame_bytes(keys))
+        sock.setsockopt(zmq.SNDHWM, send_queue_frames)
+        sock.setsockopt(zmq.MAXMSGSIZE, _max_frame_bytes(keys, max_frame_bytes))
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if keys is not None:
             set_curve_server(sock, keys)

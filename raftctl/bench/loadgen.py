@@ -386,7 +386,8 @@ class LoadGen:
             frames.append(_encode(msgspec.structs.replace(r, id=rid)))
         for a, b in batch_bounds([len(f) for f in frames], CLIENT_BATCH_MAX_BYTES):
             try:
-                self._socks[target].send(join_batch(frames[a:b]), zmq.NOBLOCK)
+                frame = frames[a] if b - a == 1 else join_batch(frames[a:b])
+                self._socks[target].send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 return []
         out: list[ClientResponse] = []
