@@ -188,6 +188,25 @@ def test_a_lagging_acceptor_gets_the_chosen_values_it_lacks() -> None:
     assert net.applied["n3"] == [(1, b"a"), (2, b"b")]
 
 
+def test_an_idle_leader_resends_what_a_replicating_acceptor_lost() -> None:
+    """An acceptor that took this ballot's Accepts before, then lost some
+    while cut off, is sent the chosen values again once its heartbeat
+    answer shows it lacks them, with no new proposal to prompt it."""
+    net = PaxosNet(3)
+    net.elect("n1")
+    net.cores["n1"].propose(b"a")
+    net.handle("n1")
+    net.deliver()
+    net.isolate("n3")
+    for v in (b"b", b"c"):
+        net.cores["n1"].propose(v)
+        net.handle("n1")
+        net.deliver()
+    net.heal()
+    net.run(12)
+    assert net.applied["n3"] == [(1, b"a"), (2, b"b"), (3, b"c")]
+
+
 def test_a_higher_ballot_preempts_the_leader() -> None:
     """A leader that learns of a higher ballot (here, an acceptor's refusal)
     stops leading: it can get nothing accepted any more (PMMC)."""

@@ -140,6 +140,11 @@ class Leader(PaxosState):
             if pr.state is FlowState.REPLICATE and len(pr.inflight) >= pr.max_inflight:
                 pr.inflight.popleft()
             pr.maybe_update(min(m.commit, self.log.last_index()))
+            if pr.match < self.log.commit and pr.next > self.log.last_index() \
+                    and pr.state is FlowState.REPLICATE:
+                # Everything was sent, yet it lacks chosen slots: Accepts were
+                # lost, and with no new proposal no refusal would ever say so.
+                pr.become_probe()
             if pr.match < self.log.last_index():
                 self._maybe_send_accept(m.src, send_if_empty=False)
             if m.seq > pr.read_seq:
