@@ -207,6 +207,27 @@ def test_an_idle_leader_resends_what_a_replicating_acceptor_lost() -> None:
     assert net.applied["n3"] == [(1, b"a"), (2, b"b"), (3, b"c")]
 
 
+def test_a_new_leader_sends_an_idle_acceptor_the_slots_it_missed() -> None:
+    """An acceptor cut off while slots were chosen, and while another node
+    took over, gets those slots from the new leader once it is back, with
+    no new proposal to prompt it."""
+    net = PaxosNet(3)
+    net.elect("n1")
+    net.cores["n1"].propose(b"a")
+    net.handle("n1")
+    net.deliver()
+    net.isolate("n3")
+    for v in (b"b", b"c"):
+        net.cores["n1"].propose(v)
+        net.handle("n1")
+        net.deliver()
+    net.elect("n2")
+    net.heal()
+    net.run(12)
+    assert net.leader() == "n2"
+    assert net.applied["n3"] == [(1, b"a"), (2, b"b"), (3, b"c")]
+
+
 def test_a_higher_ballot_preempts_the_leader() -> None:
     """A leader that learns of a higher ballot (here, an acceptor's refusal)
     stops leading: it can get nothing accepted any more (PMMC)."""

@@ -141,9 +141,10 @@ class Leader(PaxosState):
                 pr.inflight.popleft()
             pr.maybe_update(min(m.commit, self.log.last_index()))
             if pr.match < self.log.commit and pr.next > self.log.last_index() \
-                    and pr.state is FlowState.REPLICATE:
-                # Everything was sent, yet it lacks chosen slots: Accepts were
-                # lost, and with no new proposal no refusal would ever say so.
+                    and pr.state is not FlowState.SNAPSHOT:
+                # Nothing is left to send, yet it lacks chosen slots: Accepts
+                # were lost, or it missed slots before this ballot; with no new
+                # proposal, no refusal would ever say so.
                 pr.become_probe()
             if pr.match < self.log.last_index():
                 self._maybe_send_accept(m.src, send_if_empty=False)
