@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from chaos.faults import FaultState, isolate, with_blocks
 from node.client import Client, OutcomeUnknown, Unavailable
+from raftctl.bench_cmd import bench
 from tests.procs import (
     RawClient,
     TestCluster,
@@ -156,6 +158,19 @@ def test_an_isolated_leader_acknowledges_nothing(paxos3: TestCluster) -> None:
     with c.client() as cl:
         assert cl.get("isolated") is None
         assert [cl.get(f"during{i}") for i in range(5)] == [b"v"] * 5
+
+
+def test_bench_write_runs_on_paxos(paxos3: TestCluster) -> None:
+    """`raftctl bench write` measures a Paxos cluster as it does Raft's:
+    writes acknowledged, none failed, and the cluster's commit moved by them."""
+    before = max(int(s["commit"]) for s in paxos3.statuses().values())
+    r = CliRunner().invoke(bench, ["write", "--clients", "4", "--duration", "1", "--json"],
+                           obj=paxos3, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["ops"] > 0 and out["errors"] == 0, out
+    after = max(int(s["commit"]) for s in paxos3.statuses().values())
+    assert after - before >= out["ops"], (before, after, out["ops"])
 
 
 @pytest.mark.parametrize("transport", ["zmq", "udp"])
