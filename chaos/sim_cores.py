@@ -30,9 +30,10 @@ RAFT_COVERAGE: tuple[str, ...] = (
     "ops_unknown", "ops_fail",
 )
 PAXOS_COVERAGE: tuple[str, ...] = (
-    "prepare_sent", "promised", "became_leader", "preempted", "campaign_abandoned", "crashes",
-    "compactions", "snapshot_installed", "leadership_transferred", "messages_delivered",
-    "messages_dropped", "ops_ok", "ops_unknown", "ops_fail",
+    "pre_prepare_sent", "prepare_sent", "promised", "became_leader", "preempted",
+    "campaign_abandoned", "crashes", "compactions", "snapshot_installed",
+    "leadership_transferred", "messages_delivered", "messages_dropped", "ops_ok", "ops_unknown",
+    "ops_fail",
 )
 
 

@@ -30,8 +30,8 @@ EVENTS = frozenset(
         "membership_changed", "peer_added", "peer_removed", "peer_unknown",
         "disk_low", "disk_full", "disk_space_recovered",
         # A Paxos node's own (node/paxos/).
-        "prepare_sent", "promised", "preempted", "campaign_abandoned", "accept_sent",
-        "accepted", "chosen",
+        "pre_prepare_sent", "prepare_sent", "promised", "preempted", "campaign_abandoned",
+        "accept_sent", "accepted", "chosen",
     }
 )
 

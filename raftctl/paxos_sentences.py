@@ -16,6 +16,16 @@ def _value(ev: dict[str, Any]) -> str:
     return repr(str(ev.get("value", "")))
 
 
+def _pre_prepare_sent(ev: dict[str, Any], t: Track) -> Said:
+    n = ev["node"]
+    return Said(f"{n} asked whether a majority would promise ballot {ev.get('ballot')}",
+                "it heard no leader's heartbeat for its randomized timeout",
+                "nothing is promised or stored yet: only if a majority hears no leader either "
+                "does it run phase 1, so a node cut off alone raises no ballot that would "
+                "preempt a leader the others still hear", "thesis §9.6 (Raft's PreVote)",
+                "pre_prepare")
+
+
 def _prepare_sent(ev: dict[str, Any], t: Track) -> Said:
     n, ballot = ev["node"], ev.get("ballot")
     why = {"timeout": "it heard no leader's heartbeat for its randomized timeout",
@@ -106,7 +116,8 @@ def stepped_down(ev: dict[str, Any], t: Track) -> Said:
 
 
 SAYERS: dict[str, Sayer] = {
-    "prepare_sent": _prepare_sent, "promised": _promised, "preempted": _preempted,
+    "pre_prepare_sent": _pre_prepare_sent, "prepare_sent": _prepare_sent,
+    "promised": _promised, "preempted": _preempted,
     "campaign_abandoned": _campaign_abandoned, "accept_sent": _accept_sent,
     "accepted": _accepted, "chosen": _chosen,
 }

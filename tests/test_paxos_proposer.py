@@ -18,6 +18,8 @@ from node.paxos.messages import (
     HeartbeatAck,
     Preempted,
     Prepare,
+    PrePrepare,
+    PrePromise,
     Promise,
 )
 from node.raft.base import Role
@@ -137,6 +139,63 @@ def test_a_preempted_proposer_backs_off_longer_each_time() -> None:
             worst = max(worst, c.randomized_timeout)
         tops.append(worst)
     assert tops[0] < 2 * E <= tops[1] < 3 * E <= tops[2] < 9 * E
+
+
+# --- before phase 1 (Raft's PreVote, thesis §9.6) ------------------------------------
+
+
+def test_a_node_cut_off_alone_raises_no_ballot_and_deposes_no_leader() -> None:
+    """A follower cut off from the leader asks first whether a majority would
+    promise; nobody answers, so it never promises a new ballot, and when it
+    is back the leader keeps its ballot and it follows again."""
+    net = PaxosNet(3)
+    net.elect("n1")
+    b = net.cores["n1"].ballot
+    before = net.cores["n3"].promised
+    net.isolate("n3")
+    net.run(10 * E)
+    cut_off = net.cores["n3"].role
+    assert cut_off is Role.PRE_CANDIDATE
+    assert net.cores["n3"].promised == before and "prepare_sent" not in net.names("n3")
+    assert "pre_prepare_sent" in net.names("n3")
+    net.heal()
+    net.run(3 * E)
+    assert net.leader() == "n1" and net.cores["n1"].ballot == b
+    assert net.cores["n3"].role is Role.FOLLOWER and net.cores["n3"].leader == "n1"
+
+
+def test_a_node_that_hears_the_leader_would_not_promise() -> None:
+    """A follower that heard the leader within an election timeout answers
+    a pre-prepare with no; once the leader is silent that long, with yes."""
+    c = lone("n2")
+    c.step(Heartbeat(term=make_ballot(1, 1), src="n1", dst="n2", commit=0))
+    drain(c)
+    promised = c.promised
+    ask = PrePrepare(term=make_ballot(2, 3), src="n3", dst="n2")
+    c.step(ask)
+    no = [m for m in drain(c).messages if isinstance(m, PrePromise)]
+    assert len(no) == 1 and not no[0].granted
+    for _ in range(E):
+        c.tick()
+    drain(c)
+    c.step(ask)
+    yes = [m for m in drain(c).messages if isinstance(m, PrePromise)]
+    assert len(yes) == 1 and yes[0].granted
+    assert c.promised == promised, "a pre-prepare promises nothing"
+
+
+def test_a_silent_leader_is_replaced_after_a_majority_would_promise() -> None:
+    """The leader gone, a follower's timeout leads to a pre-prepare a
+    majority grants, then to phase 1 and a new leader."""
+    net = PaxosNet(3)
+    net.elect("n1")
+    net.isolate("n1")
+    net.run(6 * E, only=["n2", "n3"])
+    new = net.leader()
+    assert new in ("n2", "n3"), [c.role for c in net.cores.values()]
+    names = net.names(new)
+    assert names.index("pre_prepare_sent") < names.index("prepare_sent") < \
+        names.index("became_leader")
 
 
 # --- phase 2 (§2.2, §3) ------------------------------------------------------------------

@@ -17,6 +17,8 @@ from node.paxos.messages import (
     HeartbeatAck,
     Preempted,
     Prepare,
+    PrePrepare,
+    PrePromise,
     Promise,
     decree_text,
     is_decree,
@@ -44,6 +46,17 @@ class Acceptor(PaxosState):
 
     def _refuse(self, src: str, ballot: int) -> None:
         self._send(Preempted(term=self.promised, src=self.id, dst=src, ballot=ballot))
+
+    # --- before phase 1 ----------------------------------------------------------
+
+    def _on_pre_prepare(self, m: PrePrepare) -> None:
+        # A leader this node heard within an election timeout lives: it
+        # would preempt that leader for nothing (thesis §9.6, §4.2.3).
+        hears_leader = self.role is Role.LEADER or (
+            self.leader is not None and self.election_elapsed < self.config.election_ticks)
+        granted = m.term > self.promised and not hears_leader
+        self._send(PrePromise(term=m.term, src=self.id, dst=m.src, granted=granted,
+                              promised=self.promised))
 
     # --- phase 1 -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.config import CoreConfig
 from node.paxos.ballot import Ranks
-from node.paxos.messages import PaxosMessage
+from node.paxos.messages import PaxosMessage, PrePrepare
 from node.paxos.slots import SlotLog
 from node.raft.base import Counters, PendingRead, Role
 from node.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
@@ -69,6 +69,9 @@ class PaxosState:
     # The highest round heard of: a new ballot must be above it.
     _max_round: int
     _p1: Phase1 | None
+    # While a pre-candidate: the ballot it asks about, and who would promise.
+    _pre_ballot: int
+    _pre_grants: set[str]
     progress: dict[str, Progress]
     # Phase 2 of this leader's ballot began after this slot: it re-proposed
     # the slots up to `_recovered_to`; reads wait until those are chosen.
@@ -114,6 +117,8 @@ class PaxosState:
         def _send_snapshot_chunk(self, to: str, pr: Progress) -> None: ...
         def _step_follower(self, m: PaxosMessage) -> None: ...
         def _step_candidate(self, m: PaxosMessage) -> None: ...
+        def _step_pre_candidate(self, m: PaxosMessage) -> None: ...
+        def _on_pre_prepare(self, m: PrePrepare) -> None: ...
         def _step_leader(self, m: PaxosMessage) -> None: ...
         def _tick_election(self) -> None: ...
         def _tick_heartbeat(self) -> None: ...

@@ -32,6 +32,7 @@ from node.paxos.messages import (
     Heartbeat,
     PaxosMessage,
     Prepare,
+    PrePrepare,
 )
 from node.paxos.proposer import Proposer
 from node.paxos.slots import SlotLog
@@ -102,6 +103,8 @@ class PaxosCore(Acceptor, Proposer, Leader):
         self._attempts = 0
         self._max_round = round_of(self.promised)
         self._p1 = None
+        self._pre_ballot = 0
+        self._pre_grants = set()
         self.progress = {}
         self._recovered_to = 0
         self.lead_transferee = None
@@ -221,6 +224,8 @@ class PaxosCore(Acceptor, Proposer, Leader):
             self._on_heartbeat(m)
         elif isinstance(m, Prepare):
             self._on_prepare(m)
+        elif isinstance(m, PrePrepare):
+            self._on_pre_prepare(m)
         elif isinstance(m, InstallSnapshot):
             self._on_snapshot(m)
         elif isinstance(m, TimeoutNow):

@@ -4,7 +4,8 @@
 Phase 1 is `Prepare`/`Promise` (Paxos Made Simple §2.2's prepare request
 and its answer, "1a"/"1b"), phase 2 `Accept`/`Accepted` ("2a"/"2b"), and
 `Preempted` is an acceptor's refusal naming the higher ballot it promised
-(Paxos Made Moderately Complex's preemption). `Heartbeat`/`HeartbeatAck`
+(Paxos Made Moderately Complex's preemption). `PrePrepare`/`PrePromise`
+ask first whether phase 1 could win (Raft's PreVote). `Heartbeat`/`HeartbeatAck`
 carry the leader's liveness, its chosen prefix and ReadIndex confirmations.
 Snapshots and leadership hand-over reuse Raft's `InstallSnapshot`,
 `InstallSnapshotResponse` and `TimeoutNow` (their `term` is a ballot here).
@@ -32,6 +33,22 @@ class _Base(msgspec.Struct, frozen=True, array_like=True, tag_field="t", kw_only
     term: U64  # a ballot
     src: NodeId
     dst: NodeId
+
+
+class PrePrepare(_Base, tag="p0a", frozen=True):
+    """Before phase 1 (Raft's PreVote, thesis §9.6, which the Paxos papers
+    lack): would you promise ballot `term`? Nothing is promised or stored,
+    so a node that cannot reach a majority, or whose peers hear a leader,
+    does not raise the ballot that would preempt that leader."""
+
+
+class PrePromise(_Base, tag="p0b", frozen=True):
+    """The answer to a `PrePrepare` of ballot `term`: `granted` unless this
+    node heard a live leader within an election timeout or promised a
+    ballot of at least `term`; `promised` is the ballot it has promised."""
+
+    granted: bool
+    promised: U64
 
 
 class Prepare(_Base, tag="p1a", frozen=True):
@@ -105,7 +122,9 @@ class HeartbeatAck(_Base, tag="phba", frozen=True):
 
 
 PaxosMessage = (
-    Prepare
+    PrePrepare
+    | PrePromise
+    | Prepare
     | Promise
     | Accept
     | Accepted
@@ -118,7 +137,7 @@ PaxosMessage = (
 )
 
 PAXOS_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
-    Prepare, Promise, Accept, Accepted, Preempted, Heartbeat, HeartbeatAck,
+    PrePrepare, PrePromise, Prepare, Promise, Accept, Accepted, Preempted, Heartbeat, HeartbeatAck,
     InstallSnapshot, InstallSnapshotResponse, TimeoutNow,
 )
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from node.paxos.ballot import make_ballot, round_of
 from node.paxos.base import PaxosState, Phase1
-from node.paxos.messages import PaxosMessage, Preempted, Prepare, Promise
+from node.paxos.messages import (
+    PaxosMessage,
+    Preempted,
+    Prepare,
+    PrePrepare,
+    PrePromise,
+    Promise,
+)
 from node.paxos.slots import is_hole
 from node.raft.base import Role
 from node.raft.messages import Entry, EntryKind
@@ -42,7 +49,49 @@ class Proposer(PaxosState):
         # Missed heartbeats: the leader (or the campaign) is presumed dead.
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_timeout:
+            if self.config.prevote:
+                self._pre_campaign()
+            else:
+                self._campaign("timeout")
+
+    # --- before phase 1 ------------------------------------------------------------
+
+    def _pre_campaign(self) -> None:
+        """Ask whether a majority would promise a new ballot before raising
+        one (Raft's PreVote, thesis §9.6): a node cut off from the leader
+        alone, or restarted before its heartbeats reach it, raises nothing
+        that would preempt a leader the others still hear."""
+        if self.role is Role.LEADER:
+            return
+        rnd = max(round_of(self.promised), self._max_round) + 1
+        self._pre_ballot = make_ballot(rnd, self.ranks.rank(self.id))
+        self.role = Role.PRE_CANDIDATE
+        self.ballot = 0
+        self._p1 = None
+        self.leader, self.leader_ballot = None, 0
+        self._tick_fn = self._tick_election
+        self._step_fn = self._step_pre_candidate
+        self._reset_timer()
+        self._attempts += 1
+        self._pre_grants = {self.id}
+        self._event("pre_prepare_sent", ballot=self.describe(self._pre_ballot),
+                    timeout_ticks=self.randomized_timeout)
+        if len(self._pre_grants) >= majority(len(self.conf.voters)):
             self._campaign("timeout")
+            return
+        for p in self.peers:
+            self._send(PrePrepare(term=self._pre_ballot, src=self.id, dst=p))
+
+    def _step_pre_candidate(self, m: PaxosMessage) -> None:
+        if isinstance(m, PrePromise) and m.term == self._pre_ballot:
+            # A refusal for a ballot's sake teaches the round to beat.
+            self._max_round = max(self._max_round, round_of(m.promised))
+            if m.granted:
+                self._pre_grants.add(m.src)
+                if len(self._pre_grants) >= majority(len(self.conf.voters)):
+                    self._campaign("timeout")
+        elif isinstance(m, Preempted):
+            self._max_round = max(self._max_round, round_of(m.term))
 
     # --- phase 1 ---------------------------------------------------------------
 
