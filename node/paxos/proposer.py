@@ -1,6 +1,7 @@
 """The proposer's phase 1, once for every open slot (Paxos Made Simple §3;
 Paxos Made Moderately Complex's scout): detect a silent leader by missed
-heartbeats, pick a ballot above every one heard of, gather promises from a
+heartbeats, ask whether a majority would promise (the pre-prepare, Raft's
+PreVote), pick a ballot above every one heard of, gather promises from a
 majority, learn what they show chosen, and start phase 2 by proposing in
 every open slot the value of the highest ballot it was accepted in, or a
 no-op where none was (filling the gap). A preempted proposer backs off for
