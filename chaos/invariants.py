@@ -85,6 +85,19 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return f"{at + ': ' if at else ''}{self.check}: {self.detail}"
 
 
+def ran_once(ledger: dict[tuple[int, int], int], tick: int, node: str, session: int,
+             seq: int, index: int) -> list[Violation]:
+    """`node` ran write `seq` of `session` from the entry at `index` (noted
+    in `ledger`). Every replica runs it from the same entry (a restarted one
+    again, replaying); from any other entry it ran twice (thesis §6.3)."""
+    first = ledger.setdefault((session, seq), index)
+    if first == index:
+        return []
+    return [Violation(check=EXACTLY_ONCE, tick=tick,
+                      detail=f"{node} ran write {seq} of session {session} from entry "
+                             f"{index}; it already ran from entry {first}")]
+
+
 def majority(n: int) -> int:
     """How many of `n` voters make a majority."""
     return n // 2 + 1
@@ -246,15 +259,8 @@ class RaftInvariants:
 
     def executed(self, tick: int, node: str, session: int, seq: int,
                  index: int) -> list[Violation]:
-        """`node` ran write `seq` of `session` from the entry at `index`.
-        Every replica runs it from the same entry (a restarted one again,
-        replaying); from any other entry it ran twice."""
-        first = self._executed.setdefault((session, seq), index)
-        if first == index:
-            return []
-        return [Violation(check=EXACTLY_ONCE, tick=tick,
-                          detail=f"{node} ran write {seq} of session {session} from entry "
-                                 f"{index}; it already ran from entry {first}")]
+        """`node` ran write `seq` of `session` from the entry at `index`."""
+        return ran_once(self._executed, tick, node, session, seq, index)
 
     def node_down(self, node: str) -> None:
         """The node crashed: it leads no more; its next state starts afresh."""

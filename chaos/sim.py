@@ -1,6 +1,7 @@
-"""The deterministic simulator: `RaftCore`s on a seeded virtual network and
-disk, with faults, clients, and the Raft invariants checked after every step.
-No sockets, threads, sleeps or wall clock: one seed decides the whole run.
+"""The deterministic simulator: `RaftCore`s (or `PaxosCore`s) on a seeded
+virtual network and disk, with faults, clients, and the algorithm's
+invariants checked after every step (chaos/sim_cores.py). No sockets,
+threads, sleeps or wall clock: one seed decides the whole run.
 """
 
 from __future__ import annotations
@@ -9,27 +10,29 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from chaos.invariants import (
     CORE_ERROR,
     LIVENESS,
-    ConfView,
-    NodeState,
     RaftInvariants,
     RevisionView,
     Violation,
     check_linearizable,
 )
 from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
+from chaos.sim_cores import RAFT_COVERAGE, SimAlgorithm, sim_algorithm
 from chaos.sim_members import Members
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
-from chaos.sim_network import SimNetwork, describe
+from chaos.sim_network import SimNetwork, WireMessage, describe
 from node.config import (
     HISTORY_REVISIONS,
     TICK_MS,
     CoreConfig,
 )
+from node.consensus import ConsensusCore
 from node.errors import NotLeader, ProposalDropped
+from node.paxos.core import PaxosCore
 from node.raft.base import Role
 from node.raft.confchange import describe_conf, initial
 from node.raft.core import RaftCore
@@ -39,7 +42,6 @@ from node.raft.messages import (
     Entry,
     EntryKind,
     HardState,
-    PeerMessage,
     Snapshot,
 )
 from node.raft.quorum import majority
@@ -107,7 +109,7 @@ class _Node:
     peers: list[str]
     new_kv: Callable[[], KVStore]
     storage: MemoryStorage = field(default_factory=MemoryStorage)
-    core: RaftCore | None = None
+    core: ConsensusCore[Any] | None = None
     kv: KVStore = field(default_factory=KVStore)
     applied: int = 0
     waiting_writes: dict[tuple[int, int], _Client] = field(default_factory=dict)
@@ -206,7 +208,11 @@ class Simulation:
         keys: int = 3,
         workload: bool = True,
         trace: bool = False,
+        algorithm: str = "raft",
+        forget_promises: bool = False,
     ) -> None:
+        """`algorithm` is `raft` or `paxos`; `forget_promises` (Paxos, for
+        tests) breaks every acceptor's promise, for the checks to catch."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.seed = seed
@@ -218,6 +224,14 @@ class Simulation:
         self._workload = workload
         self._net = SimNetwork(self._rng)
         ids = [f"n{i}" for i in range(1, nodes + 1)]
+        # Revisions are the state machine's, the same for either algorithm:
+        # only this check of RaftInvariants is used on them.
+        self._revision_checker = RaftInvariants()
+        self._algo: SimAlgorithm = sim_algorithm(algorithm, ids, forget_promises)
+        unsupported = sorted(faults - self._algo.faults)
+        if unsupported:
+            raise ValueError(f"{algorithm} does not take the fault kind(s) "
+                             f"{', '.join(unsupported)}: its membership is fixed")
         self._ids = ids
         self._initial = list(ids)
         # Session rules, the same on every replica; small, so that sessions
@@ -240,7 +254,6 @@ class Simulation:
         self._members = Members(self._rng, ids, min_voters=min(3, nodes))
         self._keys = [f"k{i}" for i in range(keys)]
         self._clients = [_Client(f"c{i}", self._rng.choice(ids)) for i in range(clients)]
-        self._checker = RaftInvariants()
         self._violations: list[Violation] = []
         self._history: list[Operation] = []
         self._stats: Counter[str] = Counter()
@@ -254,7 +267,7 @@ class Simulation:
         self._in_tick = False
         self._sent = self._delivered = self._dropped = 0
         self._log("--", f"seed {seed}, {nodes} nodes, faults {format_faults(faults)}, "
-                        f"{self.config}")
+                        f"{self.config}" + ("" if algorithm == "raft" else f", {algorithm}"))
         for n in self._nodes.values():
             self._start(n)
 
@@ -313,12 +326,25 @@ class Simulation:
         return self._net
 
     @property
+    def coverage(self) -> tuple[str, ...]:
+        """The counters that show which paths of this algorithm a run took."""
+        return self._algo.coverage
+
+    @property
     def violations(self) -> list[Violation]:
         return self._violations
 
     def core(self, node: str) -> RaftCore | None:
-        """The node's core, or None while it is down."""
-        return self._nodes[node].core
+        """The node's Raft core, or None while it is down."""
+        c = self._nodes[node].core
+        assert c is None or isinstance(c, RaftCore), "a Paxos run: use paxos_core()"
+        return c
+
+    def paxos_core(self, node: str) -> PaxosCore | None:
+        """The node's Paxos core, or None while it is down."""
+        c = self._nodes[node].core
+        assert c is None or isinstance(c, PaxosCore), "a Raft run: use core()"
+        return c
 
     def leader(self) -> str | None:
         """The live leader of the highest term, if any."""
@@ -418,7 +444,7 @@ class Simulation:
         `remove`, `replace`); what was asked, or None if nothing could be."""
         return self._members.change(self, action)
 
-    def leader_core(self) -> tuple[str, RaftCore] | None:
+    def leader_core(self) -> tuple[str, ConsensusCore[Any]] | None:
         lead = self._leader()
         return None if lead is None or lead.core is None else (lead.id, lead.core)
 
@@ -469,7 +495,7 @@ class Simulation:
         finally:
             self._in_tick = outer
 
-    def _deliver(self, m: PeerMessage) -> None:
+    def _deliver(self, m: WireMessage) -> None:
         n = self._nodes[m.dst]
         if n.core is None or self._net.blocked(m.src, m.dst):
             self._dropped += 1
@@ -505,7 +531,7 @@ class Simulation:
         if io.changed:
             self._observe(n)
 
-    def _send_all(self, n: _Node, msgs: Sequence[PeerMessage]) -> None:
+    def _send_all(self, n: _Node, msgs: Sequence[WireMessage]) -> None:
         self._sent += len(msgs)
         for m in msgs:
             lost = self._net.send(self.now, m)
@@ -531,7 +557,7 @@ class Simulation:
         if done is None:
             return
         if done.executed:
-            found = self._checker.executed(self.now, n.id, done.session, done.seq, e.index)
+            found = self._algo.executed(self.now, n.id, done.session, done.seq, e.index)
             if found:
                 self._violations.extend(found)
                 raise _Stop
@@ -555,7 +581,8 @@ class Simulation:
             raise AssertionError(f"{n.id}: a put of {c.id} failed with {done.result.error}")
 
     def _check_revisions(self, n: _Node) -> None:
-        found = self._checker.observe_revisions(self.now, n.id, n.applied, revision_view(n.kv))
+        found = self._revision_checker.observe_revisions(self.now, n.id, n.applied,
+                                                         revision_view(n.kv))
         if found:
             self._violations.extend(found)
             raise _Stop
@@ -575,14 +602,7 @@ class Simulation:
     def _observe(self, n: _Node) -> None:
         core = n.core
         assert core is not None
-        log = core.log
-        found = self._checker.observe(self.now, NodeState(
-            n.id, core.term, core.role.value, log.commit, n.applied,
-            # Entries evicted from memory are applied and stored: the checker
-            # sees the log from the first one still held, like a snapshot.
-            log.mem_base, log.term(log.mem_base) or 0, log.entries, vote=core.vote,
-            confs=[ConfView(p.index, frozenset(p.conf.voters), frozenset(p.conf.voters_outgoing))
-                   for p in core.conf_history()]))
+        found = self._algo.observe(self.now, n.id, core, n.applied)
         if found:
             self._violations.extend(found)
             if self._trace is not None:
@@ -599,20 +619,13 @@ class Simulation:
         n.applied = snap.meta.index
         if snap.data:
             self._check_revisions(n)
-        n.core = RaftCore(n.id, n.peers, n.storage, self.config,
-                          random.Random(self._rng.getrandbits(64)), base=n.base)
+        n.core = self._algo.new_core(n.id, n.peers, n.storage, self.config,
+                                     random.Random(self._rng.getrandbits(64)), n.base)
         self._observe(n)
         self._handle(n)
 
     def _crash(self, n: _Node, how: str) -> None:
-        # What the node promised is on its disk: the checker sees it once more
-        # as the disk holds it (its votes and entries count in quorums).
-        st = n.storage.initial_state()
-        found = self._checker.observe(self.now, NodeState(
-            n.id, st.hard_state.term, Role.FOLLOWER.value, st.hard_state.commit,
-            st.snapshot.index, st.snapshot.index, st.snapshot.term, st.entries,
-            vote=st.hard_state.vote))
-        self._violations.extend(found)
+        self._violations.extend(self._algo.observe_disk(self.now, n.id, n.storage))
         n.core = None
         n.kv = n.new_kv()
         n.applied = 0
@@ -622,7 +635,7 @@ class Simulation:
         n.read_states.clear()
         n.crash_at = None
         n.unsynced_hs = None
-        self._checker.node_down(n.id)
+        self._algo.node_down(n.id)
         self._stats["crashes"] += 1
         self._log(n.id, f"crashed {how}")
 
@@ -803,22 +816,20 @@ class RunSummary:
     stats: dict[str, int]
 
 
-def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> RunSummary:
+def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int,
+             algorithm: str = "raft") -> RunSummary:
     """Run one seed without a trace; for worker processes."""
-    r = Simulation(seed, nodes, faults, ticks=ticks).run()
-    stats = {k: v for k, v in r.stats.items() if k in COVERAGE_STATS}
+    sim = Simulation(seed, nodes, faults, ticks=ticks, algorithm=algorithm)
+    r = sim.run()
+    stats = {k: v for k, v in r.stats.items() if k in sim.coverage}
     stats["operations"] = len(r.history)
     return RunSummary(seed, tuple((v.check, v.tick or 0, v.detail) for v in r.violations),
                       r.live_after_ticks, r.ticks, stats)
 
 
-# The counters a sweep adds up to show which paths its runs went through.
-COVERAGE_STATS = (
-    "became_leader", "crashes", "compactions", "entries_evicted", "snapshot_installed",
-    "leadership_transferred",
-    "append_rejected", "membership_changed", "messages_delivered", "messages_dropped", "ops_ok",
-    "ops_unknown", "ops_fail",
-)
+# The counters a sweep of Raft adds up to show which paths its runs went
+# through (chaos/sim_cores.py has Paxos's).
+COVERAGE_STATS = RAFT_COVERAGE
 
 
 def revision_view(kv: KVStore) -> RevisionView:
@@ -848,10 +859,10 @@ class _SimReady:
         # rewire; the configuration is in the next observation.
         self.changed = True
 
-    def send(self, messages: Sequence[PeerMessage]) -> None:
+    def send(self, messages: Sequence[WireMessage]) -> None:
         self.sim._send_all(self.n, messages)
 
-    def persist(self, rd: Ready) -> None:
+    def persist(self, rd: Ready[Any]) -> None:
         n = self.n
         self.changed = self.changed or bool(rd.entries) or rd.hard_state is not None \
             or rd.snapshot is not None
@@ -881,7 +892,7 @@ class _SimReady:
         for e in entries:
             self.sim._apply(self.n, e)
 
-    def finish(self, rd: Ready) -> None:
+    def finish(self, rd: Ready[Any]) -> None:
         sim, n = self.sim, self.n
         self.changed = self.changed or rd.soft_state is not None
         n.read_states.extend(rd.read_states)

@@ -8,11 +8,11 @@ again). The nemesis decides when; this carries it out.
 from __future__ import annotations
 
 import random
-from typing import Protocol
+from typing import Any, Protocol
 
+from node.consensus import ConsensusCore
 from node.errors import ConfChangeRefused, NotLeader
 from node.raft.confchange import describe_change
-from node.raft.core import RaftCore
 from node.raft.messages import ConfChange, ConfChangeSingle, ConfChangeType
 
 MEMBERSHIP_ACTIONS = ("add", "promote", "remove", "replace")
@@ -30,7 +30,7 @@ class SimCluster(Protocol):
 
     now: int
 
-    def leader_core(self) -> tuple[str, RaftCore] | None:
+    def leader_core(self) -> tuple[str, ConsensusCore[Any]] | None:
         """The live leader of the highest term and its core."""
         ...
 

@@ -10,7 +10,11 @@ import heapq
 import random
 from collections import Counter
 
+from node.paxos.messages import PaxosMessage
 from node.raft.messages import PeerMessage, SnapshotMeta
+
+# What travels between simulated nodes: Raft's messages or Paxos's.
+WireMessage = PeerMessage | PaxosMessage
 
 
 class SimNetwork:
@@ -23,7 +27,7 @@ class SimNetwork:
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
-        self._queue: list[tuple[int, int, PeerMessage]] = []
+        self._queue: list[tuple[int, int, WireMessage]] = []
         self._seq = 0
         self._blocked: Counter[tuple[str, str]] = Counter()
         self._last_at: dict[tuple[str, str], int] = {}
@@ -81,7 +85,7 @@ class SimNetwork:
         prob = self.link_loss.get((a, b), 0.0)
         return prob > 0 and self._rng.random() < prob
 
-    def send(self, now: int, m: PeerMessage) -> str | None:
+    def send(self, now: int, m: WireMessage) -> str | None:
         """Queue `m` for delivery a tick or two from `now`; the reason it was
         lost instead, if it was."""
         rng = self._rng
@@ -103,16 +107,16 @@ class SimNetwork:
             heapq.heappush(self._queue, (at, self._seq, m))
         return None
 
-    def due(self, now: int) -> list[PeerMessage]:
+    def due(self, now: int) -> list[WireMessage]:
         """Messages whose delivery time has come, in order."""
-        out: list[PeerMessage] = []
+        out: list[WireMessage] = []
         q = self._queue
         while q and q[0][0] <= now:
             out.append(heapq.heappop(q)[2])
         return out
 
 
-def describe(m: PeerMessage) -> str:
+def describe(m: WireMessage) -> str:
     """A one-line, readable form of a peer message for the trace."""
     parts = [f"{m.src}->{m.dst} {type(m).__name__} term={m.term}"]
     for name in m.__struct_fields__:

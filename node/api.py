@@ -56,7 +56,7 @@ from node.state.mvcc import RevisionError
 from node.state.sessions import KV, OpResult, Result
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
-    from node.raft.core import RaftCore
+    from node.consensus import ConsensusCore
     from node.watch import WatchHub
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
@@ -273,7 +273,7 @@ class ClientApi:
     def __init__(
         self,
         node_id: str,
-        core: RaftCore,
+        core: ConsensusCore[Any],
         kv: KVStore,
         reply: ReplyFn,
         client_addrs: dict[str, str],

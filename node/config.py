@@ -211,6 +211,10 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 FSYNC_POLICIES = ("always", "never")
 TRANSPORTS = ("zmq", "udp")
+# The consensus algorithm a cluster runs (node/consensus.py), fixed when it
+# is created: a node's durable state means a promise and accepted values
+# to Paxos, a term, a vote and a log to Raft.
+ALGORITHMS = ("raft", "paxos")
 # Where link faults are enforced besides the transport (raftctl/netns.py):
 # "" in the transport only; "bridge" a namespace per node (root); "sandbox"
 # all nodes in one user+network namespace (no root needed).
@@ -264,6 +268,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str = "default"
     transport: str = "zmq"
+    algorithm: str = "raft"
     # Every node process the supervisor knows, with its addresses; which of
     # them vote is the replicated configuration's business (docs/MEMBERSHIP.md).
     nodes: list[NodeSpec]
@@ -342,6 +347,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("nodes: a cluster needs at least one node")
         if self.transport not in TRANSPORTS:
             out.append(f"transport: {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if self.algorithm not in ALGORITHMS:
+            out.append(f"algorithm: {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
         if self.netns not in NETNS_MODES:
             modes = ", ".join(m for m in NETNS_MODES if m)
             out.append(f"netns: {self.netns!r} is not one of {modes} (or empty: off)")

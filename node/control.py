@@ -1,5 +1,5 @@
 """Operator commands on the control socket: status, link faults, leadership
-transfer, membership changes, compaction, digest, shutdown. Requests and
+transfer, membership changes, compaction, digest, a Paxos decree, shutdown. Requests and
 replies are msgpack maps; the runner implements `Controlled`. No socket I/O
 here; a command whose work is slow (`digest`) hands back a future, and the
 runner answers when it is done.
@@ -70,9 +70,20 @@ class ShutdownRequest(_Ctl, tag="shutdown", frozen=True):
     pass
 
 
+# A decree is read in the logs, value and all: a line's worth.
+DECREE_MAX_CHARS = 100
+
+
+class DecreeRequest(_Ctl, tag="decree", frozen=True):
+    """Paxos only: run one instance of the Synod protocol (a fresh phase 1,
+    then `value` in the next free slot), for the logs to show."""
+
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=DECREE_MAX_CHARS)]
+
+
 ControlRequest = (
     StatusRequest | SetLinksRequest | TransferRequest | ChangeMembersRequest | CompactRequest
-    | DigestRequest | ShutdownRequest
+    | DigestRequest | DecreeRequest | ShutdownRequest
 )
 
 
@@ -91,6 +102,7 @@ class Controlled(Protocol):
     def change_members(self, changes: list[MemberChange]) -> dict[str, Any]: ...
     def compact(self) -> dict[str, Any]: ...
     def digest(self) -> concurrent.futures.Future[dict[str, Any]]: ...
+    def decree(self, value: str) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
 
 
@@ -138,6 +150,8 @@ def handle_control(node: Controlled, data: bytes) -> tuple[Reply, str | None]:
             result = node.compact()
         elif isinstance(req, DigestRequest):
             return _when_done(req.id, node.digest()), None
+        elif isinstance(req, DecreeRequest):
+            result = node.decree(req.value)
         else:
             node.shutdown()
     except ControlError as e:

@@ -21,9 +21,9 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from node.raft.log import RaftLog
+from node.paxos.messages import Accept, PaxosMessage
 from node.raft.messages import AppendEntries, InstallSnapshot, PeerMessage
 
 # Below this much free space the node takes no new writes; at this much
@@ -34,6 +34,12 @@ DISK_OK_FREE_BYTES = 64 * 1024 * 1024
 # stalled write is tried again.
 DISK_CHECK_INTERVAL_MS = 250
 DISK_RETRY_INTERVAL_MS = 100
+
+
+class LogTerms(Protocol):
+    """Raft's log or a Paxos node's slots, as `needs_space` reads them."""
+
+    def term(self, index: int) -> int | None: ...
 
 
 class DiskWatch:
@@ -105,14 +111,17 @@ class DiskWatch:
                 "peer_messages_dropped": self.peer_messages_dropped}
 
 
-def needs_space(m: PeerMessage, log: RaftLog) -> bool:
+def needs_space(m: PeerMessage | PaxosMessage, log: LogTerms) -> bool:
     """Would stepping `m` make this node store more than a term or a vote:
-    entries its log does not hold (by Log Matching, the last one decides),
-    or a snapshot? A node short of space drops such a message, unanswered,
-    as a lost one: what it cannot store it must not acknowledge (§5.1)."""
+    entries its log does not hold (by Log Matching, the last one decides;
+    a Paxos acceptor's slots match one by one), or a snapshot? A node short
+    of space drops such a message, unanswered, as a lost one: what it
+    cannot store it must not acknowledge (§5.1)."""
     if isinstance(m, InstallSnapshot):
         return True
     if isinstance(m, AppendEntries) and m.entries:
         last = m.entries[-1]
         return log.term(last.index) != last.term
+    if isinstance(m, Accept):
+        return any(log.term(e.index) != e.term for e in m.entries)
     return False

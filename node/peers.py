@@ -23,7 +23,7 @@ from node.raft.messages import ConfChange, ConfChangeSingle, ConfChangeType, Con
 from node.transport.base import PeerTransport
 
 if TYPE_CHECKING:  # only the control request needs the core
-    from node.raft.core import RaftCore
+    from node.consensus import ConsensusCore
 
 # A sender that is not a peer is looked up in cluster.json at most this often.
 UNKNOWN_LOOKUP_INTERVAL_MS = 1_000
@@ -156,7 +156,7 @@ def to_conf_change(changes: list[MemberChange]) -> ConfChange:
     return ConfChange(tuple(out))
 
 
-def propose_members(core: RaftCore, changes: list[MemberChange]) -> dict[str, Any]:
+def propose_members(core: ConsensusCore[Any], changes: list[MemberChange]) -> dict[str, Any]:
     """Start a membership change at this node, which must lead; its index
     and the configuration now in force (the change takes effect when
     appended). Refusals become `ControlError`s with the core's code."""
@@ -172,7 +172,7 @@ def propose_members(core: RaftCore, changes: list[MemberChange]) -> dict[str, An
     return {"index": index, "conf": conf_status(core)}
 
 
-def conf_status(core: RaftCore) -> dict[str, Any]:
+def conf_status(core: ConsensusCore[Any]) -> dict[str, Any]:
     """The configuration in force as `status` shows it: who votes, who
     learns, the old voters while joint, the index of the entry that made it
     and whether that entry is committed."""

@@ -31,16 +31,17 @@ from node.config import (
     ClusterConfig,
     node_dir,
 )
+from node.consensus import ConsensusCore, make_core, peer_decoder, start_decree
 from node.control import ControlError, MemberChange
 from node.disk import DiskWatch, needs_space
 from node.errors import NotLeader
 from node.logs import RATE_LIMITED_EVENTS, LogFile, RateLimiter, make_logger
 from node.membership_mark import DataLost, FloorRecorder, check_on_start
+from node.paxos.messages import PaxosMessage
 from node.peers import PeerBook, conf_status, propose_members, transport_addr
 from node.private_files import private_dir
 from node.raft.base import Role
 from node.raft.confchange import initial
-from node.raft.core import RaftCore
 from node.raft.messages import ConfState, Entry, EntryKind, PeerMessage, Snapshot
 from node.raft.ready import Ready, SoftState, Step
 from node.replies import ClientReplies
@@ -106,7 +107,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self._limiter = RateLimiter()
         self.counters: dict[str, int] = {"bad_messages": 0, "spoofed_messages": 0,
                                           "auth_rejected": 0, "bad_requests": 0}
-        self._core: RaftCore | None = None
+        self._core: ConsensusCore[Any] | None = None
         self.log = make_logger(log_stream, node_id, self._log_state)
         self._log_file = log_stream if isinstance(log_stream, LogFile) else None
         ndir = node_dir(run_dir, node_id)
@@ -116,7 +117,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self.disk = DiskWatch(ndir / "data")
         # A Ready whose persist found the disk full waits here, the steps of
         # its persist already done in _persisted, and the log is frozen.
-        self._stalled: Ready | None = None
+        self._stalled: Ready[Any] | None = None
         self._stalled_on_snapshot = False
         self._persisted: set[str] = set()
         self._stall_retry_at = 0.0
@@ -164,11 +165,10 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
                 core_cfg, max_append_bytes=lim.max_append_bytes,
                 snapshot_chunk_bytes=lim.snapshot_chunk_bytes)
             max_command = lim.max_entry_data_bytes
-        # The configuration in force is the latest in the log; where the log
-        # holds none, it is the cluster's initial one (docs/MEMBERSHIP.md).
-        self.core = RaftCore(node_id, [], self.storage, core_cfg, random.Random(seed),
-                             base=initial(self.cfg.initial_ids()))
+        self.core = make_core(self.cfg.algorithm, node_id, self.storage, core_cfg,
+                              random.Random(seed), initial(self.cfg.initial_ids()))
         self._core = self.core
+        self._decode = peer_decoder(self.cfg.algorithm)
         self._last_role = self.core.role
         self._last_term = self.core.term
 
@@ -334,7 +334,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             self._heard_from(received, time.monotonic())
         for src, data in received:
             try:
-                msg = codec.decode(data)
+                msg = self._decode(data)
             except codec.DecodeError as e:
                 self.counters["bad_messages"] += 1
                 self._log_bad("bad_message", source=src, reason=str(e)[:200])
@@ -363,14 +363,14 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
     def _reconfigure(self, conf: ConfState) -> None:
         self.peer_book.apply(conf)
 
-    def _send(self, messages: Sequence[PeerMessage]) -> None:
+    def _send(self, messages: Sequence[PeerMessage | PaxosMessage]) -> None:
         for m in messages:
             self.transport.send(m.dst, codec.encode(m))
 
     def _install(self, snapshot: Snapshot) -> None:
         self._install_received(snapshot)
 
-    def _finish(self, rd: Ready) -> None:
+    def _finish(self, rd: Ready[Any]) -> None:
         self._apply_reads(rd)
         for name, kw in rd.events:
             self._log_event(self.log.info, name, kw)
@@ -390,7 +390,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             done = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
             self.api.applied(done, e.index, e.term)
 
-    def _apply_reads(self, rd: Ready) -> None:
+    def _apply_reads(self, rd: Ready[Any]) -> None:
         for rs in rd.read_states:
             self.api.read_ready(rs.ctx, rs.index)
         for ctx in rd.dropped_reads:
@@ -438,6 +438,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             "pending_requests": self.api.pending() + len(self._client_backlog),
             "uncommitted_bytes": c.uncommitted_bytes,
             "disk": {**self.disk.status(), "log_lines_dropped": self._log_lines_dropped()},
+            **c.status_facts(),
             "counters": {
                 **self.counters,
                 "dropped_messages": c.counters.dropped_messages
@@ -481,6 +482,9 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         started = self._maybe_snapshot(force=True)
         return {"started": started, "applied": self.kv.applied_index,
                 "snapshot_index": self.core.snapshot_meta.index}
+
+    def decree(self, value: str) -> dict[str, Any]:
+        return start_decree(self.core, value)
 
     def digest(self) -> concurrent.futures.Future[dict[str, Any]]:
         return self._digest_job()

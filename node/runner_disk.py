@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node.control import ControlError
 from node.disk import DISK_RETRY_INTERVAL_MS, DiskWatch
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import structlog
 
     from node.config import ClusterConfig
+    from node.consensus import ConsensusCore
     from node.logs import LogFile
-    from node.raft.core import RaftCore
 
 # The Ready handling of one loop turn stops after this long (a tick is 10 ms,
 # an election timeout 150 ms or more): what is left waits one turn.
@@ -43,14 +43,14 @@ class DiskHandling:
 
     if TYPE_CHECKING:
         # Set up by NodeRunner.__init__ (node/runner.py).
-        core: RaftCore
+        core: ConsensusCore[Any]
         storage: FileStorage
         disk: DiskWatch
         cfg: ClusterConfig
         log: structlog.typing.FilteringBoundLogger
         run_dir: Path
         id: str
-        _ready_io: ReadyHandler
+        _ready_io: ReadyHandler[Any]
         _floor: FloorRecorder
 
         def _received_ready(self, snap: Snapshot) -> bool: ...
@@ -61,7 +61,7 @@ class DiskHandling:
         # A Ready whose persist found the disk full (or waits for a leader's
         # snapshot: `_stalled_on_snapshot`), the steps of its persist already
         # done, and when to try it again.
-        _stalled: Ready | None
+        _stalled: Ready[Any] | None
         _stalled_on_snapshot: bool
         _persisted: set[str]
         _stall_retry_at: float
@@ -145,7 +145,7 @@ class DiskHandling:
         complete_ready(self.core, self._ready_io, rd)
         return True
 
-    def _persist(self, rd: Ready) -> None:
+    def _persist(self, rd: Ready[Any]) -> None:
         # Persist before send (§5.1): one sync covers the whole batch. Each
         # step is done once: after a full disk, the same Ready is persisted
         # again from where it stopped (what was staged stays in the WAL's

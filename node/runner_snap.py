@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     import structlog
 
     from node.config import ClusterConfig
+    from node.consensus import ConsensusCore
     from node.disk import DiskWatch
-    from node.raft.core import RaftCore
 
 # Each turn of the loop encodes image pieces for at most this long. A turn
 # under full load takes 5 to 30 ms; a heartbeat leaves every 20 ms.
@@ -78,7 +78,7 @@ class SnapshotHandling:
 
     if TYPE_CHECKING:
         # Set up by NodeRunner.__init__ (node/runner.py).
-        core: RaftCore
+        core: ConsensusCore[Any]
         kv: KVStore
         storage: FileStorage
         disk: DiskWatch

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from node.client import ClientError
+from node.config import ALGORITHMS
 from raftctl import (
     explain_cmd,
     faults_cmd,
@@ -94,7 +95,7 @@ class _RaftctlGroup(click.Group):
 
     LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
             "sim": "raftctl.sim_cmd:sim", "k8s": "raftctl.k8s_cmd:k8s",
-            "member": "raftctl.member_cmd:member"}
+            "member": "raftctl.member_cmd:member", "paxos": "raftctl.paxos_cmd:paxos"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -184,6 +185,9 @@ def version_cmd(as_json: bool) -> None:
               help="Peer transport: ZeroMQ over TCP, or plain UDP datagrams [default: zmq].")
 @click.option("--fsync", type=click.Choice(["always", "never"]), default=None,
               help="WAL durability [default: always]; `never` can lose acknowledged writes.")
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=None,
+              help="Consensus algorithm, fixed for the cluster's life: Raft, or Multi-Paxos "
+                   "(docs/PAXOS_VS_RAFT.md) [default: raft].")
 @click.option("--netns", "netns_mode", type=click.Choice(["auto", *NETNS_KERNEL_MODES]),
               is_flag=False, flag_value="auto", default=None,
               help="Kernel mode: cuts and loss become iptables rules. `bridge` (root): a network "
@@ -205,9 +209,8 @@ def version_cmd(as_json: bool) -> None:
 @json_option("Print the status as JSON (as `status --json`).")
 @click.pass_context
 def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transport: str | None,
-       fsync: str | None, netns_mode: str | None, power_loss: bool,
-       wait_s: float, wheel: Path | None,
-       wheelhouse: Path | None, as_json: bool) -> None:
+       fsync: str | None, algorithm: str | None, netns_mode: str | None, power_loss: bool,
+       wait_s: float, wheel: Path | None, wheelhouse: Path | None, as_json: bool) -> None:
     """Start the cluster's nodes and wait for a leader. A cluster file with
     [hosts] tables runs its nodes on those hosts over SSH (docs/DEPLOY.md)."""
     c = cluster_of(ctx)
@@ -220,7 +223,8 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
     _refuse_if_running(c)
     created = not c.exists()
     if not created:
-        if nodes is not None or config_file is not None or transport or fsync or netns_mode:
+        if nodes is not None or config_file is not None or transport or fsync or algorithm \
+                or netns_mode:
             raise CliError(f"cluster {c.name} already exists in {c.run_dir} with "
                            f"{len(c.node_ids())} nodes; `raftctl up` restarts it as it is, "
                            "`raftctl down --purge` removes it to make a new one")
@@ -229,13 +233,15 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
         settings: dict[str, Any] = {}
         if fsync:
             settings["fsync"] = fsync
+        if algorithm:
+            settings["algorithm"] = algorithm
         hosts: dict[str, Any] = {}
         if config_file is not None:
             # Only here: the inventory's module loads asyncssh.
             from raftctl.remote.inventory import load_hosts_config
 
             cfg, hosts = load_hosts_config(config_file, name=c.name)
-            if transport or fsync:
+            if transport or settings:
                 import msgspec
 
                 cfg = msgspec.structs.replace(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -78,6 +78,22 @@ def _mirrored(c: Cluster, ids: list[str], follow_: bool) -> Iterator[None]:
         yield
 
 
+def ballot_label(c: Cluster) -> Callable[[Any], str] | None:
+    """For a Paxos cluster, how a line's term reads: as the ballot it is
+    (`b5.n2`, round 5 of n2, node/paxos/ballot.py); None for Raft's terms."""
+    cfg = c.config()
+    if cfg.algorithm != "paxos":
+        return None
+    from node.paxos.ballot import Ranks  # only here: Raft clusters never need it
+
+    ranks = Ranks(sorted(cfg.initial_ids()))
+
+    def label(term: Any) -> str:
+        return f"b{ranks.describe(term) if isinstance(term, int) else '?':<5}"
+
+    return label
+
+
 def _show(c: Cluster, ids: list[str], flt: LogFilter, follow_: bool, tail: int | None,
           since: str | None, as_json: bool, for_s: float) -> None:
     paths = [c.log_path(n) for n in ids]
@@ -85,11 +101,13 @@ def _show(c: Cluster, ids: list[str], flt: LogFilter, follow_: bool, tail: int |
     colours: dict[str, str] = {n: render.NODE_COLOURS[i % len(render.NODE_COLOURS)]
                                for i, n in enumerate(c.node_ids())}
 
+    label = ballot_label(c)
+
     def emit(ev: dict[str, Any], raw: str) -> None:
         if as_json:
             click.echo(raw)
         else:
-            con.print(render.log_line(ev, colours))
+            con.print(render.log_line(ev, colours, label))
 
     # Where the past ends and following would begin, for every file at once.
     offsets = {p: complete_size(p) for p in paths}

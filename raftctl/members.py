@@ -144,6 +144,7 @@ def _role(conf: Conf | None, node: str, removed: bool) -> str:
 def add(c: Cluster, name: str | None = None) -> Outcome:
     """Start a node and add it as a learner. With `name`, a node removed
     earlier whose data is intact may come back under its name."""
+    _refuse_fixed_membership(c)
     _refuse_kernel_mode(c)
     conf = conf_of(c.status())
     spec, fresh = _new_member(c, name)
@@ -164,6 +165,7 @@ def add(c: Cluster, name: str | None = None) -> Outcome:
 def promote(c: Cluster, node: str, wait_s: float = 0.0) -> Outcome:
     """Make learner `node` a voter; refused (with how far behind it is)
     until it has caught up, or waited for up to `wait_s`."""
+    _refuse_fixed_membership(c)
     conf = conf_of(c.status())
     _check_member(c, conf, node)
     if node in conf.voters:
@@ -179,6 +181,7 @@ def remove(c: Cluster, node: str, force: bool = False) -> Outcome:
     """Remove `node`, then stop its process. Refused if it is the last
     voter, or, unless `force`, if the voters left could not form a quorum
     of running nodes."""
+    _refuse_fixed_membership(c)
     states = c.status()
     conf = conf_of(states)
     _check_member(c, conf, node)
@@ -201,6 +204,7 @@ def replace(c: Cluster, node: str, force: bool = False, by: str | None = None) -
     data is lost): the new one joins as a learner, catches up, then one
     joint change removes `node` and promotes it; `node` is then stopped.
     `by` names the new member (a removed node with its data may be one)."""
+    _refuse_fixed_membership(c)
     _refuse_kernel_mode(c)
     states = c.status()
     conf = conf_of(states)
@@ -228,6 +232,13 @@ def replace(c: Cluster, node: str, force: bool = False, by: str | None = None) -
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _refuse_fixed_membership(c: Cluster) -> None:
+    if c.config().algorithm == "paxos":
+        raise ClusterError(f"cluster {c.name} runs Paxos, whose membership is fixed when the "
+                           "cluster is created; membership changes are Raft's "
+                           "(docs/MEMBERSHIP.md)")
 
 
 def _refuse_kernel_mode(c: Cluster) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -124,16 +125,23 @@ def status_rows(states: list[NodeState]) -> list[dict[str, Any]]:
             "member": member_role(lead_conf, s.id), "conf": st.get("conf"),
             "disk": (st.get("disk") or {}).get("state"),
             "unsafe_bugs": st.get("unsafe_bugs") or [],
+            # A Paxos node's ballot (`term` is its number) and slots.
+            **({k: st.get(k) for k in ("algorithm", "ballot", "leader_ballot", "slots")}
+               if "ballot" in st else {}),
         })
     return rows
 
 
 def status_table(states: list[NodeState], title: str | None = None) -> Table:
+    """The status of every node. A Paxos cluster's shows each node's ballot
+    (the one it promised) for the term, and its slots for the log."""
     lead_conf = _lead_conf(states)
+    paxos = any(s.status and "ballot" in s.status for s in states)
     t = Table(title=title, title_justify="left", header_style="bold",
               caption=conf_caption(lead_conf), caption_justify="left")
-    for col in ("NODE", "MEMBER", "PID", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG",
-                "FAULTS"):
+    term_col, log_col = ("BALLOT", "SLOTS") if paxos else ("TERM", "LOG")
+    for col in ("NODE", "MEMBER", "PID", "STATE", term_col, "LEADER", "COMMIT", "APPLIED",
+                log_col, "FAULTS"):
         t.add_column(col, justify="right" if col in {"PID", "TERM", "COMMIT", "APPLIED"}
                      else "left", no_wrap=col != "FAULTS")
     for s in states:
@@ -147,8 +155,8 @@ def status_table(states: list[NodeState], title: str | None = None) -> Table:
         t.add_row(
             s.id, _s(member_role(lead_conf, s.id)), str(s.pid or "-"),
             Text(state, style=STATE_STYLES.get(state, "")),
-            _s(st.get("term")), _s(st.get("leader")), _s(st.get("commit")),
-            _s(st.get("applied")), log,
+            _s(st.get("ballot" if paxos else "term")), _s(st.get("leader")),
+            _s(st.get("commit")), _s(st.get("applied")), log,
             ", ".join(x for x in (disk_note(st), faults_summary(st)) if x),
         )
     return t
@@ -210,7 +218,10 @@ def clusters_table(found: list[FoundCluster]) -> Table:
 _HEAD_KEYS = frozenset({"ts", "node", "event", "level", "term", "role"})
 
 
-def log_line(ev: dict[str, Any], colour_of: dict[str, str]) -> Text:
+def log_line(ev: dict[str, Any], colour_of: dict[str, str],
+             term_label: Callable[[Any], str] | None = None) -> Text:
+    """One event as a line; `term_label` shows the term its own way (a Paxos
+    cluster's lines show their term as the ballot it is, `b5.n2`)."""
     node = str(ev.get("node", "?"))
     colour = colour_of.setdefault(node, NODE_COLOURS[len(colour_of) % len(NODE_COLOURS)])
     name = str(ev.get("event", "?"))
@@ -219,7 +230,8 @@ def log_line(ev: dict[str, Any], colour_of: dict[str, str]) -> Text:
     text = Text()
     text.append(f"{ts} ", style="dim")
     text.append(f"{node:<4}", style=colour)
-    text.append(f" t{ev.get('term', '?'):<3} {ev.get('role', '')!s:<13} ", style="dim")
+    term = term_label(ev.get("term")) if term_label else f"t{ev.get('term', '?'):<3}"
+    text.append(f" {term} {ev.get('role', '')!s:<13} ", style="dim")
     text.append(name, style=HIGHLIGHT_EVENTS.get(name, ""))
     if rest:
         text.append(" " + " ".join(f"{k}={_compact(v)}" for k, v in rest.items()))

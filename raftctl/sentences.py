@@ -3,7 +3,9 @@ docs/LOGS.md, given what earlier lines established (`Track`). Pure, and
 silent: `raftctl/explain.py` decides when and how a sentence is told.
 
 References: "§5.4.1" and "Figure 8" are the Raft paper (Ongaro and
-Ousterhout, extended version); "thesis §9.6" is Ongaro's PhD thesis.
+Ousterhout, extended version); "thesis §9.6" is Ongaro's PhD thesis. A
+Paxos node's events are told by raftctl/paxos_sentences.py; the events both
+algorithms log tell a Paxos line (one with a `ballot`) there too.
 """
 
 from __future__ import annotations
@@ -194,6 +196,8 @@ def _vote_ignored(ev: dict[str, Any], t: Track) -> Said:
 
 
 def _became_follower(ev: dict[str, Any], t: Track) -> Said:
+    if "ballot" in ev:
+        return paxos_sentences.became_follower(ev, t)
     n, term, lead = ev["node"], int(ev.get("term", 0)), ev.get("leader")
     prev = t.last.get(n) or {}
     if lead:
@@ -213,6 +217,8 @@ def _became_follower(ev: dict[str, Any], t: Track) -> Said:
 
 
 def _became_leader(ev: dict[str, Any], t: Track) -> Said:
+    if "ballot" in ev:
+        return paxos_sentences.became_leader(ev, t)
     n, term = ev["node"], int(ev.get("term", 0))
     votes = [n, *t.votes.get((n, term), [])]
     return Said(f"{n} became leader of term {term}",
@@ -224,6 +230,8 @@ def _became_leader(ev: dict[str, Any], t: Track) -> Said:
 
 
 def _stepped_down(ev: dict[str, Any], t: Track) -> Said:
+    if "ballot" in ev:
+        return paxos_sentences.stepped_down(ev, t)
     n, term = ev["node"], int(ev.get("term", 0))
     gist = f"{n} stopped leading term {t.leading.get(n, term)}"
     if ev.get("reason") == "check_quorum":
@@ -505,6 +513,12 @@ SAYERS: dict[str, Sayer] = {
     "peer_removed": _peer_removed, "peer_unknown": _peer_unknown,
     "unsafe_bugs_enabled": _unsafe_bugs_enabled,
 }
+
+# Paxos's own events. Imported only here, below what it builds on (Said,
+# Track, names): paxos_sentences imports this module.
+from raftctl import paxos_sentences  # noqa: E402 - see above
+
+SAYERS.update(paxos_sentences.SAYERS)
 
 
 def say(ev: dict[str, Any], t: Track) -> Said:

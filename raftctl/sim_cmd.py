@@ -17,21 +17,23 @@ from collections.abc import Iterator
 import click
 
 from chaos.sim import (
-    COVERAGE_STATS,
     SIM_FAULT_TICKS,
     SIM_LIVENESS_TICKS,
     RunSummary,
     Simulation,
     run_seed,
 )
-from chaos.sim_nemesis import format_faults, parse_faults
+from chaos.sim_cores import SIM_ALGORITHMS, sim_algorithm
+from chaos.sim_nemesis import FAULT_KINDS, format_faults, parse_faults
 from raftctl.exits import Exit
 from raftctl.options import json_option
 
 
-def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int) -> str:
+def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int,
+                   algorithm: str = "raft") -> str:
     """The command line that reruns one seed exactly, with its trace."""
-    return (f"raftctl sim --seed {seed} --nodes {nodes} --faults {format_faults(faults)} "
+    algo = "" if algorithm == "raft" else f" --algorithm {algorithm}"
+    return (f"raftctl sim{algo} --seed {seed} --nodes {nodes} --faults {format_faults(faults)} "
             f"--ticks {ticks} --trace")
 
 
@@ -48,36 +50,48 @@ def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int) ->
 @click.option("--ticks", type=click.IntRange(min=1), default=SIM_FAULT_TICKS, show_default=True,
               help="Ticks of the fault phase of each run.")
 @click.option("--trace", is_flag=True, help="Print the run's trace (needs --seed).")
+@click.option("--algorithm", type=click.Choice(list(SIM_ALGORITHMS)), default="raft",
+              show_default=True,
+              help="The core to run: Raft, or Multi-Paxos with its own invariants (its "
+                   "membership is fixed, so `all` leaves membership out).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes [default: one per CPU].")
 @json_option("Print the result as JSON.")
 @click.pass_context
 def sim(ctx: click.Context, seeds: int, first_seed: int, seed: int | None, nodes: int,
-        faults_text: str, ticks: int, trace: bool, jobs: int | None, as_json: bool) -> None:
-    """Run Raft in a seeded simulation with faults and check its safety.
+        faults_text: str, ticks: int, trace: bool, algorithm: str, jobs: int | None,
+        as_json: bool) -> None:
+    """Run Raft (or Paxos) in a seeded simulation with faults and check its safety.
 
     Every run injects random faults, heals everything, then requires a fresh
-    entry to commit within a bound; the Raft safety properties are checked
-    after every step and the client history for linearizability. Exit code 1
-    if any run broke one; each failing seed comes with its replay command.
+    entry to commit within a bound; the algorithm's safety properties are
+    checked after every step and the client history for linearizability.
+    Exit code 1 if any run broke one; each failing seed comes with its
+    replay command.
     """
     try:
         faults = parse_faults(faults_text)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--faults") from None
+    takes = sim_algorithm(algorithm, [f"n{i}" for i in range(1, nodes + 1)]).faults
+    if faults == frozenset(FAULT_KINDS):
+        faults &= takes
+    elif faults - takes:
+        raise click.BadParameter(f"{algorithm} does not take {', '.join(sorted(faults - takes))}"
+                                 ": its membership is fixed", param_hint="--faults")
     if trace and seed is None:
         raise click.UsageError("--trace replays one run: give it with --seed S")
     if seed is not None:
-        failed = _one(seed, nodes, faults, ticks, trace, as_json)
+        failed = _one(seed, nodes, faults, ticks, trace, as_json, algorithm)
     else:
         failed = _sweep(range(first_seed, first_seed + seeds), nodes, faults, ticks,
-                        jobs or os.cpu_count() or 1, as_json)
+                        jobs or os.cpu_count() or 1, as_json, algorithm)
     ctx.exit(Exit.FAILED if failed else Exit.OK)
 
 
 def _one(seed: int, nodes: int, faults: frozenset[str], ticks: int, trace: bool,
-         as_json: bool) -> bool:
-    r = Simulation(seed, nodes, faults, ticks=ticks, trace=trace).run()
+         as_json: bool, algorithm: str) -> bool:
+    r = Simulation(seed, nodes, faults, ticks=ticks, trace=trace, algorithm=algorithm).run()
     if as_json:
         click.echo(json.dumps({
             "seed": seed, "ticks": r.ticks, "live_after_ticks": r.live_after_ticks,
@@ -101,8 +115,10 @@ def _one(seed: int, nodes: int, faults: frozenset[str], ticks: int, trace: bool,
 
 
 def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: int,
-           as_json: bool) -> bool:
-    job = functools.partial(run_seed, nodes=nodes, faults=faults, ticks=ticks)
+           as_json: bool, algorithm: str) -> bool:
+    job = functools.partial(run_seed, nodes=nodes, faults=faults, ticks=ticks,
+                            algorithm=algorithm)
+    coverage = sim_algorithm(algorithm, [f"n{i}" for i in range(1, nodes + 1)]).coverage
     start = time.perf_counter()
     results = list(_with_progress(_run_all(job, seeds, jobs), len(seeds),
                                   show=not as_json and sys.stdout.isatty()))
@@ -115,6 +131,7 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
     if as_json:
         click.echo(json.dumps({
             "runs": len(results), "first_seed": seeds.start, "nodes": nodes,
+            **({} if algorithm == "raft" else {"algorithm": algorithm}),
             "faults": format_faults(faults), "ticks": ticks, "jobs": jobs,
             "seconds": round(elapsed, 3), "runs_per_second": round(rate, 2),
             "violations": total, "failing_seeds": len(failing),
@@ -125,11 +142,13 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
                 "seed": r.seed,
                 "violations": [{"check": p, "tick": t, "detail": d}
                                for p, t, d in r.violations],
-                "replay": replay_command(r.seed, nodes, faults, ticks)} for r in failing],
+                "replay": replay_command(r.seed, nodes, faults, ticks, algorithm)}
+                for r in failing],
         }, indent=2))
         return bool(failing)
-    click.echo(f"{len(results)} runs (seeds {seeds.start}..{seeds.stop - 1}, {nodes} nodes, "
-               f"faults {format_faults(faults)}, {ticks} ticks) in {elapsed:.1f}s: "
+    algo = "" if algorithm == "raft" else f"{algorithm}, "
+    click.echo(f"{len(results)} runs ({algo}seeds {seeds.start}..{seeds.stop - 1}, {nodes} "
+               f"nodes, faults {format_faults(faults)}, {ticks} ticks) in {elapsed:.1f}s: "
                f"{rate:.1f} runs/s on {jobs} process(es)")
     if live:
         click.echo(f"after healing, a fresh entry committed within {max(live)} ticks at worst "
@@ -137,12 +156,12 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
     sums: Counter[str] = Counter()
     for r in results:
         sums.update(r.stats)
-    click.echo("exercised: " + ", ".join(f"{sums[k]} {k}" for k in COVERAGE_STATS))
+    click.echo("exercised: " + ", ".join(f"{sums[k]} {k}" for k in coverage))
     click.echo(f"violations: {total} in {len(failing)} run(s)")
     for r in failing:
         prop, tick, detail = r.violations[0]
         click.echo(f"seed {r.seed}: {prop} at tick {tick}: {detail}")
-        click.echo(f"  replay: {replay_command(r.seed, nodes, faults, ticks)}")
+        click.echo(f"  replay: {replay_command(r.seed, nodes, faults, ticks, algorithm)}")
     return bool(failing)
 
 

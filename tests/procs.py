@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import psutil
 import pytest
+import zmq
 from click.testing import CliRunner
 
 from node.client import Client
+from node.transport.zmq import make_client_socket
 from raftctl.cluster import Cluster, make_config
 
 T = TypeVar("T")
@@ -75,6 +78,49 @@ class TestCluster(Cluster):
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         return {s.id: s.status for s in self.status(timeout_s=0.5) if s.status is not None}
+
+
+_ENC = msgspec.msgpack.Encoder()
+
+
+class RawClient:
+    """A client of the raw protocol (docs/PROTOCOL.md) on one DEALER socket,
+    to send one request more than once as a client that lost its answer does."""
+
+    def __init__(self, c: TestCluster) -> None:
+        self.c = c
+        self.sock: zmq.Socket[bytes] | None = None
+        self.node = ""
+        self.ids = 0
+
+    def ask(self, req: dict[str, Any], copies: int = 1) -> list[dict[str, Any]]:
+        """Send `req` `copies` times (the same session and seq); every answer."""
+        while True:
+            lead = self.c.leader()
+            if lead is not None:
+                break
+        if lead != self.node or self.sock is None:
+            if self.sock is not None:
+                self.sock.close(linger=0)
+            self.node = lead
+            self.sock = make_client_socket(zmq.Context.instance(), self.c.client_addrs()[lead],
+                                           self.c.keys())
+        ids = []
+        for _ in range(copies):
+            self.ids += 1
+            ids.append(self.ids)
+            self.sock.send(_ENC.encode({**req, "id": self.ids}))
+        got: dict[int, dict[str, Any]] = {}
+        while len(got) < copies and self.sock.poll(5000):
+            frame = msgspec.msgpack.decode(self.sock.recv())
+            for r in frame if isinstance(frame, list) else [frame]:
+                if r["id"] in ids:
+                    got[r["id"]] = r
+        return [got[i] for i in ids if i in got]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
 
 
 def make_cluster(tmp_path: Path, n: int = 3, **settings: Any) -> Iterator[TestCluster]:

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 from node.client import ClientError
 from node.disk import DISK_OK_FREE_BYTES
+from node.raft.core import RaftCore
 from node.raft.messages import AppendEntries, AppendEntriesResponse, Entry, Heartbeat
 from node.runner import NodeRunner
 from node.storage import FileStorage, NoSpace
@@ -166,9 +167,11 @@ def test_a_follower_acknowledges_nothing_it_could_not_store(
     r._handle_ready()
     assert r._stalled is not None
     assert not [m for m in sent if isinstance(m, AppendEntriesResponse)], sent
-    elapsed = r.core.election_elapsed
+    core = r.core
+    assert isinstance(core, RaftCore)
+    elapsed = core.election_elapsed
     r._tick(100)
-    assert r.core.election_elapsed == elapsed, "a stalled log ticked"
+    assert core.election_elapsed == elapsed, "a stalled log ticked"
     assert r._no_space(True) is not None and r._no_space(False) is not None
     r._stall_retry_at = 0.0
     r._handle_ready()

@@ -11,9 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import pytest
 import zmq
 
@@ -22,49 +20,7 @@ from node.config import node_dir
 from node.raft.messages import EntryKind
 from node.state.kv import KVStore
 from node.storage import FileStorage
-from node.transport.zmq import make_client_socket
-from tests.procs import TestCluster, at_least, make_cluster, wait_until
-
-_enc = msgspec.msgpack.Encoder()
-
-
-class _Raw:
-    """A client of the raw protocol (docs/PROTOCOL.md) on one DEALER socket."""
-
-    def __init__(self, c: TestCluster) -> None:
-        self.c = c
-        self.sock: zmq.Socket[bytes] | None = None
-        self.node = ""
-        self.ids = 0
-
-    def ask(self, req: dict[str, Any], copies: int = 1) -> list[dict[str, Any]]:
-        """Send `req` `copies` times (the same session and seq); every answer."""
-        while True:
-            lead = self.c.leader()
-            if lead is not None:
-                break
-        if lead != self.node or self.sock is None:
-            if self.sock is not None:
-                self.sock.close(linger=0)
-            self.node = lead
-            self.sock = make_client_socket(zmq.Context.instance(), self.c.client_addrs()[lead],
-                                           self.c.keys())
-        ids = []
-        for _ in range(copies):
-            self.ids += 1
-            ids.append(self.ids)
-            self.sock.send(_enc.encode({**req, "id": self.ids}))
-        got: dict[int, dict[str, Any]] = {}
-        while len(got) < copies and self.sock.poll(5000):
-            frame = msgspec.msgpack.decode(self.sock.recv())
-            for r in frame if isinstance(frame, list) else [frame]:
-                if r["id"] in ids:
-                    got[r["id"]] = r
-        return [got[i] for i in ids if i in got]
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
+from tests.procs import RawClient, TestCluster, at_least, make_cluster, wait_until
 
 
 def _replay(data_dir: Path, max_sessions: int) -> tuple[KVStore, Counter[tuple[int, int]]]:
@@ -129,7 +85,7 @@ def test_retried_writes_apply_once_among_thousands_of_short_lived_clients(
     threads = [threading.Thread(target=short_lived, args=(k,), daemon=True) for k in range(6)]
     for t in threads:
         t.start()
-    raw = _Raw(c)
+    raw = RawClient(c)
     acked: list[bytes] = []
     retried_after_eviction = 0
     try:

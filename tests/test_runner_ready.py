@@ -187,7 +187,7 @@ def test_sigterm_only_sets_a_flag_and_the_loop_stops_between_steps(
             return call
 
     old = signal.getsignal(signal.SIGTERM)
-    r.core = _Guard()  # type: ignore[assignment]  # the guard stands in for the core
+    r.core = _Guard()  # the guard stands in for the core
     try:
         signal.signal(signal.SIGTERM, r._on_stop_signal)
         r.core.step(Hup())

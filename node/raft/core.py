@@ -229,6 +229,10 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
 
+    def status_facts(self) -> dict[str, Any]:
+        """What `status` shows beyond the fields every core has: nothing."""
+        return {}
+
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.commit)
 

@@ -36,9 +36,10 @@ fails for a reason that passes (a full disk) leaves the Ready unfinished;
 from __future__ import annotations
 
 import enum
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from node.raft.messages import (
     AppendEntries,
@@ -51,15 +52,23 @@ from node.raft.messages import (
     Snapshot,
 )
 
-if TYPE_CHECKING:  # the core imports this module
-    from node.raft.core import RaftCore
+if TYPE_CHECKING:
+    # What a core sends; Raft's messages unless said otherwise (a Paxos
+    # core's Ready is a Ready[PaxosMessage]). Only the checker needs the
+    # default, which `typing` has only from Python 3.13 on.
+    from typing_extensions import TypeVar
+
+    M = TypeVar("M", default=PeerMessage)
+else:
+    M = typing.TypeVar("M")
 
 _EARLY = (AppendEntries, Heartbeat, InstallSnapshot)
 
 
-def may_send_early(m: PeerMessage) -> bool:
-    """A leader's replication message, which may leave before persisting."""
-    return isinstance(m, _EARLY)
+def may_send_early(m: object) -> bool:
+    """A leader's replication message, which may leave before persisting
+    (another algorithm's say so with a `SENT_BEFORE_PERSIST` class flag)."""
+    return isinstance(m, _EARLY) or getattr(type(m), "SENT_BEFORE_PERSIST", False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +89,11 @@ class SoftState:
 
 
 @dataclass(slots=True)
-class Ready:
+class Ready(Generic[M]):
     hard_state: HardState | None = None
     entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
-    messages: list[PeerMessage] = field(default_factory=list)
+    messages: list[M] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[bytes] = field(default_factory=list)
@@ -117,17 +126,25 @@ class Step(enum.Enum):
     APPLIED = "applied"
 
 
-class ReadyHandler(Protocol):
+class ReadyCore(Protocol[M]):
+    """What `handle_ready` needs of a core (`RaftCore`, `PaxosCore`)."""
+
+    def ready(self) -> Ready[M]: ...
+
+    def advance(self, rd: Ready[M]) -> None: ...
+
+
+class ReadyHandler(Protocol[M]):
     """What a caller does for each step of a Ready."""
 
     def reconfigure(self, conf: ConfState) -> None:
         """The configuration in force is now `conf`: reach its members (at
         the addresses it gives), and no longer the nodes that left it."""
 
-    def send(self, messages: Sequence[PeerMessage]) -> None:
+    def send(self, messages: Sequence[M]) -> None:
         """Hand `messages` to the network."""
 
-    def persist(self, rd: Ready) -> None:
+    def persist(self, rd: Ready[M]) -> None:
         """Store `rd.snapshot`, `rd.entries` and `rd.hard_state`; durable
         (one sync) before returning when `rd.must_sync()`."""
 
@@ -137,7 +154,7 @@ class ReadyHandler(Protocol):
     def apply(self, entries: Sequence[Entry]) -> None:
         """Apply committed entries, in order, and answer who waits on them."""
 
-    def finish(self, rd: Ready) -> None:
+    def finish(self, rd: Ready[M]) -> None:
         """Serve `rd.read_states`, answer `rd.dropped_reads`, note `rd.events`
         and `rd.soft_state`."""
 
@@ -146,7 +163,7 @@ class ReadyHandler(Protocol):
         after APPLIED_EARLY; the simulator may crash the node anywhere."""
 
 
-def handle_ready(core: RaftCore, h: ReadyHandler) -> Ready:
+def handle_ready(core: ReadyCore[M], h: ReadyHandler[M]) -> Ready[M]:
     """Take the core's Ready, carry it out through `h` in the order above,
     then advance the core. Returns the Ready handled. If `h` raises (a
     simulated crash), the core is not advanced: the caller drops it."""
@@ -166,7 +183,7 @@ def handle_ready(core: RaftCore, h: ReadyHandler) -> Ready:
     return complete_ready(core, h, rd)
 
 
-def complete_ready(core: RaftCore, h: ReadyHandler, rd: Ready) -> Ready:
+def complete_ready(core: ReadyCore[M], h: ReadyHandler[M], rd: Ready[M]) -> Ready[M]:
     """Steps 4 to 6 of `rd` and `advance`: what follows its persist. A
     caller whose persist of `rd` failed for a reason that passes (a full
     disk), and that changed nothing of the core since, calls this once `rd`
