@@ -131,11 +131,17 @@ _FAULTS = frozenset({"membership", "crash", "partition", "isolate", "loss", "sna
 
 
 def _first_quorum_violation(seeds: range) -> Violation:
+    """The first quorum violation of a sweep. A broken rule may show as
+    another violation first in some seed (a cluster that elects wrongly can
+    also stop making progress): those are noted, not taken for it."""
+    others: list[tuple[int, str]] = []
     for seed in seeds:
         r = Simulation(seed, faults=_FAULTS).run()
-        if r.violations:
-            return r.violations[0]
-    pytest.fail(f"no seed in {seeds} broke any invariant")
+        for v in r.violations:
+            if v.check == QUORUM:
+                return v
+        others += [(seed, v.check) for v in r.violations[:1]]
+    pytest.fail(f"no seed in {seeds} broke the quorum invariant (other violations: {others})")
 
 
 def test_learners_counted_toward_commit_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
