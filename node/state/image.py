@@ -1,7 +1,7 @@
 """Snapshot images of the key-value state machine: the frozen state
 (`KVImage`), its byte format (4: keys in order with their revisions and the
-history of changes, in framed chunks written as they are encoded; 2 and 3,
-of earlier versions, still read), and the checks an
+history of changes, in framed chunks written as they are encoded; 2, of earlier
+versions, still read), and the checks an
 image must pass. Pure: encoding and decoding are safe on another thread.
 """
 
@@ -70,11 +70,12 @@ class _Header(msgspec.Struct, frozen=True, array_like=True):
     applied_index: U64
     clock_ms: U64
     sessions: list[SessionImage]
-    # Byte length and number of items of each data chunk that follows.
+    # Format 2: byte length and number of pairs of each data chunk that
+    # follows. Format 4 frames its chunks instead and leaves these empty.
     chunk_bytes: list[U64]
     chunk_pairs: list[U64]
-    # Format 3: the revision, the oldest kept, and the chunks of changes
-    # after the data chunks, as the data's.
+    # Format 4: the revision and the oldest kept (the two lists after them
+    # are always empty: a development version's chunk tables of changes).
     revision: U64 = 0
     compacted: U64 = 0
     change_bytes: list[U64] = []
@@ -94,9 +95,9 @@ class _ChangeImage(msgspec.Struct, frozen=True, array_like=True):
 
 _MAGIC = b"RKVI"
 # 2: registered sessions (thesis §6.3) and the log clock, keys by shard.
-# 3: keys in order with their revisions, and the history (node/state/mvcc.py),
-#    chunk sizes in the header. 4: the same, each chunk framed by its length
-#    (node/state/image_stream.py), so it is written as it is encoded.
+# 4: keys in order with their revisions, and the history (node/state/mvcc.py),
+#    each chunk framed by its length (node/state/image_stream.py), so that it
+#    is written as it is encoded. (3 was never released.)
 _FORMAT = 4
 _FRAME = struct.Struct(">4sI")  # magic, header length
 _encoder = msgspec.msgpack.Encoder()
@@ -175,13 +176,13 @@ def _decode(buf: memoryview) -> KVImage:
     if pos > len(buf):
         raise ImageError("truncated image header")
     h = _header_decoder.decode(buf[_FRAME.size : pos])
-    if h.format not in (2, 3, _FORMAT):
+    if h.format not in (2, _FORMAT):
         raise ImageError(f"unknown image format {h.format}")
     if len(h.chunk_bytes) != len(h.chunk_pairs) or len(h.change_bytes) != len(h.change_counts):
         raise ImageError("chunk tables of different lengths")
     if h.format == _FORMAT and (h.chunk_bytes or h.change_bytes):
         raise ImageError(f"a format {_FORMAT} image frames its chunks: its tables are empty")
-    if h.format != _FORMAT and pos + sum(h.chunk_bytes) + sum(h.change_bytes) != len(buf):
+    if h.format == 2 and pos + sum(h.chunk_bytes) != len(buf):
         raise ImageError(f"data chunks do not fill the image of {len(buf)} bytes")
     problem = check_images(h.clock_ms, h.applied_index, h.sessions)
     if problem is not None:
@@ -192,23 +193,12 @@ def _decode(buf: memoryview) -> KVImage:
         shards, keys = _v2_data(buf, pos, h)
         return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions),
                        SortedKeys.from_sorted(keys).freeze())
-    if h.format == _FORMAT:
-        try:
-            data, history = framed_sections(buf, pos, 2)
-        except ValueError as e:
-            raise ImageError(str(e)) from None
-        data_chunks: list[tuple[memoryview, int | None]] = [(c, None) for c in data]
-        change_chunks: list[tuple[memoryview, int | None]] = [(c, None) for c in history]
-    else:
-        data_chunks, change_chunks = [], []
-        for nbytes, n in zip(h.chunk_bytes, h.chunk_pairs, strict=True):
-            data_chunks.append((buf[pos : pos + nbytes], n))
-            pos += nbytes
-        for nbytes, n in zip(h.change_bytes, h.change_counts, strict=True):
-            change_chunks.append((buf[pos : pos + nbytes], n))
-            pos += nbytes
-    shards, keys = _data(data_chunks, h)
-    changes = _changes(change_chunks, h, shards)
+    try:
+        data, history = framed_sections(buf, pos, 2)
+    except ValueError as e:
+        raise ImageError(str(e)) from None
+    shards, keys = _data(data, h)
+    changes = _changes(history, h, shards)
     return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions),
                    SortedKeys.from_sorted(keys).freeze(), h.revision, h.compacted,
                    ChangeLog(changes).freeze())
@@ -236,19 +226,16 @@ def _v2_data(buf: memoryview, pos: int,
     return shards, sorted(k for s in shards for k in s)
 
 
-def _data(chunks: list[tuple[memoryview, int | None]],
+def _data(chunks: list[memoryview],
           h: _Header) -> tuple[tuple[dict[str, Rec], ...], list[str]]:
-    """Formats 3 and 4: [key, record] pairs in key order; each chunk with
-    the number of pairs a format 3 header promises."""
+    """[key, record] pairs in key order."""
     shards: tuple[dict[str, Rec], ...] = tuple({} for _ in range(SHARDS))
     keys: list[str] = []
     crc32 = zlib.crc32
     last = ""
     rev = h.revision
-    for chunk, npairs in chunks:
+    for chunk in chunks:
         pairs = _pairs_decoder.decode(chunk)
-        if npairs is not None and len(pairs) != npairs:
-            raise ImageError("a data chunk holds the wrong number of pairs")
         # `check_key` and `shard_of` inlined: this loop runs once per key of
         # the store. Decoded strings are valid UTF-8, without surrogates.
         for key, rec in pairs:
@@ -266,7 +253,7 @@ def _data(chunks: list[tuple[memoryview, int | None]],
     return shards, keys
 
 
-def _changes(chunks: list[tuple[memoryview, int | None]], h: _Header,
+def _changes(chunks: list[memoryview], h: _Header,
              shards: tuple[dict[str, Rec], ...]) -> list[Change]:
     """The history, checked against the revisions and the live keys: in
     revision order, within [compacted, revision], each key's last change
@@ -276,10 +263,8 @@ def _changes(chunks: list[tuple[memoryview, int | None]], h: _Header,
     out: list[Change] = []
     last: dict[str, Change] = {}
     rev = h.compacted
-    for chunk, count in chunks:
+    for chunk in chunks:
         items = _changes_decoder.decode(chunk)
-        if count is not None and len(items) != count:
-            raise ImageError("a chunk of changes holds the wrong number of them")
         for c in items:
             if not max(rev, 1) <= c.rev <= h.revision or (
                     c.after is not None and c.after.mod != c.rev):
