@@ -189,6 +189,11 @@ def _vote_rejected(ev: dict[str, Any], t: Track) -> Said:
 def _vote_ignored(ev: dict[str, Any], t: Track) -> Said:
     v, c = ev["node"], ev.get("candidate", "?")
     kind = "a pre-vote" if ev.get("prevote") else "a vote"
+    if ev.get("reason") == "not_a_member":
+        return Said(f"{v} ignored {c}'s request for {kind}", _suppressed(ev),
+                    f"{c} is in no configuration {v} knows (a removed server that never learned "
+                    f"so) and {v} heard from its leader less than an election timeout ago: "
+                    "a removed server cannot depose the leader again and again", "thesis §4.2.3")
     return Said(f"{v} ignored {c}'s request for {kind}", _suppressed(ev),
                 f"{v} heard from a leader less than an election timeout ago, so it does not "
                 "believe the leader is gone: a node cut off and back cannot disrupt a working "

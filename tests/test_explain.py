@@ -104,6 +104,16 @@ def test_a_vote_line_with_both_logs_positions_names_them() -> None:
                     "at term 3 index 51, n3's at term 3 index 57) (§5.4.1)")
 
 
+def test_a_removed_servers_ignored_vote_says_why() -> None:
+    """`vote_ignored reason=not_a_member` names the removed server, not the
+    leader lease alone (thesis §4.2.3)."""
+    ev = {"ts": "2026-12-01T10:00:00.000000Z", "node": "n2", "term": 4, "role": "follower",
+          "event": "vote_ignored", "candidate": "n3", "prevote": False,
+          "reason": "not_a_member"}
+    text = say(ev, Track(["n1", "n2"])).text(with_lesson=True)
+    assert "n3 is in no configuration n2 knows" in text, text
+
+
 # --- recorded runs ---------------------------------------------------------------------
 
 

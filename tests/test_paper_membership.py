@@ -267,13 +267,15 @@ def test_leader_removed_manages_the_cluster_until_c_new_commits_then_steps_down(
 # --- §4.2.3: removed servers must not disrupt ----------------------------------------
 
 
-@pytest.mark.parametrize("prevote", [True, False])
-def test_removed_server_does_not_disrupt(prevote: bool) -> None:
+@pytest.mark.parametrize(("prevote", "check_quorum"),
+                         [(True, True), (False, True), (True, False), (False, False)])
+def test_removed_server_does_not_disrupt(prevote: bool, check_quorum: bool) -> None:
     """A removed server that never learned of its removal times out and
     asks for votes; servers that hear from their leader ignore its requests
     (and with PreVote it never even raises its own term), so the leader
-    stays. Reference: thesis §4.2.3."""
-    net = elected(Network(3, small_config(prevote=prevote, check_quorum=True)))
+    stays; without CheckQuorum too, for it is no member of theirs. Reference:
+    thesis §4.2.3."""
+    net = elected(Network(3, small_config(prevote=prevote, check_quorum=check_quorum)))
     net.cut("n1", "n3")
     net.change("n1", cc((REMOVE, "n3")))
     net.settle()
@@ -309,6 +311,32 @@ def test_removed_server_requests_are_ignored_by_leader_and_followers() -> None:
     ignored = [kw for n, kw in net.nodes["n2"].events if n == "vote_ignored"]
     assert ignored and ignored[0]["candidate"] == "n3"
     assert net.leader() == "n1" and net.term("n1") == term
+
+
+def test_without_check_quorum_a_member_is_heard_but_a_removed_server_is_not() -> None:
+    """Without CheckQuorum the leader lease does not hold for members (a
+    leader that cannot hear its followers would never step down, and the
+    lease would keep those that still hear it from electing anyone), but a
+    removed server's request is ignored while the leader is heard
+    (`vote_ignored reason=not_a_member`), and heard once it is not.
+    Reference: thesis §4.2.3."""
+    net = elected(Network(3, small_config(prevote=False, check_quorum=False)))
+    net.cut("n1", "n3")
+    net.change("n1", cc((REMOVE, "n3")))
+    net.settle()
+    net.recover()
+    term = net.term("n2")
+    before = len(net.nodes["n2"].events)
+    net.step("n2", rv("n3", "n2", term + 5, last=(99, term + 5)))
+    got = [(n, kw.get("reason")) for n, kw in net.nodes["n2"].events[before:]]
+    assert ("vote_ignored", "not_a_member") in got and net.term("n2") == term, got
+    net.step("n2", rv("n1", "n2", term + 1, last=(99, term)))
+    assert net.term("n2") == term + 1, "a member's request must be heard without CheckQuorum"
+    net.crash("n1")
+    net.tick(2 * E, nodes=["n2"])
+    term = net.term("n2")
+    net.step("n2", rv("n3", "n2", term + 5, last=(99, term + 5)))
+    assert net.term("n2") == term + 5, "with no leader heard, every request counts"
 
 
 def test_a_learner_lets_its_leader_lease_expire() -> None:

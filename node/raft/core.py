@@ -323,15 +323,21 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             return
         if m.term > self.term:
             if isinstance(m, RequestVote):
-                in_lease = (
-                    self.config.check_quorum
-                    and self.leader is not None
-                    and self.election_elapsed < self.config.election_ticks
-                )
-                if in_lease and not m.transfer:
-                    # Thesis §4.2.3: a node that hears from a leader ignores
-                    # votes until its election timeout passes.
-                    self._event("vote_ignored", candidate=m.src, reason="leader_lease",
+                heard_leader = (self.leader is not None
+                                and self.election_elapsed < self.config.election_ticks)
+                # Thesis §4.2.3: a node that hears from a leader ignores votes
+                # until its election timeout passes. Only under CheckQuorum for
+                # members: without it a leader that cannot hear its followers
+                # never steps down, and the lease would keep those that still
+                # hear it from electing anyone. A candidate outside this node's
+                # configuration is ignored either way: it is a removed server
+                # that never learned so, and its votes would depose the leader
+                # again each time its timer ran out.
+                member = m.src in self._joint.voters()
+                if (heard_leader and not m.transfer
+                        and (self.config.check_quorum or not member)):
+                    self._event("vote_ignored", candidate=m.src,
+                                reason="leader_lease" if member else "not_a_member",
                                 prevote=m.prevote)
                     return
                 if not m.prevote:
