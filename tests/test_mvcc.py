@@ -135,6 +135,26 @@ def test_history_is_bounded_by_revisions_and_by_bytes() -> None:
     assert small.log.bytes <= 10_000 and small.compacted > 150
 
 
+def test_retention_compacts_in_steps_keeping_at_least_the_bound() -> None:
+    """Retention keeps at least `history_revisions` revisions and at most a
+    sixteenth more, compacting in steps rather than at every command; past
+    `history_max_bytes` it trims to fifteen sixteenths of it."""
+    mv = _mvcc(revisions=160)
+    points = set()
+    for i in range(1000):
+        execute(mv, Put("k", str(i).encode()))
+        kept = mv.revision - mv.compacted + 1
+        assert kept >= 160 or mv.compacted == 1, (mv.revision, mv.compacted)
+        assert kept <= 160 + 10, (mv.revision, mv.compacted)
+        points.add(mv.compacted)
+    assert 1 < len(points) <= 1000 // 10 + 1, len(points)
+    small = _mvcc(max_bytes=16_000)
+    for _ in range(200):
+        execute(small, Put("k", b"x" * 1000))
+        assert small.log.bytes <= 16_000
+    assert small.log.bytes <= 16_000 - 16_000 // 16 + 1160
+
+
 def test_history_memory_stays_within_what_it_counts() -> None:
     """What the history counts against `history_max_bytes` covers what it
     holds in memory (CHANGE_OVERHEAD_BYTES per change plus the key and the

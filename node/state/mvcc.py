@@ -137,6 +137,8 @@ class CowMap:
 # --- the retained changes ---------------------------------------------------------
 
 _LOG_CHUNK = 1024
+# Retention compacts when a bound is passed by 1/_RETAIN_STEPS of it (Mvcc.retain).
+_RETAIN_STEPS = 16
 _rev_of = attrgetter("rev")
 
 
@@ -355,14 +357,20 @@ class Mvcc:
         return len(keys)
 
     def retain(self) -> None:
-        """Compact what the history bounds no longer allow (after each command)."""
-        if self.revision - self.compacted >= self.history_revisions:
-            self.compact(self.revision - self.history_revisions + 1)
-        while self.log.bytes > self.history_max_bytes:
-            first = self.log.first_rev()
-            if first is None or first >= self.revision:
-                break  # the latest revision's changes stay, whatever they weigh
-            self.compact(first + 1)
+        """Compact what the history bounds no longer allow (after each command).
+        In steps of a sixteenth of each bound, not a revision per command: a
+        compaction per write cost 6% of a leader's time at 64 clients. Each
+        step is a rule of the replicated state, the same on every replica."""
+        keep = self.history_revisions
+        if self.revision - self.compacted >= keep + keep // _RETAIN_STEPS:
+            self.compact(self.revision - keep + 1)
+        if self.log.bytes > self.history_max_bytes:
+            goal = self.history_max_bytes - self.history_max_bytes // _RETAIN_STEPS
+            while self.log.bytes > goal:
+                first = self.log.first_rev()
+                if first is None or first >= self.revision:
+                    break  # the latest revision's changes stay, whatever they weigh
+                self.compact(first + 1)
 
     def compact(self, rev: int) -> int:
         """Forget the history before revision `rev` (at most the current

@@ -129,6 +129,14 @@ class EntryStore:
         """Where the WAL wrote entries (`Wal.take_written`), in order: a
         later record for an index replaces the earlier one and what follows."""
         positions, base = self._seq, self.base
+        n = len(index)
+        if n and index[0] - base - 1 == len(positions) and index[-1] - index[0] == n - 1:
+            # The common case, one run of the next entries: records come in
+            # runs of consecutive indexes, each starting at most one past the
+            # last, so only a single run spans n - 1.
+            positions.extend(seq)
+            self._off.extend(off)
+            return
         for i, sq, of in zip(index, seq, off, strict=True):
             k = i - base - 1
             if k < 0 or k > len(positions):
