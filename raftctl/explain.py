@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from node.paxos.ballot import rank_of, round_of
 from raftctl.sentences import Track, clock, learn, names, say
 
 # Kinds of sentence. TERM opens a term; EVENT tells one log line; AGAIN
@@ -86,6 +87,16 @@ class Narrator:
         # (node, term, gist) -> [repeats, first ts, last ts, first sentence]
         self._again: dict[tuple[str, int, str], list[Any]] = {}
         self._last_ts = ""
+        # A Paxos node logs its ballot as its term: told as "ballot 2.n3"
+        # (round 2 of n3) once a line shows the logs are Paxos's.
+        self._paxos = False
+
+    def _name(self, term: int) -> str:
+        if not self._paxos:
+            return f"term {term}"
+        nodes, rank = self.track.nodes, rank_of(term)
+        who = nodes[rank - 1] if 0 < rank <= len(nodes) else f"rank {rank}"
+        return f"ballot {round_of(term)}.{who}"
 
     def feed(self, ev: dict[str, Any]) -> list[Sentence]:
         """The sentences that `ev` brings out (possibly none)."""
@@ -94,10 +105,11 @@ class Narrator:
         out: list[Sentence] = []
         ts, term = str(ev.get("ts", "")), int(ev.get("term", 0))
         self._last_ts = max(self._last_ts, ts)
+        self._paxos = self._paxos or "ballot" in ev
         if term > self._term:
             out += self._close_term(ts)
             self._term = term
-            self._header = Sentence(ts, term, None, TERM, None, f"term {term}" if term else
+            self._header = Sentence(ts, term, None, TERM, None, self._name(term) if term else
                                     "term 0: before any election")
         said = say(ev, self.track)
         learn(ev, self.track)
@@ -105,7 +117,7 @@ class Narrator:
         topic = said.topic or event
         text = said.text(with_lesson=topic not in self._taught)
         if term < self._term:
-            text += f" [{node} is still in term {term}]"
+            text += f" [{node} is still in {self._name(term)}]"
         s = Sentence(ts, term, node, EVENT, event, text, said.ref, said.lesson or None)
         if not self._keep(s):
             return out
@@ -127,11 +139,13 @@ class Narrator:
         t = self.track
         lead = t.leader_of.get(self._term)
         if lead is not None and t.leading.get(lead) == self._term:
-            text = f"the logs end at {clock(self._last_ts)} with {lead} leading term {self._term}"
+            end, now = clock(self._last_ts), self._name(self._term)
+            text = f"the logs end at {end} with {lead} leading {now}"
         elif all(ev.get("event") == "node_stopped" for ev in t.last.values()):
             text = f"the logs end at {clock(self._last_ts)}: every node stopped"
         else:
-            text = f"the logs end at {clock(self._last_ts)} with no leader in term {self._term}"
+            end, now = clock(self._last_ts), self._name(self._term)
+            text = f"the logs end at {end} with no leader in {now}"
             seeking = [n for n, ev in sorted(t.last.items())
                        if ev.get("role") in ("pre_candidate", "candidate")
                        and ev.get("event") != "node_stopped"]

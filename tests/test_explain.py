@@ -104,6 +104,21 @@ def test_a_vote_line_with_both_logs_positions_names_them() -> None:
                     "at term 3 index 51, n3's at term 3 index 57) (§5.4.1)")
 
 
+def test_a_paxos_log_is_told_by_ballots_not_terms() -> None:
+    """A Paxos node logs its ballot as its term (round * 1000 + rank): the
+    narrator names it as the sentences do, "ballot 2.n3", never "term 2003"."""
+    n = Narrator(["n1", "n2", "n3"])
+    ev = {"ts": "2026-12-01T10:00:00.000000Z", "node": "n3", "term": 2003, "role": "candidate",
+          "event": "prepare_sent", "ballot": "2.n3", "from_slot": 4, "reason": "timeout"}
+    out = n.feed(ev)
+    assert out[0].text == "ballot 2.n3", out[0].text
+    ev = dict(ev, ts="2026-12-01T10:00:00.100000Z", event="became_leader", role="leader",
+              promised_by="n1,n3", reproposed=0, noops=0, up_to=3)
+    n.feed(ev)
+    assert n.finish()[-1].text.endswith("with n3 leading ballot 2.n3")
+    assert not any("term 2003" in s.text for s in out)
+
+
 def test_a_removed_servers_ignored_vote_says_why() -> None:
     """`vote_ignored reason=not_a_member` names the removed server, not the
     leader lease alone (thesis §4.2.3)."""
