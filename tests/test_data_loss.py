@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.membership_mark import mark_path
-from node.storage.wal import Replay, _scan
+from node.storage.wal_format import Replay, scan
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
 
@@ -79,7 +79,7 @@ def test_a_zeroed_end_of_the_wal_is_refused(c3: TestCluster) -> None:
     seg = sorted(data.glob("wal-*.log"))[-1]
     raw = seg.read_bytes()
     replay = Replay()
-    _scan(raw, seg, True, replay)
+    scan(raw, seg, True, replay)
     cut = next(off for rec, off in zip(replay.records, replay.offsets, strict=True)
                if getattr(rec, "index", -1) == commit - 10 and hasattr(rec, "data"))
     seg.write_bytes(raw[:cut] + bytes(len(raw) - cut))
