@@ -41,9 +41,13 @@ class Role(enum.StrEnum):
 
 @dataclass(slots=True)
 class PendingRead:
+    """A read waiting for its heartbeat round; `src` is the follower that
+    asked for it (thesis §6.4.1), None for this leader's own."""
+
     ctx: bytes
     index: int
     seq: int
+    src: str | None = None
 
 
 @dataclass(slots=True)
@@ -96,7 +100,20 @@ class CoreState:
     _prev_hs: HardState
     _prev_soft: SoftState | None
     _pending_reads: list[PendingRead]
-    _reads_awaiting_commit: list[bytes]
+    _reads_awaiting_commit: list[tuple[bytes, str | None]]
+    # Reads this follower asked the leader a read index for, by ctx: the
+    # tick it asked at (an unanswered one is dropped an election timeout on).
+    _forwarded_reads: dict[bytes, int]
+    # This node's logical clock: ticks since it started (never persisted).
+    _ticks: int
+    # Lease reads: the tick each heartbeat round (by its seq) was sent at.
+    _seq_sent_tick: dict[int, int]
+    # This leader sent TimeoutNow in its term: its target may be elected
+    # without waiting out the followers' lease, so the lease is void.
+    _lease_void: bool
+    # Lease reads: a node that just started refuses votes for an election
+    # timeout, as if it had heard a leader (it may have, before a crash).
+    _boot_quiet: bool
     _ready_reads: list[ReadState]
     _dropped_reads: list[bytes]
     _read_seq: int
@@ -128,7 +145,12 @@ class CoreState:
         def _send(self, m: PeerMessage) -> None: ...
         def _send_snapshot_chunk(self, to: str, pr: Progress) -> None: ...
         def _send_timeout_now(self, to: str) -> None: ...
-        def _start_read(self, ctx: bytes) -> None: ...
+        def _start_read(self, ctx: bytes, src: str | None) -> None: ...
+        def _drop_forwarded_reads(self, reason: str) -> None: ...
+        def _new_heartbeat_seq(self) -> int: ...
+        def _note_heartbeat_answer(self, pr: Progress, seq: int) -> None: ...
+        def _read_index_from_follower(self, ctx: bytes, src: str) -> None: ...
+        def _read_index_answered(self, ctx: bytes, ok: bool, index: int) -> None: ...
         def _start_snapshot(self, to: str, pr: Progress) -> None: ...
         def _step_follower(self, m: PeerMessage) -> None: ...
         def step(self, m: Message) -> None: ...

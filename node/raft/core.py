@@ -105,6 +105,11 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self._dropped_reads = []
         self._read_seq = 0
         self._read_round_due = False
+        self._forwarded_reads = {}
+        self._ticks = 0
+        self._seq_sent_tick = {}
+        self._lease_void = False
+        self._boot_quiet = config.read_mode == "lease"
         self._snap_in = None
         self._snap_out = None
         self._pending_snapshot = None
@@ -116,6 +121,9 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def tick(self) -> None:
         """Advance the logical clock by one tick."""
+        self._ticks += 1
+        if self._forwarded_reads:
+            self._expire_forwarded_reads()
         self._tick_fn()
 
     def propose(self, data: bytes) -> int:
@@ -131,7 +139,9 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read: a `ReadState` with `ctx` comes out of
-        `ready()` once it is safe (thesis §6.4), or `ctx` is in `dropped_reads`."""
+        `ready()` once it is safe (thesis §6.4), or `ctx` is in `dropped_reads`.
+        A follower asks the leader for the read index (§6.4.1); raises
+        `NotLeader` where no leader is known or follower reads are off."""
         self.step(ReadIndexRequest(ctx))
 
     def transfer_leader(self, to: str) -> None:
@@ -242,6 +252,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
     # --- role changes -------------------------------------------------------
 
     def _reset(self, term: int) -> None:
+        self._drop_reads()
         if term != self.term:
             self.term = term
             self.vote = None
@@ -256,7 +267,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self.votes = {}
         self.lead_transferee = None
         self.uncommitted_bytes = 0  # each leadership counts its own proposals
-        self._drop_reads()
+        self._seq_sent_tick = {}
+        self._lease_void = False
         nxt = self.log.last_index() + 1
         self.progress = {
             p: Progress(nxt, self.config.max_inflight_appends) for p in self.peers
@@ -278,6 +290,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def _become_pre_candidate(self) -> None:
         # PreVote (thesis §9.6): ask first, without touching term or vote.
+        self._drop_forwarded_reads("campaign_started")
         self.role = Role.PRE_CANDIDATE
         self.votes = {}
         self.leader = None
@@ -325,7 +338,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             if isinstance(m, RequestVote):
                 in_lease = (
                     self.config.check_quorum
-                    and self.leader is not None
+                    and (self.leader is not None or self._boot_quiet)
                     and self.election_elapsed < self.config.election_ticks
                 )
                 if in_lease and not m.transfer:
