@@ -266,3 +266,17 @@ def test_with_leases_a_restarted_node_refuses_votes_for_an_election_timeout() ->
     assert not [m for m in net.sent[sent:] if isinstance(m, RequestVoteResponse)]
     ignored = [kw for name, kw in net.nodes[f1].events if name == "vote_ignored"]
     assert ignored and ignored[-1]["candidate"] == f2
+
+
+def test_lease_runs_out_by_the_callers_clock_not_by_the_ticks_delivered() -> None:
+    """A leader whose process stalled (its caller delivers a few catch-up
+    ticks only) holds no lease once the caller's clock says the lease time
+    passed. Reference: thesis §6.4.1 (bounded clock drift)."""
+    net, ld, _ = _lease_elected()
+    core = net.core(ld)
+    core.observe_clock(core._ticks + E)
+    core.read_index(b"r1")
+    net.process(ld)
+    assert net.nodes[ld].reads_served == []
+    net.stabilize()
+    assert [r.ctx for r in net.nodes[ld].reads_served] == [b"r1"]

@@ -126,6 +126,13 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             self._expire_forwarded_reads()
         self._tick_fn()
 
+    def observe_clock(self, ticks: int) -> None:
+        """The caller's clock reads `ticks` ticks since this core was made,
+        counting ticks it could not deliver (a stalled process catches up on
+        a few only): a lease runs out by the time that really passed, not by
+        the ticks delivered (thesis §6.4.1)."""
+        self._ticks = max(self._ticks, ticks)
+
     def propose(self, data: bytes) -> int:
         """Append `data` to the log if this node leads; returns its index."""
         self.step(Propose(data))
