@@ -78,6 +78,33 @@ def test_follower_reads_arriving_in_one_turn_share_one_heartbeat_round() -> None
     assert [r.ctx for r in net.nodes["n1"].reads_served] == [b"own"]
 
 
+def test_reads_a_follower_gets_in_one_turn_share_one_read_index_request() -> None:
+    """The reads a follower is asked for before its next Ready go to the
+    leader as one request and are all served at its answer. Reference:
+    thesis §6.4 ("batching"), §6.4.1."""
+    net = elected(Network(3))
+    net.settle()
+    for ctx in (b"a", b"b", b"c"):
+        net.core("n2").read_index(ctx)
+    net.process("n2")
+    assert len([m for m in net.queue if isinstance(m, ReadIndex)]) == 1
+    net.stabilize()
+    assert [r.ctx for r in net.nodes["n2"].reads_served] == [b"a", b"b", b"c"]
+
+
+def test_follower_drops_every_read_of_a_request_that_timed_out() -> None:
+    """A request standing for several reads that gets no answer drops them
+    all. Reference: thesis §6.4.1."""
+    net = elected(Network(3))
+    net.settle()
+    net.cut("n1", "n2")
+    for ctx in (b"a", b"b"):
+        net.core("n2").read_index(ctx)
+    net.process("n2")
+    net.tick(E, nodes=["n2"])
+    assert net.nodes["n2"].reads_dropped == [b"a", b"b"]
+
+
 def test_follower_serves_only_once_it_applied_the_read_index() -> None:
     """A follower whose state machine is behind the read index waits until it
     has applied that far before serving. Reference: thesis §6.4.1."""

@@ -101,9 +101,12 @@ class CoreState:
     _prev_soft: SoftState | None
     _pending_reads: list[PendingRead]
     _reads_awaiting_commit: list[tuple[bytes, str | None]]
-    # Reads this follower asked the leader a read index for, by ctx: the
-    # tick it asked at (an unanswered one is dropped an election timeout on).
-    _forwarded_reads: dict[bytes, int]
+    # Reads this follower needs a read index from the leader for: those
+    # asked since its last Ready, sent as one request; and the requests sent,
+    # by the ctx they went with: the tick sent at (an unanswered one is
+    # dropped an election timeout on) and the reads they stand for.
+    _forward_batch: list[bytes]
+    _forwarded_reads: dict[bytes, tuple[int, list[bytes]]]
     # This node's logical clock: ticks since it started (never persisted).
     _ticks: int
     # Lease reads: the tick each heartbeat round (by its seq) was sent at.
@@ -147,6 +150,7 @@ class CoreState:
         def _send_timeout_now(self, to: str) -> None: ...
         def _start_read(self, ctx: bytes, src: str | None) -> None: ...
         def _drop_forwarded_reads(self, reason: str) -> None: ...
+        def _send_forward_batch(self) -> None: ...
         def _new_heartbeat_seq(self) -> int: ...
         def _note_heartbeat_answer(self, pr: Progress, seq: int) -> None: ...
         def _read_index_from_follower(self, ctx: bytes, src: str) -> None: ...

@@ -105,6 +105,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self._dropped_reads = []
         self._read_seq = 0
         self._read_round_due = False
+        self._forward_batch = []
         self._forwarded_reads = {}
         self._ticks = 0
         self._seq_sent_tick = {}
@@ -180,6 +181,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             or self._events
             or self._ready_reads
             or self._dropped_reads
+            or self._forward_batch
             or self._pending_snapshot is not None
             or self.log.stable_index < self.log.last_index()
             or self.log.commit > self.log.applied
@@ -194,6 +196,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         """Everything the caller must do now; call `advance()` afterwards."""
         if self.role is Role.LEADER:
             self._flush_leader()
+        elif self._forward_batch:
+            self._send_forward_batch()
         rd = Ready()
         if self.conf != self._prev_conf:
             rd.conf_state = self.conf

@@ -29,9 +29,15 @@ class ReadsAndTransfer(CoreState):
                 or self.leader is None:
             raise NotLeader(self.leader)
         # Thesis §6.4.1: the follower asks the leader for its read index and
-        # serves once it has applied that far itself.
-        self._forwarded_reads[ctx] = self._ticks
-        self._send(ReadIndex(term=self.term, src=self.id, dst=self.leader, ctx=ctx))
+        # serves once it has applied that far itself; the reads asked for
+        # until its next Ready share one request (one message, one index).
+        self._forward_batch.append(ctx)
+
+    def _send_forward_batch(self) -> None:
+        batch, self._forward_batch = self._forward_batch, []
+        assert self.leader is not None, "a change of leader drops the batch"
+        self._forwarded_reads[batch[0]] = (self._ticks, batch)
+        self._send(ReadIndex(term=self.term, src=self.id, dst=self.leader, ctx=batch[0]))
 
     def _leader_read(self, ctx: bytes, src: str | None) -> None:
         if self.log.term(self.log.commit) != self.term:
@@ -78,31 +84,35 @@ class ReadsAndTransfer(CoreState):
                                          ok=False))
 
     def _read_index_answered(self, ctx: bytes, ok: bool, index: int) -> None:
-        if self._forwarded_reads.pop(ctx, None) is None:
+        sent = self._forwarded_reads.pop(ctx, None)
+        if sent is None:
             return  # dropped already (timed out)
         if ok:
-            self._ready_reads.append(ReadState(ctx, index))
+            self._ready_reads.extend(ReadState(c, index) for c in sent[1])
         else:
-            self._dropped_reads.append(ctx)
+            self._dropped_reads.extend(sent[1])
 
     def _expire_forwarded_reads(self) -> None:
         # An unanswered request or answer was lost, or the leader is cut
         # off: the client hears so within an election timeout, not never.
         oldest = self._ticks - self.config.election_ticks
-        expired = [ctx for ctx, at in self._forwarded_reads.items() if at <= oldest]
-        for ctx in expired:
-            del self._forwarded_reads[ctx]
+        expired: list[bytes] = []
+        for ctx in [c for c, (at, _) in self._forwarded_reads.items() if at <= oldest]:
+            expired += self._forwarded_reads.pop(ctx)[1]
         if expired:
             self._dropped_reads.extend(expired)
             self._event("forwarded_reads_dropped", reads=len(expired), reason="timeout",
                         leader=self.leader)
 
     def _drop_forwarded_reads(self, reason: str) -> None:
-        if self._forwarded_reads:
-            self._event("forwarded_reads_dropped", reads=len(self._forwarded_reads),
-                        reason=reason, leader=self.leader)
-            self._dropped_reads.extend(self._forwarded_reads)
+        reads = [c for _, batch in self._forwarded_reads.values() for c in batch]
+        reads += self._forward_batch
+        if reads:
+            self._event("forwarded_reads_dropped", reads=len(reads), reason=reason,
+                        leader=self.leader)
+            self._dropped_reads.extend(reads)
             self._forwarded_reads = {}
+            self._forward_batch = []
 
     def _drop_reads(self) -> None:
         """Called before the term changes: refusals to followers carry the
