@@ -1,8 +1,6 @@
-"""Linearizable reads by ReadIndex (thesis §6.4), confirmed by a majority of
-each half of the configuration in force, served by followers too with a read
-index from the leader (§6.4.1), or by the leader alone under a lease (opt-in,
-§6.4.1); and leadership transfer (thesis §3.10) to a voter. A mixin of
-`RaftCore`."""
+"""Linearizable reads (thesis §6.4): ReadIndex at the leader and for followers
+(§6.4.1), or under an opt-in lease (§6.4.1); leadership transfer (§3.10).
+A mixin of `RaftCore`; no I/O, no clock but the ticks it is given."""
 
 from __future__ import annotations
 
