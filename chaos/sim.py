@@ -746,6 +746,9 @@ class Simulation:
         c.busy, c.accepted = True, False
         c.ops += 1
         c.key = key if key is not None else rng.choice(self._keys)
+        # A script's operation goes where the script says; the workload's
+        # reads go to any node.
+        spread = kind is None
         if kind is None:
             kind = WRITE if rng.random() < 0.5 else READ
         c.proposals = 0
@@ -755,9 +758,10 @@ class Simulation:
             c.value = f"{c.id}.{c.seq}"
         else:
             c.kind, c.value = READ, None
-            # Any node serves a read: a follower by a read index from the
-            # leader (thesis §6.4.1), which the linearizability check covers.
-            c.target = self._reads_rng.choice(self._ids)
+            if spread:
+                # Any node serves a read: a follower by a read index from the
+                # leader (thesis §6.4.1), which the linearizability check covers.
+                c.target = self._reads_rng.choice(self._ids)
         self._clock += 1
         c.invoke, c.invoke_tick = self._clock, self.now
         c.deadline = self.now + SIM_CLIENT_OP_TICKS
