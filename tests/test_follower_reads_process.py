@@ -191,3 +191,19 @@ def test_chaos_run_with_lease_reads_is_clean(tmp_path: Path) -> None:
         assert rep["operations"]["read"]["ok"] > 50, rep["operations"]
         kinds = {e["kind"] for e in rep["events"] if not e.get("error")}
         assert "pause" in kinds, kinds
+
+
+def test_with_follower_reads_off_a_follower_names_the_leader(tmp_path: Path) -> None:
+    """`follower_reads = false`: a follower answers a linearizable read with
+    not_leader and the leader's address, as before follower reads; the
+    client library then reads at the leader."""
+    for c in make_cluster(tmp_path, 3, follower_reads=False):
+        lead = start_and_settle(c)
+        follower = next(n for n in c.node_ids() if n != lead)
+        with c.client() as w:
+            w.put("k", b"v")
+            ans = _read_once(c, follower, "k")
+            assert (ans.get("ok"), ans.get("error"), ans.get("leader")) == \
+                (False, "not_leader", lead), ans
+            assert ans.get("leader_addr") == c.client_addrs()[lead]
+            assert w.get("k", node=follower) == b"v"
