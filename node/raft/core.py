@@ -355,9 +355,9 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
                 if in_lease and not m.transfer:
                     # Thesis §4.2.3: a node that hears from a leader ignores
                     # votes until its election timeout passes.
-                    self._event("vote_ignored", candidate=m.src, prevote=m.prevote,
-                                reason="leader_lease" if self.leader is not None
-                                else "just_started")
+                    why = "leader_lease" if self.leader is not None else "just_started"
+                    self._event("vote_ignored", candidate=m.src, reason=why,
+                                prevote=m.prevote)
                     return
                 if not m.prevote:
                     # Figure 2: only a leader's append or a granted vote resets
