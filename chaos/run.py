@@ -143,7 +143,8 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
     txn_keys = ([f"{opts.key_prefix}/t{i}" for i in range(opts.keys)]
                 if TXN_WORKLOAD in names else [])
     spec = WorkloadSpec(factory, history, keys, opts.clients, opts.seed, Pacer(opts.rate),
-                        set_keys, endpoint, opts.sizes, opts.depth, txn_keys)
+                        set_keys, endpoint, opts.sizes, opts.depth, txn_keys,
+                        read_nodes=nodes)
     try:
         workload = WorkloadMix(names, spec)
     except ValueError as e:

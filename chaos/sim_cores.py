@@ -29,7 +29,7 @@ SIM_ALGORITHMS = ("raft", "paxos")
 RAFT_COVERAGE: tuple[str, ...] = (
     "became_leader", "crashes", "compactions", "entries_evicted", "snapshot_installed",
     "leadership_transferred", "append_rejected", "membership_changed", "messages_delivered",
-    "messages_dropped", "ops_ok", "ops_unknown", "ops_fail",
+    "messages_dropped", "ops_ok", "ops_unknown", "ops_fail", "follower_reads",
 )
 _PAXOS_MIN_CHUNK_BYTES = 32
 PAXOS_COVERAGE: tuple[str, ...] = (

@@ -52,7 +52,9 @@ class KVClient(Protocol):
     """What the workload needs of a client (node.client.Client fits)."""
 
     def put(self, key: str, value: bytes) -> WriteResult: ...
-    def get(self, key: str) -> bytes | None: ...
+    def get(self, key: str, *, node: str | None = None) -> bytes | None:
+        """A linearizable read, at `node` first if given."""
+        ...
     def cas(self, key: str, expected: bytes | None, value: bytes) -> WriteResult: ...
     def close(self) -> None: ...
 
@@ -171,18 +173,20 @@ class History:
 
 def run_op(cl: KVClient, history: History, client: str, kind: str, key: str,
            value: str | None = None, expected: str | None = None, size: int = 0,
-           expected_raw: bytes | None = None) -> tuple[OpRecord, bytes | None]:
+           expected_raw: bytes | None = None,
+           node: str | None = None) -> tuple[OpRecord, bytes | None]:
     """Perform one operation and record what it really returned: the
     record, and the bytes a read or a failed cas found (what a later cas of
     this client expects). A write's value is `value` padded to `size` bytes;
-    a cas expects `expected_raw` (the bytes of `expected`)."""
+    a cas expects `expected_raw` (the bytes of `expected`); a read goes to
+    `node` first if given."""
     payload = b"" if value is None else encode_value(value, size)
     inv, inv_s = history.mark()
     outcome, got, found, error, index = OK, value, None, None, None
     raw: bytes | None = None
     try:
         if kind == READ:
-            raw = cl.get(key)
+            raw = cl.get(key, node=node)
             got = decode_value(raw)
         else:
             assert value is not None, "a write needs a value"
@@ -241,7 +245,8 @@ class WorkloadSpec:
     clients; None where none is needed), the history to record into, the
     register `keys`, the `set_keys` and the `txn_keys`, how many clients, the seed, the
     `pacer` every client of the run shares, the value sizes of register
-    writes, and how many writes a pipelined client keeps in flight."""
+    writes, how many writes a pipelined client keeps in flight, and the
+    nodes register reads go to."""
 
     factory: ClientFactory
     history: History
@@ -254,6 +259,10 @@ class WorkloadSpec:
     sizes: SizeMix = field(default_factory=lambda: parse_sizes(DEFAULT_SIZES))
     depth: int = 4
     txn_keys: list[str] = field(default_factory=list)
+    # Register reads go to one of these at random (followers serve reads
+    # too, docs/PROTOCOL.md "Reads"), so the checks cover every node's;
+    # empty: wherever the client goes (the leader it knows).
+    read_nodes: list[str] = field(default_factory=list)
 
 
 class Workload(Protocol):
@@ -332,7 +341,8 @@ class RegisterWorkload:
                 kind = rng.choices(kinds, weights)[0]
                 key = rng.choice(spec.keys)
                 if kind == READ:
-                    op, raw = run_op(cl, spec.history, name, READ, key)
+                    node = rng.choice(spec.read_nodes) if spec.read_nodes else None
+                    op, raw = run_op(cl, spec.history, name, READ, key, node=node)
                     if op.outcome == OK:
                         seen[key] = (op.value, raw)
                     continue

@@ -305,6 +305,9 @@ class ClientApi:
         self._by_index: dict[int, tuple[int, _Waiter]] = {}
         self._read_seq = 0
         self._reads: dict[bytes, tuple[_Waiter, ReadRequest]] = {}
+        # Reads this node serves as a follower, with a read index it asked
+        # the leader for (thesis §6.4.1): by ctx, the leader it asked.
+        self._forwarded: dict[bytes, str | None] = {}
         self._ready_reads: deque[tuple[int, bytes]] = deque()
         # The cluster clock this node stamps its proposals with while it
         # leads (LogCabin's): the log's clock when the term's first proposal
@@ -467,6 +470,8 @@ class ClientApi:
             self._not_leader(waiter)
             return
         self._reads[ctx] = (waiter, req)
+        if self.core.leader != self.node_id:
+            self._forwarded[ctx] = self.core.leader
 
     # --- what the runner reports back ---------------------------------------
 
@@ -505,13 +510,23 @@ class ClientApi:
 
     def read_dropped(self, ctx: bytes) -> None:
         item = self._reads.pop(ctx, None)
-        if item is not None:
+        asked = self._forwarded.pop(ctx, "")
+        if item is None:
+            return
+        if asked == "":
             self._not_leader(item[0])
+            return
+        # Never a local answer instead: this node's state may be stale.
+        self._fail(item[0], "read_unavailable",
+                   f"{self.node_id} got no read index from leader {asked or 'unknown'} "
+                   "(leadership changed, or no answer within an election timeout); retry",
+                   **self._leader_hint())
 
     def serve_reads(self) -> None:
         """Answer reads whose read index the state machine has reached (§6.4)."""
         while self._ready_reads and self._ready_reads[0][0] <= self.kv.applied_index:
             _, ctx = self._ready_reads.popleft()
+            self._forwarded.pop(ctx, None)
             item = self._reads.pop(ctx, None)
             if item is not None:
                 self._answer_read(item[0], item[1])
@@ -526,6 +541,7 @@ class ClientApi:
                        **self._leader_hint())
         reads, self._reads = self._reads, {}
         self._ready_reads.clear()
+        self._forwarded.clear()
         for w, _ in reads.values():
             self._not_leader(w)
 

@@ -46,7 +46,7 @@ from node.transport.zmq import CurveKeys, make_client_socket
 _encoder = msgspec.msgpack.Encoder()
 
 # Errors after which another attempt (same seq) is safe and may succeed.
-_RETRYABLE = {"not_leader", "leader_changed", "busy"}
+_RETRYABLE = {"not_leader", "leader_changed", "busy", "read_unavailable"}
 # Answers that say the attempt was never proposed (so never applied).
 _NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large", "no_space"}
 # `close()` gives closing the session this long, then leaves it to expire.
@@ -240,8 +240,9 @@ class Client:
                      progress=progress, node=node)
 
     def get(self, key: str, *, stale: bool = False, node: str | None = None) -> bytes | None:
-        """A linearizable read (from the leader), or with `stale` the local
-        value of `node` (or any node)."""
+        """A linearizable read, served by `node` if given (a follower asks
+        the leader for a read index, docs/PROTOCOL.md "Reads"), or with
+        `stale` the local value of `node` (or any node)."""
         resp = self._call(GetRequest(key=key, stale=stale), prefer=node, write=False).resp
         return resp.value
 
@@ -339,10 +340,9 @@ class Client:
             if resp is not None and resp.error in _NOT_PROPOSED:
                 unsure.discard(resp.id)
             if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
-                if resp.node and (write or (isinstance(req, GetRequest | RangeRequest)
-                                            and not req.stale)):
-                    # Only the leader acknowledges writes and linearizable
-                    # reads: remember it, so the next request goes straight there.
+                if resp.node and write:
+                    # Only the leader acknowledges writes (followers serve
+                    # reads too): remember it, so the next write goes straight there.
                     self.leader = resp.node
                 if resp.error == "bad_request":
                     raise ClientError("bad_request", resp.message or "bad request")

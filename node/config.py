@@ -13,6 +13,15 @@ import msgspec
 TICK_MS = 10
 HEARTBEAT_TICKS = 2
 ELECTION_TICKS = 15
+# How linearizable reads are confirmed (docs/PROTOCOL.md, "Reads"): "index"
+# by a heartbeat round per batch of reads (thesis §6.4); "lease" without a
+# round while a majority answered a heartbeat sent within the election
+# timeout minus LEASE_DRIFT_TICKS, which relies on bounded clock drift
+# (thesis §6.4.1).
+READ_MODES = ("index", "lease")
+# The margin a lease leaves for the nodes' clocks running at different
+# rates: 3 of 15 ticks allows 20% drift between two nodes' clocks.
+LEASE_DRIFT_TICKS = 3
 
 # Replication flow control.
 MAX_APPEND_ENTRIES = 512
@@ -163,6 +172,12 @@ KV_IMAGE_CHUNK_BYTES = 64 * 1024
 KV_IMAGE_PIECE_BYTES = 64 * 1024
 
 
+_LEASE_NEEDS_CHECK_QUORUM = (
+    "read_mode = \"lease\" needs check_quorum: only then do followers refuse votes "
+    "while they hear from a leader, which is what keeps a new leader from being elected "
+    "while the old one still serves reads from its lease")
+
+
 class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of one `RaftCore`: timing in ticks, flow control, features."""
 
@@ -183,8 +198,19 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     promote_max_lag_entries: int = PROMOTE_MAX_LAG_ENTRIES
     prevote: bool = True
     check_quorum: bool = True
+    read_mode: str = "index"  # one of READ_MODES
+    lease_drift_ticks: int = LEASE_DRIFT_TICKS
+    # A follower serves linearizable reads itself with a read index from
+    # the leader (thesis §6.4.1); off, it refuses them (not_leader).
+    follower_reads: bool = True
 
     def __post_init__(self) -> None:
+        if self.read_mode not in READ_MODES:
+            raise ValueError(f"read_mode {self.read_mode!r} is not one of {', '.join(READ_MODES)}")
+        if self.read_mode == "lease" and not self.check_quorum:
+            raise ValueError(_LEASE_NEEDS_CHECK_QUORUM)
+        if not 0 <= self.lease_drift_ticks < self.election_ticks:
+            raise ValueError("lease_drift_ticks must be at least 0 and below election_ticks")
         if self.heartbeat_ticks < 1:
             raise ValueError("heartbeat_ticks must be at least 1")
         if self.election_ticks <= self.heartbeat_ticks:
@@ -299,6 +325,11 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     # History of revisions kept (node/state/mvcc.py): rules of the state too.
     history_revisions: int = HISTORY_REVISIONS
     history_max_bytes: int = HISTORY_MAX_BYTES
+    # Linearizable reads (CoreConfig): how the leader confirms them, and
+    # whether followers serve them too (with a read index from the leader).
+    read_mode: str = "index"
+    lease_drift_ticks: int = LEASE_DRIFT_TICKS
+    follower_reads: bool = True
     # A watcher this many revisions behind is cancelled (node/watch.py); each
     # node's own, unlike the history bounds.
     watch_max_lag_revisions: int = WATCH_MAX_LAG_REVISIONS
@@ -338,6 +369,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             log_cache_entries=self.log_cache_entries,
             election_jitter_ticks=self.election_jitter_ticks,
             promote_max_lag_entries=self.promote_max_lag_entries,
+            read_mode=self.read_mode,
+            lease_drift_ticks=self.lease_drift_ticks,
+            follower_reads=self.follower_reads,
         )
 
     def problems(self) -> list[str]:
@@ -377,6 +411,13 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
             out.append("election_jitter_ticks: must not be negative")
         if self.promote_max_lag_entries < 0:
             out.append("promote_max_lag_entries: must not be negative")
+        if self.read_mode not in READ_MODES:
+            out.append(f"read_mode: {self.read_mode!r} is not one of {', '.join(READ_MODES)}")
+        elif self.read_mode == "lease" and self.algorithm == "paxos":
+            out.append("read_mode: \"lease\" is for Raft; a paxos cluster confirms every "
+                       "read with a round of its acceptors, so leave it at \"index\"")
+        if not 0 <= self.lease_drift_ticks < self.election_ticks:
+            out.append("lease_drift_ticks: must be at least 0 and below election_ticks")
         strangers = sorted(set(self.initial_members) - {n.id for n in self.nodes})
         if strangers:
             out.append(f"initial_members: {', '.join(strangers)} not among the nodes")

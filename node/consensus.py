@@ -131,6 +131,14 @@ def make_core(algorithm: str, node_id: str, storage: Storage, config: CoreConfig
     return RaftCore(node_id, [], storage, config, rng, base=members)
 
 
+def observe_clock(core: ConsensusCore[Any], ticks: int) -> None:
+    """Tell the core the caller's clock reads `ticks` ticks since it made the
+    core, ticks it could not deliver included: only Raft's lease reads use it
+    (a Paxos cluster has none, node/config.py)."""
+    if isinstance(core, RaftCore):
+        core.observe_clock(ticks)
+
+
 def peer_decoder(algorithm: str) -> Callable[[bytes | memoryview], Any]:
     """The decoder of peer messages for `algorithm`: a node takes only its
     own algorithm's messages; anything else is a `codec.DecodeError`."""

@@ -23,7 +23,8 @@ EVENTS = frozenset(
         "vote_ignored", "became_leader", "became_follower", "stepped_down",
         "append_rejected", "snapshot_sent", "snapshot_installed", "snapshot_created",
         "transfer_started", "transfer_aborted", "leadership_transferred",
-        "timeout_now_received", "link_faults_set", "bad_message", "auth_rejected",
+        "timeout_now_received", "forwarded_reads_dropped", "link_faults_set", "bad_message",
+        "auth_rejected",
         "bad_request", "commit_progress", "wal_tail_truncated", "wal_reservation_off",
         "snapshot_failed",
         "bad_datagram", "message_oversize", "follower_lost_data", "rejoined_without_data",
@@ -41,7 +42,8 @@ EVENTS = frozenset(
 RATE_LIMITED_EVENTS = {"append_rejected": "leader", "vote_ignored": "candidate",
                        "auth_rejected": "address", "bad_message": "source",
                        "bad_request": None, "bad_datagram": "reason",
-                       "message_oversize": "to", "snapshot_failed": None}
+                       "message_oversize": "to", "snapshot_failed": None,
+                       "forwarded_reads_dropped": "reason"}
 RATE_LIMIT_INTERVAL_S = 1.0
 
 

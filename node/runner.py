@@ -31,7 +31,7 @@ from node.config import (
     ClusterConfig,
     node_dir,
 )
-from node.consensus import ConsensusCore, make_core, peer_decoder, start_decree
+from node.consensus import ConsensusCore, make_core, observe_clock, peer_decoder, start_decree
 from node.control import ControlError, MemberChange
 from node.disk import DiskWatch, needs_space
 from node.errors import NotLeader
@@ -266,7 +266,8 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         poller.register(self.control_sock, zmq.POLLIN)
         poller.register(self.zap.socket, zmq.POLLIN)
         tick_s = self.cfg.tick_ms / 1000.0
-        next_tick = time.monotonic() + tick_s
+        clock_from = time.monotonic()
+        next_tick = clock_from + tick_s
         try:
             while True:
                 now = time.monotonic()
@@ -281,6 +282,9 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.monotonic()
                 cpu_from = time.thread_time()
+                # Before any read is asked for in this turn: a lease must not
+                # outlive a stall that the capped catch-up ticks hide.
+                observe_clock(self.core, int((busy_from - clock_from) / tick_s))
                 if self._stop_signalled and not self._stopping:
                     self.shutdown()
                 if self.zap.socket in events:

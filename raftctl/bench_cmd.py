@@ -1,4 +1,4 @@
-"""CLI commands `raftctl bench write|failover|up|txn|watch`: thin; they parse, call one
+"""CLI commands `raftctl bench write|read|failover|up|txn|watch`: thin; they parse, call one
 function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from rich.table import Table
 
 from raftctl import render
 from raftctl.bench.failover import bench_failover
+from raftctl.bench.loadgen import READ_NODES
 from raftctl.bench.revisions import TxnReport, WatchReport, bench_txn, bench_watch
 from raftctl.bench.runs import (
     FailoverReport,
@@ -106,6 +107,7 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
       mode ("write"), cluster, nodes, fsync, clients, procs,
       duration_s (asked), elapsed_s (measured), value_size, keys, read_ratio,
       ops = writes + reads (acknowledged), ops_per_s = ops / elapsed_s,
+      reads_per_s, read_nodes ("leader" or "all"), reads_by_node {node: reads answered},
       latency_ms {p50, p90, p99, max, mean},
       errors, errors_by_code {code: count}, unknown, retries,
       leader_changes, leaders_seen [{term, leader}],
@@ -137,6 +139,54 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
         raise CliError("no operation was acknowledged; see `raftctl status`", Exit.UNAVAILABLE)
 
 
+@bench.command("read")
+@click.option("--clients", type=click.IntRange(1, 1000), default=16, show_default=True,
+              help="Virtual clients, each with one read in flight.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds of load.")
+@click.option("--keys", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Distinct keys (those `bench write` writes), chosen at random per read.")
+@click.option("--nodes", "read_nodes", type=click.Choice(READ_NODES), default="all",
+              show_default=True,
+              help="all: each client reads at one node, followers included (each asks "
+                   "the leader for a read index); leader: every read at the leader.")
+@click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Load generator processes sharing the clients.")
+@json_option("Print JSON (the schema of `bench write --json`).")
+@click.pass_context
+def read(ctx: click.Context, clients: int, duration_s: float, keys: int, read_nodes: str,
+         procs: int, as_json: bool) -> None:
+    """Closed-loop linearizable reads on the running cluster: reads/s,
+    latency, and how many reads each node answered.
+
+    Each virtual client sends its next get as soon as the previous one is
+    answered. With --nodes all the clients are spread over the nodes, and a
+    follower serves a read once it applied the leader's read index
+    (docs/PROTOCOL.md, "Reads"); with --nodes leader the leader serves them
+    all. Run `bench write` first for the keys to hold values.
+    """
+    c = _cluster(ctx)
+    con = render.console()
+    with _progress(con, f"bench read, {clients} clients at {read_nodes}", duration_s) as bar:
+
+        def progress(elapsed_s: float, ops: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=min(elapsed_s, duration_s),
+                           info=f"{ops:,} reads")
+
+        report = _run(lambda: bench_write(
+            c, clients=clients, duration_s=duration_s, value_size=0, keys=keys,
+            read_ratio=1.0, read_nodes=read_nodes, procs=procs, on_progress=progress))
+    if as_json:
+        click.echo(render.dumps(to_json(report)))
+    else:
+        con.print(write_table(report))
+        if report.loadgen_saturated:
+            con.print(f"[bold yellow]{SATURATED}[/] (try --procs 2)")
+    if report.reads == 0:
+        raise CliError("no read was answered; see `raftctl status`", Exit.UNAVAILABLE)
+
+
 def write_table(r: WriteReport) -> Table:
     t = Table(title=f"bench write: cluster {r.cluster}, {r.nodes} nodes, fsync {r.fsync}, "
               f"{r.clients} clients, {r.value_size}-byte values", title_justify="left",
@@ -146,6 +196,9 @@ def write_table(r: WriteReport) -> Table:
     lat = r.latency_ms
     rows: list[tuple[str, str]] = [
         ("operations/s", f"{r.ops_per_s:,.0f}"),
+        *([("reads/s", f"{r.reads_per_s:,.0f} (at {r.read_nodes})"),
+           ("reads answered by", ", ".join(f"{n} {k:,}" for n, k in r.reads_by_node.items()))]
+          if r.reads else []),
         ("acknowledged", f"{r.ops:,} in {r.elapsed_s:.1f} s"
          + (f" ({r.writes:,} writes, {r.reads:,} reads)" if r.reads else "")),
         ("latency p50 / p90 / p99", f"{lat.p50:.2f} / {lat.p90:.2f} / {lat.p99:.2f} ms"),

@@ -194,6 +194,11 @@ def _vote_ignored(ev: dict[str, Any], t: Track) -> Said:
                     f"{c} is in no configuration {v} knows (a removed server that never learned "
                     f"so) and {v} heard from its leader less than an election timeout ago: "
                     "a removed server cannot depose the leader again and again", "thesis §4.2.3")
+    if ev.get("reason") == "just_started":
+        return Said(f"{v} ignored {c}'s request for {kind}", _suppressed(ev),
+                    f"{v} started less than an election timeout ago and may have heard a "
+                    "leader just before: with lease reads, that leader may still serve from "
+                    "its lease", "thesis §6.4.1")
     return Said(f"{v} ignored {c}'s request for {kind}", _suppressed(ev),
                 f"{v} heard from a leader less than an election timeout ago, so it does not "
                 "believe the leader is gone: a node cut off and back cannot disrupt a working "
@@ -312,6 +317,21 @@ def _leadership_transferred(ev: dict[str, Any], t: Track) -> Said:
     return Said(f"{n} told {to} to stand for election now (TimeoutNow)",
                 f"{to}'s log matches {n}'s", "a node with the leader's whole log can win at "
                 "once, with no timer to wait for", "thesis §3.10")
+
+
+_READ_DROP_WHY = {"timeout": "no read index came from the leader within an election timeout",
+                  "leader_changed": "it heard of a new term", "campaign_started":
+                  "it stopped hearing the leader and began a campaign"}
+
+
+def _forwarded_reads_dropped(ev: dict[str, Any], t: Track) -> Said:
+    n, leader = ev["node"], ev.get("leader")
+    why = _READ_DROP_WHY.get(str(ev.get("reason")), str(ev.get("reason")))
+    asked = f"the leader {leader}" if leader else "the leader"
+    return Said(f"{n} gave up {_plural(ev.get('reads', 0), 'read', 'reads')} it had asked "
+                f"{asked} a read index for", f"{why}{_suppressed(ev)}",
+                "a follower serves a read only at an index the leader confirmed, never from "
+                "state it cannot prove current; the clients retry", "thesis §6.4.1")
 
 
 def _transfer_aborted(ev: dict[str, Any], t: Track) -> Said:
@@ -508,6 +528,7 @@ SAYERS: dict[str, Sayer] = {
     "snapshot_failed": _snapshot_failed, "transfer_started": _transfer_started,
     "leadership_transferred": _leadership_transferred, "transfer_aborted": _transfer_aborted,
     "timeout_now_received": _timeout_now_received, "commit_progress": _commit_progress,
+    "forwarded_reads_dropped": _forwarded_reads_dropped,
     "link_faults_set": _link_faults_set, "bad_message": _bad_message,
     "bad_request": _bad_request, "bad_datagram": _bad_datagram,
     "message_oversize": _message_oversize, "auth_rejected": _auth_rejected,

@@ -34,6 +34,8 @@ from node.raft.messages import (
     InstallSnapshotResponse,
     Message,
     PeerMessage,
+    ReadIndex,
+    ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
     Snapshot,
@@ -118,6 +120,11 @@ def fmt_msg(m: PeerMessage) -> str:
     if isinstance(m, InstallSnapshotResponse):
         return (f"{head} isr term={m.term} snap=({m.meta.index},{m.meta.term}) "
                 f"next={m.next_offset}")
+    if isinstance(m, ReadIndex):
+        return f"{head} ri term={m.term} ctx={_fmt_value(m.ctx)}"
+    if isinstance(m, ReadIndexResponse):
+        answer = f"index={m.index}" if m.ok else "refused"
+        return f"{head} rir term={m.term} ctx={_fmt_value(m.ctx)} {answer}"
     assert isinstance(m, TimeoutNow)
     return f"{head} tn term={m.term}"
 

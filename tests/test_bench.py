@@ -1,4 +1,4 @@
-"""`raftctl bench write|failover|up` on small real clusters, for a couple of
+"""`raftctl bench write|read|failover|up` on small real clusters, for a couple of
 seconds each: the commands run and their JSON figures are sane. No timing
 thresholds: this machine's speed is not under test. Also the load
 generator's histogram, which must merge exactly and keep percentiles ordered."""
@@ -134,6 +134,30 @@ def test_write_table_names_the_figures(cluster3: TestCluster) -> None:
     assert r.exit_code == 0, r.output
     for label in ("operations/s", "latency p50", "unknown outcomes", "leader changes",
                   "CPU n1", "CPU load generator"):
+        assert label in r.output
+
+
+# --- bench read -------------------------------------------------------------------------
+
+
+def test_read_spread_over_all_nodes_is_answered_by_each(cluster3: TestCluster) -> None:
+    """bench read --nodes all: every node answers reads (followers by a read
+    index from the leader), and the per-node counts add up to the reads."""
+    out = _json(cluster3, "read", "--clients", "6", "--duration", "1", "--keys", "50")
+    assert out["read_nodes"] == "all" and out["writes"] == 0 and out["reads"] > 0
+    assert set(out["reads_by_node"]) == set(cluster3.node_ids())
+    assert sum(out["reads_by_node"].values()) == out["reads"]
+    assert out["reads_per_s"] > 0 and out["errors"] == 0 and _ordered(out["latency_ms"])
+
+
+def test_read_at_the_leader_only_is_answered_by_the_leader(cluster3: TestCluster) -> None:
+    """bench read --nodes leader: every read is answered by the leader."""
+    lead = cluster3.leader()
+    out = _json(cluster3, "read", "--clients", "4", "--duration", "0.5", "--nodes", "leader")
+    assert list(out["reads_by_node"]) == [lead] and out["reads"] > 0
+    r = _invoke(cluster3, "read", "--clients", "2", "--duration", "0.5")
+    assert r.exit_code == 0, r.output
+    for label in ("reads/s", "reads answered by"):
         assert label in r.output
 
 

@@ -24,6 +24,8 @@ from node.raft.messages import (
     InstallSnapshot,
     InstallSnapshotResponse,
     PeerMessage,
+    ReadIndex,
+    ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
     SnapshotMeta,
@@ -68,6 +70,8 @@ _BY_TYPE: dict[type[Any], st.SearchStrategy[PeerMessage]] = {
     ),
     InstallSnapshotResponse: _peer(InstallSnapshotResponse, meta=_meta, next_offset=_u64),
     TimeoutNow: _peer(TimeoutNow),
+    ReadIndex: _peer(ReadIndex, ctx=_data),
+    ReadIndexResponse: _peer(ReadIndexResponse, ctx=_data, ok=st.booleans(), index=_u64),
 }
 _messages = st.one_of(*_BY_TYPE.values())
 
@@ -80,7 +84,8 @@ _scalars = st.one_of(
     st.floats(allow_nan=True),
     st.text(max_size=70),
     st.binary(max_size=16),
-    st.sampled_from(["rv", "rvr", "ae", "aer", "hb", "hbr", "is", "isr", "tn", "t"]),
+    st.sampled_from(["rv", "rvr", "ae", "aer", "hb", "hbr", "is", "isr", "tn", "ri", "rir",
+                     "t"]),
 )
 _values = st.recursive(
     _scalars,

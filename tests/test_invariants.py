@@ -31,7 +31,6 @@ from node.config import CoreConfig
 from node.raft.core import RaftCore
 from node.raft.log import RaftLog
 from node.raft.messages import Entry, RequestVote
-from node.raft.ready import ReadState
 
 
 def log(*terms: int, start: int = 1, data: bytes = b"") -> list[Entry]:
@@ -418,9 +417,9 @@ def test_figure_8_is_safe_with_the_current_term_rule() -> None:
         assert sim.violations == [] and sim.finish().violations == []
 
 
-def _read_without_quorum(self: RaftCore, ctx: bytes) -> None:
+def _read_without_quorum(self: RaftCore, ctx: bytes, src: str | None) -> None:
     """ReadIndex that skips the heartbeat round (thesis §6.4 step 3)."""
-    self._ready_reads.append(ReadState(ctx, self.log.commit))
+    self._read_confirmed(ctx, self.log.commit, src)
 
 
 def _stale_leader_read(seed: int) -> list[Violation]:

@@ -70,5 +70,6 @@ def test_repeating_events_are_rate_limited() -> None:
 
     for event, key in {"auth_rejected": "address", "bad_request": None, "bad_message": "source",
                        "bad_datagram": "reason", "append_rejected": "leader",
-                       "message_oversize": "to", "snapshot_failed": None}.items():
+                       "message_oversize": "to", "snapshot_failed": None,
+                       "forwarded_reads_dropped": "reason"}.items():
         assert RATE_LIMITED_EVENTS.get(event, "missing") == key, event

@@ -327,8 +327,8 @@ class _Liar:
     def put(self, key: str, value: bytes) -> WriteResult:
         return WriteResult(True, None, 1)
 
-    def get(self, key: str) -> bytes | None:
-        return self.real.get(key)
+    def get(self, key: str, *, node: str | None = None) -> bytes | None:
+        return self.real.get(key, node=node)
 
     def cas(self, key: str, expected: bytes | None, value: bytes) -> WriteResult:
         return self.real.cas(key, expected, value)

@@ -65,7 +65,7 @@ def test_write_to_follower_is_redirected(cluster3: TestCluster) -> None:
 
 
 def test_follower_answers_not_leader_with_hint(cluster3: TestCluster) -> None:
-    """A follower answers a linearizable read with not_leader and the leader's address."""
+    """A follower names the leader and its client address when pinged."""
     lead = cluster3.leader()
     follower = next(n for n in cluster3.node_ids() if n != lead)
     assert lead is not None

@@ -111,10 +111,10 @@ def test_deposed_leader_drops_pending_reads() -> None:
     assert net.nodes["n1"].reads_served == []
 
 
-def test_read_on_follower_is_refused_with_leader_hint() -> None:
-    """Only the leader serves ReadIndex; a follower names the leader.
-    Reference: thesis §6.4."""
-    net = elected(Network(3))
+def test_read_on_follower_is_refused_with_leader_hint_when_follower_reads_are_off() -> None:
+    """With follower reads off only the leader serves ReadIndex; a follower
+    names the leader. Reference: thesis §6.4."""
+    net = elected(Network(3, small_config(follower_reads=False)))
     with pytest.raises(NotLeader) as err:
         net.core("n2").read_index(b"r1")
     assert err.value.leader == "n1"

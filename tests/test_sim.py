@@ -50,7 +50,7 @@ def test_sweep_with_all_faults_breaks_nothing() -> None:
         seen.update(r.stats)
     for what in ("became_leader", "crashes", "compactions", "snapshot_installed",
                  "leadership_transferred", "append_rejected", "membership_changed",
-                 "messages_dropped", "ops_ok", "ops_unknown"):
+                 "messages_dropped", "ops_ok", "ops_unknown", "follower_reads"):
         assert seen[what] > 0, f"no run exercised {what}: {dict(seen)}"
 
 

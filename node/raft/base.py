@@ -41,9 +41,13 @@ class Role(enum.StrEnum):
 
 @dataclass(slots=True)
 class PendingRead:
+    """A read waiting for its heartbeat round; `src` is the follower that
+    asked for it (thesis §6.4.1), None for this leader's own."""
+
     ctx: bytes
     index: int
     seq: int
+    src: str | None = None
 
 
 @dataclass(slots=True)
@@ -96,7 +100,23 @@ class CoreState:
     _prev_hs: HardState
     _prev_soft: SoftState | None
     _pending_reads: list[PendingRead]
-    _reads_awaiting_commit: list[bytes]
+    _reads_awaiting_commit: list[tuple[bytes, str | None]]
+    # Reads this follower needs a read index from the leader for: those
+    # asked since its last Ready, sent as one request; and the requests sent,
+    # by the ctx they went with: the tick sent at (an unanswered one is
+    # dropped an election timeout on) and the reads they stand for.
+    _forward_batch: list[bytes]
+    _forwarded_reads: dict[bytes, tuple[int, list[bytes]]]
+    # This node's logical clock: ticks since it started (never persisted).
+    _ticks: int
+    # Lease reads: the tick each heartbeat round (by its seq) was sent at.
+    _seq_sent_tick: dict[int, int]
+    # This leader sent TimeoutNow in its term: its target may be elected
+    # without waiting out the followers' lease, so the lease is void.
+    _lease_void: bool
+    # Lease reads: a node that just started refuses votes for an election
+    # timeout, as if it had heard a leader (it may have, before a crash).
+    _boot_quiet: bool
     _ready_reads: list[ReadState]
     _dropped_reads: list[bytes]
     _read_seq: int
@@ -128,7 +148,13 @@ class CoreState:
         def _send(self, m: PeerMessage) -> None: ...
         def _send_snapshot_chunk(self, to: str, pr: Progress) -> None: ...
         def _send_timeout_now(self, to: str) -> None: ...
-        def _start_read(self, ctx: bytes) -> None: ...
+        def _start_read(self, ctx: bytes, src: str | None) -> None: ...
+        def _drop_forwarded_reads(self, reason: str) -> None: ...
+        def _send_forward_batch(self) -> None: ...
+        def _new_heartbeat_seq(self) -> int: ...
+        def _note_heartbeat_answer(self, pr: Progress, seq: int) -> None: ...
+        def _read_index_from_follower(self, ctx: bytes, src: str) -> None: ...
+        def _read_index_answered(self, ctx: bytes, ok: bool, index: int) -> None: ...
         def _start_snapshot(self, to: str, pr: Progress) -> None: ...
         def _step_follower(self, m: PeerMessage) -> None: ...
         def step(self, m: Message) -> None: ...

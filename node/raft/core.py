@@ -105,6 +105,12 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self._dropped_reads = []
         self._read_seq = 0
         self._read_round_due = False
+        self._forward_batch = []
+        self._forwarded_reads = {}
+        self._ticks = 0
+        self._seq_sent_tick = {}
+        self._lease_void = False
+        self._boot_quiet = config.read_mode == "lease"
         self._snap_in = None
         self._snap_out = None
         self._pending_snapshot = None
@@ -116,7 +122,17 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def tick(self) -> None:
         """Advance the logical clock by one tick."""
+        self._ticks += 1
+        if self._forwarded_reads:
+            self._expire_forwarded_reads()
         self._tick_fn()
+
+    def observe_clock(self, ticks: int) -> None:
+        """The caller's clock reads `ticks` ticks since this core was made,
+        counting ticks it could not deliver (a stalled process catches up on
+        a few only): a lease runs out by the time that really passed, not by
+        the ticks delivered (thesis §6.4.1)."""
+        self._ticks = max(self._ticks, ticks)
 
     def propose(self, data: bytes) -> int:
         """Append `data` to the log if this node leads; returns its index."""
@@ -131,7 +147,9 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read: a `ReadState` with `ctx` comes out of
-        `ready()` once it is safe (thesis §6.4), or `ctx` is in `dropped_reads`."""
+        `ready()` once it is safe (thesis §6.4), or `ctx` is in `dropped_reads`.
+        A follower asks the leader for the read index (§6.4.1); raises
+        `NotLeader` where no leader is known or follower reads are off."""
         self.step(ReadIndexRequest(ctx))
 
     def transfer_leader(self, to: str) -> None:
@@ -163,6 +181,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             or self._events
             or self._ready_reads
             or self._dropped_reads
+            or self._forward_batch
             or self._pending_snapshot is not None
             or self.log.stable_index < self.log.last_index()
             or self.log.commit > self.log.applied
@@ -177,6 +196,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         """Everything the caller must do now; call `advance()` afterwards."""
         if self.role is Role.LEADER:
             self._flush_leader()
+        elif self._forward_batch:
+            self._send_forward_batch()
         rd = Ready()
         if self.conf != self._prev_conf:
             rd.conf_state = self.conf
@@ -242,6 +263,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
     # --- role changes -------------------------------------------------------
 
     def _reset(self, term: int) -> None:
+        self._drop_reads()
         if term != self.term:
             self.term = term
             self.vote = None
@@ -256,7 +278,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self.votes = {}
         self.lead_transferee = None
         self.uncommitted_bytes = 0  # each leadership counts its own proposals
-        self._drop_reads()
+        self._seq_sent_tick = {}
+        self._lease_void = False
         nxt = self.log.last_index() + 1
         self.progress = {
             p: Progress(nxt, self.config.max_inflight_appends) for p in self.peers
@@ -278,6 +301,7 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def _become_pre_candidate(self) -> None:
         # PreVote (thesis §9.6): ask first, without touching term or vote.
+        self._drop_forwarded_reads("campaign_started")
         self.role = Role.PRE_CANDIDATE
         self.votes = {}
         self.leader = None
@@ -323,21 +347,23 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             return
         if m.term > self.term:
             if isinstance(m, RequestVote):
-                heard_leader = (self.leader is not None
+                heard_leader = ((self.leader is not None or self._boot_quiet)
                                 and self.election_elapsed < self.config.election_ticks)
                 # Thesis §4.2.3: a node that hears from a leader ignores votes
-                # until its election timeout passes. Only under CheckQuorum for
-                # members: without it a leader that cannot hear its followers
-                # never steps down, and the lease would keep those that still
-                # hear it from electing anyone. A candidate outside this node's
-                # configuration is ignored either way: it is a removed server
-                # that never learned so, and its votes would depose the leader
-                # again each time its timer ran out.
+                # until its election timeout passes (with lease reads, also one
+                # just started: it may have heard a leader just before). Only
+                # under CheckQuorum for members: without it a leader that
+                # cannot hear its followers never steps down, and the lease
+                # would keep those that still hear it from electing anyone. A
+                # candidate outside this node's configuration is ignored either
+                # way: it is a removed server that never learned so, and its
+                # votes would depose the leader again each time its timer ran out.
                 member = m.src in self._joint.voters()
                 if (heard_leader and not m.transfer
                         and (self.config.check_quorum or not member)):
-                    self._event("vote_ignored", candidate=m.src,
-                                reason="leader_lease" if member else "not_a_member",
+                    why = ("just_started" if self.leader is None
+                           else "leader_lease" if member else "not_a_member")
+                    self._event("vote_ignored", candidate=m.src, reason=why,
                                 prevote=m.prevote)
                     return
                 if not m.prevote:

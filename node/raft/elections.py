@@ -23,6 +23,8 @@ class Elections(CoreState):
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self._boot_quiet = False
         # Only a node that may campaign restarts its timer: one that may not
         # (a learner) must let it run, or it would take a leader long gone
         # for one it just heard and ignore the votes of its successors

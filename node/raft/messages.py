@@ -18,6 +18,8 @@ NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 # A member's address as its configuration carries it: opaque to the core (the
 # runner puts its network addresses there, docs/MEMBERSHIP.md).
 Address = Annotated[str, msgspec.Meta(max_length=1024)]
+# A forwarded read's name, chosen by the follower (node/api.py uses 8 bytes).
+ReadCtx = Annotated[bytes, msgspec.Meta(max_length=64)]
 
 
 class EntryKind(enum.IntEnum):
@@ -196,6 +198,22 @@ class TimeoutNow(_Base, tag="tn", frozen=True):
     """Leadership transfer: start an election now (thesis §3.10)."""
 
 
+class ReadIndex(_Base, tag="ri", frozen=True):
+    """A follower asks the leader for a read index to serve a linearizable
+    read itself (thesis §6.4.1); `ctx` names the read, opaque to the leader."""
+
+    ctx: ReadCtx
+
+
+class ReadIndexResponse(_Base, tag="rir", frozen=True):
+    """The leader's answer: serve `ctx` once `index` is applied, or, when not
+    `ok`, it could not confirm a read index (no longer the leader)."""
+
+    ctx: ReadCtx
+    ok: bool
+    index: U64 = 0
+
+
 PeerMessage = (
     RequestVote
     | RequestVoteResponse
@@ -206,6 +224,8 @@ PeerMessage = (
     | InstallSnapshot
     | InstallSnapshotResponse
     | TimeoutNow
+    | ReadIndex
+    | ReadIndexResponse
 )
 
 PEER_MESSAGE_TYPES: tuple[type[_Base], ...] = (
@@ -218,6 +238,8 @@ PEER_MESSAGE_TYPES: tuple[type[_Base], ...] = (
     InstallSnapshot,
     InstallSnapshotResponse,
     TimeoutNow,
+    ReadIndex,
+    ReadIndexResponse,
 )
 
 

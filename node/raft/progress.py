@@ -28,6 +28,9 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False
         self.read_seq = 0
+        # Lease reads (node/raft/reads.py): the leader's tick when it sent the
+        # newest heartbeat this follower answered; None: none yet this term.
+        self.lease_from_tick: int | None = None
         # Snapshot transfer: which snapshot, the next byte to send, and whether
         # the follower answered since the last heartbeat (else the chunk is resent).
         self.snap_meta: SnapshotMeta | None = None

@@ -20,6 +20,8 @@ from node.raft.messages import (
     InstallSnapshot,
     InstallSnapshotResponse,
     PeerMessage,
+    ReadIndex,
+    ReadIndexResponse,
     TimeoutNow,
 )
 from node.raft.progress import FlowState, Progress
@@ -65,6 +67,11 @@ class Replication(CoreState):
         elif isinstance(m, TimeoutNow):
             self._event("timeout_now_received", leader=m.src)
             self._hup(transfer=True)
+        elif isinstance(m, ReadIndexResponse):
+            if m.src == self.leader:
+                self._read_index_answered(m.ctx, m.ok, m.index)
+        elif isinstance(m, ReadIndex):
+            self._read_index_from_follower(m.ctx, m.src)
 
     def _step_leader(self, m: PeerMessage) -> None:
         pr = self.progress.get(m.src)
@@ -80,9 +87,13 @@ class Replication(CoreState):
                 pr.inflight.popleft()
             if pr.match < self.log.last_index():
                 self._maybe_send_append(m.src, send_if_empty=True)
+            if self.config.read_mode == "lease":
+                self._note_heartbeat_answer(pr, m.seq)
             if m.seq > pr.read_seq:
                 pr.read_seq = m.seq
                 self._confirm_reads()
+        elif isinstance(m, ReadIndex):
+            self._read_index_from_follower(m.ctx, m.src)
         elif isinstance(m, InstallSnapshotResponse):
             pr.recent_active = True
             if pr.state is FlowState.SNAPSHOT and pr.snap_meta == m.meta:
@@ -157,7 +168,7 @@ class Replication(CoreState):
             self._maybe_send_append(p, send_if_empty=False)
         if self._read_round_due:
             self._read_round_due = False
-            self._read_seq += 1
+            self._new_heartbeat_seq()
             for p in self.peers:
                 self._send_heartbeat(p)
 
@@ -252,12 +263,15 @@ class Replication(CoreState):
         self.log.commit_to(index)
         if first_of_term and self._reads_awaiting_commit:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
-            for ctx in waiting:
-                self._start_read(ctx)
+            for ctx, src in waiting:
+                self._start_read(ctx, src)
         self._after_commit()
         return True
 
     def _broadcast_heartbeat(self) -> None:
+        if self.config.read_mode == "lease":
+            # Each round its own number, so an answer dates the lease.
+            self._new_heartbeat_seq()
         for p in self.peers:
             pr = self.progress[p]
             if pr.state is FlowState.SNAPSHOT:

@@ -54,7 +54,11 @@ LOADGEN_SATURATED_CPU_FRACTION = 0.9
 
 # Errors after which the same request (same session and seq) may be sent again;
 # the state machine applies a (session, seq) at most once (docs/PROTOCOL.md).
-_RETRYABLE = frozenset({"not_leader", "leader_changed", "busy"})
+_RETRYABLE = frozenset({"not_leader", "leader_changed", "busy", "read_unavailable"})
+# Where reads go: where writes go (the leader), or spread over every node
+# (each virtual client reads at one node; followers serve reads too,
+# docs/PROTOCOL.md "Reads").
+READ_NODES = ("leader", "all")
 # Log-linear histogram buckets: values below 2**_SUB_BITS microseconds are
 # exact, larger ones keep their top _SUB_BITS bits (under 1% error).
 _SUB_BITS = 8
@@ -129,6 +133,7 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     value_size: int = 100
     key_space: int = 100_000
     read_ratio: float = 0.0
+    read_nodes: str = "leader"  # one of READ_NODES
     key_prefix: str = "bench/"
     attempt_timeout_s: float = LOADGEN_ATTEMPT_TIMEOUT_MS / 1000
     op_timeout_s: float = LOADGEN_OP_TIMEOUT_MS / 1000
@@ -144,6 +149,7 @@ class LoadResult(msgspec.Struct, kw_only=True):
     ended: float = 0.0
     writes: int = 0  # acknowledged
     reads: int = 0  # answered
+    reads_by_node: dict[str, int] = {}  # answered, by the node that answered
     unknown: int = 0  # writes sent but never answered by their deadline
     errors: dict[str, int] = {}  # failed operations by code ("timeout": reads, unsent writes)
     retries: int = 0  # attempts after the first, each with the same seq
@@ -170,6 +176,8 @@ class LoadResult(msgspec.Struct, kw_only=True):
         self.ended = max(self.ended, other.ended)
         self.writes += other.writes
         self.reads += other.reads
+        for node, n in other.reads_by_node.items():
+            self.reads_by_node[node] = self.reads_by_node.get(node, 0) + n
         self.unknown += other.unknown
         for code, n in other.errors.items():
             self.errors[code] = self.errors.get(code, 0) + n
@@ -423,7 +431,10 @@ class LoadGen:
         c.deadline = now + spec.op_timeout_s
         c.sent = False
         c.rids = []
-        c.target = self.leader or c.target
+        if not c.is_write and spec.read_nodes == "all":
+            c.target = self._order[c.n % len(self._order)]
+        else:
+            c.target = self.leader or c.target
         self._attempt(c, now)
 
     def _attempt(self, c: _VClient, now: float) -> None:
@@ -477,7 +488,8 @@ class LoadGen:
 
     def _on_response(self, c: _VClient, resp: ClientResponse, now: float) -> None:
         if resp.ok:
-            if resp.node in self.spec.nodes:
+            if c.is_write and resp.node in self.spec.nodes:
+                # Only the leader acknowledges writes; any node answers reads.
                 self.leader = resp.node
             self._finish(c, now, resp.node, None)
             return
@@ -512,6 +524,8 @@ class LoadGen:
                     self._on_ack(now, node)
             else:
                 res.reads += 1
+                if node is not None:
+                    res.reads_by_node[node] = res.reads_by_node.get(node, 0) + 1
         elif failure == "unknown" and c.is_write:
             res.unknown += 1
         else:

@@ -22,6 +22,7 @@ from node.control import StatusRequest, decode_response, encode_request
 from node.transport.zmq import make_client_socket
 from raftctl.bench.loadgen import (
     LOADGEN_MAX_CLIENTS,
+    READ_NODES,
     LoadError,
     LoadResult,
     LoadSpec,
@@ -102,6 +103,9 @@ class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
     writes: int
     reads: int
     ops_per_s: float
+    reads_per_s: float
+    read_nodes: str  # "leader" or "all" (raftctl/bench/loadgen.py READ_NODES)
+    reads_by_node: dict[str, int]
     latency_ms: LatencyMs
     errors: int
     errors_by_code: dict[str, int]
@@ -403,6 +407,7 @@ def bench_write(
     value_size: int,
     keys: int,
     read_ratio: float = 0.0,
+    read_nodes: str = "leader",
     procs: int = 1,
     on_progress: Callable[[float, int], None] | None = None,
 ) -> WriteReport:
@@ -415,11 +420,13 @@ def bench_write(
         raise ClusterError("--duration must be positive")
     if not 0.0 <= read_ratio <= 1.0:
         raise ClusterError("--read-ratio must be between 0 and 1")
+    if read_nodes not in READ_NODES:
+        raise ClusterError(f"--nodes must be one of {', '.join(READ_NODES)}")
     running_cluster(c)
     cfg = c.config()
     spec = LoadSpec(nodes=c.client_addrs(), keys=c.keys(), clients=clients,
                     duration_s=duration_s, value_size=value_size, key_space=keys,
-                    read_ratio=read_ratio)
+                    read_ratio=read_ratio, read_nodes=read_nodes)
     watch = _LeaderWatch(c)
     cpu = _CpuMeter(c)
     t_go = 0.0
@@ -459,6 +466,8 @@ def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, res: LoadR
         duration_s=spec.duration_s, elapsed_s=round(wall, 3), value_size=spec.value_size,
         keys=spec.key_space, read_ratio=spec.read_ratio, ops=res.ops, writes=res.writes,
         reads=res.reads, ops_per_s=round(res.ops / wall, 1),
+        reads_per_s=round(res.reads / wall, 1), read_nodes=spec.read_nodes,
+        reads_by_node=dict(sorted(res.reads_by_node.items())),
         latency_ms=LatencyMs(
             p50=h.percentile(0.50) / 1000, p90=h.percentile(0.90) / 1000,
             p99=h.percentile(0.99) / 1000, max=h.max_us / 1000,
