@@ -1,0 +1,190 @@
+"""The pipelining client (node/client_async.py, node/client_pipelined.py) on
+real node processes: many concurrent requests from one client, batched into
+frames, each write applied once across a leader's death."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from node.client import OutcomeUnknown
+from node.client_async import AsyncClient
+from node.client_pipelined import PipelinedClient
+from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """One 3-node cluster for the tests of this module."""
+    for c in make_cluster(tmp_path_factory.mktemp("aclient"), 3):
+        start_and_settle(c)
+        yield c
+
+
+def _client(c: TestCluster, timeout_s: float = 5.0,
+            attempt_timeout_s: float = 1.0) -> AsyncClient:
+    return AsyncClient(c.client_addrs(), c.keys(), timeout_s=timeout_s,
+                       attempt_timeout_s=attempt_timeout_s)
+
+
+def test_200_concurrent_puts_are_acknowledged_and_readable(cluster: TestCluster) -> None:
+    """200 puts started at once from one client are all acknowledged, in one
+    session, and a linearizable read of each returns its value."""
+
+    async def run() -> None:
+        async with _client(cluster) as c:
+            keys = [f"many/{i}" for i in range(200)]
+            done = await asyncio.gather(*(c.put(k, k.encode()) for k in keys))
+            assert all(r.ok for r in done), [r for r in done if not r.ok]
+            assert len({r.index for r in done}) == 200, "two puts share a log index"
+            got = await asyncio.gather(*(c.get(k) for k in keys))
+            assert got == [k.encode() for k in keys]
+            stale = await asyncio.gather(*(c.get(k, stale=True) for k in keys[:5]))
+            assert all(v is None or v == k.encode() for k, v in zip(keys, stale, strict=False))
+
+    asyncio.run(run())
+
+
+def test_concurrent_requests_share_frames(cluster: TestCluster) -> None:
+    """Requests made in one turn of the loop leave in one batch frame:
+    far fewer frames than requests (one per request without batching)."""
+
+    async def run() -> None:
+        async with _client(cluster) as c:
+            await c.open_session()
+            before = c.stats.frames, c.stats.requests
+            await asyncio.gather(*(c.put(f"batch/{i}", b"v") for i in range(100)))
+            frames, reqs = c.stats.frames - before[0], c.stats.requests - before[1]
+            assert reqs >= 100
+            assert frames * 10 <= reqs, f"{frames} frames for {reqs} requests: not batched"
+
+    asyncio.run(run())
+
+
+def test_more_writes_than_the_cluster_keeps_answers_for(cluster: TestCluster) -> None:
+    """1,500 writes at once (more than the 1,024 answers a session keeps past
+    first_outstanding) all succeed: the client holds back the excess
+    instead of getting too_many_outstanding."""
+
+    async def run() -> None:
+        async with _client(cluster, timeout_s=20.0) as c:
+            done = await asyncio.gather(*(c.put(f"wide/{i}", b"v") for i in range(1_500)))
+            assert Counter(r.error for r in done) == Counter({None: 1_500})
+
+    asyncio.run(run())
+
+
+def test_txn_cas_delete_and_range_through_the_pipeline(cluster: TestCluster) -> None:
+    """The other operations answer as node/client.py's do."""
+
+    async def run() -> None:
+        async with _client(cluster) as c:
+            assert (await c.put("ops/a", b"1")).ok
+            assert not (await c.cas("ops/a", b"0", b"2")).ok
+            assert (await c.cas("ops/a", b"1", b"2")).ok
+            assert (await c.put("ops/b", b"x")).ok
+            r = await c.range("ops/", prefix=True)
+            assert [(kv.key, kv.value) for kv in r.kvs] == [("ops/a", b"2"), ("ops/b", b"x")]
+            assert (await c.delete("ops/b", prev=True)).value == b"x"
+            assert await c.get("ops/b") is None
+            t = await c.txn([], [])
+            assert t.succeeded
+
+    asyncio.run(run())
+
+
+def test_sync_wrapper_from_eight_threads(cluster: TestCluster) -> None:
+    """Eight threads share one PipelinedClient, blocking and with futures:
+    every write is acknowledged and read back, in one session."""
+    errors: list[BaseException] = []
+    with PipelinedClient(cluster.client_addrs(), cluster.keys()) as pc:
+
+        def work(t: int) -> None:
+            try:
+                for i in range(20):
+                    assert pc.put(f"thr/{t}/{i}", f"{t}.{i}".encode()).ok
+                futs = [pc.submit_put(f"thr/{t}/f{i}", b"f") for i in range(20)]
+                assert all(f.result().ok for f in futs)
+                assert pc.get(f"thr/{t}/19") == f"{t}.19".encode()
+            except BaseException as e:  # handed to the main thread, which fails the test
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors, errors
+        assert pc.range("thr/", prefix=True).count == 8 * 40
+        assert pc.stats.frames < pc.stats.requests
+
+
+def test_pipelined_retries_across_a_leader_kill_apply_each_write_once(
+        cluster: TestCluster) -> None:
+    """32 tasks append numbered tokens while the leader is killed: every
+    acknowledged token is in its key exactly once, and no token (an unknown
+    one included) twice, so each retried (session, seq) applied at most once."""
+    acked: dict[str, list[int]] = {}
+    unknown: dict[str, list[int]] = {}
+    old = cluster.leader()
+    assert old is not None
+
+    async def writer(c: AsyncClient, key: str, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set() or n < 30:
+            n += 1
+            try:
+                r = await c.append(key, f"{n},".encode())
+            except OutcomeUnknown:
+                unknown.setdefault(key, []).append(n)
+                continue
+            assert r.ok, r
+            acked.setdefault(key, []).append(n)
+            if n >= 200:
+                return
+
+    async def run() -> None:
+        async with _client(cluster, timeout_s=10.0, attempt_timeout_s=0.3) as c:
+            stop = asyncio.Event()
+            keys = [f"once/{i}" for i in range(32)]
+            tasks = [asyncio.create_task(writer(c, k, stop)) for k in keys]
+            await _until(lambda: sum(map(len, acked.values())) >= 300, 10.0,
+                         "300 appends acknowledged before the kill")
+            cluster.kill(old)
+            await asyncio.get_running_loop().run_in_executor(
+                None, cluster.wait_for_leader, 10.0, {old})
+            seen = sum(map(len, acked.values()))
+            await _until(lambda: sum(map(len, acked.values())) >= seen + 300, 15.0,
+                         "300 appends acknowledged after the new leader")
+            stop.set()
+            await asyncio.gather(*tasks)
+            assert c.stats.retries > 0, "the kill caused no retry: the test proves nothing"
+            for k in keys:
+                value = await c.get(k)
+                tokens = Counter(int(t) for t in (value or b"").decode().split(",") if t)
+                assert not [t for t, n in tokens.items() if n > 1], f"{k}: applied twice"
+                assert set(acked.get(k, [])) <= set(tokens), f"{k}: acknowledged but missing"
+                assert set(tokens) <= set(acked.get(k, [])) | set(unknown.get(k, []))
+
+    try:
+        asyncio.run(run())
+    finally:
+        cluster.start(old)
+        wait_until(lambda: old in cluster.statuses(), 10.0, f"{old} back up")
+
+
+async def _until(cond: object, timeout_s: float, what: str) -> None:
+    """Wait in the loop for `cond()` with a deadline; fail naming `what`."""
+    assert callable(cond)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() >= deadline:
+            pytest.fail(f"timed out after {timeout_s:.1f}s waiting for: {what}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.sleep(0.02)  # polling cadence; the condition is what we wait for
