@@ -124,12 +124,13 @@ class PipelineStats:
 class AsyncClient:
     """An asyncio client of one cluster that pipelines: call its methods
     from as many tasks as you like, concurrently. Make it, and use it, in
-    one event loop; `async with AsyncClient(...) as c:` closes it."""
+    one event loop; `async with AsyncClient(...) as c:` closes it. `keys`
+    None speaks to nodes without security (tests only)."""
 
     def __init__(
         self,
         nodes: Mapping[str, str],
-        keys: CurveKeys,
+        keys: CurveKeys | None,
         *,
         timeout_s: float = 5.0,
         attempt_timeout_s: float = 1.0,
@@ -256,6 +257,8 @@ class AsyncClient:
         """The session to write in; a new one when there is none or when
         `expired` (the one a write just found expired) is still current.
         One registration however many writes ask at once."""
+        if self.session is not None and self.session != expired:
+            return self.session  # the common case, without queueing on the lock
         if self._register_lock is None:
             self._register_lock = asyncio.Lock()
         async with self._register_lock:

@@ -9,8 +9,12 @@ import contextlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
+import msgspec
 import pytest
+import zmq
+import zmq.asyncio
 
 from node.client import OutcomeUnknown
 from node.client_async import AsyncClient
@@ -73,6 +77,7 @@ def test_more_writes_than_the_cluster_keeps_answers_for(cluster: TestCluster) ->
 
     async def run() -> None:
         async with _client(cluster, timeout_s=20.0) as c:
+            await c.open_session()  # so that all 1,500 leave in one turn of the loop
             done = await asyncio.gather(*(c.put(f"wide/{i}", b"v") for i in range(1_500)))
             assert Counter(r.error for r in done) == Counter({None: 1_500})
 
@@ -188,3 +193,65 @@ async def _until(cond: object, timeout_s: float, what: str) -> None:
             pytest.fail(f"timed out after {timeout_s:.1f}s waiting for: {what}")
         with contextlib.suppress(TimeoutError):
             await asyncio.sleep(0.02)  # polling cadence; the condition is what we wait for
+
+
+def test_first_outstanding_is_the_lowest_seq_still_awaited() -> None:
+    """Against a scripted node: while seq 1 is unanswered, later writes
+    carry first_outstanding 1 (not their own seq, which would release the
+    answer seq 1's retry needs); once it is answered, it moves past it."""
+
+    async def run() -> None:
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        try:
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            node = _ScriptedNode(router)
+            async with AsyncClient({"n1": f"tcp://127.0.0.1:{port}"}, None,
+                                   attempt_timeout_s=5.0, ctx=ctx) as c:
+                puts = [asyncio.create_task(c.put(f"k{i}", b"v")) for i in (1, 2, 3)]
+                (reg,) = await node.take(1)  # one registration for the three
+                assert reg["op"] == "register"
+                await node.answer(reg, session=7)
+                got = [reg, *await node.take(3)]
+                assert [(r["seq"], r["first_outstanding"]) for r in got[1:]] == [
+                    (1, 1), (2, 1), (3, 1)]
+                await node.answer(got[2])
+                await node.answer(got[3])
+                await asyncio.gather(puts[1], puts[2])
+                fourth = asyncio.create_task(c.put("k4", b"v"))
+                (r4,) = await node.take(1)
+                assert (r4["seq"], r4["first_outstanding"]) == (4, 1)
+                await node.answer(got[1])
+                await node.answer(r4)
+                await asyncio.gather(puts[0], fourth)
+                fifth = asyncio.create_task(c.put("k5", b"v"))
+                (r5,) = await node.take(1)
+                assert (r5["session"], r5["seq"], r5["first_outstanding"]) == (7, 5, 5)
+                await node.answer(r5)
+                await fifth
+                c.timeout_s = 0.1  # the scripted node does not answer close_session
+        finally:
+            router.close(linger=0)
+            ctx.term()
+
+    asyncio.run(run())
+
+
+class _ScriptedNode:
+    """A ROUTER that hands the test each request and answers when told."""
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.sock = sock
+        self.peer = b""
+
+    async def take(self, n: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while len(out) < n:
+            self.peer, frame = await asyncio.wait_for(self.sock.recv_multipart(), 5.0)
+            got = msgspec.msgpack.decode(frame)
+            out += got if isinstance(got, list) else [got]
+        return out
+
+    async def answer(self, req: dict[str, Any], **fields: Any) -> None:
+        await self.sock.send_multipart([self.peer, msgspec.msgpack.encode(
+            {"id": req["id"], "ok": True, "index": req.get("seq", 1), **fields})])
