@@ -303,6 +303,12 @@ class AsyncClient:
         if moved:
             self._wake_room()
 
+    def _first_outstanding(self, session: int, seq: int) -> int:
+        """What a write of `seq` tells the cluster it still waits for. A write
+        of a session since replaced (it will find it expired) tells only its
+        own seq: the new session's count says nothing of the old one's."""
+        return self._low if session == self.session else seq
+
     def _wake_room(self) -> None:
         if self._room is not None:
             self._room.set()
@@ -311,8 +317,8 @@ class AsyncClient:
         for _ in range(2):
             session, seq = await self._take_seq()
             try:
-                got = await self._call(make(session, seq, self._low), prefer=None, write=True,
-                                       release=(session, seq))
+                got = await self._call(make(session, seq, self._first_outstanding(session, seq)),
+                                       prefer=None, write=True, release=(session, seq))
             finally:
                 self._release(session, seq)
             resp = got.resp
@@ -350,7 +356,8 @@ class AsyncClient:
                 if release is not None:
                     # A retry tells the cluster what was released meanwhile.
                     req = msgspec.structs.replace(
-                        cast(WriteRequest, req), first_outstanding=self._low)
+                        cast(WriteRequest, req),
+                        first_outstanding=self._first_outstanding(*release))
                 rid = self._enqueue(target, op, req)
                 if write:
                     unsure.add(rid)

@@ -237,6 +237,52 @@ def test_first_outstanding_is_the_lowest_seq_still_awaited() -> None:
     asyncio.run(run())
 
 
+def test_session_expired_registers_once_or_reports_unknown() -> None:
+    """Against a scripted node: writes that find their session expired on
+    their only attempt go, as new seqs, to one new session registered for
+    all of them; a write whose earlier attempt went unanswered raises
+    OutcomeUnknown instead (that attempt may have been applied)."""
+
+    async def run() -> None:
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        try:
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            node = _ScriptedNode(router)
+            async with AsyncClient({"n1": f"tcp://127.0.0.1:{port}"}, None,
+                                   attempt_timeout_s=5.0, ctx=ctx) as c:
+                first = asyncio.create_task(c.put("a", b"1"))
+                await node.answer((await node.take(1))[0], session=7)
+                puts = [asyncio.create_task(c.put(k, b"1")) for k in ("b", "c")]
+                got = await node.take(3)
+                assert [(r["session"], r["seq"]) for r in got] == [(7, 1), (7, 2), (7, 3)]
+                for r in got:
+                    await node.answer(r, ok=False, error="session_expired")
+                (reg,) = await node.take(1)
+                assert reg["op"] == "register", "one registration for the three writes"
+                await node.answer(reg, session=8)
+                again = await node.take(3)
+                assert sorted((r["session"], r["seq"], r["key"]) for r in again) == [
+                    (8, 1, "a"), (8, 2, "b"), (8, 3, "c")]
+                for r in again:
+                    await node.answer(r)
+                assert all(r.ok for r in await asyncio.gather(first, *puts))
+                c.attempt_timeout_s = 0.2
+                lost = asyncio.create_task(c.put("d", b"1"))
+                first_try, retry = await node.take(2)  # the first attempt goes unanswered
+                assert (retry["session"], retry["seq"]) == (first_try["session"],
+                                                            first_try["seq"]) == (8, 4)
+                await node.answer(retry, ok=False, error="session_expired")
+                with pytest.raises(OutcomeUnknown):
+                    await lost
+                c.timeout_s = 0.1  # the scripted node does not answer close_session
+        finally:
+            router.close(linger=0)
+            ctx.term()
+
+    asyncio.run(run())
+
+
 class _ScriptedNode:
     """A ROUTER that hands the test each request and answers when told."""
 
@@ -247,7 +293,10 @@ class _ScriptedNode:
     async def take(self, n: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         while len(out) < n:
-            self.peer, frame = await asyncio.wait_for(self.sock.recv_multipart(), 5.0)
+            try:
+                self.peer, frame = await asyncio.wait_for(self.sock.recv_multipart(), 5.0)
+            except TimeoutError:
+                pytest.fail(f"the scripted node got {len(out)} of {n} requests within 5 s: {out}")
             got = msgspec.msgpack.decode(frame)
             out += got if isinstance(got, list) else [got]
         return out
