@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -131,17 +133,22 @@ def test_sync_wrapper_from_eight_threads(cluster: TestCluster) -> None:
 
 def test_pipelined_retries_across_a_leader_kill_apply_each_write_once(
         cluster: TestCluster) -> None:
-    """32 tasks append numbered tokens while the leader is killed: every
-    acknowledged token is in its key exactly once, and no token (an unknown
-    one included) twice, so each retried (session, seq) applied at most once."""
+    """32 tasks append numbered tokens; the leader is frozen at a moment when
+    the followers hold writes it has not answered, then killed. The new
+    leader commits those writes, whose tasks retry them with the same
+    (session, seq): every acknowledged token is in its key exactly once, and
+    no token (an unknown one included) twice."""
     acked: dict[str, list[int]] = {}
     unknown: dict[str, list[int]] = {}
+    indexes: list[int] = [0]
     old = cluster.leader()
     assert old is not None
+    pid = cluster.statuses()[old]["pid"]
+    followers = [n for n in cluster.node_ids() if n != old]
 
     async def writer(c: AsyncClient, key: str, stop: asyncio.Event) -> None:
         n = 0
-        while not stop.is_set() or n < 30:
+        while not stop.is_set():
             n += 1
             try:
                 r = await c.append(key, f"{n},".encode())
@@ -150,25 +157,43 @@ def test_pipelined_retries_across_a_leader_kill_apply_each_write_once(
                 continue
             assert r.ok, r
             acked.setdefault(key, []).append(n)
-            if n >= 200:
-                return
+            indexes[0] = max(indexes[0], r.index or 0)
+
+    def unanswered_on_followers() -> bool:
+        """Freeze the leader; keep it frozen if a follower holds an entry
+        past every write the leader answered (the status round lets the
+        answers it sent arrive first), else let it go on."""
+        os.kill(pid, signal.SIGSTOP)
+        st = cluster.statuses()
+        if max(st[f]["log_last"] for f in followers if f in st) > indexes[0]:
+            return True
+        os.kill(pid, signal.SIGCONT)
+        return False
 
     async def run() -> None:
+        loop = asyncio.get_running_loop()
         async with _client(cluster, timeout_s=10.0, attempt_timeout_s=0.3) as c:
             stop = asyncio.Event()
             keys = [f"once/{i}" for i in range(32)]
             tasks = [asyncio.create_task(writer(c, k, stop)) for k in keys]
-            await _until(lambda: sum(map(len, acked.values())) >= 300, 10.0,
-                         "300 appends acknowledged before the kill")
-            cluster.kill(old)
-            await asyncio.get_running_loop().run_in_executor(
-                None, cluster.wait_for_leader, 10.0, {old})
+            for _ in range(20):
+                await _until(lambda: sum(map(len, acked.values())) >= 300, 10.0,
+                             "300 appends acknowledged before the leader was frozen")
+                if await loop.run_in_executor(None, unanswered_on_followers):
+                    break
+                more = sum(map(len, acked.values())) + 50
+                await _until(lambda n=more: sum(map(len, acked.values())) >= n, 10.0,
+                             "50 more appends acknowledged after the leader went on")
+            else:
+                pytest.fail("in 20 tries the followers never held an unanswered write")
+            await loop.run_in_executor(None, cluster.kill, old)
+            await loop.run_in_executor(None, cluster.wait_for_leader, 10.0, {old})
             seen = sum(map(len, acked.values()))
             await _until(lambda: sum(map(len, acked.values())) >= seen + 300, 15.0,
                          "300 appends acknowledged after the new leader")
             stop.set()
             await asyncio.gather(*tasks)
-            assert c.stats.retries > 0, "the kill caused no retry: the test proves nothing"
+            assert c.stats.retries >= 32, "the writes in flight at the freeze were not retried"
             for k in keys:
                 value = await c.get(k)
                 tokens = Counter(int(t) for t in (value or b"").decode().split(",") if t)
@@ -179,7 +204,10 @@ def test_pipelined_retries_across_a_leader_kill_apply_each_write_once(
     try:
         asyncio.run(run())
     finally:
-        cluster.start(old)
+        if cluster.process_state(old)[0] is None:
+            cluster.start(old)
+        else:  # the test failed before the kill
+            os.kill(pid, signal.SIGCONT)
         wait_until(lambda: old in cluster.statuses(), 10.0, f"{old} back up")
 
 
