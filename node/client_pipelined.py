@@ -25,7 +25,7 @@ class PipelinedClient:
     of node/client.py (ClientError, OutcomeUnknown, Unavailable). Close it
     (or use `with`) to close the session and stop the thread."""
 
-    def __init__(self, nodes: Mapping[str, str], keys: CurveKeys, *, timeout_s: float = 5.0,
+    def __init__(self, nodes: Mapping[str, str], keys: CurveKeys | None, *, timeout_s: float = 5.0,
                  attempt_timeout_s: float = 1.0, order: Sequence[str] | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -37,7 +37,11 @@ class PipelinedClient:
             return AsyncClient(nodes, keys, timeout_s=timeout_s,
                                attempt_timeout_s=attempt_timeout_s, order=order)
 
-        self._client = self._run(make()).result()
+        try:
+            self._client = self._run(make()).result()
+        except BaseException:
+            self._stop_loop()
+            raise
         self._closed = False
 
     @property
@@ -117,9 +121,12 @@ class PipelinedClient:
         try:
             self._run(self._client.close()).result()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     def __enter__(self) -> PipelinedClient:
         return self

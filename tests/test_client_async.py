@@ -131,6 +131,14 @@ def test_sync_wrapper_from_eight_threads(cluster: TestCluster) -> None:
         assert pc.stats.frames < pc.stats.requests
 
 
+def test_sync_wrapper_without_nodes_fails_and_leaves_no_thread() -> None:
+    """A PipelinedClient given no node refuses at once, and its loop's
+    thread does not outlive the refusal."""
+    with pytest.raises(ValueError, match="at least one node"):
+        PipelinedClient({}, None)
+    assert not [t for t in threading.enumerate() if t.name == "pipelined-client"]
+
+
 def test_pipelined_retries_across_a_leader_kill_apply_each_write_once(
         cluster: TestCluster) -> None:
     """32 tasks append numbered tokens; the leader is frozen at a moment when
