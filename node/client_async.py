@@ -331,8 +331,6 @@ class AsyncClient:
                         "an earlier attempt may or may not have been applied")
                 await self._session(session)
                 continue  # certainly not applied: once more in a new session
-            if resp.error == "bad_request":
-                raise ClientError("bad_request", resp.message or "bad request")
             return resp
         raise ClientError("session_expired", "the cluster expired two new sessions in a row")
 
@@ -366,6 +364,8 @@ class AsyncClient:
                     unsure.discard(resp.id)
                 if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
                     self._note_leader(req, resp, write)
+                    if resp.error == "bad_request":
+                        raise ClientError("bad_request", resp.message or "bad request")
                     return _Answer(resp, bool(unsure - {resp.id}))
                 if only is not None:
                     if resp is not None and resp.error != "not_sent":

@@ -18,7 +18,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from node.client import OutcomeUnknown
+from node.client import ClientError, OutcomeUnknown
 from node.client_async import AsyncClient
 from node.client_pipelined import PipelinedClient
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
@@ -101,6 +101,8 @@ def test_txn_cas_delete_and_range_through_the_pipeline(cluster: TestCluster) -> 
             assert await c.get("ops/b") is None
             t = await c.txn([], [])
             assert t.succeeded
+            with pytest.raises(ClientError, match="key"):
+                await c.get("k" * 2_000)  # over the 1,024-byte key limit
 
     asyncio.run(run())
 
