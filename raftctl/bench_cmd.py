@@ -27,6 +27,7 @@ from raftctl.bench.runs import (
     bench_write,
     to_json,
 )
+from raftctl.bench.shapes import SHAPES
 from raftctl.bench.up import bench_up
 from raftctl.cluster import Cluster, ClusterError
 from raftctl.exits import CliError, Exit, from_cluster_error
@@ -90,21 +91,32 @@ def bench() -> None:
               help="Fraction of operations that are linearizable reads.")
 @click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Load generator processes sharing the clients.")
+@click.option("--shape", type=click.Choice(SHAPES), default="virtual", show_default=True,
+              help="How the clients are made: virtual (the load generator's own), pipelined "
+              "(one AsyncClient, one task per client), per-connection (one Client each).")
 @json_option("Print JSON (schema above).")
 @click.pass_context
 def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, keys: int,
-          read_ratio: float, procs: int, as_json: bool) -> None:
+          read_ratio: float, procs: int, shape: str, as_json: bool) -> None:
     """Closed-loop load on the running cluster: acknowledged operations/s,
     latency, errors, leader changes and CPU.
 
-    Each virtual client has its own session and sends its next put (or get)
-    as soon as the previous one is answered; the requests of all clients are
-    pipelined over one connection per node. A write that got no answer by
-    its deadline is counted as unknown, never as failed.
+    Each client sends its next put (or get) as soon as the previous one is
+    answered. A write that got no answer by its deadline is counted as
+    unknown, never as failed. The shape says what a client is:
+
+    \b
+      virtual         the load generator's: a session per client, the
+                      requests of all pipelined over one connection per
+                      node (the most the cluster takes)
+      pipelined       one node.client_async.AsyncClient in one process,
+                      one task per client (an application that pipelines)
+      per-connection  one node.client.Client per client, in a thread each:
+                      one request per frame (an application on Client)
 
     \b
     --json prints one object:
-      mode ("write"), cluster, nodes, fsync, clients, procs,
+      mode ("write"), shape, cluster, nodes, fsync, clients, procs,
       duration_s (asked), elapsed_s (measured), value_size, keys, read_ratio,
       ops = writes + reads (acknowledged), ops_per_s = ops / elapsed_s,
       reads_per_s, read_nodes ("leader" or "all"), reads_by_node {node: reads answered},
@@ -119,7 +131,7 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
     """
     c = _cluster(ctx)
     con = render.console()
-    with _progress(con, f"bench write, {clients} clients", duration_s) as bar:
+    with _progress(con, f"bench write, {clients} {shape} clients", duration_s) as bar:
 
         def progress(elapsed_s: float, ops: int) -> None:
             if bar is not None:
@@ -128,7 +140,7 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
 
         report = _run(lambda: bench_write(
             c, clients=clients, duration_s=duration_s, value_size=value_size, keys=keys,
-            read_ratio=read_ratio, procs=procs, on_progress=progress))
+            read_ratio=read_ratio, procs=procs, shape=shape, on_progress=progress))
     if as_json:
         click.echo(render.dumps(to_json(report)))
     else:
@@ -189,7 +201,7 @@ def read(ctx: click.Context, clients: int, duration_s: float, keys: int, read_no
 
 def write_table(r: WriteReport) -> Table:
     t = Table(title=f"bench write: cluster {r.cluster}, {r.nodes} nodes, fsync {r.fsync}, "
-              f"{r.clients} clients, {r.value_size}-byte values", title_justify="left",
+              f"{r.clients} {r.shape} clients, {r.value_size}-byte values", title_justify="left",
               show_header=False)
     t.add_column("what", style="bold")
     t.add_column("value", justify="right")

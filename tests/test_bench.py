@@ -128,6 +128,25 @@ def test_write_with_reads_over_two_processes(cluster3: TestCluster) -> None:
     assert _ordered(out["latency_ms"])
 
 
+def test_write_in_the_pipelined_and_per_connection_shapes(cluster3: TestCluster) -> None:
+    """bench write --shape pipelined|per-connection: writes and reads succeed,
+    every acknowledged write is in the log, and the report names the shape."""
+    for shape in ("pipelined", "per-connection"):
+        before = _commit(cluster3)
+        out = _json(cluster3, "write", "--shape", shape, "--clients", "6", "--duration", "0.5",
+                    "--read-ratio", "0.3")
+        assert out["shape"] == shape and out["procs"] == 1
+        assert out["writes"] > 0 and out["reads"] > 0, out
+        assert out["errors"] == 0 and out["unknown"] == 0, out
+        assert _commit(cluster3) - before >= out["writes"]
+        assert _ordered(out["latency_ms"]) and out["loadgen_cpu_s"] > 0
+        assert {n["node"] for n in out["node_cpu"]} == set(cluster3.node_ids())
+    r = _invoke(cluster3, "write", "--shape", "pipelined", "--clients", "2", "--duration", "0.2")
+    assert "2 pipelined clients" in r.output
+    r = _invoke(cluster3, "write", "--shape", "pipelined", "--procs", "2", "--duration", "0.2")
+    assert r.exit_code != 0 and "--procs applies to --shape virtual only" in r.output
+
+
 def test_write_table_names_the_figures(cluster3: TestCluster) -> None:
     """Without --json, bench write prints a table with throughput, latency and CPU."""
     r = _invoke(cluster3, "write", "--clients", "2", "--duration", "0.5")

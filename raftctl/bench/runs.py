@@ -28,6 +28,7 @@ from raftctl.bench.loadgen import (
     LoadSpec,
     run_procs,
 )
+from raftctl.bench.shapes import SHAPES, run_per_connection, run_pipelined
 from raftctl.cluster import Cluster, ClusterError
 
 # Timing of the benchmarks.
@@ -89,6 +90,7 @@ class NodeLoop(msgspec.Struct, frozen=True):
 
 class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = "write"
+    shape: str = "virtual"  # of the load (raftctl/bench/shapes.py)
     cluster: str
     nodes: int
     fsync: str
@@ -409,11 +411,17 @@ def bench_write(
     read_ratio: float = 0.0,
     read_nodes: str = "leader",
     procs: int = 1,
+    shape: str = "virtual",
     on_progress: Callable[[float, int], None] | None = None,
 ) -> WriteReport:
-    """A closed-loop load of `clients` virtual clients for `duration_s`
-    against the running cluster. `on_progress(elapsed_s, ops)` is called a
-    few times a second."""
+    """A closed-loop load of `clients` clients for `duration_s` against the
+    running cluster, in one of SHAPES. `on_progress(elapsed_s, ops)` is
+    called a few times a second."""
+    if shape not in SHAPES:
+        raise ClusterError(f"--shape must be one of {', '.join(SHAPES)}")
+    if procs > 1 and shape != "virtual":
+        raise ClusterError("--procs applies to --shape virtual only; the other shapes "
+                           "run in one process, as an application would")
     if not 1 <= clients <= LOADGEN_MAX_CLIENTS:
         raise ClusterError(f"--clients must be between 1 and {LOADGEN_MAX_CLIENTS}")
     if duration_s <= 0:
@@ -444,25 +452,32 @@ def bench_write(
                 on_progress(time.monotonic() - t_go, ops)
 
         try:
-            res = run_procs(spec, procs, on_start=go, on_progress=progress)
+            if shape == "pipelined":
+                res = run_pipelined(spec, on_start=go, on_progress=progress)
+            elif shape == "per-connection":
+                res = run_per_connection(spec, on_start=go, on_progress=progress)
+            else:
+                res = run_procs(spec, procs, on_start=go, on_progress=progress)
         except LoadError as e:
             raise ClusterError(str(e)) from None
         node_cpu = cpu.stop()
     finally:
         watch.stop()
     seen = sorted(watch.seen)
-    return _write_report(c, cfg.fsync, len(cfg.nodes), spec, res, node_cpu, seen,
+    return _write_report(c, cfg.fsync, len(cfg.nodes), spec, shape, res, node_cpu, seen,
                          watch.node_loop())
 
 
-def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, res: LoadResult,
+def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, shape: str,
+                  res: LoadResult,
                   node_cpu: list[NodeCpu], seen: list[tuple[int, str]],
                   node_loop: list[NodeLoop]) -> WriteReport:
     gaps = [n.leader_gap_max_ms for n in node_loop if n.leader_gap_max_ms is not None]
     h = res.latency
     wall = res.wall_s
     return WriteReport(
-        cluster=c.name, nodes=nodes, fsync=fsync, clients=spec.clients, procs=res.procs,
+        shape=shape, cluster=c.name, nodes=nodes, fsync=fsync, clients=spec.clients,
+        procs=res.procs,
         duration_s=spec.duration_s, elapsed_s=round(wall, 3), value_size=spec.value_size,
         keys=spec.key_space, read_ratio=spec.read_ratio, ops=res.ops, writes=res.writes,
         reads=res.reads, ops_per_s=round(res.ops / wall, 1),
