@@ -76,10 +76,11 @@ PIPELINE_BACKOFF_MS = 20
 PIPELINE_CLOSE_TIMEOUT_MS = 1_000
 
 # Errors after which another attempt (same seq) is safe and may succeed.
-_RETRYABLE = frozenset({"not_leader", "leader_changed", "busy", "not_sent"})
+_RETRYABLE = frozenset({"not_leader", "leader_changed", "busy", "not_sent",
+                        "read_unavailable"})
 # Answers that say the attempt was never proposed (so never applied).
 _NOT_PROPOSED = frozenset({"not_leader", "busy", "bad_request", "too_large", "no_space",
-                           "not_sent"})
+                           "not_sent", "read_unavailable"})
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -408,10 +409,10 @@ class AsyncClient:
         return resp.leader if resp.leader in self.nodes else None
 
     def _note_leader(self, req: ClientRequest, resp: ClientResponse, write: bool) -> None:
-        # Only the leader acknowledges writes and linearizable reads:
-        # remember it, so the next request goes straight there.
-        if resp.node in self.nodes and (
-                write or (isinstance(req, GetRequest | RangeRequest) and not req.stale)):
+        # Only the leader acknowledges writes (any node may answer a read,
+        # a follower by a read index): remember it, so the next request goes
+        # straight there.
+        if write and resp.node in self.nodes:
             self.leader = resp.node
 
     async def _next(self, op: _Op, until: float) -> ClientResponse | None:
