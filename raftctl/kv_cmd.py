@@ -164,7 +164,9 @@ def cas(ctx: click.Context, key: str, expected: str, value: str, absent: bool,
 @click.option("--count-only", is_flag=True, help="With --prefix: only how many keys.")
 @click.option("--stale", is_flag=True, help="Read a node's local copy (may be out of date).")
 @click.option("--node", shell_complete=complete_nodes,
-              help="With --stale: read this node's copy, and fail if it cannot answer.")
+              help="Have this node answer, and fail if it cannot: a follower serves a "
+                   "linearizable read by a read index from the leader (with --stale, from "
+                   "its own copy).")
 @timeout_option
 @json_option()
 @click.pass_context
@@ -174,9 +176,6 @@ def get(ctx: click.Context, key: str | None, prefix: str | None, revision: int, 
     """Print KEY's value, or the keys and values under --prefix: a
     linearizable read (ReadIndex) unless --stale. Exit 4 if KEY does not
     exist."""
-    if node is not None and not stale:
-        raise click.UsageError("--node needs --stale: only the leader answers a linearizable "
-                               "read")
     _key_or_prefix(key, prefix)
     if prefix is None and (limit or keys_only or count_only):
         raise click.UsageError("--limit, --keys-only and --count-only go with --prefix")

@@ -83,6 +83,17 @@ def test_stale_get_from_a_named_node_that_cannot_answer_fails(c: TestCluster) ->
     assert "node n1 is down, so it cannot answer" in err["message"]
 
 
+def test_a_linearizable_get_from_a_named_follower_sees_the_last_write(c: TestCluster) -> None:
+    """`get --node N` without --stale on a follower is linearizable: right
+    after a put is acknowledged, the follower answers the new value (it asks
+    the leader for a read index, never its own copy as it stands)."""
+    for i in range(5):
+        cli(c, "put", "lin", f"v{i}")
+        followers = [n for n, s in c.statuses().items() if s.get("role") == "follower"]
+        assert followers, "no follower to ask"
+        assert cli(c, "get", "lin", "--node", followers[i % len(followers)]).stdout == f"v{i}\n"
+
+
 def test_a_named_node_is_the_only_one_asked(c: TestCluster,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """If N dies between the supervisor's look and the read (here: the look

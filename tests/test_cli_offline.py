@@ -83,7 +83,7 @@ def test_a_cluster_not_set_up_is_unavailable(tmp_path: Path, args: list[str]) ->
 @pytest.mark.parametrize(("args", "says"), [
     (["kill", "n7"], "node n7 is not in cluster test (nodes: n1, n2, n3)"),
     (["logs", "n7"], "node n7 is not in cluster test"),
-    (["get", "k", "--node", "n1"], "--node needs --stale"),
+    (["get", "k", "--limit", "3"], "--limit, --keys-only and --count-only go with --prefix"),
     (["kill"], "name the nodes, or give --leader or --random"),
     (["netem", "--link", "n1:n1", "--delay", "5ms"], "is not A:B with two nodes"),
     (["partition", "n1,n9", "n2"], "not in the cluster: n9"),
