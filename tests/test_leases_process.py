@@ -19,10 +19,13 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+from click.testing import CliRunner, Result
 
 from node.api import decode_responses
 from node.client import ClientError, LeaseNotFound
 from node.transport.zmq import make_client_socket
+from raftctl.cli import main
+from raftctl.exits import Exit
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -181,5 +184,65 @@ def test_paused_holder_across_a_leader_change(shared: TestCluster) -> None:
             assert gone <= ttl_s + bound, f"the key lingered {gone:.2f}s after the pause"
     finally:
         proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(5)
+
+
+def cli(c: TestCluster, *args: str) -> Result:
+    r = CliRunner().invoke(main, ["--run-dir", str(c.run_dir), "-C", "test", *args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.output
+    return r
+
+
+def test_cli_grant_put_ttl_ls_keepalive_revoke(shared: TestCluster) -> None:
+    """The lease commands through the CLI, text and --json; a gone lease
+    exits 4 with one sentence."""
+    r = cli(shared, "lease", "grant", "30")
+    assert r.exit_code == 0, r.output
+    lid = int(r.stdout.strip())
+    assert cli(shared, "put", "cli/a", "1", "--lease", str(lid)).exit_code == 0
+    got = json.loads(cli(shared, "lease", "ttl", str(lid), "--keys", "--json").stdout)
+    assert got["lease"] == lid and got["keys"] == ["cli/a"] and got["granted_ttl_ms"] == 30_000
+    assert "30s" in cli(shared, "lease", "ttl", str(lid)).stdout
+    assert lid in json.loads(cli(shared, "lease", "ls", "--json").stdout)["leases"]
+    assert str(lid) in cli(shared, "lease", "ls").stdout.split()
+    once = cli(shared, "lease", "keep-alive", str(lid), "--once", "--json")
+    assert json.loads(once.stdout) == {"lease": lid, "ttl_ms": 30_000}
+    assert "kept alive" in cli(shared, "lease", "keep-alive", str(lid), "--once").stdout
+    r = cli(shared, "lease", "revoke", str(lid))
+    assert r.exit_code == 0 and "revoked" in r.stdout
+    assert cli(shared, "get", "cli/a").exit_code == Exit.NOT_FOUND
+    gone = cli(shared, "lease", "ttl", str(lid))
+    assert gone.exit_code == Exit.NOT_FOUND and "does not exist" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+    bad = cli(shared, "put", "cli/b", "1", "--lease", str(lid), "--json")
+    assert bad.exit_code == Exit.NOT_FOUND
+    assert json.loads(bad.stdout)["error"] == "lease_not_found"
+    bad = cli(shared, "put", "cli/b", "1", "--lease", str(lid))
+    assert bad.exit_code == Exit.NOT_FOUND and "lease grant" in bad.stderr
+
+
+def test_cli_keepalive_streams_until_ctrl_c(shared: TestCluster) -> None:
+    """`lease keep-alive` prints a line per renewal and exits 0 on Ctrl-C."""
+    with shared.client() as cl:
+        lid = cl.lease_grant(1.5).id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raftctl", "--run-dir", str(shared.run_dir), "-C", "test",
+         "lease", "keep-alive", str(lid)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        lines.extend(proc.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: len(lines) >= 3, 10.0, "three renewals printed")
+        assert all(f"lease {lid} kept alive" in x for x in lines[:3])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
         proc.kill()
         proc.wait(5)
