@@ -246,3 +246,73 @@ def test_cli_keepalive_streams_until_ctrl_c(shared: TestCluster) -> None:
     finally:
         proc.kill()
         proc.wait(5)
+
+
+@pytest.fixture
+def small_snapshots(tmp_path: Path) -> Iterator[TestCluster]:
+    """A 3-node cluster that snapshots every 50 entries and keeps no tail."""
+    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0):
+        start_and_settle(c)
+        yield c
+
+
+def test_leases_survive_install_snapshot_and_restart(small_snapshots: TestCluster) -> None:
+    """A follower that missed a lease's grant gets it by InstallSnapshot; after
+    every node restarts (state from snapshot and log) the lease is still
+    there with its keys, wherever the leadership lands."""
+    c = small_snapshots
+    lead = c.wait_for_leader(5.0)
+    victim = next(n for n in c.node_ids() if n != lead)
+    c.kill(victim)
+    with c.client() as cl:
+        lid = cl.lease_grant(120).id
+        cl.put("s/a", b"1", lease=lid)
+        cl.put("s/b", b"2", lease=lid)
+        for i in range(200):
+            cl.put(f"fill/{i}", b"v" * 100)
+    wait_until(lambda: (c.statuses().get(lead) or {}).get("snapshot_index", 0) > lid, 10.0,
+               "the leader compacted its log past the grant")
+    c.start(victim)
+    wait_until(lambda: '"snapshot_installed"' in c.log_path(victim).read_text(), 20.0,
+               f"{victim} installed a snapshot")
+    c.transfer(victim)
+    wait_until(lambda: c.leader() == victim, 10.0, f"{victim} leads")
+    with c.client() as cl:
+        info = cl.lease_ttl(lid, keys=True)
+        assert info.keys == ["s/a", "s/b"] and info.granted_ttl_ms == 120_000
+    c.stop_all()
+    c.start_all()
+    c.wait_for_leader(10.0)
+    with c.client() as cl:
+        info = cl.lease_ttl(lid, keys=True)
+        assert info.keys == ["s/a", "s/b"]
+        # A new leader gives the lease its TTL and the longest election timeout.
+        assert info.ttl_ms > 110_000
+        assert cl.lease_list() == [lid]
+
+
+@pytest.fixture
+def paxos3(tmp_path: Path) -> Iterator[TestCluster]:
+    for c in make_cluster(tmp_path, 3, algorithm="paxos"):
+        start_and_settle(c)
+        yield c
+
+
+def test_leases_on_a_paxos_cluster(paxos3: TestCluster) -> None:
+    """Paxos shares the state machine, the read path and the leader's role
+    changes: a lease is kept alive, survives a change of leader, and its
+    keys go when it lapses."""
+    c = paxos3
+    with c.client() as cl:
+        kept = cl.lease_grant(30)
+        lapsing = cl.lease_grant(1)
+        cl.put("px/kept", b"v", lease=kept.id)
+        cl.put("px/lapsing", b"v", lease=lapsing.id)
+        assert cl.lease_keepalive(kept.id) == 30_000
+        wait_until(lambda: cl.get("px/lapsing") is None, 10.0, "the lapsed lease's key goes")
+        lead = c.wait_for_leader(5.0)
+        other = next(n for n in c.node_ids() if n != lead)
+        c.transfer(other)
+        wait_until(lambda: c.leader() not in (None, lead), 10.0, f"the leadership left {lead}")
+        assert cl.lease_keepalive(kept.id) == 30_000
+        assert cl.get("px/kept") == b"v" and cl.lease_list() == [kept.id]

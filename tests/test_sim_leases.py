@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from chaos.sim import Simulation, run_seed
+from chaos.sim_cores import sim_algorithm
 from chaos.sim_leases import BREAK_NEW_LEADER_EXTENSION, LEASE_COVERAGE, LEASE_EARLY_EXPIRY
 from chaos.sim_nemesis import FAULT_KINDS
 
@@ -65,3 +66,13 @@ def test_same_seed_gives_the_same_lease_run() -> None:
     a = Simulation(3, faults=ALL, ticks=150, lease_clients=LEASE_CLIENTS).run()
     b = Simulation(3, faults=ALL, ticks=150, lease_clients=LEASE_CLIENTS).run()
     assert a.stats == b.stats and a.history == b.history
+
+
+def test_paxos_sweep_with_leases_breaks_nothing() -> None:
+    """Paxos runs the same lessor and state machine: 30 seeds with every
+    fault it takes and lease clients break nothing."""
+    faults = sim_algorithm("paxos", ["n1"], False).faults
+    results = [run_seed(seed, 5, frozenset(faults), LEASE_TICKS, "paxos", LEASE_CLIENTS)
+               for seed in range(30)]
+    assert [(r.seed, r.violations[0]) for r in results if r.violations] == []
+    assert sum(r.stats.get("leases_expired", 0) for r in results) > 0
