@@ -316,3 +316,16 @@ def test_leases_on_a_paxos_cluster(paxos3: TestCluster) -> None:
         wait_until(lambda: c.leader() not in (None, lead), 10.0, f"the leadership left {lead}")
         assert cl.lease_keepalive(kept.id) == 30_000
         assert cl.get("px/kept") == b"v" and cl.lease_list() == [kept.id]
+
+
+def test_bench_lease_reports_its_rates(shared: TestCluster) -> None:
+    """`bench lease` counts grants and keep-alives a second, and leaves no
+    lease of its own behind once they lapse."""
+    r = cli(shared, "bench", "lease", "--clients", "2", "--duration", "1", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["errors"] == 0, r.output
+    assert doc["grants"] > 0 and doc["keepalives"] > 0 and doc["keepalives_per_s"] > 0
+    lat = doc["keepalive_latency_ms"]
+    assert lat["p50"] <= lat["p99"] <= lat["max"]
+    text = cli(shared, "bench", "lease", "--clients", "1", "--duration", "0.4")
+    assert "keep-alives/s" in text.stdout and "grants/s" in text.stdout
