@@ -44,8 +44,8 @@ MEANINGS: dict[Exit, str] = {
     Exit.UNKNOWN_OUTCOME: "a write was sent but not answered in time: it may or may not "
                           "have been applied; read the key to know",
     Exit.INTERNAL: "a bug in raftctl (RAFTCTL_DEBUG=1 shows the traceback)",
-    Exit.INTERRUPTED: "interrupted by Ctrl-C (not for `watch`, `logs -f` and `lease "
-                      "keep-alive`, which end so)",
+    Exit.INTERRUPTED: "interrupted by Ctrl-C (not for `watch`, `logs -f` and a lease's "
+                      "stream of renewals, which end so)",
 }
 
 
