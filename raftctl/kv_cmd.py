@@ -11,6 +11,7 @@ import click
 
 from node.client import Client, RangeResult, TxnResult, Unavailable, WriteResult
 from node.config import MAX_VALUE_BYTES
+from node.state.leases import MAX_KEYS_PER_LEASE
 from node.state.sessions import KV, OpResult
 from raftctl import render
 from raftctl.cluster import Cluster, ClusterUnavailable
@@ -81,6 +82,9 @@ def _write_out(ctx: click.Context, key: str, res: WriteResult, as_json: bool, wh
     if res.error == "lease_not_found":
         raise CliError(f"{what} failed: that lease does not exist (revoked, expired or never "
                        "granted); grant one with `raftctl lease grant TTL`", Exit.NOT_FOUND)
+    if res.error == "lease_full":
+        raise CliError(f"{what} failed: the lease holds {MAX_KEYS_PER_LEASE:,} keys, the most "
+                       "one may; attach the key to another lease")
     if res.error == "cas_failed":
         cur = value_text(res.value)
         raise CliError(f"cas failed: {key} is {'absent' if cur is None else repr(cur)}")

@@ -128,6 +128,14 @@ def test_kept_lease_outlives_its_ttl_and_is_revoked_on_exit(shared: TestCluster)
         assert kl.id not in cl.lease_list()
 
 
+def test_kept_lease_notices_it_was_revoked(shared: TestCluster) -> None:
+    """A kept lease revoked by someone else sets `lost` at its next
+    keep-alive, within a third of its TTL; leaving the block then is quiet."""
+    with shared.client() as cl, cl.kept_lease(1.5) as kl:
+        cl.lease_revoke(kl.id)
+        wait_until(kl.lost.is_set, 1.5, "the holder learned its lease is gone")
+
+
 _HOLDER = """
 import json, sys, time
 from raftctl.cluster import Cluster
