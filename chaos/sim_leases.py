@@ -180,8 +180,12 @@ class SimLeases:
         for c in self._clients:
             if c.step == "keep" and c.ctx == ctx and c.waiting_on == n.id:
                 held = self._lessors.get(n.id)
-                ttl = None if held is None else held[0].renew(c.lease, self.now_ms)
                 c.waiting_on, c.ctx = "", b""
+                if held is None:
+                    # Deposed since it was asked (the node answers not_leader).
+                    c.retry_at = self.sim.now + 1
+                    return
+                ttl = held[0].renew(c.lease, self.now_ms)
                 if ttl is None:
                     self._count("keepalives_refused")
                     self._lost(c)
@@ -231,6 +235,9 @@ class SimLeases:
                 index = n.core.propose(sim._command(RegisterSession()))
                 c.waiting_key = (index, n.core.term)
             elif c.step == "keep":
+                if n.core.role is not Role.LEADER:
+                    # Only a leader takes keep-alives, as the node's API.
+                    raise NotLeader(n.core.leader)
                 c.attempt += 1
                 c.ctx = f"{c.id}/lease/{c.attempt}".encode()
                 n.core.read_index(c.ctx)

@@ -309,7 +309,12 @@ class ClientApi:
         elif isinstance(req, GetRequest | RangeRequest):
             self._get(route, req)
         elif isinstance(req, LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest):
-            self._confirm(_Waiter(route, req.id), req)
+            if self.core.leader != self.node_id:
+                # Never through a follower's read index: only the leader's
+                # lessor holds deadlines, so only it renews.
+                self._not_leader(_Waiter(route, req.id))
+            else:
+                self._confirm(_Waiter(route, req.id), req)
         elif isinstance(req, RegisterRequest):
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):
