@@ -10,10 +10,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from node.api_lease import (
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseListRequest,
+    LeaseReadRequest,
+    LeaseRevokeRequest,
+    LeaseTtlRequest,
+    answer_lease_read,
+)
 from node.api_range import (
     CompactRequest,
     DeleteRangeRequest,
@@ -26,14 +35,25 @@ from node.api_range import (
     read_range,
     txn_of,
 )
+from node.api_requests import (
+    AppendRequest,
+    CasRequest,
+    CloseSessionRequest,
+    DeleteRequest,
+    GetRequest,
+    PingRequest,
+    PutRequest,
+    RegisterRequest,
+    ReqId,
+)
 from node.config import (
     MAX_KEY_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_FIELDS,
-    MAX_VALUE_BYTES,
 )
 from node.errors import NotLeader, ProposalDropped
 from node.frames import map_len
+from node.lessor import Lessor
 from node.state.kv import (
     Append,
     Applied,
@@ -44,6 +64,7 @@ from node.state.kv import (
     CompactHistory,
     Delete,
     DeleteRange,
+    ExpireLeases,
     KVStore,
     Op,
     Put,
@@ -53,84 +74,27 @@ from node.state.kv import (
     encode_op,
 )
 from node.state.mvcc import RevisionError
+from node.state.ops import LeaseGrant, LeaseRevoke
 from node.state.sessions import KV, OpResult, Result
+
+__all__ = [
+    "AppendRequest", "CasRequest", "ClientRequest", "ClientResponse", "CloseSessionRequest",
+    "DeleteRequest", "GetRequest", "PingRequest", "PutRequest", "RegisterRequest",
+    "WriteRequest", "decode_request", "decode_responses", "encode_response",
+]
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.consensus import ConsensusCore
     from node.watch import WatchHub
 
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
-Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
-ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-SessionId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-
-
-class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op",
-           forbid_unknown_fields=True):
-    """A request holds its op's fields and no other: msgspec then never
-    descends into a value the schema does not expect, so a request's nesting
-    is the schema's (one map of scalars; a txn's lists of such maps)
-    whatever the frame holds."""
-
-    id: ReqId = 0
-
-
-class _WriteReq(_Req, frozen=True, kw_only=True):
-    """A session's write number `seq`; the client no longer needs the
-    answer of any seq below `first_outstanding` (default: `seq`)."""
-
-    session: SessionId
-    seq: Seq
-    first_outstanding: Seq | None = None
-
-
-class PutRequest(_WriteReq, tag="put", frozen=True, kw_only=True):
-    key: Key
-    value: Value
-    prev: bool = False
-
-
-class DeleteRequest(_WriteReq, tag="delete", frozen=True, kw_only=True):
-    key: Key
-    prev: bool = False
-
-
-class CasRequest(_WriteReq, tag="cas", frozen=True, kw_only=True):
-    key: Key
-    expected: Value | None
-    value: Value
-
-
-class AppendRequest(_WriteReq, tag="append", frozen=True, kw_only=True):
-    key: Key
-    value: Value
-
-
-class RegisterRequest(_Req, tag="register", frozen=True, kw_only=True):
-    """Open a session; answered with its id once the registration commits."""
-
-
-class CloseSessionRequest(_Req, tag="close_session", frozen=True, kw_only=True):
-    session: SessionId
-
-
-class GetRequest(_Req, tag="get", frozen=True, kw_only=True):
-    key: Key
-    stale: bool = False
-
-
-class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
-    """Who leads? Answered by any node without touching the log."""
-
-
 ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
                  | PingRequest | RegisterRequest | CloseSessionRequest | RangeRequest
                  | DeleteRangeRequest | TxnRequest | CompactRequest | WatchRequest
-                 | WatchCancelRequest)
+                 | WatchCancelRequest | LeaseGrantRequest | LeaseRevokeRequest
+                 | LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest)
 WriteRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | DeleteRangeRequest
-                | TxnRequest)
-ReadRequest = GetRequest | RangeRequest
+                | TxnRequest | LeaseGrantRequest | LeaseRevokeRequest)
+ReadRequest = GetRequest | RangeRequest | LeaseReadRequest
 
 
 class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -164,6 +128,13 @@ class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     created: bool | None = None
     events: list[WatchEvent] | None = None
     canceled: bool | None = None
+    # Leases (docs/PROTOCOL.md, "Leases"): a lease's id, its TTL left (or
+    # granted, in a grant's answer), its granted TTL, its keys; every id.
+    lease: int | None = None
+    ttl_ms: int | None = None
+    granted_ttl_ms: int | None = None
+    keys: list[str] | None = None
+    leases: list[int] | None = None
 
 
 _req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
@@ -250,7 +221,8 @@ def _written(req_id: int, result: Result, index: int, node: str) -> ClientRespon
     """The answer to a write that succeeded (a put's as it always was)."""
     return ClientResponse(id=req_id, ok=True, value=result.value, index=index, node=node,
                           revision=result.revision, deleted=result.deleted,
-                          succeeded=result.succeeded, responses=result.responses)
+                          succeeded=result.succeeded, responses=result.responses,
+                          lease=result.lease, ttl_ms=result.ttl_ms)
 
 
 @dataclass
@@ -282,6 +254,7 @@ class ClientApi:
         monotonic: Callable[[], float] = time.monotonic,
         no_space: Callable[[bool], str | None] = lambda _needs_log: None,
         watches: WatchHub | None = None,
+        lease_extension_ms: int = 0,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -297,6 +270,9 @@ class ClientApi:
         self._no_space = no_space
         self.watches = watches
         self.counters = ApiCounters()
+        # Lease deadlines while this node leads (node/lessor.py); the
+        # extension is the longest election timeout.
+        self.lessor = Lessor(kv.leases, extension_ms=lease_extension_ms)
         # Writes by (session, seq): a retry still in flight waits with the first.
         self._writes: dict[tuple[int, int], list[_Waiter]] = {}
         # Registrations and closings, by the index they were proposed at, with
@@ -335,6 +311,13 @@ class ClientApi:
             self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
         elif isinstance(req, GetRequest | RangeRequest):
             self._get(route, req)
+        elif isinstance(req, LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest):
+            if self.core.leader != self.node_id:
+                # Never through a follower's read index: only the leader's
+                # lessor holds deadlines, so only it renews.
+                self._not_leader(_Waiter(route, req.id))
+            else:
+                self._confirm(_Waiter(route, req.id), req)
         elif isinstance(req, RegisterRequest):
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):
@@ -382,7 +365,7 @@ class ClientApi:
             # The ops check what the schema cannot, e.g. a key's length in bytes.
             op: Op
             if isinstance(req, PutRequest):
-                op = Put(key=req.key, value=req.value, prev=req.prev)
+                op = Put(key=req.key, value=req.value, prev=req.prev, lease=req.lease)
             elif isinstance(req, DeleteRequest):
                 op = Delete(key=req.key, prev=req.prev)
             elif isinstance(req, AppendRequest):
@@ -391,6 +374,10 @@ class ClientApi:
                 op = DeleteRange(req.key, req.range_end, req.prefix)
             elif isinstance(req, TxnRequest):
                 op = txn_of(req)
+            elif isinstance(req, LeaseGrantRequest):
+                op = LeaseGrant(req.ttl_ms)
+            elif isinstance(req, LeaseRevokeRequest):
+                op = LeaseRevoke(req.lease)
             else:
                 op = Cas(key=req.key, expected=req.expected, value=req.value)
         except ValueError as e:
@@ -443,7 +430,7 @@ class ClientApi:
             self._clock_since = now
         return self._clock_base_ms + int((now - self._clock_since) * 1000)
 
-    def _get(self, route: Route, req: ReadRequest) -> None:
+    def _get(self, route: Route, req: GetRequest | RangeRequest) -> None:
         waiter = _Waiter(route, req.id)
         problem = key_problem(req.key)
         if problem is None and isinstance(req, RangeRequest):
@@ -458,6 +445,11 @@ class ClientApi:
         if req.stale:
             self._answer_read(waiter, req)
             return
+        self._confirm(waiter, req)
+
+    def _confirm(self, waiter: _Waiter, req: ReadRequest) -> None:
+        """Answer `req` once a quorum confirmed this node leads and it
+        applied the log that far (§6.4)."""
         full = self._no_space(False)
         if full is not None:
             self._fail(waiter, "no_space", full)
@@ -477,6 +469,7 @@ class ClientApi:
 
     def applied(self, done: Applied | None, index: int, term: int) -> None:
         """The entry (`index`, `term`) was applied; answer whoever waits for it here."""
+        self.lessor.applied(index)
         if done is None:
             return
         if done.seq == 0:
@@ -531,9 +524,28 @@ class ClientApi:
             if item is not None:
                 self._answer_read(item[0], item[1])
 
+    def became_leader(self) -> None:
+        """This node leads from now (a new term): every lease gets a deadline."""
+        self.lessor.became_leader(self._monotonic() * 1000.0, self.core.log.last_index())
+
+    def expire_leases(self) -> list[int]:
+        """Propose the expiry of the leases whose deadline passed (leader
+        only, one entry in flight at a time); the ids proposed."""
+        ids = self.lessor.due(self._monotonic() * 1000.0)
+        if not ids or self._no_space(True) is not None:
+            return []
+        try:
+            index = self.core.propose(encode_command(Command(self._stamp_ms(),
+                                                             ExpireLeases(ids))))
+        except (NotLeader, ProposalDropped):
+            return []  # the next turn tries again, or the next leader does
+        self.lessor.proposed(index, ids)
+        return ids
+
     def lost_leadership(self) -> None:
         """This node stopped leading: nothing it proposed is known to commit.
         The outcome is unknown to the client, who retries with the same seq."""
+        self.lessor.lost_leadership()
         writes, self._writes = self._writes, {}
         indexed, self._by_index = self._by_index, {}
         for w in [*(w for ws in writes.values() for w in ws), *(w for _, w in indexed.values())]:
@@ -557,6 +569,14 @@ class ClientApi:
             self._send(w.route, ClientResponse(
                 id=w.req_id, ok=True, value=self.kv.get(req.key), index=self.kv.applied_index,
                 node=self.node_id))
+            return
+        if isinstance(req, LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest):
+            kw = answer_lease_read(self.kv.leases, self.lessor, req, self._monotonic() * 1000.0)
+            if kw["ok"]:
+                self._send(w.route, ClientResponse(id=w.req_id, node=self.node_id, **kw))
+            else:
+                hint = self._leader_hint() if kw["error"] == "not_leader" else {}
+                self._fail(w, kw["error"], kw["message"], **hint)
             return
         try:
             got = read_range(self.kv.mvcc, req)
