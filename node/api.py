@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from node.api_lease import (
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseListRequest,
+    LeaseReadRequest,
+    LeaseRevokeRequest,
+    LeaseTtlRequest,
+    answer_lease_read,
+)
 from node.api_range import (
     CompactRequest,
     DeleteRangeRequest,
@@ -34,6 +43,7 @@ from node.config import (
 )
 from node.errors import NotLeader, ProposalDropped
 from node.frames import map_len
+from node.lessor import Lessor
 from node.state.kv import (
     Append,
     Applied,
@@ -44,6 +54,7 @@ from node.state.kv import (
     CompactHistory,
     Delete,
     DeleteRange,
+    ExpireLeases,
     KVStore,
     Op,
     Put,
@@ -53,6 +64,7 @@ from node.state.kv import (
     encode_op,
 )
 from node.state.mvcc import RevisionError
+from node.state.ops import LeaseGrant, LeaseRevoke
 from node.state.sessions import KV, OpResult, Result
 
 if TYPE_CHECKING:  # the client side imports this module and needs no core
@@ -86,9 +98,12 @@ class _WriteReq(_Req, frozen=True, kw_only=True):
 
 
 class PutRequest(_WriteReq, tag="put", frozen=True, kw_only=True):
+    """Set `key`, attached to `lease` (0: to none, which detaches it)."""
+
     key: Key
     value: Value
     prev: bool = False
+    lease: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class DeleteRequest(_WriteReq, tag="delete", frozen=True, kw_only=True):
@@ -127,10 +142,11 @@ class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
 ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
                  | PingRequest | RegisterRequest | CloseSessionRequest | RangeRequest
                  | DeleteRangeRequest | TxnRequest | CompactRequest | WatchRequest
-                 | WatchCancelRequest)
+                 | WatchCancelRequest | LeaseGrantRequest | LeaseRevokeRequest
+                 | LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest)
 WriteRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | DeleteRangeRequest
-                | TxnRequest)
-ReadRequest = GetRequest | RangeRequest
+                | TxnRequest | LeaseGrantRequest | LeaseRevokeRequest)
+ReadRequest = GetRequest | RangeRequest | LeaseReadRequest
 
 
 class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -164,6 +180,13 @@ class ClientResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     created: bool | None = None
     events: list[WatchEvent] | None = None
     canceled: bool | None = None
+    # Leases (docs/PROTOCOL.md, "Leases"): a lease's id, its TTL left (or
+    # granted, in a grant's answer), its granted TTL, its keys; every id.
+    lease: int | None = None
+    ttl_ms: int | None = None
+    granted_ttl_ms: int | None = None
+    keys: list[str] | None = None
+    leases: list[int] | None = None
 
 
 _req_decoder: msgspec.msgpack.Decoder[ClientRequest] = msgspec.msgpack.Decoder(ClientRequest)
@@ -250,7 +273,8 @@ def _written(req_id: int, result: Result, index: int, node: str) -> ClientRespon
     """The answer to a write that succeeded (a put's as it always was)."""
     return ClientResponse(id=req_id, ok=True, value=result.value, index=index, node=node,
                           revision=result.revision, deleted=result.deleted,
-                          succeeded=result.succeeded, responses=result.responses)
+                          succeeded=result.succeeded, responses=result.responses,
+                          lease=result.lease, ttl_ms=result.ttl_ms)
 
 
 @dataclass
@@ -282,6 +306,7 @@ class ClientApi:
         monotonic: Callable[[], float] = time.monotonic,
         no_space: Callable[[bool], str | None] = lambda _needs_log: None,
         watches: WatchHub | None = None,
+        lease_extension_ms: int = 0,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -297,6 +322,9 @@ class ClientApi:
         self._no_space = no_space
         self.watches = watches
         self.counters = ApiCounters()
+        # Lease deadlines while this node leads (node/lessor.py); the
+        # extension is the longest election timeout.
+        self.lessor = Lessor(kv.leases, extension_ms=lease_extension_ms)
         # Writes by (session, seq): a retry still in flight waits with the first.
         self._writes: dict[tuple[int, int], list[_Waiter]] = {}
         # Registrations and closings, by the index they were proposed at, with
@@ -332,6 +360,8 @@ class ClientApi:
             self._send(route, ClientResponse(id=req.id, ok=True, **self._leader_hint()))
         elif isinstance(req, GetRequest | RangeRequest):
             self._get(route, req)
+        elif isinstance(req, LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest):
+            self._confirm(_Waiter(route, req.id), req)
         elif isinstance(req, RegisterRequest):
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):
@@ -379,7 +409,7 @@ class ClientApi:
             # The ops check what the schema cannot, e.g. a key's length in bytes.
             op: Op
             if isinstance(req, PutRequest):
-                op = Put(key=req.key, value=req.value, prev=req.prev)
+                op = Put(key=req.key, value=req.value, prev=req.prev, lease=req.lease)
             elif isinstance(req, DeleteRequest):
                 op = Delete(key=req.key, prev=req.prev)
             elif isinstance(req, AppendRequest):
@@ -388,6 +418,10 @@ class ClientApi:
                 op = DeleteRange(req.key, req.range_end, req.prefix)
             elif isinstance(req, TxnRequest):
                 op = txn_of(req)
+            elif isinstance(req, LeaseGrantRequest):
+                op = LeaseGrant(req.ttl_ms)
+            elif isinstance(req, LeaseRevokeRequest):
+                op = LeaseRevoke(req.lease)
             else:
                 op = Cas(key=req.key, expected=req.expected, value=req.value)
         except ValueError as e:
@@ -440,7 +474,7 @@ class ClientApi:
             self._clock_since = now
         return self._clock_base_ms + int((now - self._clock_since) * 1000)
 
-    def _get(self, route: Route, req: ReadRequest) -> None:
+    def _get(self, route: Route, req: GetRequest | RangeRequest) -> None:
         waiter = _Waiter(route, req.id)
         problem = key_problem(req.key)
         if problem is None and isinstance(req, RangeRequest):
@@ -455,6 +489,11 @@ class ClientApi:
         if req.stale:
             self._answer_read(waiter, req)
             return
+        self._confirm(waiter, req)
+
+    def _confirm(self, waiter: _Waiter, req: ReadRequest) -> None:
+        """Answer `req` once a quorum confirmed this node leads and it
+        applied the log that far (§6.4)."""
         full = self._no_space(False)
         if full is not None:
             self._fail(waiter, "no_space", full)
@@ -472,6 +511,7 @@ class ClientApi:
 
     def applied(self, done: Applied | None, index: int, term: int) -> None:
         """The entry (`index`, `term`) was applied; answer whoever waits for it here."""
+        self.lessor.applied(index)
         if done is None:
             return
         if done.seq == 0:
@@ -516,9 +556,28 @@ class ClientApi:
             if item is not None:
                 self._answer_read(item[0], item[1])
 
+    def became_leader(self) -> None:
+        """This node leads from now (a new term): every lease gets a deadline."""
+        self.lessor.became_leader(self._monotonic() * 1000.0, self.core.log.last_index())
+
+    def expire_leases(self) -> list[int]:
+        """Propose the expiry of the leases whose deadline passed (leader
+        only, one entry in flight at a time); the ids proposed."""
+        ids = self.lessor.due(self._monotonic() * 1000.0)
+        if not ids or self._no_space(True) is not None:
+            return []
+        try:
+            index = self.core.propose(encode_command(Command(self._stamp_ms(),
+                                                             ExpireLeases(ids))))
+        except (NotLeader, ProposalDropped):
+            return []  # the next turn tries again, or the next leader does
+        self.lessor.proposed(index, ids)
+        return ids
+
     def lost_leadership(self) -> None:
         """This node stopped leading: nothing it proposed is known to commit.
         The outcome is unknown to the client, who retries with the same seq."""
+        self.lessor.lost_leadership()
         writes, self._writes = self._writes, {}
         indexed, self._by_index = self._by_index, {}
         for w in [*(w for ws in writes.values() for w in ws), *(w for _, w in indexed.values())]:
@@ -541,6 +600,13 @@ class ClientApi:
             self._send(w.route, ClientResponse(
                 id=w.req_id, ok=True, value=self.kv.get(req.key), index=self.kv.applied_index,
                 node=self.node_id))
+            return
+        if isinstance(req, LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest):
+            kw = answer_lease_read(self.kv.leases, self.lessor, req, self._monotonic() * 1000.0)
+            if kw["ok"]:
+                self._send(w.route, ClientResponse(id=w.req_id, node=self.node_id, **kw))
+            else:
+                self._fail(w, kw["error"], kw["message"], lease=getattr(req, "lease", None))
             return
         try:
             got = read_range(self.kv.mvcc, req)

@@ -24,6 +24,7 @@ Limit = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 SessionId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+LeaseId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 # What one range read answers at most, in bytes of keys and values (past the
 # first key): the rest is left to the next read (`more`), so that an answer
@@ -85,6 +86,7 @@ class TxnPut(msgspec.Struct, frozen=True, tag_field="op", tag="put", forbid_unkn
     key: Key
     value: Value
     prev: bool = False
+    lease: LeaseId = 0
 
 
 class TxnDelete(msgspec.Struct, frozen=True, tag_field="op", tag="delete",
@@ -165,7 +167,7 @@ class WatchEvent(msgspec.Struct, frozen=True, omit_defaults=True):
 def op_of(item: TxnItem) -> TxnOp:
     """The state machine's operation for a transaction item; ValueError if bad."""
     if isinstance(item, TxnPut):
-        return Put(item.key, item.value, item.prev)
+        return Put(item.key, item.value, item.prev, item.lease)
     if isinstance(item, TxnDelete):
         if item.range_end is None and not item.prefix:
             return Delete(item.key, item.prev)

@@ -29,6 +29,7 @@ from node.api import (
     WriteRequest,
     decode_responses,
 )
+from node.api_lease import LeaseKeepAliveRequest, LeaseListRequest, LeaseTtlRequest
 from node.api_range import (
     CompactRequest,
     DeleteRangeRequest,
@@ -40,8 +41,13 @@ from node.api_range import (
     WatchEvent,
     WatchRequest,
 )
+from node.client_lease import KeptLease, Lease, LeaseInfo, LeaseMethods, LeaseNotFound
+from node.errors import ClientError
 from node.state.sessions import KV, OpResult
 from node.transport.zmq import CurveKeys, make_client_socket
+
+__all__ = ["ClientError", "Compacted", "KeptLease", "Lease", "LeaseInfo", "LeaseNotFound",
+           "OutcomeUnknown", "Unavailable"]
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -49,6 +55,8 @@ _encoder = msgspec.msgpack.Encoder()
 _RETRYABLE = {"not_leader", "leader_changed", "busy"}
 # Answers that say the attempt was never proposed (so never applied).
 _NOT_PROPOSED = {"not_leader", "busy", "bad_request", "too_large", "no_space"}
+# Requests only a leader answers, besides writes and linearizable reads.
+_LEADER_READS = (LeaseKeepAliveRequest, LeaseTtlRequest, LeaseListRequest)
 # `close()` gives closing the session this long, then leaves it to expire.
 _CLOSE_TIMEOUT_S = 1.0
 
@@ -65,14 +73,6 @@ def drain_responses(sock: zmq.Socket[bytes]) -> Iterator[ClientResponse]:
             yield from decode_responses(data)
         except msgspec.DecodeError:
             continue
-
-
-class ClientError(Exception):
-    """The request failed; nothing was changed."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class OutcomeUnknown(ClientError):
@@ -134,8 +134,9 @@ class _Answer:
     others_unsure: bool
 
 
-class Client:
-    """A synchronous client of one cluster. Not thread-safe.
+class Client(LeaseMethods):
+    """A synchronous client of one cluster. Not thread-safe (a KeptLease
+    keeps its lease alive with a Client of its own).
 
     Writes run in a session (docs/PROTOCOL.md, Sessions) that the client
     registers before its first write and closes in `close()`; a retry
@@ -170,10 +171,12 @@ class Client:
 
     # --- operations ---------------------------------------------------------
 
-    def put(self, key: str, value: bytes, *, prev: bool = False) -> WriteResult:
-        """Set `key`; with `prev`, `value` of the result is the value it replaced."""
+    def put(self, key: str, value: bytes, *, prev: bool = False, lease: int = 0) -> WriteResult:
+        """Set `key`; with `prev`, `value` of the result is the value it
+        replaced. The key is attached to `lease` (0: to none, which detaches
+        it); an unknown lease fails with error `lease_not_found`."""
         return self._write(lambda s, q: PutRequest(
-            session=s, seq=q, key=key, value=value, prev=prev))
+            session=s, seq=q, key=key, value=value, prev=prev, lease=lease))
 
     def delete(self, key: str, *, prev: bool = False) -> WriteResult:
         return self._write(lambda s, q: DeleteRequest(session=s, seq=q, key=key, prev=prev))
@@ -285,6 +288,15 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
+    def _request(self, req: ClientRequest, *, write: bool) -> ClientResponse:
+        return self._call(req, prefer=None, write=write).resp
+
+    def _twin(self, timeout_s: float) -> Client:
+        """A client of the same cluster, for another thread."""
+        return Client(self.nodes, self.keys, timeout_s=timeout_s,
+                      attempt_timeout_s=min(self.attempt_timeout_s, timeout_s),
+                      ctx=self._ctx, order=[self.leader] if self.leader else None)
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -339,8 +351,8 @@ class Client:
             if resp is not None and resp.error in _NOT_PROPOSED:
                 unsure.discard(resp.id)
             if resp is not None and (resp.ok or resp.error not in _RETRYABLE):
-                if resp.node and (write or (isinstance(req, GetRequest | RangeRequest)
-                                            and not req.stale)):
+                if resp.node and (write or isinstance(req, _LEADER_READS) or (
+                        isinstance(req, GetRequest | RangeRequest) and not req.stale)):
                     # Only the leader acknowledges writes and linearizable
                     # reads: remember it, so the next request goes straight there.
                     self.leader = resp.node

@@ -327,6 +327,13 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
         names = ", ".join(n.id for n in self.nodes)
         raise KeyError(f"node {node_id} is not in cluster {self.name} (nodes: {names})")
 
+    def max_election_timeout_ms(self) -> int:
+        """The longest election timeout a node of this cluster may draw (§5.2):
+        what a new leader adds to every lease's deadline (node/lessor.py)."""
+        jitter = self.election_ticks if self.election_jitter_ticks is None \
+            else self.election_jitter_ticks
+        return (self.election_ticks + jitter) * self.tick_ms
+
     def core_config(self) -> CoreConfig:
         return CoreConfig(
             election_ticks=self.election_ticks,

@@ -200,7 +200,8 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self.api = ClientApi(
             node_id, self.core, self.kv, self._reply_client,
             self._client_addrs, self._bad_request, max_command,
-            no_space=self._no_space, watches=self.watches)
+            no_space=self._no_space, watches=self.watches,
+            lease_extension_ms=self.cfg.max_election_timeout_ms())
         # Requests of a batch frame that the client drain's time budget left
         # for the next turns, in order, ahead of any new frame.
         self._client_backlog: collections.deque[
@@ -296,6 +297,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
                     behind = int((now - next_tick) / tick_s) + 1
                     self._tick(min(behind, _MAX_CATCHUP_TICKS))
                     next_tick += behind * tick_s
+                self._expire_leases()
                 self._handle_ready()
                 self.watches.serve()
                 self._flush_replies()
@@ -398,12 +400,20 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self.api.serve_reads()
         self._maybe_snapshot()
 
+    def _expire_leases(self) -> None:
+        """A leader proposes the expiry of leases whose deadline passed."""
+        ids = self.api.expire_leases()
+        if ids:
+            self.log.info("lease_expiry_proposed", leases=ids[:8], count=len(ids))
+
     def _role_changed(self, soft: SoftState) -> None:
         role, term = Role(soft.role), soft.term
         # Leading again in a later term counts as a loss too: what this node
         # proposed in the earlier term may have been truncated meanwhile.
         if self._last_role is Role.LEADER and (role is not Role.LEADER or term != self._last_term):
             self.api.lost_leadership()
+        if role is Role.LEADER and (self._last_role is not Role.LEADER or term != self._last_term):
+            self.api.became_leader()
         self._last_role, self._last_term = role, term
 
     # --- Controlled -------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Snapshot images of the key-value state machine: the frozen state
-(`KVImage`), its byte format (4: keys in order with their revisions and the
-history of changes, in framed chunks written as they are encoded; 2, of earlier
-versions, still read), and the checks an
-image must pass. Pure: encoding and decoding are safe on another thread.
+(`KVImage`), its byte format (5: keys in order with their revisions and the
+history of changes, in framed chunks written as they are encoded, and the
+leases in the header; 4 and 2, of earlier versions, still read), and the
+checks an image must pass. Pure: encoding and decoding are safe on another thread.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from node.config import KV_IMAGE_CHUNK_BYTES, MAX_KEY_BYTES
 from node.raft.messages import U64
 from node.state.image_stream import SECTION_END, ImageEncoder, framed_sections
 from node.state.index import SortedKeys
+from node.state.leases import LeaseImage, check_lease_images
 from node.state.mvcc import SHARDS, Change, ChangeLog, CowMap, LogView, Mvcc, Rec, shard_of
 from node.state.ops import Key, Value, check_key
 from node.state.sessions import SessionImage, check_images
@@ -43,16 +44,18 @@ class KVImage:
     revision: int = 0
     compacted: int = 0
     changes: LogView = _NO_CHANGES
+    # The leases (node/state/leases.py) in id order.
+    leases: tuple[LeaseImage, ...] = ()
 
     def __len__(self) -> int:
         return sum(map(len, self.shards))
 
 
-def freeze(mv: Mvcc, applied_index: int, clock_ms: int,
-           sessions: tuple[SessionImage, ...]) -> KVImage:
-    """`mv` as an image, in O(shards + chunks + sessions) time."""
+def freeze(mv: Mvcc, applied_index: int, clock_ms: int, sessions: tuple[SessionImage, ...],
+           leases: tuple[LeaseImage, ...] = ()) -> KVImage:
+    """`mv` as an image, in O(shards + chunks + sessions + leases) time."""
     return KVImage(applied_index, mv.data.freeze(), clock_ms, sessions, mv.index.freeze(),
-                   mv.revision, mv.compacted, mv.log.freeze())
+                   mv.revision, mv.compacted, mv.log.freeze(), leases)
 
 
 def thaw(img: KVImage, mv: Mvcc) -> None:
@@ -80,6 +83,8 @@ class _Header(msgspec.Struct, frozen=True, array_like=True):
     compacted: U64 = 0
     change_bytes: list[U64] = []
     change_counts: list[U64] = []
+    # Format 5: the leases, in id order.
+    leases: list[LeaseImage] = []
 
 
 class _ChangeImage(msgspec.Struct, frozen=True, array_like=True):
@@ -98,7 +103,8 @@ _MAGIC = b"RKVI"
 # 4: keys in order with their revisions, and the history (node/state/mvcc.py),
 #    each chunk framed by its length (node/state/image_stream.py), so that it
 #    is written as it is encoded. (3 was never released.)
-_FORMAT = 4
+# 5: the leases and their keys (node/state/leases.py), in the header.
+_FORMAT = 5
 _FRAME = struct.Struct(">4sI")  # magic, header length
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
@@ -144,7 +150,8 @@ def image_encoder(img: KVImage) -> ImageEncoder:
     """The image's bytes a piece at a time, for a loop to encode a slice per
     turn (node/runner_snap.py). Pure."""
     header = _encoder.encode(_Header(_FORMAT, img.applied_index, img.clock_ms,
-                                     list(img.sessions), [], [], img.revision, img.compacted))
+                                     list(img.sessions), [], [], img.revision, img.compacted,
+                                     [], [], list(img.leases)))
     return ImageEncoder(_FRAME.pack(_MAGIC, len(header)) + header, _chunks(img))
 
 
@@ -176,12 +183,14 @@ def _decode(buf: memoryview) -> KVImage:
     if pos > len(buf):
         raise ImageError("truncated image header")
     h = _header_decoder.decode(buf[_FRAME.size : pos])
-    if h.format not in (2, _FORMAT):
+    if h.format not in (2, 4, _FORMAT):
         raise ImageError(f"unknown image format {h.format}")
     if len(h.chunk_bytes) != len(h.chunk_pairs) or len(h.change_bytes) != len(h.change_counts):
         raise ImageError("chunk tables of different lengths")
-    if h.format == _FORMAT and (h.chunk_bytes or h.change_bytes):
-        raise ImageError(f"a format {_FORMAT} image frames its chunks: its tables are empty")
+    if h.format >= 4 and (h.chunk_bytes or h.change_bytes):
+        raise ImageError(f"a format {h.format} image frames its chunks: its tables are empty")
+    if h.format < _FORMAT and h.leases:
+        raise ImageError(f"a format {h.format} image holds no leases")
     if h.format == 2 and pos + sum(h.chunk_bytes) != len(buf):
         raise ImageError(f"data chunks do not fill the image of {len(buf)} bytes")
     problem = check_images(h.clock_ms, h.applied_index, h.sessions)
@@ -199,9 +208,14 @@ def _decode(buf: memoryview) -> KVImage:
         raise ImageError(str(e)) from None
     shards, keys = _data(data, h)
     changes = _changes(history, h, shards)
+    problem = check_lease_images(h.applied_index, h.leases,
+                                 (k for k in (key for lease in h.leases for key in lease.keys)
+                                  if k in shards[shard_of(k)]))
+    if problem is not None:
+        raise ImageError(problem)
     return KVImage(h.applied_index, shards, h.clock_ms, tuple(h.sessions),
                    SortedKeys.from_sorted(keys).freeze(), h.revision, h.compacted,
-                   ChangeLog(changes).freeze())
+                   ChangeLog(changes).freeze(), tuple(h.leases))
 
 
 def _v2_data(buf: memoryview, pos: int,

@@ -32,10 +32,11 @@ from node.state.image import (
     thaw,
 )
 from node.state.index import prefix_end
+from node.state.leases import LeaseTable
 from node.state.mvcc import Mvcc
 from node.state.ops import Append, Cas, Delete, DeleteRange, Key, Op, Put, Txn, Value
 from node.state.sessions import Answer, Result, SessionTable
-from node.state.txn import CAS_FAILED, VALUE_TOO_LARGE, execute
+from node.state.txn import CAS_FAILED, VALUE_TOO_LARGE, end_leases, execute
 
 __all__ = [
     "CAS_FAILED", "VALUE_TOO_LARGE", "Append", "Cas", "Delete", "DeleteRange", "ImageError",
@@ -95,6 +96,14 @@ class CloseSession(msgspec.Struct, frozen=True, array_like=True, tag="c"):
     session: U64
 
 
+class ExpireLeases(msgspec.Struct, frozen=True, array_like=True, tag="x"):
+    """The leader's decision that leases `ids` expired (node/lessor.py): each
+    that still exists ends, and every key attached to them goes, all at one
+    revision. Needs no session: expiring an ended lease changes nothing."""
+
+    ids: list[U64]
+
+
 class CompactHistory(msgspec.Struct, frozen=True, array_like=True, tag="k"):
     """Forget the history before `revision` (node/state/mvcc.py). Needs no
     session: compacting again to where it already is changes nothing."""
@@ -102,7 +111,7 @@ class CompactHistory(msgspec.Struct, frozen=True, array_like=True, tag="k"):
     revision: U64
 
 
-Body = Write | RegisterSession | CloseSession | CompactHistory
+Body = Write | RegisterSession | CloseSession | CompactHistory | ExpireLeases
 
 # The era of the commands this version writes. Revisions begin, on every
 # replica alike, at the first command of this era a store applies: a store
@@ -217,6 +226,7 @@ class KVStore:
         self._apply_unknown_sessions = UNSAFE_APPLY_UNKNOWN_SESSIONS in unsafe_bugs
         self.sessions = SessionTable(timeout_ms=session_timeout_ms, max_sessions=max_sessions,
                                      max_outstanding=max_outstanding)
+        self.leases = LeaseTable()
         self._applied = 0
 
     @property
@@ -276,6 +286,9 @@ class KVStore:
         if isinstance(body, CompactHistory):
             self.mvcc.compact(body.revision)
             return Applied(0, 0, Result(ok=True, revision=self.mvcc.revision), index)
+        if isinstance(body, ExpireLeases):
+            revision = end_leases(self.mvcc, self.leases, list(body.ids))
+            return Applied(0, 0, Result(ok=True, revision=revision), index)
         table.close(body.session)
         return Applied(body.session, 0, _NOOP, index)
 
@@ -310,19 +323,20 @@ class KVStore:
         except CommandError:
             result = _BAD
         else:
-            result = execute(self.mvcc, op)
+            result = execute(self.mvcc, op, self.leases, index)
         sess.answers[w.seq] = Answer(w.seq, index, fp, result)
         return Applied(w.session, w.seq, result, index, executed=True)
 
     def freeze(self) -> KVImage:
         """The current state as an image, in O(shards + chunks + sessions) time."""
         return freeze(self.mvcc, self._applied, self.sessions.clock_ms,
-                      tuple(self.sessions.image()))
+                      tuple(self.sessions.image()), tuple(self.leases.image()))
 
     def install(self, img: KVImage) -> None:
         """Replace the whole state by `img` (from `decode_image`)."""
         thaw(img, self.mvcc)
         self.sessions.load(img.clock_ms, img.sessions)
+        self.leases.load(img.leases)
         self._applied = img.applied_index
 
     def restore(self, data: bytes | memoryview) -> None:
@@ -331,5 +345,5 @@ class KVStore:
         self.install(decode_image(data))
 
     def digest(self) -> str:
-        """Hex digest of data, sessions, clock and applied index."""
+        """Hex digest of data, sessions, leases, clock and applied index."""
         return image_digest(self.freeze())

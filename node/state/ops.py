@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from node.config import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES
+from node.state.leases import MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS
 from node.state.mvcc import Span
 
 # A key is at most MAX_KEY_BYTES of UTF-8; a character is at least one byte, so
@@ -22,6 +23,7 @@ RangeKey = Annotated[str, msgspec.Meta(max_length=MAX_KEY_BYTES)]
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
 Revision = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+LeaseId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 # A range_end of this one character means "every key from `key` on" (etcd's "\0").
 TO_THE_END = "\x00"
@@ -59,11 +61,13 @@ def span_of(key: str, range_end: str | None, prefix: bool) -> Span:
 
 
 class Put(msgspec.Struct, frozen=True, array_like=True, tag_field="op", tag="put"):
-    """Set `key` to `value`; with `prev`, answer the value it replaced."""
+    """Set `key` to `value`; with `prev`, answer the value it replaced. The
+    key is attached to `lease` (0: to none, which detaches it)."""
 
     key: Key
     value: Value
     prev: bool = False
+    lease: LeaseId = 0
 
     def __post_init__(self) -> None:
         # Inline: run for every write at its proposal and at every replica's apply.
@@ -205,4 +209,32 @@ def _check_branch(ops: list[TxnOp]) -> None:
                 raise ValueError(f"a transaction branch both puts and deletes {k!r}")
 
 
-Op = Put | Delete | Cas | Append | DeleteRange | Txn
+class LeaseGrant(msgspec.Struct, frozen=True, array_like=True, tag_field="op",
+                 tag="lease_grant"):
+    """Grant a lease of `ttl_ms`; its id is the index of the entry."""
+
+    ttl_ms: int
+
+    def __post_init__(self) -> None:
+        if not MIN_LEASE_TTL_MS <= self.ttl_ms <= MAX_LEASE_TTL_MS:
+            raise ValueError(f"a lease's TTL must be {MIN_LEASE_TTL_MS // 1000} to "
+                             f"{MAX_LEASE_TTL_MS // 1000} s, not {self.ttl_ms / 1000:g} s")
+
+
+class LeaseRevoke(msgspec.Struct, frozen=True, array_like=True, tag_field="op",
+                  tag="lease_revoke"):
+    """End lease `lease`, deleting every key attached to it at one revision."""
+
+    lease: LeaseId
+
+
+def leases_named(op: Op) -> set[int]:
+    """The leases the puts of `op` attach keys to (both branches of a txn)."""
+    if isinstance(op, Put):
+        return {op.lease} if op.lease else set()
+    if isinstance(op, Txn):
+        return {o.lease for o in (*op.success, *op.failure) if isinstance(o, Put) and o.lease}
+    return set()
+
+
+Op = Put | Delete | Cas | Append | DeleteRange | Txn | LeaseGrant | LeaseRevoke

@@ -47,7 +47,8 @@ class Result(msgspec.Struct, frozen=True, omit_defaults=True):
     `error` is one of the codes of node/state/kv.py. A transaction answers
     whether its compares held (`succeeded`), what each operation did
     (`responses`) and the store's `revision` after it; a range delete how
-    many keys went (`deleted`) and the revision."""
+    many keys went (`deleted`) and the revision; a lease's grant its id
+    (`lease`) and TTL (`ttl_ms`)."""
 
     ok: bool
     value: bytes | None = None
@@ -56,6 +57,9 @@ class Result(msgspec.Struct, frozen=True, omit_defaults=True):
     deleted: int | None = None
     succeeded: bool | None = None
     responses: list[OpResult] | None = None
+    # A lease's grant: its id and granted TTL (node/state/leases.py).
+    lease: int | None = None
+    ttl_ms: int | None = None
 
 
 class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False):

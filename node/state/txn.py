@@ -6,13 +6,16 @@ Deterministic and free of I/O, as the state machine it is part of.
 from __future__ import annotations
 
 from node.config import MAX_TXN_ANSWER_BYTES, MAX_VALUE_BYTES
-from node.state.mvcc import Mvcc, Rec
+from node.state.leases import LEASE_FULL, LEASE_NOT_FOUND, LeaseTable
+from node.state.mvcc import Mvcc, Rec, Span
 from node.state.ops import (
     Append,
     Cas,
     Compare,
     Delete,
     DeleteRange,
+    LeaseGrant,
+    LeaseRevoke,
     Op,
     Put,
     Range,
@@ -27,25 +30,44 @@ VALUE_TOO_LARGE = "too_large"
 
 _NOOP = Result(ok=True)
 _TOO_LARGE = Result(ok=False, error=VALUE_TOO_LARGE)
+_LEASE_NOT_FOUND = Result(ok=False, error=LEASE_NOT_FOUND)
 
 
 def kv_of(key: str, rec: Rec, keys_only: bool = False) -> KV:
     return KV(key, rec.create, rec.mod, rec.version, None if keys_only else rec.value)
 
 
-def execute(mv: Mvcc, op: Op) -> Result:
-    """Run one session's write; compact what the history bounds then
-    exclude. A put, delete, cas or append answers as it always has (no
-    revision: a retry's cached answer must be the first one's, and these
-    answers are the common case); a range delete and a transaction answer
-    the revision after them."""
+def execute(mv: Mvcc, op: Op, leases: LeaseTable | None = None, index: int = 0) -> Result:
+    """Run one session's write, the entry at `index`; compact what the
+    history bounds then exclude. A put, delete, cas or append answers as it
+    always has (no revision: a retry's cached answer must be the first
+    one's, and these answers are the common case); a range delete, a
+    transaction and a lease's revocation answer the revision after them. A
+    write naming a lease that cannot take its key changes nothing."""
+    if leases is None:
+        leases = LeaseTable()
+    if isinstance(op, LeaseGrant):
+        problem = leases.grant_problem()
+        if problem is not None:
+            return Result(ok=False, error=problem)
+        leases.grant(index, op.ttl_ms)
+        return Result(ok=True, lease=index, ttl_ms=op.ttl_ms)
+    if isinstance(op, LeaseRevoke):
+        if op.lease not in leases:
+            return _LEASE_NOT_FOUND
+        return Result(ok=True, revision=end_leases(mv, leases, [op.lease]))
+    problem = _lease_problem(op, leases)
+    if problem is not None:
+        return Result(ok=False, error=problem)
     mv.begin()
     try:
         if isinstance(op, Put):
             replaced = mv.put(op.key, op.value)
+            leases.attach(op.key, op.lease)
             return Result(ok=True, value=replaced.value) if op.prev and replaced else _NOOP
         if isinstance(op, Delete):
             removed = mv.delete(op.key)
+            leases.detach(op.key)
             return Result(ok=True, value=removed.value) if op.prev and removed else _NOOP
         if isinstance(op, Append):
             cur = mv.get(op.key)
@@ -55,19 +77,57 @@ def execute(mv: Mvcc, op: Op) -> Result:
             mv.put(op.key, before + op.value)
             return _NOOP
         if isinstance(op, Cas):
-            return _cas(mv, op)
+            return _cas(mv, op, leases)
         if isinstance(op, DeleteRange):
-            n = mv.delete_span(op.span())
+            n = _delete_span(mv, leases, op.span())
             return Result(ok=True, deleted=n, revision=mv.revision)
-        return run_txn(mv, op)
+        return run_txn(mv, op, leases)
     finally:
         mv.retain()
 
 
-def _cas(mv: Mvcc, op: Cas) -> Result:
-    """Compare-and-set as the transaction it is."""
+def end_leases(mv: Mvcc, leases: LeaseTable, ids: list[int]) -> int:
+    """End the leases `ids` (those that exist), deleting every key attached
+    to them at one revision; the store's revision after."""
+    mv.begin()
+    for lid in ids:
+        for key in leases.remove(lid):
+            mv.delete(key)
+    mv.retain()
+    return mv.revision
+
+
+def _lease_problem(op: Op, leases: LeaseTable) -> str | None:
+    """Why a put of `op` cannot attach its key to its lease, or None."""
+    puts = [op] if isinstance(op, Put) else \
+        [o for o in (*op.success, *op.failure) if isinstance(o, Put)] if isinstance(op, Txn) else []
+    adding: dict[int, int] = {}
+    for p in puts:
+        if not p.lease:
+            continue
+        problem = leases.attach_problem(p.key, p.lease)
+        if problem is not None:
+            return problem
+        lease = leases.get(p.lease)
+        if lease is not None and p.key not in lease.keys:
+            adding[p.lease] = adding.get(p.lease, 0) + 1
+            if len(lease.keys) + adding[p.lease] > leases.max_keys_per_lease:
+                return LEASE_FULL
+    return None
+
+
+def _delete_span(mv: Mvcc, leases: LeaseTable, span: Span) -> int:
+    n = mv.delete_span(span)
+    if n:
+        leases.detach_span(span)
+    return n
+
+
+def _cas(mv: Mvcc, op: Cas, leases: LeaseTable) -> Result:
+    """Compare-and-set as the transaction it is (its put detaches the key
+    from any lease, as a put without one does)."""
     got = run_txn(mv, Txn([Compare(op.key, "value", "=", op.expected)], [Put(op.key, op.value)],
-                          [Range(op.key)]))
+                          [Range(op.key)]), leases)
     if got.succeeded:
         return _NOOP
     found = got.responses[0].kvs if got.responses else None
@@ -104,27 +164,33 @@ def _below(a: bytes | int | None, b: bytes | int | None) -> bool:
     return a < b  # type: ignore[operator]  # both bytes or both int, checked above
 
 
-def run_txn(mv: Mvcc, txn: Txn) -> Result:
+def run_txn(mv: Mvcc, txn: Txn, leases: LeaseTable | None = None) -> Result:
     """If every compare holds, run `success`, else `failure`, in order: a
     read sees the writes before it in the branch. What reads answer is
     bounded by MAX_TXN_ANSWER_BYTES in all (`more` says a read was cut):
     the answer is kept in the session for retries."""
     succeeded = all(compare_holds(mv, c) for c in txn.compare)
     budget = [MAX_TXN_ANSWER_BYTES]
-    responses = [_run(mv, op, budget) for op in (txn.success if succeeded else txn.failure)]
+    responses = [_run(mv, op, budget, leases)
+                 for op in (txn.success if succeeded else txn.failure)]
     return Result(ok=True, succeeded=succeeded, responses=responses, revision=mv.revision)
 
 
-def _run(mv: Mvcc, op: TxnOp, budget: list[int]) -> OpResult:
+def _run(mv: Mvcc, op: TxnOp, budget: list[int], leases: LeaseTable | None) -> OpResult:
     if isinstance(op, Put):
         prev = mv.put(op.key, op.value)
+        if leases is not None:
+            leases.attach(op.key, op.lease)
         return OpResult("put", prev=kv_of(op.key, mv.shown(prev)) if op.prev and prev else None)
     if isinstance(op, Delete):
         prev = mv.delete(op.key)
+        if leases is not None:
+            leases.detach(op.key)
         return OpResult("delete", deleted=int(prev is not None),
                         prev=kv_of(op.key, mv.shown(prev)) if op.prev and prev else None)
     if isinstance(op, DeleteRange):
-        return OpResult("delete_range", deleted=mv.delete_span(op.span()))
+        n = mv.delete_span(op.span()) if leases is None else _delete_span(mv, leases, op.span())
+        return OpResult("delete_range", deleted=n)
     if op.count_only:
         return OpResult("range", count=mv.read(op.span(), count_only=True).count)
     got = mv.read(op.span(), limit=op.limit, max_bytes=max(1, budget[0]), keys_only=op.keys_only)
