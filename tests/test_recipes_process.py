@@ -7,6 +7,7 @@ its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import psutil
 import pytest
 from click.testing import CliRunner, Result
 
@@ -76,9 +78,18 @@ class Proc:
         return line
 
     def end(self) -> None:
+        """Kill it and whatever it started (a locked command), by pid."""
+        try:
+            kids = psutil.Process(self.p.pid).children(recursive=True)
+        except psutil.Error:
+            kids = []
         if self.p.poll() is None:
             self.p.kill()
         self.p.wait()
+        for k in kids:
+            with contextlib.suppress(psutil.Error):
+                k.kill()
+                k.wait(5)
 
 
 @pytest.fixture
@@ -93,20 +104,29 @@ def procs() -> Iterator[list[Proc]]:
 
 def test_lock_waiters_get_it_in_arrival_order_with_growing_tokens(shared: TestCluster) -> None:
     """Three holders: the first holds, two queue one after the other; on
-    each release the next in line gets it (FIFO), each token higher than
-    the last, and the guarded write of a holder that released is refused."""
+    each release the next in line gets it (FIFO), never two at once, each
+    token higher than the last, and the guarded write of a holder that
+    released is refused."""
     order: list[tuple[int, int]] = []
     release = [threading.Event() for _ in range(3)]
     errors: list[BaseException] = []
+    holding: list[int] = []  # who holds now, as the holders see it
+    most = [0]
+    mutex = threading.Lock()
 
     def holder(i: int) -> None:
         try:
             with shared.client() as cl, cl.kept_lease(10.0) as lease:
                 lock = Lock(cl, "fifo", lease)
                 token = lock.acquire(timeout_s=20.0)
-                order.append((i, token))
+                with mutex:
+                    holding.append(i)
+                    most[0] = max(most[0], len(holding))
+                    order.append((i, token))
                 assert lock.guarded_put("fifo-data", str(token).encode()).accepted
                 release[i].wait(20.0)
+                with mutex:
+                    holding.remove(i)
                 lock.release()
                 assert not lock.held
                 lock.token = token  # as a holder paused across its release would believe
@@ -129,6 +149,7 @@ def test_lock_waiters_get_it_in_arrival_order_with_growing_tokens(shared: TestCl
         for t in threads:
             t.join(10.0)
         assert not errors, errors
+        assert most[0] == 1, "two holders held the lock at once"
         assert [i for i, _ in order] == [0, 1, 2]
         tokens = [tok for _, tok in order]
         assert tokens == sorted(tokens) and len(set(tokens)) == 3
