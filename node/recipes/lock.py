@@ -69,9 +69,13 @@ class Lock:
         try:
             self.granted_revision = wait_turn(self.client, self.prefix, self.key, my_rev,
                                               self.lease, deadline)
-        except ClientError:
+        except ClientError as e:
             with contextlib.suppress(ClientError):
                 self.client.delete(self.key)
+            if isinstance(e, WaitTimeout):
+                raise WaitTimeout(f"lock {self.name} was still held by another after "
+                                  f"{timeout_s:g}s of waiting; wait longer or try later"
+                                  ) from None
             raise
         self.token = my_rev
         return my_rev
