@@ -26,7 +26,8 @@ from click.testing import CliRunner, Result
 
 from chaos.lock_checks import LOCK_FENCING, ONE_LEADER
 from chaos.lock_workload import UNFENCED_ENV
-from node.recipes import discovery
+from node.recipes import discovery, election
+from node.recipes.election import Election, NotLeader
 from node.recipes.lock import LOCK_PREFIX, Lock
 from raftctl.cli import main
 from raftctl.recipes_cmd import KEY_ENV, TOKEN_ENV
@@ -217,6 +218,44 @@ def test_elect_observe_and_resign(shared: TestCluster, procs: list[Proc]) -> Non
     b.p.send_signal(signal.SIGTERM)
     assert json.loads(b.next_line(10.0, "b resigned"))["event"] == "resigned"
     assert json.loads(obs.next_line(10.0, "nobody leads"))["leader"] is None
+
+
+def test_proclaim_changes_the_value_only_while_leading(shared: TestCluster) -> None:
+    """The leader's proclaim reaches observers; a candidate that does not lead is
+    refused, and so is the leader's once its lease ended."""
+    with shared.client() as cl, shared.client() as other, cl.kept_lease(10.0) as la, \
+            other.kept_lease(10.0) as lb:
+        lead, second = Election(cl, "say", la), Election(other, "say", lb)
+        lead.campaign(b"one")
+        seen = election.observe(cl, "say")
+        first = next(seen)
+        assert first is not None and first.value == b"one"
+        lead.proclaim(b"two")
+        now = next(seen)
+        assert now is not None and (now.key, now.value) == (lead.key, b"two")
+        with pytest.raises(NotLeader):
+            second.proclaim(b"mine")
+        cl.lease_revoke(la.id)
+        with pytest.raises(NotLeader):
+            lead.proclaim(b"three")
+        assert election.leader_of(cl, "say") is None
+
+
+def test_a_dead_holders_lock_is_free_a_ttl_later(shared: TestCluster,
+                                                 procs: list[Proc]) -> None:
+    """`raftctl lock` killed with SIGKILL releases nothing itself; the
+    cluster frees the lock when its lease lapses, and the next holder gets
+    a higher token."""
+    held = Proc(shared, "lock", "dead", "--ttl", str(TTL_S), "--json", "--", sys.executable,
+                "-c", f"import os, time; print(os.environ['{TOKEN_ENV}'], flush=True); "
+                "time.sleep(60)")
+    procs.append(held)
+    token = int(held.next_line(20.0, "the command got its token"))
+    held.end()
+    with shared.client() as cl:
+        with cl.lock("dead", TTL_S, timeout_s=TTL_S + 10.0) as lock:
+            assert lock.token is not None and lock.token > token
+        assert cl.range(f"{LOCK_PREFIX}dead/", prefix=True, count_only=True).count == 0
 
 
 def test_discover_watch_sees_a_registration_come_and_vanish_after_its_ttl(

@@ -13,9 +13,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from node.api_range import TxnCompare, TxnDelete, TxnPut, TxnRange
+from node.api_range import TxnCompare, TxnDelete
 from node.client import Client, ClientError
-from node.recipes.turns import HeldLease, LeaseLost, WaitTimeout, queue_key, wait_turn
+from node.recipes.turns import (
+    HeldLease,
+    LeaseLost,
+    WaitTimeout,
+    enqueue,
+    put_own,
+    queue_key,
+    wait_turn,
+)
 
 # Where the candidates' keys live: ELECTION_PREFIX + name + "/" + lease.
 ELECTION_PREFIX = "_election/"
@@ -67,14 +75,9 @@ class Election:
         it became leader. Raises WaitTimeout (the candidacy is withdrawn)
         or LeaseLost."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        got = self.client.txn([TxnCompare(self.key, "create", "=", 0)],
-                              [TxnPut(self.key, value, lease=self.lease.id)],
-                              [TxnRange(self.key)])
-        if got.succeeded:
-            self._create = got.revision
-        else:
+        self._create, existed = enqueue(self.client, self.key, value, self.lease)
+        if existed:
             # Standing already under this lease: keep the place, take the value.
-            self._create = (got.responses[0].kvs or [])[0].create_revision
             self.proclaim_unchecked(value)
         try:
             self.leader_revision = wait_turn(self.client, self.prefix, self.key, self._create,
@@ -95,13 +98,12 @@ class Election:
 
     def proclaim_unchecked(self, value: bytes) -> int:
         """Set this candidate's value if its key is still the one it made."""
-        got = self.client.txn([TxnCompare(self.key, "create", "=", self._create or 0)],
-                              [TxnPut(self.key, value, lease=self.lease.id)])
-        if not got.succeeded:
+        rev = put_own(self.client, self.key, self._create or 0, value, self.lease)
+        if rev is None:
             self.leader_revision = None
             raise NotLeader(f"the key {self.key} is gone (its lease ended): no longer a "
                             f"candidate in {self.name}")
-        return got.revision
+        return rev
 
     def resign(self) -> int | None:
         """Step down (delete the key, if still ours); the revision of the

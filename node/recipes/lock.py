@@ -21,9 +21,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from node.api_range import TxnCompare, TxnPut, TxnRange
+from node.api_range import TxnCompare, TxnPut
 from node.client import Client, ClientError
-from node.recipes.turns import HeldLease, LeaseLost, WaitTimeout, queue_key, wait_turn
+from node.recipes.turns import (
+    HeldLease,
+    LeaseLost,
+    WaitTimeout,
+    enqueue,
+    queue_key,
+    wait_turn,
+)
 
 # Where the lock keys live: LOCK_PREFIX + name + "/" + the holder's lease.
 LOCK_PREFIX = "_lock/"
@@ -60,12 +67,7 @@ class Lock:
         """Queue and wait for the lock; the fencing token. Raises
         WaitTimeout (the place in the queue is given up) or LeaseLost."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        got = self.client.txn([TxnCompare(self.key, "create", "=", 0)],
-                              [TxnPut(self.key, b"", lease=self.lease.id)],
-                              [TxnRange(self.key)])
-        # Not created: already queued under this lease (a retried acquire).
-        my_rev = (got.revision if got.succeeded
-                  else (got.responses[0].kvs or [])[0].create_revision)
+        my_rev, _ = enqueue(self.client, self.key, b"", self.lease)
         try:
             self.granted_revision = wait_turn(self.client, self.prefix, self.key, my_rev,
                                               self.lease, deadline)

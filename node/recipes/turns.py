@@ -10,7 +10,9 @@ import threading
 import time
 from typing import Protocol
 
+from node.api_range import TxnCompare, TxnPut, TxnRange
 from node.client import Client, ClientError, Compacted
+from node.state.leases import LEASE_NOT_FOUND
 
 
 class HeldLease(Protocol):
@@ -43,6 +45,36 @@ def queue_key(prefix: str, lease: HeldLease) -> str:
     """A waiter's key: one per lease, so a holder that retries a lost
     answer finds its own key again instead of queueing twice."""
     return f"{prefix}{lease.id:016x}"
+
+
+def enqueue(client: Client, key: str, value: bytes, lease: HeldLease) -> tuple[int, bool]:
+    """Create `key` under `lease` unless it exists; its create revision,
+    and whether it existed already (a retried enqueue under the same
+    lease). Raises LeaseLost if the lease is gone."""
+    try:
+        got = client.txn([TxnCompare(key, "create", "=", 0)],
+                         [TxnPut(key, value, lease=lease.id)], [TxnRange(key)])
+    except ClientError as e:
+        if e.code == LEASE_NOT_FOUND:
+            raise LeaseLost(f"the lease {lease.id:x} is gone; nothing was queued") from None
+        raise
+    if got.succeeded:
+        return got.revision, False
+    return (got.responses[0].kvs or [])[0].create_revision, True
+
+
+def put_own(client: Client, key: str, create: int, value: bytes, lease: HeldLease) -> int | None:
+    """Set `key` to `value` if it is still the key made at `create`; the
+    revision, or None if it went (its lease ended)."""
+    try:
+        got = client.txn([TxnCompare(key, "create", "=", create)],
+                         [TxnPut(key, value, lease=lease.id)])
+    except ClientError as e:
+        # A revoked or expired lease refuses the whole transaction.
+        if e.code == LEASE_NOT_FOUND:
+            return None
+        raise
+    return got.revision if got.succeeded else None
 
 
 def wait_turn(client: Client, prefix: str, key: str, my_rev: int, lease: HeldLease,
