@@ -314,3 +314,14 @@ def test_an_unfenced_chaos_lock_run_is_flagged(shared: TestCluster,
     assert rep["verdict"]["checks"][LOCK_FENCING].startswith("FAILED")
     assert any(v["check"] == LOCK_FENCING and "was accepted at revision" in v["detail"]
                for v in rep["verdict"]["violations"])
+
+
+@pytest.mark.soak
+def test_a_minute_of_chaos_lock_is_clean(shared: TestCluster) -> None:
+    """60 s of the lock workload with more holders under the default
+    nemesis: both lock rows clean, and late writes fenced off."""
+    code, rep = chaos_run(shared, "--duration", "60s", "--seed", "17", "--workload", "lock",
+                          "--clients", "6")
+    rows = rep["verdict"]["checks"]
+    assert code == 0, rep["verdict"]["violations"]
+    assert rows[LOCK_FENCING].startswith("ok: ") and rows[ONE_LEADER].startswith("ok: ")
