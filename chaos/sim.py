@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from chaos.invariants import (
     CORE_ERROR,
     LIVENESS,
@@ -22,6 +24,7 @@ from chaos.invariants import (
 )
 from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
 from chaos.sim_cores import RAFT_COVERAGE, SimAlgorithm, sim_algorithm
+from chaos.sim_leases import LEASE_COVERAGE, SIM_LEASE_MIN_CHUNK_BYTES, SimLeases
 from chaos.sim_members import Members
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
 from chaos.sim_network import SimNetwork, WireMessage, describe
@@ -95,6 +98,13 @@ def sim_core_config(rng: random.Random | None = None) -> CoreConfig:
         prevote=rng.random() < 0.8,
         check_quorum=rng.random() < 0.8,
     )
+
+
+def _max_election_ms(config: CoreConfig) -> int:
+    """The longest election timeout of `config` on the simulated clock."""
+    jitter = config.election_ticks if config.election_jitter_ticks is None \
+        else config.election_jitter_ticks
+    return (config.election_ticks + jitter) * SIM_TICK_MS
 
 
 # --- nodes, their state machine and clients ----------------------------------
@@ -210,15 +220,24 @@ class Simulation:
         trace: bool = False,
         algorithm: str = "raft",
         forget_promises: bool = False,
+        lease_clients: int = 0,
+        lease_breaks: frozenset[str] = frozenset(),
     ) -> None:
         """`algorithm` is `raft` or `paxos`; `forget_promises` (Paxos, for
-        tests) breaks every acceptor's promise, for the checks to catch."""
+        tests) breaks every acceptor's promise, for the checks to catch.
+        `lease_clients` clients grant and keep leases (chaos/sim_leases.py);
+        `lease_breaks` names its test-only bugs."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.seed = seed
         self.faults = faults
         self._rng = random.Random(seed)
         self.config = config or sim_core_config(self._rng)
+        if lease_clients and self.config.snapshot_chunk_bytes < SIM_LEASE_MIN_CHUNK_BYTES:
+            # The lease workload's keys and leases make images several times
+            # larger: sent 16 bytes at a time, they outlast the liveness bound.
+            self.config = msgspec.structs.replace(
+                self.config, snapshot_chunk_bytes=SIM_LEASE_MIN_CHUNK_BYTES)
         self.ticks = ticks
         self.liveness_ticks = liveness_ticks
         self._workload = workload
@@ -266,6 +285,8 @@ class Simulation:
         self._stopped = False
         self._in_tick = False
         self._sent = self._delivered = self._dropped = 0
+        self._leases = SimLeases(self, seed, ids, lease_clients, _max_election_ms(self.config),
+                                 lease_breaks) if lease_clients else None
         self._log("--", f"seed {seed}, {nodes} nodes, faults {format_faults(faults)}, "
                         f"{self.config}" + ("" if algorithm == "raft" else f", {algorithm}"))
         for n in self._nodes.values():
@@ -309,6 +330,8 @@ class Simulation:
         self._stats["messages_sent"] = self._sent
         self._stats["messages_delivered"] = self._delivered
         self._stats["messages_dropped"] = self._dropped
+        if self._leases is not None:
+            self._stats.update(self._leases.stats)
         if not self._violations:
             self._violations.extend(check_linearizable(self._history))
         return SimResult(self.seed, self._violations, self.now, live_after, self._history,
@@ -486,6 +509,8 @@ class Simulation:
                 self._deliver(m)
             for c in self._clients:
                 self._client_step(c)
+            if self._leases is not None:
+                self._leases.tick()
             if faulty and self._history_rng.random() < _COMPACT_HISTORY_CHANCE:
                 self._compact_history()
             if faulty and "snapshot" in self.faults:
@@ -530,6 +555,8 @@ class Simulation:
             self._stats["entries_evicted"] += 1
         if io.changed:
             self._observe(n)
+        if self._leases is not None:
+            self._leases.node_changed(n)
 
     def _send_all(self, n: _Node, msgs: Sequence[WireMessage]) -> None:
         self._sent += len(msgs)
@@ -552,8 +579,14 @@ class Simulation:
         if e.index != n.applied + 1:
             raise AssertionError(f"{n.id} was handed entry {e.index} after applying {n.applied}")
         n.applied = e.index
+        found = [] if self._leases is None else self._leases.before_apply(n, e)
         done = n.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
         self._check_revisions(n)
+        if self._leases is not None:
+            found += self._leases.applied(n, e.index, e.term, done)
+        if found:
+            self._violations.extend(found)
+            raise _Stop
         if done is None:
             return
         if done.executed:
@@ -583,6 +616,8 @@ class Simulation:
     def _check_revisions(self, n: _Node) -> None:
         found = self._revision_checker.observe_revisions(self.now, n.id, n.applied,
                                                          revision_view(n.kv))
+        if self._leases is not None and n.applied:
+            found += self._leases.check_agreement(n.id, n.applied, n.kv.leases)
         if found:
             self._violations.extend(found)
             raise _Stop
@@ -594,6 +629,8 @@ class Simulation:
                 keep.append(rs)
                 continue
             waiter = n.waiting_reads.pop(rs.ctx, None)
+            if waiter is None and self._leases is not None:
+                self._leases.read_ready(n, rs.ctx)
             if waiter is not None and _reading(*waiter):
                 value = n.kv.get(waiter[0].key)
                 self._complete(waiter[0], OK, None if value is None else value.decode())
@@ -636,6 +673,8 @@ class Simulation:
         n.crash_at = None
         n.unsynced_hs = None
         self._algo.node_down(n.id)
+        if self._leases is not None:
+            self._leases.node_down(n.id)
         self._stats["crashes"] += 1
         self._log(n.id, f"crashed {how}")
 
@@ -817,11 +856,12 @@ class RunSummary:
 
 
 def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int,
-             algorithm: str = "raft") -> RunSummary:
+             algorithm: str = "raft", lease_clients: int = 0) -> RunSummary:
     """Run one seed without a trace; for worker processes."""
-    sim = Simulation(seed, nodes, faults, ticks=ticks, algorithm=algorithm)
+    sim = Simulation(seed, nodes, faults, ticks=ticks, algorithm=algorithm,
+                     lease_clients=lease_clients)
     r = sim.run()
-    stats = {k: v for k, v in r.stats.items() if k in sim.coverage}
+    stats = {k: v for k, v in r.stats.items() if k in sim.coverage or k in LEASE_COVERAGE}
     stats["operations"] = len(r.history)
     return RunSummary(seed, tuple((v.check, v.tick or 0, v.detail) for v in r.violations),
                       r.live_after_ticks, r.ticks, stats)

@@ -606,7 +606,8 @@ class ClientApi:
             if kw["ok"]:
                 self._send(w.route, ClientResponse(id=w.req_id, node=self.node_id, **kw))
             else:
-                self._fail(w, kw["error"], kw["message"], lease=getattr(req, "lease", None))
+                hint = self._leader_hint() if kw["error"] == "not_leader" else {}
+                self._fail(w, kw["error"], kw["message"], **hint)
             return
         try:
             got = read_range(self.kv.mvcc, req)

@@ -54,6 +54,9 @@ def answer_lease_read(table: LeaseTable, lessor: Lessor, req: LeaseReadRequest,
                       now_ms: float) -> dict[str, Any]:
     """The fields of the answer to `req`, once a quorum confirmed this node
     leads and it applied the log up to the read's index."""
+    if not lessor.leading:
+        # Confirmed, then deposed before its turn came: the next leader answers.
+        return {"ok": False, "error": "not_leader", "message": None}
     if isinstance(req, LeaseListRequest):
         return {"ok": True, "leases": table.ids()}
     if isinstance(req, LeaseKeepAliveRequest):
