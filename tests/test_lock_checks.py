@@ -4,6 +4,9 @@ going back and two overlapping leaders are each named."""
 
 from __future__ import annotations
 
+from html import escape
+
+from chaos import html_report
 from chaos.linearizability import FAIL, OK
 from chaos.lock_checks import (
     FENCED,
@@ -15,7 +18,9 @@ from chaos.lock_checks import (
     RECIPE_WATCH_END,
     lock_checks,
 )
+from chaos.report import MEANS, judge
 from chaos.workload import OpRecord
+from tests.chaos_runs import recorded_run
 
 LOCK = "_lock/run/"
 ELECT = "_election/run/"
@@ -146,3 +151,24 @@ def test_overlapping_leaders_are_flagged() -> None:
     assert {v.check for v in found} == {ONE_LEADER}
     assert any("ended at 23" in v.detail for v in found)
     assert any("store's oldest candidate was another key" in v.detail for v in found)
+
+
+def test_the_verdict_and_the_page_list_the_lock_rows() -> None:
+    """A run with the lock workload gets both rows in the verdict, with
+    what they promise on the page; a late accepted write fails its row."""
+    rec = recorded_run()
+    assert judge(rec).checks[LOCK_FENCING] == "ok: no lock in this run"
+    rec.lock_name = "run"
+    h = _H()
+    h.put(LOCK + "a", 10)
+    h.put(LOCK + "b", 11)
+    h.delete(LOCK + "a", 13)
+    h.write("h1", 10, 14)
+    h.covered(LOCK, 14)
+    h.covered(ELECT, 14)
+    rec.ops = sorted(rec.ops + h.ops, key=lambda o: o.invoke)
+    v = judge(rec)
+    assert v.checks[LOCK_FENCING].startswith("FAILED: 1 problem")
+    assert v.checks[ONE_LEADER] == "ok: 0 terms of leadership, none overlapping"
+    page = html_report.render(rec, v)
+    assert escape(MEANS[LOCK_FENCING]) in page and escape(MEANS[ONE_LEADER]) in page
