@@ -143,7 +143,10 @@ def one_leader(ops: Sequence[OpRecord], owners: Owners) -> list[Violation]:
                 f"{o.client} became leader of {prefix} at revision {became} while "
                 f"{last[0].client}'s term (from {last[0].revision}) {ended}")))
         went = owners.deleted.get(o.key)
-        open_terms[prefix] = (o, float("inf") if went is None else float(went))
+        end = float("inf") if went is None else float(went)
+        # The term that ends last so far: a later claim must begin after it.
+        if last is None or end > last[1]:
+            open_terms[prefix] = (o, end)
         covered = owners.covered.get(prefix, 0)
         if became <= covered and owners.at(prefix, became) != owners.created.get(o.key):
             out.append(_v(ONE_LEADER, ops, o, (

@@ -153,6 +153,25 @@ def test_overlapping_leaders_are_flagged() -> None:
     assert any("store's oldest candidate was another key" in v.detail for v in found)
 
 
+def test_a_claim_inside_a_long_term_is_flagged_after_a_short_one() -> None:
+    """c1 leads from 20 to 40; c2's claim at 25 (ended 27) and c3's at 30
+    both fall inside c1's term, and both are named."""
+    h = _H()
+    h.put(ELECT + "a", 20)
+    h.leader("c1", ELECT + "a", 20)
+    h.put(ELECT + "b", 21)
+    h.put(ELECT + "c", 22)
+    h.leader("c2", ELECT + "b", 25)
+    h.delete(ELECT + "b", 27)
+    h.leader("c3", ELECT + "c", 30)
+    h.delete(ELECT + "a", 40)
+    h.delete(ELECT + "c", 41)
+    h.covered(ELECT, 41)
+    found, _ = lock_checks(h.ops, LOCK)
+    overlaps = [v for v in found if "term (from 20) ended at 40" in v.detail]
+    assert {v.detail.split()[0] for v in overlaps} == {"c2", "c3"}
+
+
 def test_the_verdict_and_the_page_list_the_lock_rows() -> None:
     """A run with the lock workload gets both rows in the verdict, with
     what they promise on the page; a late accepted write fails its row."""
