@@ -285,8 +285,9 @@ class Simulation:
         self._stopped = False
         self._in_tick = False
         self._sent = self._delivered = self._dropped = 0
-        self._leases = SimLeases(self, seed, ids, lease_clients, _max_election_ms(self.config),
-                                 lease_breaks) if lease_clients else None
+        self._leases = SimLeases(self, seed, ids, lease_clients, tick_ms=SIM_TICK_MS,
+                                 extension_ms=_max_election_ms(self.config),
+                                 breaks=lease_breaks) if lease_clients else None
         self._log("--", f"seed {seed}, {nodes} nodes, faults {format_faults(faults)}, "
                         f"{self.config}" + ("" if algorithm == "raft" else f", {algorithm}"))
         for n in self._nodes.values():

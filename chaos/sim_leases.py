@@ -86,9 +86,10 @@ class _LeaseClient:
 class SimLeases:
     """The lease clients, each node's lessor while it leads, and the checks."""
 
-    def __init__(self, sim: Simulation, seed: int, ids: list[str], clients: int,
-                 extension_ms: int, breaks: frozenset[str] = frozenset()) -> None:
+    def __init__(self, sim: Simulation, seed: int, ids: list[str], clients: int, *,
+                 tick_ms: int, extension_ms: int, breaks: frozenset[str] = frozenset()) -> None:
         self.sim = sim
+        self._tick_ms = tick_ms
         # A generator of its own: the paths the simulator's takes stay the same.
         self._rng = random.Random(seed ^ 0x1EA5E)
         self._ids = ids
@@ -109,8 +110,7 @@ class SimLeases:
 
     @property
     def now_ms(self) -> int:
-        from chaos.sim import SIM_TICK_MS
-        return self.sim.now * SIM_TICK_MS
+        return self.sim.now * self._tick_ms
 
     # --- hooks the simulator calls ----------------------------------------------
 
@@ -126,7 +126,7 @@ class SimLeases:
             return
         lessor = Lessor(n.kv.leases, extension_ms=self._extension_ms)
         if BREAK_NEW_LEADER_EXTENSION in self._breaks:
-            lessor.extension_ms = -max(self._ttls())
+            lessor.extension_ms = -max(SIM_LEASE_TTLS_MS)
         lessor.became_leader(self.now_ms, core.log.last_index())
         self._lessors[n.id] = (lessor, core.term)
 
@@ -180,8 +180,12 @@ class SimLeases:
         for c in self._clients:
             if c.step == "keep" and c.ctx == ctx and c.waiting_on == n.id:
                 held = self._lessors.get(n.id)
-                ttl = None if held is None else held[0].renew(c.lease, self.now_ms)
                 c.waiting_on, c.ctx = "", b""
+                if held is None:
+                    # Deposed since it was asked (the node answers not_leader).
+                    c.retry_at = self.sim.now + 1
+                    return
+                ttl = held[0].renew(c.lease, self.now_ms)
                 if ttl is None:
                     self._count("keepalives_refused")
                     self._lost(c)
@@ -189,7 +193,7 @@ class SimLeases:
                 self._count("keepalives_acked")
                 self._floor_ms[c.lease] = max(self._floor_ms.get(c.lease, 0),
                                               c.sent_ms + ttl)
-                c.next_at = self.sim.now + max(1, c.ttl_ms // 3 // self._tick_ms())
+                c.next_at = self.sim.now + max(1, c.ttl_ms // 3 // self._tick_ms)
                 if self._rng.random() < 0.05:
                     c.step = "revoke"
                 return
@@ -215,13 +219,6 @@ class SimLeases:
 
     # --- the clients ------------------------------------------------------------
 
-    def _ttls(self) -> tuple[int, ...]:
-        return SIM_LEASE_TTLS_MS
-
-    def _tick_ms(self) -> int:
-        from chaos.sim import SIM_TICK_MS
-        return SIM_TICK_MS
-
     def _attempt(self, c: _LeaseClient) -> None:
         sim = self.sim
         n = sim._nodes[c.target]
@@ -238,6 +235,9 @@ class SimLeases:
                 index = n.core.propose(sim._command(RegisterSession()))
                 c.waiting_key = (index, n.core.term)
             elif c.step == "keep":
+                if n.core.role is not Role.LEADER:
+                    # Only a leader takes keep-alives, as the node's API.
+                    raise NotLeader(n.core.leader)
                 c.attempt += 1
                 c.ctx = f"{c.id}/lease/{c.attempt}".encode()
                 n.core.read_index(c.ctx)
@@ -246,7 +246,7 @@ class SimLeases:
                 if c.waiting_key is None:
                     c.seq += 1
                     if c.step == "grant":
-                        c.ttl_ms = self._rng.choice(self._ttls())
+                        c.ttl_ms = self._rng.choice(SIM_LEASE_TTLS_MS)
                 c.waiting_key = (c.session, c.seq)
                 n.core.propose(sim._command(Write(c.session, c.seq, c.seq,
                                                   encode_op(self._op(c)))))
@@ -299,7 +299,7 @@ class SimLeases:
                     if not c.keep:
                         # Let it lapse: come back for a new one after its TTL.
                         c.step = "grant"
-                        c.next_at = self.sim.now + 2 * c.ttl_ms // self._tick_ms()
+                        c.next_at = self.sim.now + 2 * c.ttl_ms // self._tick_ms
                     elif self._rng.random() < 0.2:
                         c.step = "revoke"
             elif c.step == "revoke":

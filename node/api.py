@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -35,11 +35,21 @@ from node.api_range import (
     read_range,
     txn_of,
 )
+from node.api_requests import (
+    AppendRequest,
+    CasRequest,
+    CloseSessionRequest,
+    DeleteRequest,
+    GetRequest,
+    PingRequest,
+    PutRequest,
+    RegisterRequest,
+    ReqId,
+)
 from node.config import (
     MAX_KEY_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_FIELDS,
-    MAX_VALUE_BYTES,
 )
 from node.errors import NotLeader, ProposalDropped
 from node.frames import map_len
@@ -67,77 +77,15 @@ from node.state.mvcc import RevisionError
 from node.state.ops import LeaseGrant, LeaseRevoke
 from node.state.sessions import KV, OpResult, Result
 
+__all__ = [
+    "AppendRequest", "CasRequest", "ClientRequest", "ClientResponse", "CloseSessionRequest",
+    "DeleteRequest", "GetRequest", "PingRequest", "PutRequest", "RegisterRequest",
+    "WriteRequest", "decode_request", "decode_responses", "encode_response",
+]
+
 if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.consensus import ConsensusCore
     from node.watch import WatchHub
-
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES)]
-Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
-ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-SessionId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-
-
-class _Req(msgspec.Struct, frozen=True, kw_only=True, tag_field="op",
-           forbid_unknown_fields=True):
-    """A request holds its op's fields and no other: msgspec then never
-    descends into a value the schema does not expect, so a request's nesting
-    is the schema's (one map of scalars; a txn's lists of such maps)
-    whatever the frame holds."""
-
-    id: ReqId = 0
-
-
-class _WriteReq(_Req, frozen=True, kw_only=True):
-    """A session's write number `seq`; the client no longer needs the
-    answer of any seq below `first_outstanding` (default: `seq`)."""
-
-    session: SessionId
-    seq: Seq
-    first_outstanding: Seq | None = None
-
-
-class PutRequest(_WriteReq, tag="put", frozen=True, kw_only=True):
-    """Set `key`, attached to `lease` (0: to none, which detaches it)."""
-
-    key: Key
-    value: Value
-    prev: bool = False
-    lease: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
-
-
-class DeleteRequest(_WriteReq, tag="delete", frozen=True, kw_only=True):
-    key: Key
-    prev: bool = False
-
-
-class CasRequest(_WriteReq, tag="cas", frozen=True, kw_only=True):
-    key: Key
-    expected: Value | None
-    value: Value
-
-
-class AppendRequest(_WriteReq, tag="append", frozen=True, kw_only=True):
-    key: Key
-    value: Value
-
-
-class RegisterRequest(_Req, tag="register", frozen=True, kw_only=True):
-    """Open a session; answered with its id once the registration commits."""
-
-
-class CloseSessionRequest(_Req, tag="close_session", frozen=True, kw_only=True):
-    session: SessionId
-
-
-class GetRequest(_Req, tag="get", frozen=True, kw_only=True):
-    key: Key
-    stale: bool = False
-
-
-class PingRequest(_Req, tag="ping", frozen=True, kw_only=True):
-    """Who leads? Answered by any node without touching the log."""
-
 
 ClientRequest = (PutRequest | DeleteRequest | CasRequest | AppendRequest | GetRequest
                  | PingRequest | RegisterRequest | CloseSessionRequest | RangeRequest
@@ -361,7 +309,12 @@ class ClientApi:
         elif isinstance(req, GetRequest | RangeRequest):
             self._get(route, req)
         elif isinstance(req, LeaseKeepAliveRequest | LeaseTtlRequest | LeaseListRequest):
-            self._confirm(_Waiter(route, req.id), req)
+            if self.core.leader != self.node_id:
+                # Never through a follower's read index: only the leader's
+                # lessor holds deadlines, so only it renews.
+                self._not_leader(_Waiter(route, req.id))
+            else:
+                self._confirm(_Waiter(route, req.id), req)
         elif isinstance(req, RegisterRequest):
             self._propose_indexed(_Waiter(route, req.id), RegisterSession())
         elif isinstance(req, CloseSessionRequest):

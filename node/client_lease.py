@@ -21,7 +21,13 @@ from node.api_lease import (
     LeaseTtlRequest,
 )
 from node.errors import ClientError
-from node.state.leases import LEASE_NOT_FOUND
+from node.state.leases import (
+    LEASE_FULL,
+    LEASE_NOT_FOUND,
+    MAX_KEYS_PER_LEASE,
+    MAX_LEASES,
+    TOO_MANY_LEASES,
+)
 
 if TYPE_CHECKING:
     from node.client import Client
@@ -57,10 +63,19 @@ class LeaseNotFound(ClientError):
         super().__init__(LEASE_NOT_FOUND, message)
 
 
+# What the state machine's codes mean (its answers carry no message).
+_SENTENCES = {
+    TOO_MANY_LEASES: f"the cluster holds {MAX_LEASES:,} leases, the most it may; revoke "
+                     "some first",
+    LEASE_FULL: f"the lease holds {MAX_KEYS_PER_LEASE:,} keys, the most one may; attach "
+                "the key to another lease",
+}
+
+
 def _raise_failed(resp: ClientResponse) -> None:
     if resp.ok:
         return
-    message = resp.message or resp.error or "failed"
+    message = resp.message or _SENTENCES.get(resp.error or "") or resp.error or "failed"
     if resp.error == LEASE_NOT_FOUND:
         raise LeaseNotFound(message)
     raise ClientError(resp.error or "failed", message)

@@ -6,6 +6,8 @@ No I/O: the caller passes the time and proposes what `due` returns.
 
 from __future__ import annotations
 
+import math
+
 from node.state.leases import LeaseTable
 
 # Leases one expiry entry ends at most: with one entry in flight at a time,
@@ -34,6 +36,9 @@ class Lessor:
         self._leader_from_index = 0
         # The expiry entry in flight: its index and the leases it ends.
         self._in_flight: tuple[int, frozenset[int]] | None = None
+        # No deadline is earlier than this: `due` runs every turn of the
+        # loop and scans the deadlines only once it has passed.
+        self._next_due_ms = math.inf
 
     def became_leader(self, now_ms: float, last_index: int) -> None:
         self.leading = True
@@ -66,6 +71,7 @@ class Lessor:
                     d += self.extension_ms
             new[lid] = d
         self._deadline_ms = new
+        self._next_due_ms = min(new.values(), default=math.inf)
 
     def _expiring(self, lid: int, now_ms: float) -> bool:
         if self._in_flight is not None and lid in self._in_flight[1]:
@@ -100,7 +106,12 @@ class Lessor:
         if not self.leading or self._in_flight is not None:
             return []
         self._sync(now_ms)
+        if now_ms < self._next_due_ms:
+            return []
         due = sorted(lid for lid, d in self._deadline_ms.items() if d <= now_ms)
+        if not due:
+            # Renewals moved the earliest deadline on.
+            self._next_due_ms = min(self._deadline_ms.values(), default=math.inf)
         return due[:MAX_EXPIRE_BATCH]
 
     def proposed(self, index: int, ids: list[int]) -> None:

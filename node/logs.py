@@ -29,6 +29,7 @@ EVENTS = frozenset(
         "bad_datagram", "message_oversize", "follower_lost_data", "rejoined_without_data",
         "membership_changed", "peer_added", "peer_removed", "peer_unknown",
         "disk_low", "disk_full", "disk_space_recovered",
+        "lease_expiry_proposed",
         # A Paxos node's own (node/paxos/).
         "pre_prepare_sent", "prepare_sent", "promised", "preempted", "campaign_abandoned",
         "accept_sent", "accepted", "chosen",

@@ -1,5 +1,5 @@
-"""CLI commands `raftctl bench write|failover|up|txn|watch|lock`: thin; they parse, call one
-function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
+"""CLI commands `raftctl bench write|failover|up|txn|watch|lease|lock`: thin; they parse,
+call one function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.table import Table
 
 from raftctl import render
 from raftctl.bench.failover import bench_failover
+from raftctl.bench.leases import LeaseReport, bench_lease
 from raftctl.bench.locks import LockReport, bench_lock
 from raftctl.bench.revisions import TxnReport, WatchReport, bench_txn, bench_watch
 from raftctl.bench.runs import (
@@ -326,6 +327,41 @@ def txn(ctx: click.Context, clients: int, duration_s: float, as_json: bool) -> N
     t.add_row("latency p50 / p99", f"{r.latency_ms.p50:.2f} / {r.latency_ms.p99:.2f} ms")
     t.add_row("transactions", f"{r.txns:,} ({r.failed_compares} compares failed, "
               f"{r.errors} errors)")
+    render.console().print(t)
+
+
+@bench.command("lease")
+@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Client threads, each with its own session, one request at a time.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0.2), default=10.0,
+              show_default=True, help="Seconds of load: half granting, half keeping alive.")
+@json_option("Print JSON (schema above).")
+@click.pass_context
+def lease(ctx: click.Context, clients: int, duration_s: float, as_json: bool) -> None:
+    """Lease grants a second (each a write through the log; of the shortest
+    TTL, so they lapse), then keep-alives a second (each confirmed by a
+    quorum as the leader's), each client renewing a lease of its own.
+
+    \b
+    --json prints one object:
+      mode ("lease"), cluster, nodes, clients, duration_s, grants, grants_per_s,
+      grant_latency_ms, keepalives, keepalives_per_s, keepalive_latency_ms
+      ({p50, p90, p99, max, mean} each), errors.
+    """
+    r: LeaseReport = _run(lambda: bench_lease(_cluster(ctx), clients=clients,
+                                              duration_s=duration_s))
+    if as_json:
+        click.echo(render.dumps(msgspec.to_builtins(r)))
+        return
+    t = Table(title=f"bench lease: cluster {r.cluster}, {r.nodes} nodes, {r.clients} clients, "
+              f"{r.duration_s:g} s", title_justify="left", show_header=False)
+    t.add_row("keep-alives/s", f"{r.keepalives_per_s:,.1f}")
+    t.add_row("keep-alive p50 / p99", f"{r.keepalive_latency_ms.p50:.2f} / "
+              f"{r.keepalive_latency_ms.p99:.2f} ms")
+    t.add_row("grants/s", f"{r.grants_per_s:,.1f}")
+    t.add_row("grant p50 / p99", f"{r.grant_latency_ms.p50:.2f} / "
+              f"{r.grant_latency_ms.p99:.2f} ms")
+    t.add_row("errors", f"{r.errors}")
     render.console().print(t)
 
 

@@ -96,7 +96,8 @@ class _RaftctlGroup(click.Group):
 
     LAZY = {"bench": "raftctl.bench_cmd:bench", "chaos": "raftctl.chaos_cmd:chaos",
             "sim": "raftctl.sim_cmd:sim", "k8s": "raftctl.k8s_cmd:k8s",
-            "member": "raftctl.member_cmd:member", "paxos": "raftctl.paxos_cmd:paxos"}
+            "member": "raftctl.member_cmd:member", "paxos": "raftctl.paxos_cmd:paxos",
+            "lease": "raftctl.lease_cmd:lease"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-from node.client import ClientError, OutcomeUnknown, Unavailable
+from node.client import ClientError, LeaseNotFound, OutcomeUnknown, Unavailable
 from raftctl.cluster import ClusterError, ClusterUnavailable, UnknownNode
 
 # ctx.meta key: set by every --json option, read when an error is shown.
@@ -39,11 +39,13 @@ MEANINGS: dict[Exit, str] = {
                 "cannot mean anything (a partition that cuts nothing)",
     Exit.UNAVAILABLE: "cluster unavailable: not set up, no node running, no leader, a named "
                       "node down, or no answer in time; a write that exits 3 was not applied",
-    Exit.NOT_FOUND: "`get`: the key does not exist",
+    Exit.NOT_FOUND: "`get`: the key does not exist; `lease`, `put --lease`: the lease does "
+                    "not exist",
     Exit.UNKNOWN_OUTCOME: "a write was sent but not answered in time: it may or may not "
                           "have been applied; read the key to know",
     Exit.INTERNAL: "a bug in raftctl (RAFTCTL_DEBUG=1 shows the traceback)",
-    Exit.INTERRUPTED: "interrupted by Ctrl-C (not for `watch` and `logs -f`, which end so)",
+    Exit.INTERRUPTED: "interrupted by Ctrl-C (not for `watch`, `logs -f` and a lease's "
+                      "stream of renewals, which end so)",
 }
 
 
@@ -93,6 +95,8 @@ def from_client_error(e: ClientError) -> CliError:
         return CliError(f"{e} [{e.code}]", Exit.UNKNOWN_OUTCOME)
     if isinstance(e, Unavailable):
         return CliError(f"{e} [{e.code}]", Exit.UNAVAILABLE)
+    if isinstance(e, LeaseNotFound):
+        return CliError(f"{e} [{e.code}]", Exit.NOT_FOUND)
     if e.code == "bad_request":
         return CliError(f"the cluster refused the request: {e} [{e.code}]", Exit.USAGE)
     return CliError(f"{e} [{e.code}]", Exit.FAILED)

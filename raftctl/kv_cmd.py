@@ -11,6 +11,7 @@ import click
 
 from node.client import Client, RangeResult, TxnResult, Unavailable, WriteResult
 from node.config import MAX_VALUE_BYTES
+from node.state.leases import MAX_KEYS_PER_LEASE
 from node.state.sessions import KV, OpResult
 from raftctl import render
 from raftctl.cluster import Cluster, ClusterUnavailable
@@ -73,11 +74,17 @@ def _write_out(ctx: click.Context, key: str, res: WriteResult, as_json: bool, wh
         click.echo(render.dumps({"key": key, "ok": res.ok, "index": res.index,
                                  "previous": value_text(res.value), "error": res.error}))
         if not res.ok:
-            ctx.exit(Exit.FAILED)
+            ctx.exit(Exit.NOT_FOUND if res.error == "lease_not_found" else Exit.FAILED)
         return
     if res.ok:
         click.echo(f"OK {what} (index {res.index})")
         return
+    if res.error == "lease_not_found":
+        raise CliError(f"{what} failed: that lease does not exist (revoked, expired or never "
+                       "granted); grant one with `raftctl lease grant TTL`", Exit.NOT_FOUND)
+    if res.error == "lease_full":
+        raise CliError(f"{what} failed: the lease holds {MAX_KEYS_PER_LEASE:,} keys, the most "
+                       "one may; attach the key to another lease")
     if res.error == "cas_failed":
         cur = value_text(res.value)
         raise CliError(f"cas failed: {key} is {'absent' if cur is None else repr(cur)}")
@@ -87,16 +94,20 @@ def _write_out(ctx: click.Context, key: str, res: WriteResult, as_json: bool, wh
 @click.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--lease", "lease_id", type=click.IntRange(1), default=None, metavar="ID",
+              help="Attach KEY to lease ID (`raftctl lease grant`): it goes with the lease.")
 @timeout_option
 @json_option()
 @click.pass_context
-def put(ctx: click.Context, key: str, value: str, timeout_s: float, as_json: bool) -> None:
+def put(ctx: click.Context, key: str, value: str, lease_id: int | None, timeout_s: float,
+        as_json: bool) -> None:
     """Set KEY to VALUE (acknowledged once committed and applied). A VALUE
-    of - reads the value from stdin."""
+    of - reads the value from stdin. A put without --lease detaches KEY from
+    any lease."""
     c = cluster_of(ctx)
     data = _value(value)
     with client_for(c, timeout_s) as cl:
-        res = cl.put(key, data, prev=True)
+        res = cl.put(key, data, prev=True, lease=lease_id or 0)
         _remember(c, cl)
     _write_out(ctx, key, res, as_json, "put")
 

@@ -291,6 +291,17 @@ def _snapshot_created(ev: dict[str, Any], t: Track) -> Said:
                 "the state up to there is on disk, so the log before it can go", "§7")
 
 
+def _lease_expiry_proposed(ev: dict[str, Any], t: Track) -> Said:
+    ids = ev.get("leases")
+    count = ev.get("count") or (len(ids) if isinstance(ids, list) else 1)
+    named = ", ".join(map(str, ids)) if isinstance(ids, list) else str(ids)
+    more = f" and {count - len(ids)} more" if isinstance(ids, list) and count > len(ids) else ""
+    return Said(f"{ev['node']} proposed the expiry of {_plural(count, 'lease', 'leases')}",
+                f"{named}{more}: no keep-alive reached it within their TTL",
+                "only the leader decides expiry, through the log, so every replica deletes "
+                "the leases' keys at the same index")
+
+
 def _snapshot_failed(ev: dict[str, Any], t: Track) -> Said:
     return Said(f"{ev['node']} failed to write a snapshot at index {ev.get('index')}",
                 f"{ev.get('error')}", "it keeps its log")
@@ -512,6 +523,7 @@ SAYERS: dict[str, Sayer] = {
     "membership_changed": _membership_changed, "peer_added": _peer_added,
     "peer_removed": _peer_removed, "peer_unknown": _peer_unknown,
     "unsafe_bugs_enabled": _unsafe_bugs_enabled,
+    "lease_expiry_proposed": _lease_expiry_proposed,
 }
 
 # Paxos's own events. Imported only here, below what it builds on (Said,

@@ -24,17 +24,19 @@ from chaos.sim import (
     run_seed,
 )
 from chaos.sim_cores import SIM_ALGORITHMS, sim_algorithm
+from chaos.sim_leases import LEASE_COVERAGE
 from chaos.sim_nemesis import FAULT_KINDS, format_faults, parse_faults
 from raftctl.exits import Exit
 from raftctl.options import json_option
 
 
 def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int,
-                   algorithm: str = "raft") -> str:
+                   algorithm: str = "raft", lease_clients: int = 0) -> str:
     """The command line that reruns one seed exactly, with its trace."""
     algo = "" if algorithm == "raft" else f" --algorithm {algorithm}"
+    leases = f" --lease-clients {lease_clients}" if lease_clients else ""
     return (f"raftctl sim{algo} --seed {seed} --nodes {nodes} --faults {format_faults(faults)} "
-            f"--ticks {ticks} --trace")
+            f"--ticks {ticks}{leases} --trace")
 
 
 @click.command("sim")
@@ -54,13 +56,16 @@ def replay_command(seed: int, nodes: int, faults: frozenset[str], ticks: int,
               show_default=True,
               help="The core to run: Raft, or Multi-Paxos with its own invariants (its "
                    "membership is fixed, so `all` leaves membership out).")
+@click.option("--lease-clients", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Clients that also grant, keep alive and let lapse leases, checked for "
+                   "agreement and early expiry (chaos/sim_leases.py).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes [default: one per CPU].")
 @json_option("Print the result as JSON.")
 @click.pass_context
 def sim(ctx: click.Context, seeds: int, first_seed: int, seed: int | None, nodes: int,
-        faults_text: str, ticks: int, trace: bool, algorithm: str, jobs: int | None,
-        as_json: bool) -> None:
+        faults_text: str, ticks: int, trace: bool, algorithm: str, lease_clients: int,
+        jobs: int | None, as_json: bool) -> None:
     """Run Raft (or Paxos) in a seeded simulation with faults and check its safety.
 
     Every run injects random faults, heals everything, then requires a fresh
@@ -82,16 +87,17 @@ def sim(ctx: click.Context, seeds: int, first_seed: int, seed: int | None, nodes
     if trace and seed is None:
         raise click.UsageError("--trace replays one run: give it with --seed S")
     if seed is not None:
-        failed = _one(seed, nodes, faults, ticks, trace, as_json, algorithm)
+        failed = _one(seed, nodes, faults, ticks, trace, as_json, algorithm, lease_clients)
     else:
         failed = _sweep(range(first_seed, first_seed + seeds), nodes, faults, ticks,
-                        jobs or os.cpu_count() or 1, as_json, algorithm)
+                        jobs or os.cpu_count() or 1, as_json, algorithm, lease_clients)
     ctx.exit(Exit.FAILED if failed else Exit.OK)
 
 
 def _one(seed: int, nodes: int, faults: frozenset[str], ticks: int, trace: bool,
-         as_json: bool, algorithm: str) -> bool:
-    r = Simulation(seed, nodes, faults, ticks=ticks, trace=trace, algorithm=algorithm).run()
+         as_json: bool, algorithm: str, lease_clients: int) -> bool:
+    r = Simulation(seed, nodes, faults, ticks=ticks, trace=trace, algorithm=algorithm,
+                   lease_clients=lease_clients).run()
     if as_json:
         click.echo(json.dumps({
             "seed": seed, "ticks": r.ticks, "live_after_ticks": r.live_after_ticks,
@@ -115,10 +121,11 @@ def _one(seed: int, nodes: int, faults: frozenset[str], ticks: int, trace: bool,
 
 
 def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: int,
-           as_json: bool, algorithm: str) -> bool:
+           as_json: bool, algorithm: str, lease_clients: int) -> bool:
     job = functools.partial(run_seed, nodes=nodes, faults=faults, ticks=ticks,
-                            algorithm=algorithm)
-    coverage = sim_algorithm(algorithm, [f"n{i}" for i in range(1, nodes + 1)]).coverage
+                            algorithm=algorithm, lease_clients=lease_clients)
+    coverage = sim_algorithm(algorithm, [f"n{i}" for i in range(1, nodes + 1)]).coverage \
+        + (LEASE_COVERAGE if lease_clients else ())
     start = time.perf_counter()
     results = list(_with_progress(_run_all(job, seeds, jobs), len(seeds),
                                   show=not as_json and sys.stdout.isatty()))
@@ -142,7 +149,8 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
                 "seed": r.seed,
                 "violations": [{"check": p, "tick": t, "detail": d}
                                for p, t, d in r.violations],
-                "replay": replay_command(r.seed, nodes, faults, ticks, algorithm)}
+                "replay": replay_command(r.seed, nodes, faults, ticks, algorithm,
+                                         lease_clients)}
                 for r in failing],
         }, indent=2))
         return bool(failing)
@@ -161,7 +169,8 @@ def _sweep(seeds: range, nodes: int, faults: frozenset[str], ticks: int, jobs: i
     for r in failing:
         prop, tick, detail = r.violations[0]
         click.echo(f"seed {r.seed}: {prop} at tick {tick}: {detail}")
-        click.echo(f"  replay: {replay_command(r.seed, nodes, faults, ticks, algorithm)}")
+        click.echo("  replay: "
+                   + replay_command(r.seed, nodes, faults, ticks, algorithm, lease_clients))
     return bool(failing)
 
 

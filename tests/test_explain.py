@@ -71,7 +71,7 @@ _SAMPLES: dict[str, Any] = {
     "reason": "log_behind", "error": "no space left on device", "detail": "short datagram",
     "file": "wal-0001", "address": "127.0.0.1", "key": "ab12cd34", "transport": "zmq",
     "fsync": "always", "peer_addr": "tcp://127.0.0.1:1", "client_addr": "tcp://127.0.0.1:2",
-    "conflict_term": 2,
+    "conflict_term": 2, "leases": [12, 15],
 }
 
 

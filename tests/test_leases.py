@@ -10,6 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from node.api import ClientResponse
+from node.client import ClientError, LeaseNotFound
+from node.client_lease import _raise_failed
 from node.lessor import MAX_EXPIRE_BATCH, Lessor
 from node.state.kv import (
     Applied,
@@ -305,6 +308,8 @@ def test_lease_granted_while_leading_is_due_after_ttl() -> None:
     assert lessor.due(500) == []
     assert lessor.renew(101, 1_500) == 2_000
     assert lessor.due(2_100) == []
+    assert lessor.due(2_600) == []  # past the first deadline, not the renewed one
+    assert lessor.due(3_499) == []
     assert lessor.due(3_500) == [101]
 
 
@@ -334,3 +339,18 @@ def test_a_follower_keeps_no_deadlines() -> None:
     lessor = _lessor(t, now_ms=0)
     lessor.lost_leadership()
     assert lessor.due(10_000) == [] and lessor.renew(1, 0) is None
+
+
+# --- the client's errors --------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [TOO_MANY_LEASES, LEASE_FULL, LEASE_NOT_FOUND])
+def test_client_turns_lease_codes_into_sentences(code: str) -> None:
+    """The state machine answers codes only; the client raises a sentence
+    a user can act on, LeaseNotFound for a lease that is gone."""
+    with pytest.raises(ClientError) as e:
+        _raise_failed(ClientResponse(ok=False, error=code,
+                                     message="lease 9 does not exist" if code == LEASE_NOT_FOUND
+                                     else None))
+    assert e.value.code == code and " " in str(e.value)
+    assert isinstance(e.value, LeaseNotFound) == (code == LEASE_NOT_FOUND)

@@ -19,10 +19,13 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+from click.testing import CliRunner, Result
 
 from node.api import decode_responses
 from node.client import ClientError, LeaseNotFound
 from node.transport.zmq import make_client_socket
+from raftctl.cli import main
+from raftctl.exits import Exit
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -125,6 +128,14 @@ def test_kept_lease_outlives_its_ttl_and_is_revoked_on_exit(shared: TestCluster)
         assert kl.id not in cl.lease_list()
 
 
+def test_kept_lease_notices_it_was_revoked(shared: TestCluster) -> None:
+    """A kept lease revoked by someone else sets `lost` at its next
+    keep-alive, within a third of its TTL; leaving the block then is quiet."""
+    with shared.client() as cl, cl.kept_lease(1.5) as kl:
+        cl.lease_revoke(kl.id)
+        wait_until(kl.lost.is_set, 1.5, "the holder learned its lease is gone")
+
+
 _HOLDER = """
 import json, sys, time
 from raftctl.cluster import Cluster
@@ -183,3 +194,146 @@ def test_paused_holder_across_a_leader_change(shared: TestCluster) -> None:
         proc.send_signal(signal.SIGCONT)
         proc.kill()
         proc.wait(5)
+
+
+def cli(c: TestCluster, *args: str) -> Result:
+    r = CliRunner().invoke(main, ["--run-dir", str(c.run_dir), "-C", "test", *args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.output
+    return r
+
+
+def test_cli_grant_put_ttl_ls_keepalive_revoke(shared: TestCluster) -> None:
+    """The lease commands through the CLI, text and --json; a gone lease
+    exits 4 with one sentence."""
+    r = cli(shared, "lease", "grant", "30")
+    assert r.exit_code == 0, r.output
+    lid = int(r.stdout.strip())
+    assert cli(shared, "put", "cli/a", "1", "--lease", str(lid)).exit_code == 0
+    got = json.loads(cli(shared, "lease", "ttl", str(lid), "--keys", "--json").stdout)
+    assert got["lease"] == lid and got["keys"] == ["cli/a"] and got["granted_ttl_ms"] == 30_000
+    assert "30s" in cli(shared, "lease", "ttl", str(lid)).stdout
+    assert lid in json.loads(cli(shared, "lease", "ls", "--json").stdout)["leases"]
+    assert str(lid) in cli(shared, "lease", "ls").stdout.split()
+    once = cli(shared, "lease", "keep-alive", str(lid), "--once", "--json")
+    assert json.loads(once.stdout) == {"lease": lid, "ttl_ms": 30_000}
+    assert "kept alive" in cli(shared, "lease", "keep-alive", str(lid), "--once").stdout
+    r = cli(shared, "lease", "revoke", str(lid))
+    assert r.exit_code == 0 and "revoked" in r.stdout
+    assert cli(shared, "get", "cli/a").exit_code == Exit.NOT_FOUND
+    gone = cli(shared, "lease", "ttl", str(lid))
+    assert gone.exit_code == Exit.NOT_FOUND and "does not exist" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+    bad = cli(shared, "put", "cli/b", "1", "--lease", str(lid), "--json")
+    assert bad.exit_code == Exit.NOT_FOUND
+    assert json.loads(bad.stdout)["error"] == "lease_not_found"
+    bad = cli(shared, "put", "cli/b", "1", "--lease", str(lid))
+    assert bad.exit_code == Exit.NOT_FOUND and "lease grant" in bad.stderr
+
+
+def test_cli_keepalive_streams_until_ctrl_c(shared: TestCluster) -> None:
+    """`lease keep-alive` prints a line per renewal and exits 0 on Ctrl-C."""
+    with shared.client() as cl:
+        lid = cl.lease_grant(1.5).id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raftctl", "--run-dir", str(shared.run_dir), "-C", "test",
+         "lease", "keep-alive", str(lid)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        lines.extend(proc.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: len(lines) >= 3, 10.0, "three renewals printed")
+        assert all(f"lease {lid} kept alive" in x for x in lines[:3])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def small_snapshots(tmp_path: Path) -> Iterator[TestCluster]:
+    """A 3-node cluster that snapshots every 50 entries and keeps no tail."""
+    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0):
+        start_and_settle(c)
+        yield c
+
+
+def test_leases_survive_install_snapshot_and_restart(small_snapshots: TestCluster) -> None:
+    """A follower that missed a lease's grant gets it by InstallSnapshot; after
+    every node restarts (state from snapshot and log) the lease is still
+    there with its keys, wherever the leadership lands."""
+    c = small_snapshots
+    lead = c.wait_for_leader(5.0)
+    victim = next(n for n in c.node_ids() if n != lead)
+    c.kill(victim)
+    with c.client() as cl:
+        lid = cl.lease_grant(120).id
+        cl.put("s/a", b"1", lease=lid)
+        cl.put("s/b", b"2", lease=lid)
+        for i in range(200):
+            cl.put(f"fill/{i}", b"v" * 100)
+    wait_until(lambda: (c.statuses().get(lead) or {}).get("snapshot_index", 0) > lid, 10.0,
+               "the leader compacted its log past the grant")
+    c.start(victim)
+    wait_until(lambda: '"snapshot_installed"' in c.log_path(victim).read_text(), 20.0,
+               f"{victim} installed a snapshot")
+    c.transfer(victim)
+    wait_until(lambda: c.leader() == victim, 10.0, f"{victim} leads")
+    with c.client() as cl:
+        info = cl.lease_ttl(lid, keys=True)
+        assert info.keys == ["s/a", "s/b"] and info.granted_ttl_ms == 120_000
+    c.stop_all()
+    c.start_all()
+    c.wait_for_leader(10.0)
+    with c.client() as cl:
+        info = cl.lease_ttl(lid, keys=True)
+        assert info.keys == ["s/a", "s/b"]
+        # A new leader gives the lease its TTL and the longest election timeout.
+        assert info.ttl_ms > 110_000
+        assert cl.lease_list() == [lid]
+
+
+@pytest.fixture
+def paxos3(tmp_path: Path) -> Iterator[TestCluster]:
+    for c in make_cluster(tmp_path, 3, algorithm="paxos"):
+        start_and_settle(c)
+        yield c
+
+
+def test_leases_on_a_paxos_cluster(paxos3: TestCluster) -> None:
+    """Paxos shares the state machine, the read path and the leader's role
+    changes: a lease is kept alive, survives a change of leader, and its
+    keys go when it lapses."""
+    c = paxos3
+    with c.client() as cl:
+        kept = cl.lease_grant(30)
+        lapsing = cl.lease_grant(1)
+        cl.put("px/kept", b"v", lease=kept.id)
+        cl.put("px/lapsing", b"v", lease=lapsing.id)
+        assert cl.lease_keepalive(kept.id) == 30_000
+        wait_until(lambda: cl.get("px/lapsing") is None, 10.0, "the lapsed lease's key goes")
+        lead = c.wait_for_leader(5.0)
+        other = next(n for n in c.node_ids() if n != lead)
+        c.transfer(other)
+        wait_until(lambda: c.leader() not in (None, lead), 10.0, f"the leadership left {lead}")
+        assert cl.lease_keepalive(kept.id) == 30_000
+        assert cl.get("px/kept") == b"v" and cl.lease_list() == [kept.id]
+
+
+def test_bench_lease_reports_its_rates(shared: TestCluster) -> None:
+    """`bench lease` counts grants and keep-alives a second, and leaves no
+    lease of its own behind once they lapse."""
+    r = cli(shared, "bench", "lease", "--clients", "2", "--duration", "1", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["errors"] == 0, r.output
+    assert doc["grants"] > 0 and doc["keepalives"] > 0 and doc["keepalives_per_s"] > 0
+    lat = doc["keepalive_latency_ms"]
+    assert lat["p50"] <= lat["p99"] <= lat["max"]
+    text = cli(shared, "bench", "lease", "--clients", "1", "--duration", "0.4")
+    assert "keep-alives/s" in text.stdout and "grants/s" in text.stdout
