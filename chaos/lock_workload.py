@@ -31,6 +31,7 @@ from node.api_range import TxnPut
 from node.client import Client, ClientError, LeaseNotFound, OutcomeUnknown
 from node.recipes.election import ELECTION_PREFIX, Election
 from node.recipes.lock import LOCK_PREFIX, Lock
+from node.recipes.turns import enqueue
 
 # The leases of holders and campaigners, short so that a pause outlives one.
 LOCK_TTL_S = 2.0
@@ -42,9 +43,13 @@ ACQUIRE_TIMEOUT_S = 5.0
 CAMPAIGNERS = 2
 # After the holders stop, a recorder gets this long to reach the store's revision.
 RECORD_CATCH_UP_S = 10.0
-# Test-only: holders write without the fence (a plain put), so a paused
-# holder's late write lands; the run must then be flagged.
-UNFENCED_ENV = "RAFTCTL_TEST_UNFENCED_LOCK"
+# Test-only bugs put into the workload, comma-separated, so a test can see
+# the checks flag a run: `unfenced` holders write with a plain put (a paused
+# holder's late write lands); `eager_leader` campaigners claim leadership as
+# soon as their key is made, without waiting for the ones ahead.
+UNSAFE_LOCK_ENV = "RAFTCTL_TEST_UNSAFE_LOCK"
+UNFENCED = "unfenced"
+EAGER_LEADER = "eager_leader"
 
 
 class PausableLease:
@@ -108,7 +113,9 @@ class LockWorkload:
         self.lock_prefix = f"{LOCK_PREFIX}{spec.lock_name}/"
         self.election_prefix = f"{ELECTION_PREFIX}{spec.lock_name}/"
         self.guarded_key = f"{spec.lock_name}/fenced"
-        self.unfenced = bool(os.environ.get(UNFENCED_ENV))
+        unsafe = os.environ.get(UNSAFE_LOCK_ENV, "").split(",")
+        self.unfenced = UNFENCED in unsafe
+        self.eager_leader = EAGER_LEADER in unsafe
         actors: list[tuple[str, Callable[[], None]]] = [
             (f"chaos-lock-{i + 1}", functools.partial(
                 self._hold, f"l{i + 1}", random.Random(spec.seed * 7907 + i)))
@@ -229,7 +236,8 @@ class LockWorkload:
                 try:
                     lease = PausableLease(self.spec, cl, LOCK_TTL_S)
                     e = Election(cl, self.spec.lock_name, lease)
-                    became = e.campaign(name.encode(), ACQUIRE_TIMEOUT_S)
+                    became = (enqueue(cl, e.key, name.encode(), lease)[0] if self.eager_leader
+                              else e.campaign(name.encode(), ACQUIRE_TIMEOUT_S))
                     op = self._op(name, LEADER, e.key, self.spec.lock_name)
                     op.revision = became
                     self._done(op)
@@ -237,7 +245,10 @@ class LockWorkload:
                         lease.pause(LOCK_TTL_S * PAUSE_TTLS)
                     else:
                         stop.wait(rng.uniform(0.1, 0.5))  # a term's length, not a sync
-                    e.resign()
+                    if self.eager_leader:
+                        cl.delete(e.key)  # it never campaigned, so it cannot resign
+                    else:
+                        e.resign()
                 except ClientError:
                     continue
                 except Exception as e:  # a bug of the recipe: in the verdict, not a crash

@@ -1,7 +1,7 @@
 """The recipes (node/recipes/) against real node processes: the lock's FIFO
 order and growing tokens and its fence, `raftctl lock -- CMD`, elect,
 observe and resign, register and `discover --watch`, `bench lock`, and a
-short chaos run of the lock workload, clean and, unfenced, flagged. One
+short chaos run of the lock workload, clean and, with test-only bugs, flagged. One
 cluster is shared by the tests of this module; each test uses names of
 its own."""
 
@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from chaos.lock_checks import LOCK_FENCING, ONE_LEADER
-from chaos.lock_workload import UNFENCED_ENV
+from chaos.lock_workload import EAGER_LEADER, UNFENCED, UNSAFE_LOCK_ENV
 from node.recipes import discovery, election
 from node.recipes.election import Election, NotLeader
 from node.recipes.lock import LOCK_PREFIX, Lock
@@ -303,17 +303,19 @@ def test_a_short_chaos_lock_run_is_clean(shared: TestCluster) -> None:
     assert fenced and int(fenced.group(1)) > 0, "no paused holder's write was fenced off"
 
 
-def test_an_unfenced_chaos_lock_run_is_flagged(shared: TestCluster,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the test-only unfenced writes, a holder paused past its TTL
-    writes after the lock moved on, and the fencing check says so."""
-    monkeypatch.setenv(UNFENCED_ENV, "1")
+def test_an_unfenced_eager_chaos_lock_run_is_flagged(shared: TestCluster,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the test-only bugs, a holder paused past its TTL writes after
+    the lock moved on, and a campaigner claims leadership while another
+    leads: both lock rows say so."""
+    monkeypatch.setenv(UNSAFE_LOCK_ENV, f"{UNFENCED},{EAGER_LEADER}")
     code, rep = chaos_run(shared, "--duration", "10s", "--interval", "1.5s", "--seed", "3",
                           "--workload", "lock", "--clients", "3")
     assert code == 1
     assert rep["verdict"]["checks"][LOCK_FENCING].startswith("FAILED")
     assert any(v["check"] == LOCK_FENCING and "was accepted at revision" in v["detail"]
                for v in rep["verdict"]["violations"])
+    assert rep["verdict"]["checks"][ONE_LEADER].startswith("FAILED")
 
 
 @pytest.mark.soak
