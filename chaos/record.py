@@ -109,6 +109,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     keys: list[str]  # the register keys
     set_keys: list[str] = []
     txn_keys: list[str] = []  # the txn workload's keys (chaos/txn_workload.py)
+    lock_name: str = ""  # the lock workload's lock and election (chaos/lock_workload.py)
     shares: dict[str, int] = {}  # clients per workload
     rate: float = 0.0  # operations a second of all clients together (0: no limit)
     value_sizes: str = ""  # the register writes' size mix

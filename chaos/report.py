@@ -24,6 +24,7 @@ from chaos.invariants import (
     Violation,
 )
 from chaos.linearizability import OK, UNKNOWN, WRITE
+from chaos.lock_checks import LOCK_FENCING, ONE_LEADER, LockStats, lock_checks
 from chaos.record import (
     DATA_LOST,
     FINAL_CLIENT,
@@ -43,6 +44,7 @@ from chaos.set_checks import (
     set_checks,
 )
 from chaos.workload import APPEND, CAS, CAS_FAILED, OpRecord
+from node.recipes.lock import LOCK_PREFIX
 
 MISMATCH = "mismatch"
 
@@ -60,6 +62,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     UNEXPECTED_ELEMENTS: (UNEXPECTED_ELEMENTS,),
     TXN_ORDER: (TXN_ORDER,),
     WATCH_DELIVERY: (WATCH_DELIVERY,),
+    LOCK_FENCING: (LOCK_FENCING,),
+    ONE_LEADER: (ONE_LEADER,),
     POWER_LOSS_ROW: (POWER_LOSS_ROW,),
     ELECTION_SAFETY: (ELECTION_SAFETY,),
     TERM_MONOTONIC: (TERM_MONOTONIC, COMMIT_MONOTONIC),
@@ -82,6 +86,10 @@ MEANS: dict[str, str] = {
                "(real-time order, distinct revisions, each range read one whole revision)",
     WATCH_DELIVERY: "every watcher got every change of its prefix exactly once, in revision "
                     "order, with its value, across reconnects and node deaths",
+    LOCK_FENCING: "the lock's guarded writes: tokens never go back in revision order, and "
+                  "each write carried the token of the lock's owner at its revision",
+    ONE_LEADER: "at most one leader per election at any revision: the terms campaigners "
+                "believed they had never overlap, and each began when the store said so",
     POWER_LOSS_ROW: "a node whose power was cut comes back from what its disk kept",
     ELECTION_SAFETY: "at most one leader per term (§5.2)",
     TERM_MONOTONIC: "terms and commit indexes never go back; a term led survives restarts",
@@ -135,6 +143,9 @@ def judge(rec: RunRecord) -> Verdict:
     v += found
     found, revs = revision_checks(rec.ops) if rec.txn_keys else ([], RevStats(0, 0, 0, 0))
     v += found
+    found, locks = (lock_checks(rec.ops, f"{LOCK_PREFIX}{rec.lock_name}/") if rec.lock_name
+                    else ([], LockStats(0, 0, 0, 0)))
+    v += found
     v += [Violation(check=POWER_LOSS_ROW, t_s=e.t, detail=e.detail,
                     ops=checks.time_slice(rec.ops, e.t))
           for e in rec.events if e.kind == DATA_LOST]
@@ -156,11 +167,11 @@ def judge(rec: RunRecord) -> Verdict:
             f"the first write after healing was acknowledged after {rec.recovery_s:.2f}s, "
             f"over the bound of {rec.recovery_bound_s:g}s")))
     v += [Violation(check=RUN, detail=m) for m in rec.problems]
-    return Verdict(ok=not v, checks=_rows(rec, v, sets, revs), violations=v)
+    return Verdict(ok=not v, checks=_rows(rec, v, sets, revs, locks), violations=v)
 
 
 def _rows(rec: RunRecord, v: list[Violation], sets: SetStats,
-          revs: RevStats) -> dict[str, str]:
+          revs: RevStats, locks: LockStats) -> dict[str, str]:
     by = Counter(x.check for x in v)
     client_ops = [o for o in rec.ops if o.client not in (RECOVERY_CLIENT, FINAL_CLIENT)]
     acked = sum(1 for o in client_ops if o.kind in (WRITE, CAS) and o.outcome == OK)
@@ -187,6 +198,11 @@ def _rows(rec: RunRecord, v: list[Violation], sets: SetStats,
                    f"{len(rec.txn_keys)} keys" if rec.txn_keys else "no transaction in this run",
         WATCH_DELIVERY: f"{revs.events} events to {revs.watchers} watchers"
                         if rec.txn_keys else "no watch in this run",
+        LOCK_FENCING: f"{locks.acquired} acquisitions, {locks.accepted} guarded writes "
+                      f"accepted, {locks.fenced} fenced off" if rec.lock_name
+                      else "no lock in this run",
+        ONE_LEADER: f"{locks.terms} terms of leadership, none overlapping" if rec.lock_name
+                    else "no election in this run",
         POWER_LOSS_ROW: f"{cuts} power cuts, every node came back from its disk" if cuts
                         else "no power cut in this run",
         ELECTION_SAFETY: f"{_terms_led(rec)} terms with a leader, one each",

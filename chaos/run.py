@@ -40,6 +40,7 @@ from chaos.workload import (
 )
 from chaos.workload_mix import (
     DEFAULT_WORKLOADS,
+    LOCK_WORKLOAD,
     REGISTER,
     TXN_WORKLOAD,
     WorkloadMix,
@@ -142,8 +143,9 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
     set_keys = [f"{opts.key_prefix}/s{i}" for i in range(opts.keys)] if uses_sets(names) else []
     txn_keys = ([f"{opts.key_prefix}/t{i}" for i in range(opts.keys)]
                 if TXN_WORKLOAD in names else [])
+    lock_name = opts.key_prefix if LOCK_WORKLOAD in names else ""
     spec = WorkloadSpec(factory, history, keys, opts.clients, opts.seed, Pacer(opts.rate),
-                        set_keys, endpoint, opts.sizes, opts.depth, txn_keys,
+                        set_keys, endpoint, opts.sizes, opts.depth, txn_keys, lock_name,
                         read_nodes=nodes)
     try:
         workload = WorkloadMix(names, spec)
@@ -151,7 +153,8 @@ def run_chaos(cluster: ClusterLike, factory: ClientFactory, opts: ChaosOptions,
         raise ChaosError(str(e)) from None
     rec = RunRecord(seed=opts.seed, duration_s=opts.duration_s, interval_s=opts.interval_s,
                     nemesis=dict(opts.mix), workload=",".join(names), clients=opts.clients,
-                    keys=keys, set_keys=set_keys, txn_keys=txn_keys, shares=workload.shares,
+                    keys=keys, set_keys=set_keys, txn_keys=txn_keys, lock_name=lock_name,
+                    shares=workload.shares,
                     rate=opts.rate,
                     value_sizes=opts.sizes.describe(), depth=opts.depth, nodes=nodes,
                     recovery_bound_s=opts.recovery_timeout_s, notes=list(schedule.notes))

@@ -243,10 +243,10 @@ class WorkloadSpec:
     """What every workload is made from: a client factory (register
     clients), the raw-protocol `endpoint` (pipelined and short-lived
     clients; None where none is needed), the history to record into, the
-    register `keys`, the `set_keys` and the `txn_keys`, how many clients, the seed, the
-    `pacer` every client of the run shares, the value sizes of register
-    writes, how many writes a pipelined client keeps in flight, and the
-    nodes register reads go to."""
+    register `keys`, the `set_keys`, the `txn_keys` and the `lock_name`,
+    how many clients, the seed, the `pacer` every client of the run
+    shares, the value sizes of register writes, how many writes a
+    pipelined client keeps in flight, and the nodes register reads go to."""
 
     factory: ClientFactory
     history: History
@@ -259,6 +259,7 @@ class WorkloadSpec:
     sizes: SizeMix = field(default_factory=lambda: parse_sizes(DEFAULT_SIZES))
     depth: int = 4
     txn_keys: list[str] = field(default_factory=list)
+    lock_name: str = ""
     # Register reads go to one of these at random (followers serve reads
     # too, docs/PROTOCOL.md "Reads"), so the checks cover every node's;
     # empty: wherever the client goes (the leader it knows).

@@ -8,6 +8,7 @@ import dataclasses
 import threading
 from collections.abc import Callable
 
+from chaos.lock_workload import LockWorkload
 from chaos.set_workload import ChurnWorkload, SetWorkload
 from chaos.txn_workload import TxnWorkload
 from chaos.workload import RegisterWorkload, Workload, WorkloadSpec
@@ -16,13 +17,14 @@ REGISTER = "register"  # read, write and cas on a few keys: the linearizability 
 SET = "set"  # pipelined appends of unique elements: the set checks
 CHURN = "churn"  # short-lived clients opening and closing sessions
 TXN_WORKLOAD = "txn"  # transactions, range reads and watches: the revision checks
+LOCK_WORKLOAD = "lock"  # lock holders with fencing tokens and an election: the lock checks
 
 WORKLOADS: dict[str, Callable[[WorkloadSpec], Workload]] = {
     REGISTER: RegisterWorkload, SET: SetWorkload, CHURN: ChurnWorkload,
-    TXN_WORKLOAD: TxnWorkload}
+    TXN_WORKLOAD: TxnWorkload, LOCK_WORKLOAD: LockWorkload}
 # Every workload at once; the clients go register 1 : set 2 : churn 1.
 DEFAULT_WORKLOADS = f"{REGISTER},{SET},{CHURN}"
-_SHARES = {REGISTER: 1.0, SET: 2.0, CHURN: 1.0, TXN_WORKLOAD: 1.0}
+_SHARES = {REGISTER: 1.0, SET: 2.0, CHURN: 1.0, TXN_WORKLOAD: 1.0, LOCK_WORKLOAD: 1.0}
 
 
 def parse_workloads(text: str) -> list[str]:

@@ -11,6 +11,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 import zmq
@@ -48,6 +49,10 @@ from node.transport.zmq import CurveKeys, make_client_socket
 
 __all__ = ["ClientError", "Compacted", "KeptLease", "Lease", "LeaseInfo", "LeaseNotFound",
            "OutcomeUnknown", "Unavailable"]
+
+if TYPE_CHECKING:
+    from node.recipes.election import Election
+    from node.recipes.lock import Lock
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -417,6 +422,22 @@ class Client(LeaseMethods):
                 for resp in drain_responses(s):
                     if resp.id in ids:
                         return resp
+
+    # --- recipes (node/recipes/) ----------------------------------------------
+
+    def lock(self, name: str, ttl_s: float,
+             timeout_s: float | None = None) -> contextlib.AbstractContextManager[Lock]:
+        """Hold lock `name` for a `with` block, under a kept lease of `ttl_s`
+        (node/recipes/lock.py): the block gets the Lock and its fencing token."""
+        from node.recipes.lock import hold  # the recipes import this module
+        return hold(self, name, ttl_s, timeout_s)
+
+    def election(self, name: str,
+                 ttl_s: float = 10.0) -> contextlib.AbstractContextManager[Election]:
+        """Be a candidate in election `name` for a `with` block, under a kept
+        lease of `ttl_s` (node/recipes/election.py); it resigns on exit."""
+        from node.recipes.election import stand  # the recipes import this module
+        return stand(self, name, ttl_s)
 
 
 def _raise_failed(resp: ClientResponse) -> None:

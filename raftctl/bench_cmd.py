@@ -1,5 +1,5 @@
-"""CLI commands `raftctl bench write|read|failover|up|txn|watch|lease`: thin; they parse, call one
-function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
+"""CLI commands `raftctl bench write|read|failover|up|txn|watch|lease|lock`: thin; they
+parse, call one function of `raftctl.bench.runs`, and render its report as a table or as JSON."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from raftctl import render
 from raftctl.bench.failover import bench_failover
 from raftctl.bench.leases import LeaseReport, bench_lease
 from raftctl.bench.loadgen import READ_NODES
+from raftctl.bench.locks import LockReport, bench_lock
 from raftctl.bench.revisions import TxnReport, WatchReport, bench_txn, bench_watch
 from raftctl.bench.runs import (
     FailoverReport,
@@ -465,3 +466,35 @@ def watch(ctx: click.Context, watchers: int, writers: int, duration_s: float,
     if not r.complete:
         raise CliError(f"the watchers got {r.events:,} of {r.events_expected:,} events; "
                        "a watcher fell behind or was cancelled (slow_watcher)")
+
+
+@bench.command("lock")
+@click.option("--contenders", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Holders of one lock in the contended phase, each with its own lease.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds of each phase.")
+@json_option("Print JSON (schema above).")
+@click.pass_context
+def lock(ctx: click.Context, contenders: int, duration_s: float, as_json: bool) -> None:
+    """Lock cycles (acquire, release) a second: one holder alone, then
+    CONTENDERS holders of one lock taking turns in order.
+
+    \b
+    --json prints one object:
+      mode ("lock"), cluster, nodes, and for `uncontended` and `contended`:
+      contenders, duration_s, cycles, errors, cycles_per_s,
+      acquire_ms {p50, p90, p99, max, mean}.
+    """
+    r: LockReport = _run(lambda: bench_lock(_cluster(ctx), contenders=contenders,
+                                            duration_s=duration_s))
+    if as_json:
+        click.echo(render.dumps(msgspec.to_builtins(r)))
+        return
+    t = Table(title=f"bench lock: cluster {r.cluster}, {r.nodes} nodes, {duration_s:g} s a "
+              "phase", title_justify="left")
+    for col in ("HOLDERS", "CYCLES/s", "ACQUIRE p50 ms", "ACQUIRE p99 ms", "ERRORS"):
+        t.add_column(col, justify="right")
+    for p in (r.uncontended, r.contended):
+        t.add_row(str(p.contenders), f"{p.cycles_per_s:,.1f}", f"{p.acquire_ms.p50:.2f}",
+                  f"{p.acquire_ms.p99:.2f}", str(p.errors))
+    render.console().print(t)

@@ -129,7 +129,9 @@ def chaos() -> None:
                    "is read, write and cas per key (checked for linearizability); set appends "
                    "unique elements on pipelined sessions (checked for lost and duplicated "
                    "elements); churn opens and closes short sessions, some clients vanishing "
-                   "without closing. Clients are shared register 1 : set 2 : churn 1.")
+                   "without closing; txn and lock (not in the default) run transactions "
+                   "with watches, and lock holders with fencing tokens and an election "
+                   "(docs/CHAOS.md). Clients are shared register 1 : set 2 : churn 1.")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule [default: random].")
 @click.option("--clients", type=click.IntRange(1, 500), default=CHAOS_CLIENTS, show_default=True,
               help="Concurrent clients, all workloads together (one thread each).")

@@ -23,6 +23,7 @@ from raftctl import (
     kv_cmd,
     logs_cmd,
     process_cmd,
+    recipes_cmd,
     render,
     watch_cmd,
 )
@@ -582,6 +583,7 @@ def transfer(ctx: click.Context, node: str, wait_s: float, as_json: bool) -> Non
 
 process_cmd.register(main)
 kv_cmd.register(main)
+recipes_cmd.register_commands(main)
 main.add_command(watch_cmd.watch_key)
 main.add_command(logs_cmd.logs)
 main.add_command(explain_cmd.explain)

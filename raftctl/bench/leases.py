@@ -16,7 +16,7 @@ import msgspec
 
 from node.client import Client, ClientError
 from node.state.leases import MIN_LEASE_TTL_MS
-from raftctl.bench.revisions import _client, _percentiles, _threads
+from raftctl.bench.revisions import _threads, client_of, percentiles
 from raftctl.bench.runs import LatencyMs, running_cluster
 from raftctl.cluster import Cluster
 
@@ -51,7 +51,7 @@ Step = Callable[[Client, int], object]
 def _session(c: Cluster, setup: Setup) -> Iterator[tuple[Client, int]]:
     """A client of its own and what `setup` made with it (a lease id, or
     0); that lease is revoked at the end."""
-    with _client(c) as cl:
+    with client_of(c) as cl:
         arg = setup(cl)
         try:
             yield cl, arg
@@ -103,7 +103,7 @@ def bench_lease(c: Cluster, *, clients: int, duration_s: float) -> LeaseReport:
         cluster=c.name, nodes=len(c.node_ids()), clients=clients,
         duration_s=round(grant_s + keep_s, 3), grants=len(granted),
         grants_per_s=round(len(granted) / grant_s, 1),
-        grant_latency_ms=_percentiles(granted),
+        grant_latency_ms=percentiles(granted),
         keepalives=len(kept), keepalives_per_s=round(len(kept) / keep_s, 1),
-        keepalive_latency_ms=_percentiles(kept),
+        keepalive_latency_ms=percentiles(kept),
         errors=grant_errors + keep_errors)

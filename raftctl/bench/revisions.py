@@ -61,7 +61,7 @@ class WatchReport(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
 
 
-def _percentiles(samples: list[float]) -> LatencyMs:
+def percentiles(samples: list[float]) -> LatencyMs:
     if not samples:
         return LatencyMs(p50=0.0, p90=0.0, p99=0.0, max=0.0, mean=0.0)
     s = sorted(samples)
@@ -73,7 +73,7 @@ def _percentiles(samples: list[float]) -> LatencyMs:
                      mean=round(sum(s) / len(s) * 1000.0, 2))
 
 
-def _client(c: Cluster) -> Client:
+def client_of(c: Cluster) -> Client:
     return Client(c.up_client_addrs(), c.keys(), timeout_s=5.0, attempt_timeout_s=1.0)
 
 
@@ -97,7 +97,7 @@ def bench_txn(c: Cluster, *, clients: int, duration_s: float) -> TxnReport:
     def run(i: int) -> None:
         key, other = f"{prefix}{i}", f"{prefix}{i}-b"
         version = 0
-        with _client(c) as cl:
+        with client_of(c) as cl:
             while not stop.is_set():
                 t0 = time.monotonic()
                 try:
@@ -124,7 +124,7 @@ def bench_txn(c: Cluster, *, clients: int, duration_s: float) -> TxnReport:
     return TxnReport(cluster=c.name, nodes=len(c.node_ids()), clients=clients,
                      duration_s=round(took, 3), txns=done, failed_compares=sum(failed),
                      errors=sum(errors), txns_per_s=round(done / took, 1),
-                     latency_ms=_percentiles([x for xs in lat for x in xs]))
+                     latency_ms=percentiles([x for xs in lat for x in xs]))
 
 
 def bench_watch(c: Cluster, *, watchers: int, writers: int, duration_s: float) -> WatchReport:
@@ -132,7 +132,7 @@ def bench_watch(c: Cluster, *, watchers: int, writers: int, duration_s: float) -
     running_cluster(c)
     prefix = f"bench-watch-{uuid.uuid4().hex[:8]}/"
     nodes = sorted(c.up_client_addrs())
-    with _client(c) as cl:
+    with client_of(c) as cl:
         start_rev = cl.range(prefix, prefix=True, count_only=True).revision + 1
     got = [0] * watchers
     last_at = [0.0] * watchers
@@ -143,7 +143,7 @@ def bench_watch(c: Cluster, *, watchers: int, writers: int, duration_s: float) -
     opened = threading.Barrier(watchers + 1)
 
     def watch(i: int) -> None:
-        with _client(c) as wc:
+        with client_of(c) as wc:
             w = wc.watch(prefix, prefix=True, start_revision=start_rev, progress=True,
                          node=nodes[i % len(nodes)])
             opened.wait()
@@ -167,7 +167,7 @@ def bench_watch(c: Cluster, *, watchers: int, writers: int, duration_s: float) -
 
     def write(i: int) -> None:
         n = 0
-        with _client(c) as wc:
+        with client_of(c) as wc:
             while not stop.is_set():
                 n += 1
                 try:
@@ -185,7 +185,7 @@ def bench_watch(c: Cluster, *, watchers: int, writers: int, duration_s: float) -
     for t in ws:
         t.join(10.0)
     wrote_s = time.monotonic() - t0
-    with _client(c) as cl:
+    with client_of(c) as cl:
         target.append(cl.range(prefix, prefix=True, count_only=True).revision)
     deadline = time.monotonic() + WATCH_DRAIN_TIMEOUT_S
     for t in wts:
@@ -209,5 +209,5 @@ def bench_watch(c: Cluster, *, watchers: int, writers: int, duration_s: float) -
 
 def _clean(c: Cluster, prefix: str) -> None:
     """Delete what the benchmark wrote (best effort)."""
-    with contextlib.suppress(ClientError), _client(c) as cl:
+    with contextlib.suppress(ClientError), client_of(c) as cl:
         cl.delete_range(prefix, prefix=True)
