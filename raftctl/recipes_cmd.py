@@ -209,7 +209,7 @@ def register(ctx: click.Context, service: str, addr: str, ttl_s: float, timeout_
             with discovery.registered(cl, service, addr, ttl_s) as lease:
                 _say(as_json, {"event": "registered", "service": service, "addr": addr,
                                "lease": lease.id, "ttl_s": ttl_s},
-                     f"registered {addr} under {service} (lease {lease.id:x}, ttl {ttl_s:g}s); "
+                     f"registered {addr} under {service} (lease {lease.id}, ttl {ttl_s:g}s); "
                      "Ctrl-C removes it")
                 lease.lost.wait()
         except KeyboardInterrupt:

@@ -156,7 +156,16 @@ def batching_multiplies_throughput(outs: list[str]) -> None:
     assert many > 2 * one, f"64 clients: {many}/s, one client: {one}/s"
 
 
+def lock_tokens_grow(outs: list[str]) -> None:
+    """The lock's holders, in the order they held it (each printed while
+    holding), got strictly growing fencing tokens."""
+    tokens = [int(t) for t in re.findall(r"holds token (\d+)", outs[-1])]
+    assert len(tokens) >= 3, f"{len(tokens)} holders printed a token"
+    assert tokens == sorted(set(tokens)), f"tokens in holding order: {tokens}"
+
+
 CHECKS: dict[str, Callable[[list[str]], None]] = {
+    "lock_tokens_grow": lock_tokens_grow,
     "write_costs_more_than_a_local_sync": write_costs_more_than_a_local_sync,
     "batching_multiplies_throughput": batching_multiplies_throughput,
 }

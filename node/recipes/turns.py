@@ -56,7 +56,7 @@ def enqueue(client: Client, key: str, value: bytes, lease: HeldLease) -> tuple[i
                          [TxnPut(key, value, lease=lease.id)], [TxnRange(key)])
     except ClientError as e:
         if e.code == LEASE_NOT_FOUND:
-            raise LeaseLost(f"the lease {lease.id:x} is gone; nothing was queued") from None
+            raise LeaseLost(f"the lease {lease.id} is gone; nothing was queued") from None
         raise
     if got.succeeded:
         return got.revision, False
@@ -89,7 +89,7 @@ def wait_turn(client: Client, prefix: str, key: str, my_rev: int, lease: HeldLea
         at = _wait_delete(client, ahead, at + 1, lease, deadline)
     now = client.range(key, keys_only=True)
     if not now.kvs or now.kvs[0].create_revision != my_rev or lease.lost.is_set():
-        raise LeaseLost(f"the key {key} went while it waited (its lease {lease.id:x} ended)")
+        raise LeaseLost(f"the key {key} went while it waited (its lease {lease.id} ended)")
     return at
 
 
@@ -118,7 +118,7 @@ def _wait_delete(client: Client, key: str, start: int, lease: HeldLease,
             if ev.type == "delete":
                 return ev.revision
             if lease.lost.is_set():
-                raise LeaseLost(f"the lease {lease.id:x} ended while waiting for {key} to go")
+                raise LeaseLost(f"the lease {lease.id} ended while waiting for {key} to go")
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"timed out waiting for the turn: {key} is still ahead")
     finally:
