@@ -167,6 +167,10 @@ class Client(LeaseMethods):
         self.session: int | None = None
         self.seq = 0
         self.leader: str | None = None
+        # The node that last answered a read: where the next read goes while
+        # no leader is known (any node answers reads, so a client that only
+        # reads never learns one, and must not wait on a dead node each time).
+        self._reader: str | None = None
         self._ctx = ctx or zmq.Context.instance()
         self._socks: dict[str, zmq.Socket[bytes]] = {}
         self._ids = itertools.count(1)
@@ -340,7 +344,7 @@ class Client(LeaseMethods):
         # an answer that does not rule it out.
         unsure: set[int] = set()
         attempt_ids: set[int] = set()
-        target = prefer or self.leader or self._order[0]
+        target = prefer or self.leader or (None if write else self._reader) or self._order[0]
         last_error = "no answer"
         while True:
             now = time.monotonic()
@@ -362,6 +366,8 @@ class Client(LeaseMethods):
                     # keep-alives (followers serve reads too): remember it, so
                     # the next such request goes straight there.
                     self.leader = resp.node
+                elif resp.node and resp.ok:
+                    self._reader = resp.node
                 if resp.error == "bad_request":
                     raise ClientError("bad_request", resp.message or "bad request")
                 return _Answer(resp, bool(unsure - {resp.id}))

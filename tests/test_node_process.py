@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -73,6 +74,33 @@ def test_follower_answers_not_leader_with_hint(cluster3: TestCluster) -> None:
         r = cl.ping(follower)
         assert r.leader == lead
         assert r.leader_addr == cluster3.client_addrs()[lead]
+
+
+def test_a_reading_client_goes_to_the_node_that_answered_not_a_dead_one(
+        cluster3: TestCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any node answers a read, so a client that only reads learns no leader:
+    it sends its next reads to the node that answered the last one, not
+    first to a dead node each time (which cost an attempt's timeout per read)."""
+    with cluster3.client() as cl:
+        cl.put("r", b"1")
+        first = cl._order[0]
+    cluster3.kill(first)
+    wait_until(lambda: cluster3.leader() not in (None, first), 10.0,
+               f"a leader other than the killed {first}")
+    with cluster3.client() as cl:
+        assert cl.get("r") == b"1"
+        assert cl._reader not in (None, first), cl._reader
+        sent: list[str] = []
+        send = cl._send
+
+        def spy(node: str, req: Any) -> bool:
+            sent.append(node)
+            return send(node, req)
+
+        monkeypatch.setattr(cl, "_send", spy)
+        for _ in range(10):
+            assert cl.get("r") == b"1"
+    assert sent and first not in sent, sent
 
 
 def test_kill_leader_during_writes_loses_nothing(cluster3: TestCluster) -> None:

@@ -141,8 +141,8 @@ def _number(pattern: str, outs: list[str], what: str) -> float:
 def write_costs_more_than_a_local_sync(outs: list[str]) -> None:
     """The price section: one client's write through Raft takes longer than
     one local write+fdatasync on the same disk."""
-    p50_ms = _number(r"(?s) 1 clients,.*latency p50 / p90 / p99\s*\S\s*([\d.]+) /", outs,
-                     "one client's write p50")
+    p50_ms = _number(r"(?s) 1 (?:[\w-]+ )?clients,.*latency p50 / p90 / p99\s*\S\s*([\d.]+) /",
+                     outs, "one client's write p50")
     sync_us = _number(r"raw write\+fdatasync of 4096 B: \S+ \(([\d.]+) us each\)", outs,
                       "local sync time")
     assert p50_ms * 1000 > sync_us, f"a write took {p50_ms} ms, a local sync {sync_us} us"
@@ -150,7 +150,7 @@ def write_costs_more_than_a_local_sync(outs: list[str]) -> None:
 
 def batching_multiplies_throughput(outs: list[str]) -> None:
     """64 clients get more than twice the writes per second of one client."""
-    rate = r"(?s) {n} clients,.*operations/s\s*\S\s*([\d,]+)"
+    rate = r"(?s) {n} (?:[\w-]+ )?clients,.*operations/s\s*\S\s*([\d,]+)"
     one = _number(rate.format(n=1), outs, "one client's operations/s")
     many = _number(rate.format(n=64), outs, "64 clients' operations/s")
     assert many > 2 * one, f"64 clients: {many}/s, one client: {one}/s"
