@@ -145,6 +145,9 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self.leader: str | None = None
+        # The node that last answered a read: where reads go while no leader
+        # is known (any node answers them, so reads alone teach no leader).
+        self._reader: str | None = None
         self.stats = PipelineStats()
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._order = [n for n in (order or []) if n in self.nodes]
@@ -344,7 +347,7 @@ class AsyncClient:
         deadline = loop.time() + self.timeout_s
         op = _Op()
         unsure: set[int] = set()
-        target = prefer or self.leader or self._order[0]
+        target = prefer or self.leader or (None if write else self._reader) or self._order[0]
         last_error = "no answer"
         first = True
         try:
@@ -414,6 +417,8 @@ class AsyncClient:
         # straight there.
         if write and resp.node in self.nodes:
             self.leader = resp.node
+        elif resp.ok and resp.node in self.nodes:
+            self._reader = resp.node
 
     async def _next(self, op: _Op, until: float) -> ClientResponse | None:
         """The next answer to one of `op`'s attempts, or None at `until`."""
