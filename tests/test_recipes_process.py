@@ -289,6 +289,7 @@ def test_bench_lock_reports_both_phases(shared: TestCluster) -> None:
         assert doc[phase]["errors"] == 0
 
 
+@pytest.mark.soak
 def test_a_short_chaos_lock_run_is_clean(shared: TestCluster) -> None:
     """`chaos run --workload lock`: holders and leaders pause past their
     TTL under the nemesis, their late writes are fenced off, and both lock
