@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import msgspec
@@ -131,26 +131,34 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
       node_loop [{node, loop_max_busy_ms, loop_max_cpu_ms, leader_gap_max_ms, snapshots,
       keys, rss_mib}]  (sampled from status during the run; memory at its end).
     """
+    report = _load(ctx, f"bench write, {clients} {shape} clients", "ops", as_json,
+                   clients=clients, duration_s=duration_s, value_size=value_size, keys=keys,
+                   read_ratio=read_ratio, procs=procs, shape=shape)
+    if report.ops == 0:
+        raise CliError("no operation was acknowledged; see `raftctl status`", Exit.UNAVAILABLE)
+
+
+def _load(ctx: click.Context, title: str, unit: str, as_json: bool, *, duration_s: float,
+          **kw: Any) -> WriteReport:
+    """Run `bench_write` with a progress bar, print its table or JSON, and
+    return its report (`bench write` and `bench read`)."""
     c = _cluster(ctx)
     con = render.console()
-    with _progress(con, f"bench write, {clients} {shape} clients", duration_s) as bar:
+    with _progress(con, title, duration_s) as bar:
 
         def progress(elapsed_s: float, ops: int) -> None:
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=min(elapsed_s, duration_s),
-                           info=f"{ops:,} ops")
+                           info=f"{ops:,} {unit}")
 
-        report = _run(lambda: bench_write(
-            c, clients=clients, duration_s=duration_s, value_size=value_size, keys=keys,
-            read_ratio=read_ratio, procs=procs, shape=shape, on_progress=progress))
+        report = _run(lambda: bench_write(c, duration_s=duration_s, on_progress=progress, **kw))
     if as_json:
         click.echo(render.dumps(to_json(report)))
     else:
         con.print(write_table(report))
         if report.loadgen_saturated:
             con.print(f"[bold yellow]{SATURATED}[/] (try --procs 2)")
-    if report.ops == 0:
-        raise CliError("no operation was acknowledged; see `raftctl status`", Exit.UNAVAILABLE)
+    return report
 
 
 @bench.command("read")
@@ -179,24 +187,9 @@ def read(ctx: click.Context, clients: int, duration_s: float, keys: int, read_no
     (docs/PROTOCOL.md, "Reads"); with --nodes leader the leader serves them
     all. Run `bench write` first for the keys to hold values.
     """
-    c = _cluster(ctx)
-    con = render.console()
-    with _progress(con, f"bench read, {clients} clients at {read_nodes}", duration_s) as bar:
-
-        def progress(elapsed_s: float, ops: int) -> None:
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=min(elapsed_s, duration_s),
-                           info=f"{ops:,} reads")
-
-        report = _run(lambda: bench_write(
-            c, clients=clients, duration_s=duration_s, value_size=0, keys=keys,
-            read_ratio=1.0, read_nodes=read_nodes, procs=procs, on_progress=progress))
-    if as_json:
-        click.echo(render.dumps(to_json(report)))
-    else:
-        con.print(write_table(report))
-        if report.loadgen_saturated:
-            con.print(f"[bold yellow]{SATURATED}[/] (try --procs 2)")
+    report = _load(ctx, f"bench read, {clients} clients at {read_nodes}", "reads", as_json,
+                   clients=clients, duration_s=duration_s, value_size=0, keys=keys,
+                   read_ratio=1.0, read_nodes=read_nodes, procs=procs)
     if report.reads == 0:
         raise CliError("no read was answered; see `raftctl status`", Exit.UNAVAILABLE)
 

@@ -16,7 +16,7 @@ import msgspec
 
 from node.client import Client, ClientError
 from node.state.leases import MIN_LEASE_TTL_MS
-from raftctl.bench.revisions import _threads, client_of, percentiles
+from raftctl.bench.revisions import client_of, percentiles, run_for
 from raftctl.bench.runs import LatencyMs, running_cluster
 from raftctl.cluster import Cluster
 
@@ -80,13 +80,8 @@ def _loop(c: Cluster, clients: int, duration_s: float, setup: Setup,
                     continue
                 lat[i].append(time.monotonic() - t0)
 
-    start = time.monotonic()
-    ts = _threads(clients, run)
-    stop.wait(duration_s)  # the measured interval, not a synchronisation
-    stop.set()
-    for t in ts:
-        t.join(10.0)
-    return [x for xs in lat for x in xs], sum(errors), time.monotonic() - start
+    took = run_for(clients, run, stop, duration_s)
+    return [x for xs in lat for x in xs], sum(errors), took
 
 
 def bench_lease(c: Cluster, *, clients: int, duration_s: float) -> LeaseReport:

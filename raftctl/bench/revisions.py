@@ -77,6 +77,19 @@ def client_of(c: Cluster) -> Client:
     return Client(c.up_client_addrs(), c.keys(), timeout_s=5.0, attempt_timeout_s=1.0)
 
 
+def run_for(clients: int, fn: Callable[[int], None], stop: threading.Event,
+            duration_s: float) -> float:
+    """Run `fn(i)` on `clients` threads for `duration_s`, then set `stop` and
+    join them; the seconds that took (the measured interval)."""
+    start = time.monotonic()
+    ts = _threads(clients, fn)
+    stop.wait(duration_s)  # the measured interval, not a synchronisation
+    stop.set()
+    for t in ts:
+        t.join(10.0)
+    return time.monotonic() - start
+
+
 def _threads(n: int, fn: Callable[[int], None]) -> list[threading.Thread]:
     ts = [threading.Thread(target=fn, args=(i,), daemon=True, name=f"bench-{i}")
           for i in range(n)]
@@ -112,13 +125,7 @@ def bench_txn(c: Cluster, *, clients: int, duration_s: float) -> TxnReport:
                 else:
                     failed[i] += 1
 
-    start = time.monotonic()
-    ts = _threads(clients, run)
-    stop.wait(duration_s)  # the measured interval, not a synchronisation
-    stop.set()
-    for t in ts:
-        t.join(10.0)
-    took = time.monotonic() - start
+    took = run_for(clients, run, stop, duration_s)
     _clean(c, prefix)
     done = sum(len(x) for x in lat)
     return TxnReport(cluster=c.name, nodes=len(c.node_ids()), clients=clients,
