@@ -133,6 +133,9 @@ def test_operators_day(cli: Cli, transport: str) -> None:
     assert cli.alive() == [], "node processes survived `raftctl down`"
 
 
+# An election over each transport is shown by test_operators_day (kill the
+# leader, a new one follows); following it live over UDP too is a soak.
+@pytest.mark.parametrize("transport", ["zmq", pytest.param("udp", marks=pytest.mark.soak)])
 def test_logs_follow_shows_election(cli: Cli, transport: str) -> None:
     """`logs -f` shows the election that killing the leader causes, from
     every live node, in time order."""
