@@ -5,12 +5,13 @@ Parsing only: the command sends and renders.
     if value(config/mode) = "blue"      # every `if` must hold
     if version(config/lock) = 0         # value, version, create, mod; = != < >
     then put config/mode green          # then: run if all hold
+    then put config/owner me --lease 7  # goes with lease 7 (`raftctl lease grant`)
     then del --prefix cache/
     else get config/mode                # else: run otherwise
 
 Values are UTF-8 text (quote them with spaces); `nil` in a value compare
 means "absent". JSON: {"compare": [{"key", "target", "cmp", "value"}],
-"success": [{"op": "put", "key", "value"}, ...], "failure": [...]}.
+"success": [{"op": "put", "key", "value", "lease"}, ...], "failure": [...]}.
 """
 
 from __future__ import annotations
@@ -92,9 +93,20 @@ def _item(words: list[str]) -> TxnItem:
     flags = {a for a in args if a.startswith("--")}
     plain = [a for a in args if not a.startswith("--")]
     if op == "put":
+        lease = 0
+        if "--lease" in args:
+            i = args.index("--lease")
+            try:
+                lease = int(args[i + 1])
+            except (IndexError, ValueError):
+                raise ValueError("--lease takes a lease ID (`raftctl lease grant`)") from None
+            if lease < 1:
+                raise ValueError("--lease takes a lease ID (`raftctl lease grant`)")
+            plain.remove(args[i + 1])
+            flags.discard("--lease")
         if len(plain) != 2 or flags:
-            raise ValueError("put takes KEY VALUE")
-        return TxnPut(plain[0], plain[1].encode())
+            raise ValueError("put takes KEY VALUE, and --lease ID")
+        return TxnPut(plain[0], plain[1].encode(), lease=lease)
     if op in ("del", "delete"):
         if len(plain) != 1 or flags - {"--prefix"}:
             raise ValueError("del takes KEY, or --prefix P")

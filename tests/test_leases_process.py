@@ -230,6 +230,20 @@ def test_cli_grant_put_ttl_ls_keepalive_revoke(shared: TestCluster) -> None:
     assert bad.exit_code == Exit.NOT_FOUND and "lease grant" in bad.stderr
 
 
+def test_cli_txn_puts_under_a_lease(shared: TestCluster) -> None:
+    """`raftctl txn` with `put KEY VALUE --lease ID`: the key is attached,
+    and goes when the lease is revoked."""
+    lid = int(cli(shared, "lease", "grant", "30").stdout.strip())
+    text = f"if version(txn/owner) = 0\nthen put txn/owner me --lease {lid}\n"
+    r = CliRunner().invoke(main, ["--run-dir", str(shared.run_dir), "-C", "test", "txn"],
+                           input=text)
+    assert r.exit_code == 0, r.output
+    got = json.loads(cli(shared, "lease", "ttl", str(lid), "--keys", "--json").stdout)
+    assert got["keys"] == ["txn/owner"]
+    assert cli(shared, "lease", "revoke", str(lid)).exit_code == 0
+    assert cli(shared, "get", "txn/owner").exit_code == Exit.NOT_FOUND
+
+
 def test_cli_keepalive_streams_until_ctrl_c(shared: TestCluster) -> None:
     """`lease keep-alive` prints a line per renewal and exits 0 on Ctrl-C."""
     with shared.client() as cl:

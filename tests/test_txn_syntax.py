@@ -39,7 +39,18 @@ def test_json_gives_the_same_transaction() -> None:
         [TxnPut("k", b"w")], [TxnDelete("p/", prefix=True)])
 
 
+def test_a_put_may_go_with_a_lease() -> None:
+    """`put KEY VALUE --lease ID` attaches the key to the lease, in the text
+    as in JSON."""
+    assert parse_txn("if version(lock) = 0\nthen put lock me --lease 42") == (
+        [TxnCompare("lock", "version", "=", 0)], [TxnPut("lock", b"me", lease=42)], [])
+    doc = {"success": [{"op": "put", "key": "lock", "value": "me", "lease": 42}]}
+    assert parse_txn(json.dumps(doc))[1] == [TxnPut("lock", b"me", lease=42)]
+
+
 @pytest.mark.parametrize(("text", "says"), [
+    ("then put k v --lease", "--lease takes a lease ID"),
+    ("then put k v --lease 0", "--lease takes a lease ID"),
     ("if version(k) = x", "line 1: version(k) compares with an integer"),
     ("then put k", "line 1: put takes KEY VALUE"),
     ("\nwhen x", "line 2: a line starts with if, then or else"),
