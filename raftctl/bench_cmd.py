@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from raftctl import render
+from raftctl.bench.against import bench_against
 from raftctl.bench.failover import bench_failover
 from raftctl.bench.leases import LeaseReport, bench_lease
 from raftctl.bench.loadgen import READ_NODES
@@ -75,6 +76,13 @@ def _summary_row(t: Table, what: str, s: Summary) -> None:
     t.add_row(what, _fmt(s.median), _fmt(s.worst))
 
 
+def _against_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--rounds", type=click.IntRange(1, 100), default=2, show_default=True,
+                     help="With --against: interleaved rounds, each raftctl then the other.")(f)
+    return click.option("--against", metavar="etcd[=HOST:PORT,...]", default=None,
+                        help="Run the same load on etcd too and print the ratio (see below).")(f)
+
+
 @click.group("bench")
 def bench() -> None:
     """Measure the cluster: write throughput and latency, failover, start-up."""
@@ -93,13 +101,16 @@ def bench() -> None:
               help="Fraction of operations that are linearizable reads.")
 @click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Load generator processes sharing the clients.")
-@click.option("--shape", type=click.Choice(SHAPES), default="virtual", show_default=True,
+@click.option("--shape", type=click.Choice(SHAPES), default=None,
               help="How the clients are made: virtual (the load generator's own), pipelined "
-              "(one AsyncClient, one task per client), per-connection (one Client each).")
+              "(one AsyncClient, one task per client), per-connection (one Client each). "
+              "Default: virtual; per-connection with --against.")
+@_against_options
 @json_option("Print JSON (schema above).")
 @click.pass_context
 def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, keys: int,
-          read_ratio: float, procs: int, shape: str, as_json: bool) -> None:
+          read_ratio: float, procs: int, shape: str | None, against: str | None, rounds: int,
+          as_json: bool) -> None:
     """Closed-loop load on the running cluster: acknowledged operations/s,
     latency, errors, leader changes and CPU.
 
@@ -129,33 +140,59 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
       loadgen_cpu_s, loadgen_cpu_percent, loadgen_saturated (bool),
       heartbeat_gap_max_ms (the longest silence of the leader a follower saw),
       node_loop [{node, loop_max_busy_ms, loop_max_cpu_ms, leader_gap_max_ms, snapshots,
-      keys, rss_mib}]  (sampled from status during the run; memory at its end).
+      keys, rss_mib}]  (sampled from status during the run; memory at its end),
+      server_cpu_us_per_op (every node's CPU per acknowledged operation),
+      against (null without --against): {rounds [{raftctl_ops_per_s, other_ops_per_s,
+      ratio}], ratio_median, cpu_per_op_ratio, other {system, version, endpoints, leader,
+      started_here, nodes, shape, ops, writes, reads, ops_per_s, latency_ms, errors,
+      errors_by_code, unknown, reads_by_node, server_cpu_s, server_cpu_us_per_op,
+      loadgen_cpu_percent, loadgen_saturated}}  (the top level is raftctl's last round).
+
+    \b
+    --against etcd runs the same load on etcd through its JSON gateway, in
+    --rounds interleaved rounds (raftctl, etcd, raftctl, etcd ...), and
+    prints the ratio of each round. `--against etcd` starts an etcd cluster
+    of as many members on this machine for the run (the etcd binary must be
+    on PATH); `--against etcd=HOST:PORT,...` uses a running one (give every
+    member's client address; writes go to its leader).
     """
+    shape = shape or ("per-connection" if against else "virtual")
     report = _load(ctx, f"bench write, {clients} {shape} clients", "ops", as_json,
                    clients=clients, duration_s=duration_s, value_size=value_size, keys=keys,
-                   read_ratio=read_ratio, procs=procs, shape=shape)
+                   read_ratio=read_ratio, procs=procs, shape=shape, against=against,
+                   rounds=rounds)
     if report.ops == 0:
         raise CliError("no operation was acknowledged; see `raftctl status`", Exit.UNAVAILABLE)
 
 
 def _load(ctx: click.Context, title: str, unit: str, as_json: bool, *, duration_s: float,
-          **kw: Any) -> WriteReport:
-    """Run `bench_write` with a progress bar, print its table or JSON, and
-    return its report (`bench write` and `bench read`)."""
+          against: str | None, rounds: int, **kw: Any) -> WriteReport:
+    """Run `bench_write` (or with `against`, `bench_against`) with a progress
+    bar, print its table or JSON, and return its report (`bench write` and
+    `bench read`)."""
     c = _cluster(ctx)
     con = render.console()
-    with _progress(con, title, duration_s) as bar:
+    total = duration_s * (2 * rounds if against else 1)
+    with _progress(con, title, total) as bar:
 
         def progress(elapsed_s: float, ops: int) -> None:
             if bar is not None:
-                bar.update(bar.task_ids[0], completed=min(elapsed_s, duration_s),
+                bar.update(bar.task_ids[0], completed=min(elapsed_s, total),
                            info=f"{ops:,} {unit}")
 
-        report = _run(lambda: bench_write(c, duration_s=duration_s, on_progress=progress, **kw))
+        if against:
+            report = _run(lambda: bench_against(c, against, rounds=rounds,
+                                                duration_s=duration_s, on_progress=progress,
+                                                **kw))
+        else:
+            report = _run(lambda: bench_write(c, duration_s=duration_s, on_progress=progress,
+                                              **kw))
     if as_json:
         click.echo(render.dumps(to_json(report)))
     else:
         con.print(write_table(report))
+        if report.against is not None:
+            con.print(against_table(report))
         if report.loadgen_saturated:
             con.print(f"[bold yellow]{SATURATED}[/] (try --procs 2)")
     return report
@@ -174,10 +211,14 @@ def _load(ctx: click.Context, title: str, unit: str, as_json: bool, *, duration_
                    "the leader for a read index); leader: every read at the leader.")
 @click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Load generator processes sharing the clients.")
+@click.option("--shape", type=click.Choice(SHAPES), default=None,
+              help="As for `bench write`. Default: virtual; per-connection with --against.")
+@_against_options
 @json_option("Print JSON (the schema of `bench write --json`).")
 @click.pass_context
 def read(ctx: click.Context, clients: int, duration_s: float, keys: int, read_nodes: str,
-         procs: int, as_json: bool) -> None:
+         procs: int, shape: str | None, against: str | None, rounds: int,
+         as_json: bool) -> None:
     """Closed-loop linearizable reads on the running cluster: reads/s,
     latency, and how many reads each node answered.
 
@@ -185,11 +226,15 @@ def read(ctx: click.Context, clients: int, duration_s: float, keys: int, read_no
     answered. With --nodes all the clients are spread over the nodes, and a
     follower serves a read once it applied the leader's read index
     (docs/PROTOCOL.md, "Reads"); with --nodes leader the leader serves them
-    all. Run `bench write` first for the keys to hold values.
+    all. Run `bench write` first for the keys to hold values. With
+    --against etcd the same reads go to etcd (linearizable ranges), as in
+    `bench write --against`.
     """
+    shape = shape or ("per-connection" if against else "virtual")
     report = _load(ctx, f"bench read, {clients} clients at {read_nodes}", "reads", as_json,
                    clients=clients, duration_s=duration_s, value_size=0, keys=keys,
-                   read_ratio=1.0, read_nodes=read_nodes, procs=procs)
+                   read_ratio=1.0, read_nodes=read_nodes, procs=procs, shape=shape,
+                   against=against, rounds=rounds)
     if report.reads == 0:
         raise CliError("no read was answered; see `raftctl status`", Exit.UNAVAILABLE)
 
@@ -210,6 +255,7 @@ def write_table(r: WriteReport) -> Table:
          + (f" ({r.writes:,} writes, {r.reads:,} reads)" if r.reads else "")),
         ("latency p50 / p90 / p99", f"{lat.p50:.2f} / {lat.p90:.2f} / {lat.p99:.2f} ms"),
         ("latency max / mean", f"{lat.max:.2f} / {lat.mean:.2f} ms"),
+        ("server CPU per operation", _fmt(r.server_cpu_us_per_op, " µs")),
         ("errors", f"{r.errors:,}" + (" (" + ", ".join(
             f"{k} {v}" for k, v in sorted(r.errors_by_code.items())) + ")" if r.errors else "")),
         ("unknown outcomes", f"{r.unknown:,}"),
@@ -236,6 +282,37 @@ def write_table(r: WriteReport) -> Table:
                  f"{r.procs} process{'es' if r.procs > 1 else ''})"))
     for k, v in rows:
         t.add_row(k, v)
+    return t
+
+
+def against_table(r: WriteReport) -> Table:
+    """raftctl beside the other system, round by round."""
+    a = r.against
+    assert a is not None
+    o = a.other
+    where = "started here" if o.started_here else "at " + ", ".join(o.endpoints)
+    t = Table(title=f"against {o.system} {o.version} ({o.nodes} members, {where}), "
+              f"{r.clients} {r.shape} clients, same load", title_justify="left")
+    t.add_column("")
+    t.add_column("raftctl", justify="right")
+    t.add_column(o.system, justify="right")
+    t.add_column("ratio", justify="right")
+    for i, p in enumerate(a.rounds, 1):
+        t.add_row(f"round {i}: operations/s", f"{p.raftctl_ops_per_s:,.0f}",
+                  f"{p.other_ops_per_s:,.0f}", f"{p.ratio:.2f}")
+    t.add_row("median ratio", "", "", f"{a.ratio_median:.2f}")
+    lat, olat = r.latency_ms, o.latency_ms
+    t.add_row("last round: latency p50", f"{lat.p50:.2f} ms", f"{olat.p50:.2f} ms",
+              f"{lat.p50 / olat.p50:.2f}" if olat.p50 else "—")
+    t.add_row("last round: latency p99", f"{lat.p99:.2f} ms", f"{olat.p99:.2f} ms",
+              f"{lat.p99 / olat.p99:.2f}" if olat.p99 else "—")
+    t.add_row("last round: server CPU per op", _fmt(r.server_cpu_us_per_op, " µs"),
+              _fmt(o.server_cpu_us_per_op, " µs"),
+              "—" if a.cpu_per_op_ratio is None else f"{a.cpu_per_op_ratio:.2f}")
+    t.add_row("last round: errors / unknown", f"{r.errors:,} / {r.unknown:,}",
+              f"{o.errors:,} / {o.unknown:,}", "")
+    t.add_row("last round: load generator CPU", f"{r.loadgen_cpu_percent:.0f}%",
+              f"{o.loadgen_cpu_percent:.0f}%", "")
     return t
 
 

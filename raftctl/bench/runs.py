@@ -88,6 +88,46 @@ class NodeLoop(msgspec.Struct, frozen=True):
     rss_mib: float | None
 
 
+class OtherRun(msgspec.Struct, frozen=True, kw_only=True):
+    """The same load on another system (`--against`), its last round."""
+
+    system: str  # "etcd"
+    version: str
+    endpoints: list[str]
+    leader: str
+    started_here: bool  # a cluster this run started (and stopped) on this machine
+    nodes: int
+    shape: str
+    ops: int
+    writes: int
+    reads: int
+    ops_per_s: float
+    latency_ms: LatencyMs
+    errors: int
+    errors_by_code: dict[str, int]
+    unknown: int
+    reads_by_node: dict[str, int]
+    server_cpu_s: float | None  # its members' CPU, when they run on this machine
+    server_cpu_us_per_op: float | None
+    loadgen_cpu_percent: float
+    loadgen_saturated: bool
+
+
+class RoundPair(msgspec.Struct, frozen=True):
+    """One round of `--against`: raftctl's run, then the other's, back to back."""
+
+    raftctl_ops_per_s: float
+    other_ops_per_s: float
+    ratio: float  # raftctl / other
+
+
+class Comparison(msgspec.Struct, frozen=True, kw_only=True):
+    rounds: list[RoundPair]
+    ratio_median: float
+    cpu_per_op_ratio: float | None  # raftctl's server CPU per op / the other's, last round
+    other: OtherRun
+
+
 class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = "write"
     shape: str = "virtual"  # of the load (raftctl/bench/shapes.py)
@@ -122,6 +162,10 @@ class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
     # The longest silence of a leader seen by any follower, and each node's loop.
     heartbeat_gap_max_ms: float | None
     node_loop: list[NodeLoop]
+    # Every node's CPU time over the run per acknowledged operation (None if a
+    # node was down or restarted), and with --against, the other system's run.
+    server_cpu_us_per_op: float | None = None
+    against: Comparison | None = None
 
 
 class Summary(msgspec.Struct, frozen=True):
@@ -401,7 +445,7 @@ def running_cluster(c: Cluster) -> None:
     c.wait_for_leader(LEADER_WAIT_S)
 
 
-def bench_write(
+def write_spec(
     c: Cluster,
     *,
     clients: int,
@@ -412,11 +456,8 @@ def bench_write(
     read_nodes: str = "leader",
     procs: int = 1,
     shape: str = "virtual",
-    on_progress: Callable[[float, int], None] | None = None,
-) -> WriteReport:
-    """A closed-loop load of `clients` clients for `duration_s` against the
-    running cluster, in one of SHAPES. `on_progress(elapsed_s, ops)` is
-    called a few times a second."""
+) -> LoadSpec:
+    """The load `bench write` runs on cluster `c`, its options checked."""
     if shape not in SHAPES:
         raise ClusterError(f"--shape must be one of {', '.join(SHAPES)}")
     if procs > 1 and shape != "virtual":
@@ -431,10 +472,31 @@ def bench_write(
     if read_nodes not in READ_NODES:
         raise ClusterError(f"--nodes must be one of {', '.join(READ_NODES)}")
     running_cluster(c)
-    cfg = c.config()
-    spec = LoadSpec(nodes=c.client_addrs(), keys=c.keys(), clients=clients,
+    return LoadSpec(nodes=c.client_addrs(), keys=c.keys(), clients=clients,
                     duration_s=duration_s, value_size=value_size, key_space=keys,
                     read_ratio=read_ratio, read_nodes=read_nodes)
+
+
+def bench_write(
+    c: Cluster,
+    *,
+    procs: int = 1,
+    shape: str = "virtual",
+    on_progress: Callable[[float, int], None] | None = None,
+    **load: Any,
+) -> WriteReport:
+    """A closed-loop load of `clients` clients for `duration_s` against the
+    running cluster, in one of SHAPES (`load`: write_spec's options).
+    `on_progress(elapsed_s, ops)` is called a few times a second."""
+    spec = write_spec(c, procs=procs, shape=shape, **load)
+    return write_round(c, spec, shape, procs, on_progress)
+
+
+def write_round(c: Cluster, spec: LoadSpec, shape: str, procs: int,
+                on_progress: Callable[[float, int], None] | None) -> WriteReport:
+    """One run of `spec` on the cluster, watched: its leaders, its nodes'
+    loops and CPU."""
+    cfg = c.config()
     watch = _LeaderWatch(c)
     cpu = _CpuMeter(c)
     t_go = 0.0
@@ -468,6 +530,11 @@ def bench_write(
                          watch.node_loop())
 
 
+def per_op_us(cpu_s: float | None, ops: int) -> float | None:
+    """CPU microseconds per operation, None when either is unknown."""
+    return None if cpu_s is None or ops <= 0 else round(cpu_s * 1e6 / ops, 1)
+
+
 def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, shape: str,
                   res: LoadResult,
                   node_cpu: list[NodeCpu], seen: list[tuple[int, str]],
@@ -495,6 +562,9 @@ def _write_report(c: Cluster, fsync: str, nodes: int, spec: LoadSpec, shape: str
         loadgen_cpu_percent=round(100.0 * res.cpu_s / wall, 1),
         loadgen_saturated=res.saturated_procs > 0,
         heartbeat_gap_max_ms=max(gaps) if gaps else None, node_loop=node_loop,
+        server_cpu_us_per_op=per_op_us(
+            None if any(n.cpu_s is None for n in node_cpu)
+            else sum(n.cpu_s or 0.0 for n in node_cpu), res.ops),
     )
 
 
