@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import gc
 import os
 import random
 import signal
@@ -35,6 +34,7 @@ from node.consensus import ConsensusCore, make_core, observe_clock, peer_decoder
 from node.control import ControlError, MemberChange
 from node.disk import DiskWatch, needs_space
 from node.errors import NotLeader
+from node.gc_pauses import GcPauses
 from node.logs import RATE_LIMITED_EVENTS, LogFile, RateLimiter, make_logger
 from node.membership_mark import DataLost, FloorRecorder, check_on_start
 from node.paxos.messages import PaxosMessage
@@ -61,6 +61,7 @@ from node.watch import WatchHub
 # (node/runner_clients.py, node/runner_disk.py). After a stall (SIGSTOP, a
 # long GC), catch up on at most this many ticks.
 _MAX_CATCHUP_TICKS = 5
+
 
 
 class RunDir(msgspec.Struct, frozen=True):
@@ -214,6 +215,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
         self._max_cpu_s = 0.0
+        self.gc = GcPauses()
         # The leader last heard from and when; the longest silence of a
         # leader between two of its messages (shown in status, reset when
         # read): what an election timeout is measured against (§5.2).
@@ -253,10 +255,6 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
     # --- the loop -------------------------------------------------------------
 
     def run(self) -> None:
-        # What exists now (modules, config, the recovered state) lives as
-        # long as the process: keep it out of every later collection, whose
-        # pauses stall the loop (node/raft/messages.py, Entry).
-        gc.freeze()
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         poller = self._poller
@@ -311,6 +309,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
                 self._record_floor()
                 self._watch_disk()
                 self._maybe_log_progress(now)
+                self.gc.maybe_freeze(now)
                 # How long the loop went without polling: what a stall costs
                 # heartbeats and clients (shown in status, reset when read).
                 busy = time.monotonic() - busy_from
@@ -435,6 +434,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         leader_gap_ms, self._leader_gap_max_s = round(self._leader_gap_max_s * 1000, 3), 0.0
         return {
             "loop_max_busy_ms": max_busy_ms, "loop_max_cpu_ms": max_cpu_ms,
+            **self.gc.status(),
             "leader_gap_max_ms": leader_gap_ms,
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,
             "vote": c.vote, "commit": c.log.commit, "commit_term": c.log.term(c.log.commit),
@@ -579,6 +579,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             self.storage.abandon()
             self.log.error("disk_full", error=str(e), free_bytes=self.disk.free_bytes)
         self.transport.close()
+        self.gc.close()
         for s in (self.client_sock, self.control_sock, self.zap.socket):
             s.close(linger=0)
         self.log.info("node_stopped", commit=self.core.log.commit, applied=self.kv.applied_index)

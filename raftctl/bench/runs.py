@@ -86,6 +86,7 @@ class NodeLoop(msgspec.Struct, frozen=True):
     snapshots: int
     keys: int | None
     rss_mib: float | None
+    gc_max_ms: float | None = None  # the longest garbage collection (node/gc_pauses.py)
 
 
 class OtherRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -298,6 +299,7 @@ class _NodeSamples:
         self.cpu_ms: float | None = None
         self.gap_ms: float | None = None
         self.snapshot_index: int | None = None
+        self.gc_ms: float | None = None
         self.snapshots = 0
         self.keys: int | None = None
         self.pid: int | None = None
@@ -306,6 +308,7 @@ class _NodeSamples:
         self.busy_ms = _max_of(self.busy_ms, st.get("loop_max_busy_ms"))
         self.cpu_ms = _max_of(self.cpu_ms, st.get("loop_max_cpu_ms"))
         self.gap_ms = _max_of(self.gap_ms, st.get("leader_gap_max_ms"))
+        self.gc_ms = _max_of(self.gc_ms, st.get("gc_max_ms"))
         index = st.get("snapshot_index")
         if isinstance(index, int):
             if self.snapshot_index is not None and index > self.snapshot_index:
@@ -381,7 +384,7 @@ class _LeaderWatch(threading.Thread):
         for n in self._cluster.node_ids():
             got = self.nodes.get(n, _NodeSamples())
             out.append(NodeLoop(n, got.busy_ms, got.cpu_ms, got.gap_ms, got.snapshots, got.keys,
-                                _rss_mib(got.pid)))
+                                _rss_mib(got.pid), got.gc_ms))
         return out
 
     def wait_ready(self) -> None:
