@@ -49,7 +49,21 @@ from node.api import (
     WriteRequest,
     decode_responses,
 )
-from node.api_range import RangeRequest, TxnCompare, TxnItem, TxnRequest
+from node.api_lease import (
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseListRequest,
+    LeaseRevokeRequest,
+    LeaseTtlRequest,
+)
+from node.api_range import (
+    CompactRequest,
+    DeleteRangeRequest,
+    RangeRequest,
+    TxnCompare,
+    TxnItem,
+    TxnRequest,
+)
 from node.batches import batch_bounds, join_batch
 from node.client import (
     ClientError,
@@ -62,6 +76,8 @@ from node.client import (
 
 # A failed answer means the same to both clients; client.py keeps the name.
 from node.client import _raise_failed as raise_failed
+from node.client_lease import Lease, LeaseInfo
+from node.client_lease import _raise_failed as raise_lease_failed
 from node.config import CLIENT_BATCH_MAX_BYTES
 from node.transport.zmq import CurveKeys, make_client_socket
 
@@ -170,10 +186,14 @@ class AsyncClient:
 
     # --- operations ---------------------------------------------------------
 
-    async def put(self, key: str, value: bytes, *, prev: bool = False) -> WriteResult:
-        """Set `key`; with `prev`, `value` of the result is the value it replaced."""
+    async def put(self, key: str, value: bytes, *, prev: bool = False,
+                  lease: int = 0) -> WriteResult:
+        """Set `key`; with `prev`, `value` of the result is the value it
+        replaced. The key is attached to `lease` (0: to none, which detaches
+        it); an unknown lease fails with error `lease_not_found`."""
         return _write_result(await self._write(lambda s, q, f: PutRequest(
-            session=s, seq=q, first_outstanding=f, key=key, value=value, prev=prev)))
+            session=s, seq=q, first_outstanding=f, key=key, value=value, prev=prev,
+            lease=lease)))
 
     async def delete(self, key: str, *, prev: bool = False) -> WriteResult:
         return _write_result(await self._write(lambda s, q, f: DeleteRequest(
@@ -197,6 +217,59 @@ class AsyncClient:
         raise_failed(resp)
         return TxnResult(bool(resp.succeeded), resp.responses or [], resp.revision or 0,
                          resp.index)
+
+    async def delete_range(self, key: str, range_end: str | None = None, *,
+                           prefix: bool = False) -> tuple[int, int]:
+        """Delete the keys from `key` up to `range_end` (or starting with
+        `key`, with `prefix`); how many went, and the revision after."""
+        resp = await self._write(lambda s, q, f: DeleteRangeRequest(
+            session=s, seq=q, first_outstanding=f, key=key, range_end=range_end, prefix=prefix))
+        raise_failed(resp)
+        return resp.deleted or 0, resp.revision or 0
+
+    async def compact(self, revision: int) -> int:
+        """Forget the history before `revision` on every replica; the oldest
+        revision kept after it."""
+        resp = (await self._call(CompactRequest(revision=revision), prefer=None,
+                                 write=True)).resp
+        raise_failed(resp)
+        return resp.compacted or 0
+
+    # --- leases (docs/PROTOCOL.md, "Leases"; as node/client_lease.py's) -------
+
+    async def lease_grant(self, ttl_s: float) -> Lease:
+        """Grant a lease of `ttl_s` seconds (exactly once, as a write)."""
+        resp = await self._write(lambda s, q, f: LeaseGrantRequest(
+            session=s, seq=q, first_outstanding=f, ttl_ms=round(ttl_s * 1000)))
+        raise_lease_failed(resp)
+        return Lease(resp.lease or 0, resp.ttl_ms or 0)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Renew the lease for its whole TTL; that TTL in ms. LeaseNotFound
+        if it is gone (expired or revoked)."""
+        resp = (await self._call(LeaseKeepAliveRequest(lease=lease_id), prefer=None,
+                                 write=False)).resp
+        raise_lease_failed(resp)
+        return resp.ttl_ms or 0
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """End the lease; its keys go at one revision. LeaseNotFound if gone."""
+        raise_lease_failed(await self._write(lambda s, q, f: LeaseRevokeRequest(
+            session=s, seq=q, first_outstanding=f, lease=lease_id)))
+
+    async def lease_ttl(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
+        """What is left of the lease (by the leader's clock) and, with
+        `keys`, the keys attached to it."""
+        resp = (await self._call(LeaseTtlRequest(lease=lease_id, keys=keys), prefer=None,
+                                 write=False)).resp
+        raise_lease_failed(resp)
+        return LeaseInfo(lease_id, resp.ttl_ms or 0, resp.granted_ttl_ms or 0, resp.keys or [])
+
+    async def lease_list(self) -> list[int]:
+        """Every lease's id, in order."""
+        resp = (await self._call(LeaseListRequest(), prefer=None, write=False)).resp
+        raise_lease_failed(resp)
+        return resp.leases or []
 
     async def get(self, key: str, *, stale: bool = False,
                   node: str | None = None) -> bytes | None:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from node.api_range import TxnCompare, TxnItem
 from node.client import RangeResult, TxnResult, WriteResult
 from node.client_async import AsyncClient, PipelineStats
+from node.client_lease import Lease, LeaseInfo
 from node.transport.zmq import CurveKeys
 
 T = TypeVar("T")
@@ -57,9 +58,9 @@ class PipelinedClient:
 
     # --- futures ------------------------------------------------------------
 
-    def submit_put(self, key: str, value: bytes, *,
-                   prev: bool = False) -> concurrent.futures.Future[WriteResult]:
-        return self._run(self._client.put(key, value, prev=prev))
+    def submit_put(self, key: str, value: bytes, *, prev: bool = False,
+                   lease: int = 0) -> concurrent.futures.Future[WriteResult]:
+        return self._run(self._client.put(key, value, prev=prev, lease=lease))
 
     def submit_delete(self, key: str, *,
                       prev: bool = False) -> concurrent.futures.Future[WriteResult]:
@@ -88,8 +89,8 @@ class PipelinedClient:
 
     # --- blocking -------------------------------------------------------------
 
-    def put(self, key: str, value: bytes, *, prev: bool = False) -> WriteResult:
-        return self.submit_put(key, value, prev=prev).result()
+    def put(self, key: str, value: bytes, *, prev: bool = False, lease: int = 0) -> WriteResult:
+        return self.submit_put(key, value, prev=prev, lease=lease).result()
 
     def delete(self, key: str, *, prev: bool = False) -> WriteResult:
         return self.submit_delete(key, prev=prev).result()
@@ -112,6 +113,28 @@ class PipelinedClient:
               node: str | None = None) -> RangeResult:
         return self.submit_range(key, range_end, prefix=prefix, revision=revision, limit=limit,
                                  stale=stale, node=node).result()
+
+    def delete_range(self, key: str, range_end: str | None = None, *,
+                     prefix: bool = False) -> tuple[int, int]:
+        return self._run(self._client.delete_range(key, range_end, prefix=prefix)).result()
+
+    def compact(self, revision: int) -> int:
+        return self._run(self._client.compact(revision)).result()
+
+    def lease_grant(self, ttl_s: float) -> Lease:
+        return self._run(self._client.lease_grant(ttl_s)).result()
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        return self._run(self._client.lease_keepalive(lease_id)).result()
+
+    def lease_revoke(self, lease_id: int) -> None:
+        self._run(self._client.lease_revoke(lease_id)).result()
+
+    def lease_ttl(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
+        return self._run(self._client.lease_ttl(lease_id, keys=keys)).result()
+
+    def lease_list(self) -> list[int]:
+        return self._run(self._client.lease_list()).result()
 
     def close(self) -> None:
         """Close the session and the sockets, then stop the loop's thread."""

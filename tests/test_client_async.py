@@ -18,8 +18,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from node.client import ClientError, OutcomeUnknown
+from node.client import ClientError, Compacted, OutcomeUnknown
 from node.client_async import AsyncClient
+from node.client_lease import LeaseNotFound
 from node.client_pipelined import PipelinedClient
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
@@ -105,6 +106,43 @@ def test_txn_cas_delete_and_range_through_the_pipeline(cluster: TestCluster) -> 
                 await c.get("k" * 2_000)  # over the 1,024-byte key limit
 
     asyncio.run(run())
+
+
+def test_leases_range_deletes_and_compaction_through_the_pipeline(cluster: TestCluster) -> None:
+    """Leases as node/client.py's: a key put with a lease is listed under
+    it and goes when it is revoked; a revoked lease is not found; range
+    deletes and compaction answer their counts and revisions."""
+
+    async def run() -> None:
+        async with _client(cluster) as c:
+            lease = await c.lease_grant(30)
+            assert lease.id > 0 and lease.ttl_ms == 30_000
+            assert (await c.put("leased/a", b"1", lease=lease.id)).ok
+            assert lease.id in await c.lease_list()
+            info = await c.lease_ttl(lease.id, keys=True)
+            assert info.keys == ["leased/a"] and 0 < info.ttl_ms <= info.granted_ttl_ms
+            assert 0 < await c.lease_keepalive(lease.id) <= 30_000
+            await c.lease_revoke(lease.id)
+            assert await c.get("leased/a") is None
+            with pytest.raises(LeaseNotFound):
+                await c.lease_keepalive(lease.id)
+            refused = await c.put("leased/b", b"1", lease=lease.id)
+            assert not refused.ok and refused.error == "lease_not_found"
+            for i in range(3):
+                assert (await c.put(f"gone/{i}", b"v")).ok
+            deleted, revision = await c.delete_range("gone/", prefix=True)
+            assert deleted == 3 and revision > 0
+            assert await c.compact(revision) == revision
+            with pytest.raises(Compacted):
+                await c.range("gone/", prefix=True, revision=revision - 1)
+
+    asyncio.run(run())
+    with PipelinedClient(cluster.client_addrs(), cluster.keys()) as p:
+        lease = p.lease_grant(30)
+        assert p.put("leased/p", b"1", lease=lease.id).ok
+        assert p.lease_ttl(lease.id, keys=True).keys == ["leased/p"]
+        p.lease_revoke(lease.id)
+        assert p.get("leased/p") is None and p.delete_range("leased/", prefix=True)[0] == 0
 
 
 def test_sync_wrapper_from_eight_threads(cluster: TestCluster) -> None:
