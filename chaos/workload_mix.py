@@ -27,13 +27,22 @@ DEFAULT_WORKLOADS = f"{REGISTER},{SET},{CHURN}"
 _SHARES = {REGISTER: 1.0, SET: 2.0, CHURN: 1.0, TXN_WORKLOAD: 1.0, LOCK_WORKLOAD: 1.0}
 
 
+# Every workload there is, the default's and the others.
+ALL_WORKLOADS = "all"
+
+
 def parse_workloads(text: str) -> list[str]:
-    """`register,set` -> the names, checked, each once, in the order given."""
+    """`register,set` -> the names, checked, each once, in the order given;
+    `all` is every workload."""
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if ALL_WORKLOADS in names:
+        names = [n for n in names if n != ALL_WORKLOADS] + \
+            [n for n in WORKLOADS if n not in names]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or not names:
         what = f"unknown workload {', '.join(unknown)}" if unknown else "no workload given"
-        raise ValueError(f"{what}; choose from {', '.join(WORKLOADS)}, comma-separated")
+        raise ValueError(f"{what}; choose from {', '.join(WORKLOADS)}, comma-separated, "
+                         f"or {ALL_WORKLOADS}")
     return names
 
 

@@ -131,7 +131,8 @@ def chaos() -> None:
                    "elements); churn opens and closes short sessions, some clients vanishing "
                    "without closing; txn and lock (not in the default) run transactions "
                    "with watches, and lock holders with fencing tokens and an election "
-                   "(docs/CHAOS.md). Clients are shared register 1 : set 2 : churn 1.")
+                   "(docs/CHAOS.md); all is every one. Clients are shared register 1 : "
+                   "set 2 : churn 1 (: txn 1 : lock 1).")
 @click.option("--seed", type=int, default=None, help="Seed of the schedule [default: random].")
 @click.option("--clients", type=click.IntRange(1, 500), default=CHAOS_CLIENTS, show_default=True,
               help="Concurrent clients, all workloads together (one thread each).")

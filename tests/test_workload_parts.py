@@ -54,9 +54,12 @@ def test_padded_values_carry_their_name_and_show_corruption() -> None:
 
 
 def test_workload_names_and_shares() -> None:
-    """The default is every workload; clients go 1 : 2 : 1, at least one each."""
+    """The default is register, set and churn; all adds txn and lock (after
+    any named first); clients go 1 : 2 : 1, at least one each."""
     assert parse_workloads(DEFAULT_WORKLOADS) == ["register", "set", "churn"]
     assert parse_workloads(" set, register,set") == ["set", "register"]
+    assert parse_workloads("all") == ["register", "set", "churn", "txn", "lock"]
+    assert parse_workloads("lock,all") == ["lock", "register", "set", "churn", "txn"]
     with pytest.raises(ValueError, match="unknown workload bank; choose from register"):
         parse_workloads("register,bank")
     assert split_clients(["register", "set", "churn"], 24) == {"register": 6, "set": 12,
