@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import psutil
 import pytest
 from click.testing import CliRunner, Result
 
-from raftctl.bench.loadgen import Histogram, LoadResult, split_clients
+from node.transport.auth import generate_keys
+from raftctl.bench.loadgen import Histogram, LoadError, LoadResult, LoadSpec, split_clients
+from raftctl.bench.shapes import run_threads
 from raftctl.bench_cmd import bench
 from raftctl.cluster import Cluster
 from tests.procs import TestCluster, cluster3, make_cluster
@@ -85,6 +88,31 @@ def test_results_of_processes_merge_and_flag_a_saturated_one() -> None:
     assert (busy.ops, busy.unknown, busy.procs, busy.saturated_procs) == (12, 2, 2, 1)
     assert busy.errors == {"timeout": 3, "bad_request": 1}
     assert (busy.started, busy.ended, busy.cpu_s) == (10.0, 12.2, 2.5)
+
+
+def test_a_client_that_cannot_start_fails_the_run_without_hanging_it() -> None:
+    """run_threads: a client whose making raises anything at all fails the
+    run with a sentence before the clock starts (a thread that died before
+    the start barrier would leave the others waiting forever)."""
+    spec = LoadSpec(nodes={"n1": "tcp://127.0.0.1:1"}, keys=generate_keys(), clients=3,
+                    duration_s=0.1)
+
+    def broken(i: int, value: bytes) -> Any:
+        raise RuntimeError(f"client {i} has no socket")
+
+    out: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_threads(spec, broken)
+        except LoadError as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the run hung on its start barrier"
+    assert len(out) == 1 and "3 of 3 clients could not start: client" in str(out[0])
 
 
 def test_clients_are_split_evenly_over_processes() -> None:

@@ -176,8 +176,8 @@ def run_threads(spec: LoadSpec, open_client: Callable[[int, bytes], ThreadClient
         try:
             try:
                 c = open_client(i, draw.value)
-            except (ClientError, LoadError, OSError) as e:
-                failed.append(str(e))
+            except Exception as e:  # any failure: a thread that died here never reaches the barrier
+                failed.append(str(e) or type(e).__name__)
             ready.wait()
             go.wait()
             if c is None or failed:
