@@ -518,3 +518,37 @@ def test_a_reservation_refused_halfway_leaves_no_zeros_inside_the_log(
     again = FileStorage(tmp_path, fsync="always", segment_bytes=4096)
     assert [e.index for e in again.initial_state().entries] == list(range(1, 401))
     again.close()
+
+
+def test_a_snapshot_reaches_the_disk_half_a_mebibyte_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot written in pieces is fdatasynced every 512 KiB or so, never
+    holding more unsynced: a WAL fdatasync on the same disk then never waits
+    behind more writeback than that (node/storage/snapfile.py)."""
+    from node.raft.messages import SnapshotMeta
+    from node.storage.snapfile import SNAPSHOT_SYNC_EVERY_BYTES, SnapshotWriter
+
+    assert SNAPSHOT_SYNC_EVERY_BYTES <= 512 * 1024
+    unsynced: list[int] = []
+    written = [0]
+    real_write, real_sync = os.write, os.fdatasync
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        n = real_write(fd, data)
+        written[0] += n
+        return n
+
+    def fdatasync(fd: int) -> None:
+        unsynced.append(written[0])
+        written[0] = 0
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    w = SnapshotWriter(tmp_path, SnapshotMeta(index=10, term=2), sync=True)
+    piece = bytes(64 * 1024)
+    for _ in range(48):  # 3 MiB
+        w.write(piece)
+    w.finish()
+    assert len(unsynced) >= 3 * 1024 * 1024 // SNAPSHOT_SYNC_EVERY_BYTES
+    assert max(unsynced) <= SNAPSHOT_SYNC_EVERY_BYTES + len(piece), unsynced
