@@ -196,6 +196,7 @@ class SimNodes(SimState):
         self._log(n.id, f"compacted through {meta.index} (term {meta.term})")
         self._observe(n)
 
+
 def revision_view(kv: KVStore) -> RevisionView:
     """What the revision invariant compares of a replica's store."""
     mv = kv.mvcc

@@ -91,6 +91,7 @@ if TYPE_CHECKING:  # the client side imports this module and needs no core
     from node.consensus import ConsensusCore
     from node.watch import WatchHub
 
+
 def _written(req_id: int, result: Result, index: int, node: str) -> ClientResponse:
     """The answer to a write that succeeded (a put's as it always was)."""
     return ClientResponse(id=req_id, ok=True, value=result.value, index=index, node=node,
