@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -18,61 +18,34 @@ from chaos.invariants import (
     CORE_ERROR,
     LIVENESS,
     RaftInvariants,
-    RevisionView,
     Violation,
     check_linearizable,
 )
-from chaos.linearizability import FAIL, OK, READ, UNKNOWN, WRITE, Operation
+from chaos.linearizability import Operation
+from chaos.sim_base import SIM_TICK_MS, _Client, _Node, _Stop
+from chaos.sim_clients import SimClients
 from chaos.sim_cores import RAFT_COVERAGE, SimAlgorithm, sim_algorithm
 from chaos.sim_leases import LEASE_COVERAGE, SIM_LEASE_MIN_CHUNK_BYTES, SimLeases
 from chaos.sim_members import Members
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
 from chaos.sim_network import SimNetwork, WireMessage, describe
-from node.config import (
-    HISTORY_REVISIONS,
-    TICK_MS,
-    CoreConfig,
-)
+from chaos.sim_node import SimNodes
+from node.config import HISTORY_REVISIONS, CoreConfig
 from node.consensus import ConsensusCore
 from node.errors import NotLeader, ProposalDropped
 from node.paxos.core import PaxosCore
 from node.raft.base import Role
 from node.raft.confchange import describe_conf, initial
 from node.raft.core import RaftCore
-from node.raft.messages import (
-    ConfChange,
-    ConfState,
-    Entry,
-    EntryKind,
-    HardState,
-    Snapshot,
-)
+from node.raft.messages import ConfChange
 from node.raft.quorum import majority
-from node.raft.ready import ReadState, Ready, Step, handle_ready
-from node.state.kv import (
-    SESSION_EXPIRED,
-    Body,
-    Command,
-    CompactHistory,
-    KVStore,
-    Put,
-    RegisterSession,
-    Txn,
-    Write,
-    encode_command,
-    encode_image,
-    encode_op,
-)
-from node.state.mvcc import Span
+from node.raft.ready import Step
+from node.state.kv import KVStore
 from node.storage import MemoryStorage
 
 # The simulator's timing, in ticks of its virtual clock.
 SIM_FAULT_TICKS = 300  # the fault phase of one run
 SIM_LIVENESS_TICKS = 150  # after healing, a fresh entry must commit within this
-SIM_CLIENT_ATTEMPT_TICKS = 12  # a client waits this long for one node to answer
-SIM_CLIENT_OP_TICKS = 60  # and this long for an operation before giving up
-
-
 
 # Applied entries a core holds in memory: few, so that followers that lag are
 # sent entries read back from storage (node/raft/log.py, evict) all the time.
@@ -121,57 +94,6 @@ def _max_election_ms(config: CoreConfig) -> int:
     return (config.election_ticks + jitter) * SIM_TICK_MS
 
 
-# --- nodes, their state machine and clients ----------------------------------
-
-
-@dataclass(slots=True)
-class _Node:
-    """One simulated node: its disk (survives crashes), its core and state
-    machine (do not), and the clients waiting on it."""
-
-    id: str
-    peers: list[str]
-    new_kv: Callable[[], KVStore]
-    storage: MemoryStorage = field(default_factory=MemoryStorage)
-    core: ConsensusCore[Any] | None = None
-    kv: KVStore = field(default_factory=KVStore)
-    applied: int = 0
-    waiting_writes: dict[tuple[int, int], _Client] = field(default_factory=dict)
-    # By (index, term) proposed at: another leader may put another entry there.
-    waiting_registrations: dict[tuple[int, int], _Client] = field(default_factory=dict)
-    waiting_reads: dict[bytes, tuple[_Client, int]] = field(default_factory=dict)
-    read_states: list[ReadState] = field(default_factory=list)
-    crash_at: Step | None = None  # crash at this point of its next Ready
-    unsynced_hs: HardState | None = None
-    # A node added after the start: it joins this initial configuration.
-    base: ConfState | None = None
-
-
-@dataclass(slots=True)
-class _Client:
-    """A client with one operation at a time: whom it believes leads, its
-    session sequence number, and where its current operation stands."""
-
-    id: str
-    target: str
-    session: int | None = None
-    seq: int = 0
-    ops: int = 0
-    proposals: int = 0  # entries its current write (or registration) may have made
-    kind: str = ""
-    key: str = ""
-    value: str | None = None
-    invoke: int = 0
-    invoke_tick: int = 0
-    busy: bool = False
-    waiting: bool = False
-    accepted: bool = False
-    deadline: int = 0
-    retry_at: int = 0
-    next_at: int = 0
-    attempt: int = 0
-
-
 @dataclass(slots=True)
 class SimResult:
     """What one run did: its violations (empty when all held), the client
@@ -186,36 +108,15 @@ class SimResult:
     trace: list[str]
 
 
-def _reading(c: _Client, op: int) -> bool:
-    """The client still waits for the read it numbered `op`: an answer to an
-    older read of its may predate the current one's invocation."""
-    return c.busy and c.kind == READ and c.ops == op
-
-
-class _Stop(Exception):
-    """A step broke an invariant; the run ends there."""
-
-
-class _Crashed(Exception):
-    """The node crashed at a point of its Ready (`_Node.crash_at`)."""
-
-
-# The simulated cluster clock runs at the runner's default tick.
-SIM_TICK_MS = TICK_MS
-
-
-# With `snapshot` on: per node and tick, the chance it compacts its log, and
-# the fewest newly applied entries worth a snapshot.
+# With `snapshot` on: per node and tick, the chance it compacts its log
+# (sim_node.py says when that is worth a snapshot).
 _COMPACT_CHANCE = 0.1
-_COMPACT_MIN_ENTRIES = 3
 # Per tick, the chance that the leader proposes to compact the history (as an
 # operator's `raftctl compact --revision` does).
 _COMPACT_HISTORY_CHANCE = 0.03
-# A core still asking for a Ready after this many rounds in one step is stuck.
-_READY_LOOP_LIMIT = 200
 
 
-class Simulation:
+class Simulation(SimClients, SimNodes):
     """One seeded run: a fault phase, then everything healed, then a check
     that a leader commits a fresh entry on a majority within a bound."""
 
@@ -556,175 +457,6 @@ class Simulation:
         n.core.step(m)
         self._handle(n)
 
-    # --- one node: handling its Ready -----------------------------------------
-
-    def _handle(self, n: _Node) -> None:
-        """Handle the node's Readies as the runner does (node/raft/ready.py)."""
-        core = n.core
-        assert core is not None
-        io = _SimReady(self, n)
-        loops = 0
-        while core.has_ready():
-            loops += 1
-            if loops > _READY_LOOP_LIMIT:
-                raise RuntimeError(f"{n.id} still has a Ready after {loops - 1} rounds")
-            try:
-                handle_ready(core, io)
-            except _Crashed as crash:
-                self._crash(n, str(crash))
-                return
-        if core.evict_log():
-            self._stats["entries_evicted"] += 1
-        if io.changed:
-            self._observe(n)
-        if self._leases is not None:
-            self._leases.node_changed(n)
-
-    def _send_all(self, n: _Node, msgs: Sequence[WireMessage]) -> None:
-        self._sent += len(msgs)
-        for m in msgs:
-            lost = self._net.send(self.now, m)
-            if lost is not None:
-                self._dropped += 1
-                if self._trace is not None:
-                    self._log(n.id, f"drop({lost}) {describe(m)}")
-
-    def _event(self, n: _Node, name: str, kw: dict[str, object]) -> None:
-        self._stats[name] += 1
-        if name == "became_leader" and self._faulty:
-            self._nemesis.new_leader(self.now, n.id)
-        if self._trace is not None and n.core is not None:
-            self._log(n.id, " ".join([name, f"term={n.core.term}",
-                                      *(f"{k}={v}" for k, v in kw.items())]))
-
-    def _apply(self, n: _Node, e: Entry) -> None:
-        if e.index != n.applied + 1:
-            raise AssertionError(f"{n.id} was handed entry {e.index} after applying {n.applied}")
-        n.applied = e.index
-        found = [] if self._leases is None else self._leases.before_apply(n, e)
-        done = n.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
-        self._check_revisions(n)
-        if self._leases is not None:
-            found += self._leases.applied(n, e.index, e.term, done)
-        if found:
-            self._violations.extend(found)
-            raise _Stop
-        if done is None:
-            return
-        if done.executed:
-            found = self._algo.executed(self.now, n.id, done.session, done.seq, e.index)
-            if found:
-                self._violations.extend(found)
-                raise _Stop
-        if done.seq == 0:
-            c = n.waiting_registrations.pop((e.index, e.term), None)
-            if c is not None and c.busy and c.session is None and done.session == e.index:
-                self._registered(c, e.index)
-            return
-        c = n.waiting_writes.pop((done.session, done.seq), None)
-        if c is None or not (c.busy and c.kind == WRITE and c.session == done.session
-                             and c.seq == done.seq):
-            return
-        if done.result.ok:
-            self._complete(c, OK, c.value)
-        elif done.result.error == SESSION_EXPIRED:
-            # Expired sessions never apply a write: only an earlier proposal
-            # of it, applied before the session ended, could have.
-            c.session = None
-            self._complete(c, UNKNOWN if c.proposals > 1 else FAIL, None)
-        else:
-            raise AssertionError(f"{n.id}: a put of {c.id} failed with {done.result.error}")
-
-    def _check_revisions(self, n: _Node) -> None:
-        found = self._revision_checker.observe_revisions(self.now, n.id, n.applied,
-                                                         revision_view(n.kv))
-        if self._leases is not None and n.applied:
-            found += self._leases.check_agreement(n.id, n.applied, n.kv.leases)
-        if found:
-            self._violations.extend(found)
-            raise _Stop
-
-    def _serve_reads(self, n: _Node) -> None:
-        keep: list[ReadState] = []
-        for rs in n.read_states:
-            if rs.index > n.applied:
-                keep.append(rs)
-                continue
-            waiter = n.waiting_reads.pop(rs.ctx, None)
-            if waiter is None and self._leases is not None:
-                self._leases.read_ready(n, rs.ctx)
-            if waiter is not None and _reading(*waiter):
-                if n.core is not None and n.core.leader != n.id:
-                    self._stats["follower_reads"] += 1
-                value = n.kv.get(waiter[0].key)
-                self._complete(waiter[0], OK, None if value is None else value.decode())
-        n.read_states = keep
-
-    def _observe(self, n: _Node) -> None:
-        core = n.core
-        assert core is not None
-        found = self._algo.observe(self.now, n.id, core, n.applied)
-        if found:
-            self._violations.extend(found)
-            if self._trace is not None:
-                for v in found:
-                    self._log(n.id, f"VIOLATION {v.check}: {v.detail}")
-            raise _Stop
-
-    def _start(self, n: _Node) -> None:
-        """Start (or restart) a node from what its disk holds."""
-        snap = n.storage.snapshot()
-        n.kv = n.new_kv()
-        if snap.data:
-            n.kv.restore(snap.data)
-        n.applied = snap.meta.index
-        if snap.data:
-            self._check_revisions(n)
-        n.core = self._algo.new_core(n.id, n.peers, n.storage, self.config,
-                                     random.Random(self._rng.getrandbits(64)), n.base)
-        self._observe(n)
-        self._handle(n)
-
-    def _crash(self, n: _Node, how: str) -> None:
-        self._violations.extend(self._algo.observe_disk(self.now, n.id, n.storage))
-        n.core = None
-        n.kv = n.new_kv()
-        n.applied = 0
-        n.waiting_writes.clear()
-        n.waiting_registrations.clear()
-        n.waiting_reads.clear()
-        n.read_states.clear()
-        n.crash_at = None
-        n.unsynced_hs = None
-        self._algo.node_down(n.id)
-        if self._leases is not None:
-            self._leases.node_down(n.id)
-        self._stats["crashes"] += 1
-        self._log(n.id, f"crashed {how}")
-
-    def _compact_history(self) -> None:
-        lead = self._leader()
-        if lead is None or lead.core is None:
-            return
-        rev = max(1, lead.kv.revision - self._history_rng.randrange(4))
-        try:
-            lead.core.propose(self._command(CompactHistory(rev)))
-        except (NotLeader, ProposalDropped):
-            return
-        self._handle(lead)
-
-    def _compact(self, n: _Node) -> None:
-        core = n.core
-        assert core is not None
-        if n.applied - core.snapshot_meta.index < _COMPACT_MIN_ENTRIES:
-            return
-        meta = core.snapshot_point(n.applied)
-        n.storage.create_snapshot(meta, encode_image(n.kv.freeze()))
-        core.compact(meta)
-        self._stats["compactions"] += 1
-        self._log(n.id, f"compacted through {meta.index} (term {meta.term})")
-        self._observe(n)
-
     # --- faults ------------------------------------------------------------------
 
     def _leader(self) -> _Node | None:
@@ -765,115 +497,6 @@ class Simulation:
                          f"@{0 if n.core is None else n.core.term}"
                          for n in self._nodes.values()) + conf
 
-    # --- clients ------------------------------------------------------------------
-
-    def _client_step(self, c: _Client) -> None:
-        if not c.busy:
-            if self._workload and self.now >= c.next_at:
-                self._invoke(c)
-        elif self.now >= c.deadline:
-            self._complete(c, UNKNOWN if c.kind == WRITE and c.accepted else FAIL, None)
-        elif self.now >= c.retry_at:
-            if c.waiting:
-                # No answer in time: the node may be cut off; try another.
-                c.target = self._rng.choice([p for p in self._ids if p != c.target] or self._ids)
-            self._attempt(c)
-
-    def _invoke(self, c: _Client, kind: str | None = None, key: str | None = None) -> None:
-        rng = self._rng
-        c.busy, c.accepted = True, False
-        c.ops += 1
-        c.key = key if key is not None else rng.choice(self._keys)
-        # A script's operation goes where the script says; the workload's
-        # reads go to any node.
-        spread = kind is None
-        if kind is None:
-            kind = WRITE if rng.random() < 0.5 else READ
-        c.proposals = 0
-        if kind == WRITE:
-            c.kind = WRITE
-            c.seq += 1
-            c.value = f"{c.id}.{c.seq}"
-        else:
-            c.kind, c.value = READ, None
-            if spread:
-                # Any node serves a read: a follower by a read index from the
-                # leader (thesis §6.4.1), which the linearizability check covers.
-                c.target = self._reads_rng.choice(self._ids)
-        self._clock += 1
-        c.invoke, c.invoke_tick = self._clock, self.now
-        c.deadline = self.now + SIM_CLIENT_OP_TICKS
-        self._log(c.id, f"invoke {c.kind} {c.key}" + (f"={c.value}" if c.value else ""))
-        self._attempt(c)
-
-    def _attempt(self, c: _Client) -> None:
-        n = self._nodes[c.target]
-        c.retry_at = self.now + 1
-        c.waiting = False
-        if n.core is None:
-            c.target = self._rng.choice(self._ids)
-            return
-        try:
-            if c.kind == WRITE and c.session is None:
-                # A session first (thesis §6.3), then the write in it.
-                index = n.core.propose(self._command(RegisterSession()))
-                n.waiting_registrations[(index, n.core.term)] = c
-            elif c.kind == WRITE:
-                assert c.session is not None and c.value is not None
-                # Half the writes as a put, half as the transaction that is
-                # one (the same for every attempt: retries must match).
-                put = Put(c.key, c.value.encode())
-                op = encode_op(put if c.seq % 2 else Txn([], [put]))
-                n.core.propose(self._command(Write(c.session, c.seq, c.seq, op)))
-                c.accepted = True
-                c.proposals += 1
-                n.waiting_writes[(c.session, c.seq)] = c
-            else:
-                c.attempt += 1
-                ctx = f"{c.id}/{c.ops}/{c.attempt}".encode()
-                n.core.read_index(ctx)
-                n.waiting_reads[ctx] = (c, c.ops)
-        except NotLeader as exc:
-            c.target = exc.leader or self._rng.choice(self._ids)
-            return
-        except ProposalDropped:
-            return
-        c.retry_at = self.now + SIM_CLIENT_ATTEMPT_TICKS
-        c.waiting = True
-        self._handle(n)
-
-    def _command(self, body: Body) -> bytes:
-        """A command stamped with the simulated cluster clock, as a leader does."""
-        return encode_command(Command(self.now * SIM_TICK_MS, body))
-
-    def _registered(self, c: _Client, session: int) -> None:
-        c.session = session
-        self._log(c.id, f"session {session}")
-        c.waiting = False
-        c.retry_at = self.now  # the write goes out at the client's next step
-
-    def _complete(self, c: _Client, outcome: str, value: str | None) -> None:
-        self._clock += 1
-        done = outcome != UNKNOWN
-        self._history.append(Operation(
-            c.id, c.kind, c.key, c.value if c.kind == WRITE else value, c.invoke,
-            self._clock if done else None, outcome, c.invoke_tick,
-            self.now if done else None))
-        self._stats[f"ops_{outcome}"] += 1
-        self._log(c.id, f"{outcome} {c.kind} {c.key}"
-                  + (f" -> {value!r}" if c.kind == READ and outcome == OK else ""))
-        c.busy = False
-        c.next_at = self.now + self._rng.randrange(4)
-
-    def _finish_clients(self) -> None:
-        for c in self._clients:
-            if c.busy:
-                self._complete(c, UNKNOWN if c.kind == WRITE and c.accepted else FAIL, None)
-
-    def _log(self, who: str, text: str) -> None:
-        if self._trace is not None:
-            self._trace.append(f"{self.now:>5} {who:<4} {text}")
-
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
@@ -903,81 +526,3 @@ def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int,
 COVERAGE_STATS = RAFT_COVERAGE
 
 
-def revision_view(kv: KVStore) -> RevisionView:
-    """What the revision invariant compares of a replica's store."""
-    mv = kv.mvcc
-    live = mv.read(Span("", None, one=False)).kvs
-    return RevisionView(
-        mv.revision, mv.compacted, tuple((k, r.create, r.mod, r.version) for k, r in live),
-        tuple((c.rev, c.key, c.after is None) for c in mv.log.since(0)))
-
-
-class _SimReady:
-    """The simulator's side of each step of a Ready (node/raft/ready.py): the
-    virtual network and disk, the real state machine, and a crash at the
-    point the nemesis or a script chose."""
-
-    def __init__(self, sim: Simulation, n: _Node) -> None:
-        self.sim = sim
-        self.n = n
-        # Term, vote, commit, role, log and applied index change only through
-        # these steps; a Ready of messages alone changes nothing the
-        # invariants look at.
-        self.changed = False
-
-    def reconfigure(self, conf: ConfState) -> None:
-        # The virtual network reaches every node by its id: nothing to
-        # rewire; the configuration is in the next observation.
-        self.changed = True
-
-    def send(self, messages: Sequence[WireMessage]) -> None:
-        self.sim._send_all(self.n, messages)
-
-    def persist(self, rd: Ready[Any]) -> None:
-        n = self.n
-        self.changed = self.changed or bool(rd.entries) or rd.hard_state is not None \
-            or rd.snapshot is not None
-        st = n.storage
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-        if rd.entries:
-            st.append(rd.entries)
-        # A hard state whose term and vote are unchanged is written but not
-        # synced (node/raft/ready.py): it reaches the disk with the next sync,
-        # and a crash before that loses it.
-        if rd.hard_state is not None:
-            n.unsynced_hs = rd.hard_state
-        if rd.must_sync() and n.unsynced_hs is not None:
-            st.set_hard_state(n.unsynced_hs)
-            n.unsynced_hs = None
-
-    def install(self, snapshot: Snapshot) -> None:
-        n = self.n
-        n.kv = n.new_kv()
-        n.kv.restore(snapshot.data)
-        n.applied = snapshot.meta.index
-        self.sim._check_revisions(n)
-
-    def apply(self, entries: Sequence[Entry]) -> None:
-        self.changed = True
-        for e in entries:
-            self.sim._apply(self.n, e)
-
-    def finish(self, rd: Ready[Any]) -> None:
-        sim, n = self.sim, self.n
-        self.changed = self.changed or rd.soft_state is not None
-        n.read_states.extend(rd.read_states)
-        if n.read_states:
-            sim._serve_reads(n)
-        for ctx in rd.dropped_reads:
-            waiter = n.waiting_reads.pop(ctx, None)
-            if waiter is not None and _reading(*waiter):
-                waiter[0].target = (n.core.leader if n.core else None) or waiter[0].target
-                waiter[0].retry_at = sim.now + 1
-                waiter[0].waiting = False
-        for name, kw in rd.events:
-            sim._event(n, name, kw)
-
-    def reached(self, step: Step) -> None:
-        if self.n.crash_at is step:
-            raise _Crashed(f"at its Ready, {step.value}")

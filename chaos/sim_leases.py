@@ -32,7 +32,8 @@ from node.state.leases import LeaseTable
 from node.state.ops import LeaseGrant, LeaseRevoke, Op
 
 if TYPE_CHECKING:
-    from chaos.sim import Simulation, _Node
+    from chaos.sim import Simulation
+    from chaos.sim_base import _Node
 
 # Checks of this module (chaos/invariants.py holds the others).
 LEASE_AGREEMENT = "lease_agreement"

@@ -4,12 +4,12 @@ function and render. All printing happens in the command modules and in
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from raftctl import (
     process_cmd,
     recipes_cmd,
     render,
+    status_cmd,
     watch_cmd,
 )
 from raftctl.cluster import (
@@ -36,12 +37,9 @@ from raftctl.cluster import (
     Cluster,
     ClusterError,
     ClusterUnavailable,
-    NodeState,
     check_cluster_name,
-    default_home,
     make_config,
 )
-from raftctl.discovery import find_clusters
 from raftctl.exits import (
     JSON_META,
     CliError,
@@ -51,7 +49,6 @@ from raftctl.exits import (
     from_client_error,
     from_cluster_error,
 )
-from raftctl.logview import now_ts
 from raftctl.netns import MODES as NETNS_KERNEL_MODES
 from raftctl.netns import auto_mode as netns_auto_mode
 from raftctl.netns import unavailable as netns_unavailable
@@ -264,12 +261,12 @@ def up(ctx: click.Context, nodes: int | None, config_file: Path | None, transpor
         else:
             c.create(cfg)
     cfg = c.config()
-    _warn_durability(c)
+    status_cmd.warn_durability(c)
     try:
         refused = _start_all(c, wait_s, as_json, power_loss, wheel, wheelhouse)
     except ClusterError as e:
         raise type(e)(f"{e}{_after_failed_up(c, created)}") from None
-    _print_status(ctx, c, as_json, exit_on_no_leader=not refused)
+    status_cmd.print_status(ctx, c, as_json, exit_on_no_leader=not refused)
     for n, why in refused.items():
         click.echo(f"Error: {n} did not start: {why}", err=True)
     if refused:
@@ -422,135 +419,11 @@ def down(ctx: click.Context, purge: bool, as_json: bool) -> None:
     click.echo(f"cluster {c.name}: {what}" + ("; run directory removed" if purge else ""))
 
 
-@main.command("status")
-@json_option("Print JSON (a list, one object a node).")
-@click.pass_context
-def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show each node's pid, state, term, leader, commit and faults. Exit 3
-    if no node leads (all down, or no quorum)."""
-    _print_status(ctx, cluster_of(ctx), as_json)
-
-
-main.add_command(status_cmd, "ps")
-
-
-def _warn_durability(c: Cluster) -> None:
-    if c.config().fsync == "never":
-        render.console(stderr=True).print(
-            "[bold red]warning:[/] fsync = never: durability is off; acknowledged writes can "
-            "be lost on a crash")
-
-
-def _warn_unsafe_bugs(states: list[NodeState]) -> None:
-    bugs = {s.id: s.status["unsafe_bugs"] for s in states
-            if s.status is not None and s.status.get("unsafe_bugs")}
-    if bugs:
-        which = "; ".join(f"{n}: {', '.join(b)}" for n, b in bugs.items())
-        render.console(stderr=True).print(
-            f"[bold red]warning:[/] test-only bugs are on ({which}): these nodes break their "
-            "guarantees on purpose; restart them without RAFTCTL_TEST_UNSAFE_BUGS")
-
-
-def _print_status(ctx: click.Context, c: Cluster, as_json: bool,
-                  exit_on_no_leader: bool = True) -> None:
-    _warn_durability(c)
-    states = c.status()
-    _warn_unsafe_bugs(states)
-    if as_json:
-        click.echo(render.dumps(render.status_rows(states)))
-    else:
-        render.console().print(render.status_table(states, title=f"cluster {c.name}"))
-    if c.leader(states) is None and exit_on_no_leader:
-        up = [s.id for s in states if s.process == "running"]
-        why = "no node is running" if not up else f"none of {', '.join(up)} leads"
-        click.echo(f"Error: cluster {c.name} has no leader: {why}", err=True)
-        ctx.exit(Exit.UNAVAILABLE)
-
-
-class _NullCtx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
-
-
 def _spinner(quiet: bool, text: str) -> Any:
     con = render.console(stderr=True)
     if quiet or not con.is_terminal:
-        return _NullCtx()
+        return contextlib.nullcontext()
     return con.status(text)
-
-
-@main.command("ls")
-@json_option("Print JSON (a list, one object a cluster).")
-@click.pass_context
-def ls_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List clusters: those under HOME (--home, RAFTCTL_HOME, default
-    ./.raftctl), and every running cluster of this user wherever it is."""
-    home = ctx.find_root().params.get("home") or default_home()
-    found = find_clusters(Path(home).resolve(), cluster_of(ctx).run_dir)
-    if as_json:
-        click.echo(render.dumps([asdict(f) for f in found]))
-    elif not found:
-        click.echo(f"no cluster under {home} and none running; `raftctl up` makes one")
-    else:
-        render.console().print(render.clusters_table(found))
-
-
-@main.command()
-@click.option("--interval", type=float, default=0.25, show_default=True,
-              help="Seconds between refreshes.")
-@click.option("--count", type=int, default=0, help="Stop after this many refreshes (0: never).")
-@json_option("Print one JSON object a line, one line a refresh.")
-@click.pass_context
-def watch(ctx: click.Context, interval: float, count: int, as_json: bool) -> None:
-    """A live table of the cluster; Ctrl-C to quit (exit 0)."""
-    c = cluster_of(ctx)
-    c.load()
-    n = 0
-    try:
-        with _live(as_json) as live:
-            while True:
-                states = c.status(timeout_s=min(0.5, max(interval, 0.1)))
-                if as_json:
-                    click.echo(render.dumps_line({
-                        "ts": now_ts(), "cluster": c.name,
-                        "leader": c.leader(states), "nodes": render.status_rows(states)}))
-                else:
-                    live.update(render.status_table(
-                        states, title=f"cluster {c.name}  {time.strftime('%H:%M:%S')}"),
-                        refresh=True)
-                n += 1
-                if count and n >= count:
-                    return
-                time.sleep(interval)  # the refresh cadence
-    except KeyboardInterrupt:
-        return  # Ctrl-C is how one leaves `watch`: not an error
-
-
-def _live(as_json: bool) -> Any:
-    if as_json:
-        return _NullCtx()
-    from rich.live import Live  # only here: it costs every other command's start
-
-    return Live(console=render.console(), auto_refresh=False)
-
-
-@main.command()
-@json_option()
-@click.pass_context
-def leader(ctx: click.Context, as_json: bool) -> None:
-    """Print the node that leads now (exit 3 if none)."""
-    c = cluster_of(ctx)
-    lead = c.leader()
-    if as_json:
-        click.echo(render.dumps({"leader": lead}))
-    if lead is None:
-        click.echo(f"Error: cluster {c.name} has no leader right now", err=True)
-        ctx.exit(Exit.UNAVAILABLE)
-    if not as_json:
-        click.echo(lead)
 
 
 @main.command()
@@ -588,6 +461,7 @@ main.add_command(watch_cmd.watch_key)
 main.add_command(logs_cmd.logs)
 main.add_command(explain_cmd.explain)
 faults_cmd.register(main)
+status_cmd.register(main)
 
 
 def run() -> None:
