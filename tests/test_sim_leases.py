@@ -20,16 +20,16 @@ from chaos.sim_nemesis import FAULT_KINDS
 from raftctl.sim_cmd import replay_command, sim
 
 ALL = frozenset(FAULT_KINDS)
-# 50 seeds of 300 fault ticks with 4 lease clients: about 8 s of CPU, split
+# 30 seeds of 300 fault ticks with 4 lease clients: about 5 s of CPU, split
 # over two worker processes; the soak below runs 500.
-LEASE_SEEDS = 50
+LEASE_SEEDS = 30
 SOAK_LEASE_SEEDS = 500
 LEASE_TICKS = 300
 LEASE_CLIENTS = 4
 
 
 def test_sweep_with_leases_breaks_nothing() -> None:
-    """50 seeds with every fault and clients granting, keeping, revoking and
+    """30 seeds with every fault and clients granting, keeping, revoking and
     letting leases lapse: no violation, liveness met, every lease path taken."""
     _sweep(range(LEASE_SEEDS))
 
