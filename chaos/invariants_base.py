@@ -37,6 +37,10 @@ APPLIED_STATE = "applied_state"
 # point, each live key's create/mod revision and version, and the history
 # kept (node/state/mvcc.py): checked by the simulator after every apply.
 REVISIONS = "revisions"
+# A range read at a past revision answers the same keys, values and
+# revisions at every replica that still keeps that revision: checked by the
+# simulator at each of its range reads.
+RANGE_READS = "range_reads"
 # An entry acknowledged to a client is in every replica once they converge.
 ACKNOWLEDGED_DURABLE = "acknowledged_durable"
 

@@ -150,6 +150,8 @@ class Simulation(SimClients, SimNodes):
         # Drawn from a generator of its own, as the history bounds below:
         # the main one's paths for a seed stay as they were.
         self._reads_rng = random.Random(seed * 7919 + 1)
+        # Which reads are range reads, and the past revisions they compare.
+        self._ranges_rng = random.Random(seed * 7919 + 2)
         if config is None:
             config = sim_core_config(self._rng)
             if algorithm == "raft":

@@ -75,6 +75,9 @@ class _Client:
     retry_at: int = 0
     next_at: int = 0
     attempt: int = 0
+    # Its read is a range read of every key at once (sim_node.py
+    # `_serve_range`), not a get of `key`.
+    ranged: bool = False
 
 
 def _reading(c: _Client, op: int) -> bool:
@@ -104,6 +107,7 @@ class SimState:
     # later, so that the main one's paths for a seed stay as they were.
     _rng: random.Random
     _reads_rng: random.Random
+    _ranges_rng: random.Random
     _history_rng: random.Random
     _net: SimNetwork
     _algo: SimAlgorithm
@@ -132,7 +136,8 @@ class SimState:
     if TYPE_CHECKING:
         # Defined by the mixins and by Simulation.
         def _command(self, body: Body) -> bytes: ...
-        def _complete(self, c: _Client, outcome: str, value: str | None) -> None: ...
+        def _complete(self, c: _Client, outcome: str, value: str | None,
+                      others: dict[str, str | None] | None = None) -> None: ...
         def _registered(self, c: _Client, session: int) -> None: ...
         def _handle(self, n: _Node) -> None: ...
         def _leader(self) -> _Node | None: ...

@@ -22,6 +22,10 @@ from node.state.kv import (
 SIM_CLIENT_ATTEMPT_TICKS = 12
 # and this long for an operation before giving up.
 SIM_CLIENT_OP_TICKS = 60
+# The share of the workload's reads that are range reads of every key at
+# once: each key's value is checked as a read of it, and the whole answer
+# against another replica's history (sim_node.py `_serve_range`).
+SIM_RANGE_READ_SHARE = 0.3
 
 
 class SimClients(SimState):
@@ -41,7 +45,7 @@ class SimClients(SimState):
 
     def _invoke(self, c: _Client, kind: str | None = None, key: str | None = None) -> None:
         rng = self._rng
-        c.busy, c.accepted = True, False
+        c.busy, c.accepted, c.ranged = True, False, False
         c.ops += 1
         c.key = key if key is not None else rng.choice(self._keys)
         # A script's operation goes where the script says; the workload's
@@ -60,6 +64,7 @@ class SimClients(SimState):
                 # Any node serves a read: a follower by a read index from the
                 # leader (thesis §6.4.1), which the linearizability check covers.
                 c.target = self._reads_rng.choice(self._ids)
+                c.ranged = self._ranges_rng.random() < SIM_RANGE_READ_SHARE
         self._clock += 1
         c.invoke, c.invoke_tick = self._clock, self.now
         c.deadline = self.now + SIM_CLIENT_OP_TICKS
@@ -112,13 +117,18 @@ class SimClients(SimState):
         c.waiting = False
         c.retry_at = self.now  # the write goes out at the client's next step
 
-    def _complete(self, c: _Client, outcome: str, value: str | None) -> None:
+    def _complete(self, c: _Client, outcome: str, value: str | None,
+                  others: dict[str, str | None] | None = None) -> None:
+        """End `c`'s operation; a range read's `others` are the values it
+        read of the other keys, each recorded as a read of its key with the
+        same invocation and completion."""
         self._clock += 1
         done = outcome != UNKNOWN
-        self._history.append(Operation(
-            c.id, c.kind, c.key, c.value if c.kind == WRITE else value, c.invoke,
-            self._clock if done else None, outcome, c.invoke_tick,
-            self.now if done else None))
+        for key, got in ((c.key, value), *(others or {}).items()):
+            self._history.append(Operation(
+                c.id, c.kind, key, c.value if c.kind == WRITE else got, c.invoke,
+                self._clock if done else None, outcome, c.invoke_tick,
+                self.now if done else None))
         self._stats[f"ops_{outcome}"] += 1
         self._log(c.id, f"{outcome} {c.kind} {c.key}"
                   + (f" -> {value!r}" if c.kind == READ and outcome == OK else ""))

@@ -29,14 +29,15 @@ SIM_ALGORITHMS = ("raft", "paxos")
 RAFT_COVERAGE: tuple[str, ...] = (
     "became_leader", "crashes", "compactions", "entries_evicted", "snapshot_installed",
     "leadership_transferred", "append_rejected", "membership_changed", "messages_delivered",
-    "messages_dropped", "ops_ok", "ops_unknown", "ops_fail", "follower_reads",
+    "messages_dropped", "ops_ok", "ops_unknown", "ops_fail", "follower_reads", "range_reads",
+    "range_reads_compared",
 )
 _PAXOS_MIN_CHUNK_BYTES = 32
 PAXOS_COVERAGE: tuple[str, ...] = (
     "pre_prepare_sent", "prepare_sent", "promised", "became_leader", "preempted",
     "campaign_abandoned", "crashes", "compactions", "snapshot_installed",
     "leadership_transferred", "messages_delivered", "messages_dropped", "ops_ok", "ops_unknown",
-    "ops_fail",
+    "ops_fail", "range_reads", "range_reads_compared",
 )
 
 

@@ -10,14 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from chaos.invariants import RevisionView
+from chaos.invariants_base import RANGE_READS, Violation
 from chaos.linearizability import FAIL, OK, UNKNOWN, WRITE
-from chaos.sim_base import SimState, _Crashed, _Node, _reading, _Stop
+from chaos.sim_base import SimState, _Client, _Crashed, _Node, _reading, _Stop
 from chaos.sim_network import WireMessage, describe
 from node.errors import NotLeader, ProposalDropped
 from node.raft.messages import ConfState, Entry, EntryKind, Snapshot
 from node.raft.ready import ReadState, Ready, Step, handle_ready
 from node.state.kv import SESSION_EXPIRED, CompactHistory, KVStore, encode_image
-from node.state.mvcc import Span
+from node.state.mvcc import RangeResult, Span
 
 # The fewest newly applied entries worth a snapshot (sim.py says how often
 # a node tries).
@@ -127,9 +128,47 @@ class SimNodes(SimState):
             if waiter is not None and _reading(*waiter):
                 if n.core is not None and n.core.leader != n.id:
                     self._stats["follower_reads"] += 1
-                value = n.kv.get(waiter[0].key)
-                self._complete(waiter[0], OK, None if value is None else value.decode())
+                if waiter[0].ranged:
+                    self._serve_range(n, waiter[0])
+                else:
+                    value = n.kv.get(waiter[0].key)
+                    self._complete(waiter[0], OK, None if value is None else value.decode())
         n.read_states = keep
+
+    def _serve_range(self, n: _Node, c: _Client) -> None:
+        """A range read of every key, at `n` once it applied the read index:
+        each key's value goes into the history as a read of that key (the
+        linearizability check), and a read of the same range at a past
+        revision must equal another live replica's read at that revision
+        (the history and compaction, node/state/mvcc.py)."""
+        mv = n.kv.mvcc
+        span = Span(min(self._keys), max(self._keys) + "\0", one=False)
+        values = {k: r.value.decode() for k, r in mv.read(span).kvs if k in self._keys}
+        self._stats["range_reads"] += 1
+        if mv.revision > mv.compacted:
+            self._check_past_range(n, span, self._ranges_rng.randrange(mv.compacted,
+                                                                     mv.revision + 1))
+        self._complete(c, OK, values.get(c.key),
+                       {k: values.get(k) for k in self._keys if k != c.key})
+
+    def _check_past_range(self, n: _Node, span: Span, rev: int) -> None:
+        mine = _shown(n.kv.mvcc.read(span, rev))
+        for other in self._ids:
+            m = self._nodes[other]
+            if other == n.id or m.core is None:
+                continue
+            mv = m.kv.mvcc
+            if not mv.compacted <= rev <= mv.revision:
+                continue
+            theirs = _shown(mv.read(span, rev))
+            self._stats["range_reads_compared"] += 1
+            if mine != theirs:
+                self._violations.append(Violation(
+                    check=RANGE_READS, tick=self.now,
+                    detail=f"{n.id} and {other} read the keys at revision {rev} differently: "
+                           f"{mine} vs {theirs}"))
+                raise _Stop
+            return
 
     def _observe(self, n: _Node) -> None:
         core = n.core
@@ -275,3 +314,7 @@ class _SimReady:
     def reached(self, step: Step) -> None:
         if self.n.crash_at is step:
             raise _Crashed(f"at its Ready, {step.value}")
+
+
+def _shown(got: RangeResult) -> list[tuple[str, bytes, int, int, int]]:
+    return [(k, r.value, r.create, r.mod, r.version) for k, r in got.kvs]

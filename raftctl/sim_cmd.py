@@ -71,6 +71,8 @@ def sim(ctx: click.Context, seeds: int, first_seed: int, seed: int | None, nodes
     Every run injects random faults, heals everything, then requires a fresh
     entry to commit within a bound; the algorithm's safety properties are
     checked after every step and the client history for linearizability.
+    Clients read at any node, some reads being range reads of every key,
+    whose answer at a past revision must match another replica's.
     Exit code 1 if any run broke one; each failing seed comes with its
     replay command.
     """

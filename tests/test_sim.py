@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from chaos.invariants import CORE_ERROR, LIVENESS
+from chaos.invariants_base import RANGE_READS
 from chaos.sim import SIM_FAULT_TICKS, Simulation, run_seed
 from chaos.sim_nemesis import FAULT_KINDS, format_faults, parse_faults
 from chaos.sim_network import SimNetwork
@@ -26,6 +27,7 @@ from node.raft.core import RaftCore
 from node.raft.log import RaftLog
 from node.raft.messages import Heartbeat
 from node.raft.ready import Step
+from node.state.mvcc import Mvcc
 from raftctl.sim_cmd import sim
 
 ALL = frozenset(FAULT_KINDS)
@@ -33,6 +35,18 @@ ALL = frozenset(FAULT_KINDS)
 # of CPU, split over two worker processes.
 SWEEP_SEEDS = 80  # the soak below runs 1,000
 SWEEP_TICKS = 200
+
+
+def test_range_reads_catch_a_past_read_that_ignores_the_history(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range read at a past revision that reads today's values (the
+    history ignored) answers differently at replicas that applied different
+    amounts: the simulator's range reads catch it within the first seeds."""
+    monkeypatch.setattr(Mvcc, "_past", lambda self, span, at: {})
+    caught = [r.violations[0][0] for r in
+              (run_seed(s, nodes=5, faults=ALL, ticks=SIM_FAULT_TICKS) for s in range(3))
+              if r.violations]
+    assert caught and set(caught) == {RANGE_READS}, caught
 
 
 def test_sweep_with_all_faults_breaks_nothing() -> None:
