@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ BLOCK_TIMEOUT_S = 60.0
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _EXPECT = re.compile(r"^<!-- expect: (.*) -->\s*$")
 _NEEDS = re.compile(r"^<!-- needs: ([a-z_]+) -->\s*$")
+_NEEDS_PROGRAM = re.compile(r"^<!-- needs program: ([a-z0-9_-]+) -->\s*$")
 _CLAUSE = re.compile(
     r'^(?:exit (?P<exit>\d+(?:\|\d+)*)'
     r'|(?P<stream>out|err) (?P<op>has|lacks) "(?P<text>[^"]*)"'
@@ -66,6 +68,7 @@ class Block:
 class Section:
     title: str
     needs: list[str] = field(default_factory=list)
+    programs: list[str] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
 
     @property
@@ -110,6 +113,8 @@ def parse_tutorial(text: str) -> list[Section]:
             sections.append(Section(line[3:].strip()))
         elif (m := _NEEDS.match(line)) and sections:
             sections[-1].needs.append(m[1])
+        elif (m := _NEEDS_PROGRAM.match(line)) and sections:
+            sections[-1].programs.append(m[1])
         elif (m := _FENCE.match(line)) is not None:
             lang, start = m[1], i
             i += 1
@@ -310,6 +315,9 @@ def test_section(section: Section, scratch: Scratch) -> None:
     missing = _missing(section.needs)
     if missing:
         pytest.skip(f"needs the {', '.join(missing)} setting (ClusterConfig has none yet)")
+    absent = [p for p in section.programs if shutil.which(p) is None]
+    if absent:
+        pytest.skip(f"needs {', '.join(absent)} on the PATH")
     outs: list[str] = []
     for b in section.blocks:
         outs.append(run_block(scratch, section, b, outs))
@@ -324,7 +332,7 @@ def test_the_page_parses_into_the_lessons_sections() -> None:
     titles = [s.title for s in SECTIONS]
     for part in ("agreement and validity", "Termination needs a majority", "Split votes",
                  "election restriction", "Figure 8", "Paxos", "ZooKeeper and etcd",
-                 "price of consensus"):
+                 "price of consensus", "on etcd"):
         assert any(part in t for t in titles), f"no section on {part}: {titles}"
     blocks = [b for s in SECTIONS for b in s.blocks]
     assert len(blocks) >= 30
