@@ -108,7 +108,7 @@ def test_membership_kill_and_partition_stay_linearizable(zmq3: TestCluster) -> N
     """`chaos run --nemesis membership,kill,partition`: members removed,
     replaced and added among kills and partitions, and the verdict is clean
     (linearizable, no acknowledged write lost, replicas converge)."""
-    code, rep = chaos_run(zmq3, "--duration", "15s", "--interval", "1.5s", "--nemesis",
+    code, rep = chaos_run(zmq3, "--duration", "10s", "--interval", "1.5s", "--nemesis",
                           "membership:2,kill,partition", "--seed", "5",
                           "--recovery-timeout", "15s")
     assert code == 0, rep["verdict"]
