@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from node.transport.auth import generate_keys
-from raftctl.bench.loadgen import Histogram, LoadError, LoadResult, LoadSpec, split_clients
+from raftctl.bench.loadgen import Histogram, LoadError, LoadResult, LoadSpec
+from raftctl.bench.procs import split_clients
 from raftctl.bench.shapes import run_threads
 from raftctl.bench_cmd import bench
 from raftctl.cluster import Cluster

@@ -26,8 +26,8 @@ from raftctl.bench.loadgen import (
     LoadError,
     LoadResult,
     LoadSpec,
-    run_procs,
 )
+from raftctl.bench.procs import run_procs
 from raftctl.bench.shapes import SHAPES, run_per_connection, run_pipelined
 from raftctl.cluster import Cluster, ClusterError
 
