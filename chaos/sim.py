@@ -6,6 +6,8 @@ threads, sleeps or wall clock: one seed decides the whole run.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.pool
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -509,6 +511,14 @@ class RunSummary:
     live_after_ticks: int | None
     ticks: int
     stats: dict[str, int]
+
+
+def sweep_pool(jobs: int) -> multiprocessing.pool.Pool:
+    """Worker processes for a sweep of seeds, forked from a fresh server
+    process: forking the caller itself (a test process with threads of
+    earlier tests, holding a lock at that instant) can leave a worker stuck,
+    and the pool then never ends."""
+    return multiprocessing.get_context("forkserver").Pool(jobs)
 
 
 def run_seed(seed: int, nodes: int, faults: frozenset[str], ticks: int,

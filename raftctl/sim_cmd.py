@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from chaos.sim import (
     RunSummary,
     Simulation,
     run_seed,
+    sweep_pool,
 )
 from chaos.sim_cores import SIM_ALGORITHMS, sim_algorithm
 from chaos.sim_leases import LEASE_COVERAGE
@@ -181,7 +181,7 @@ def _run_all(job: functools.partial[RunSummary], seeds: range,
     if jobs == 1 or len(seeds) == 1:
         yield from map(job, seeds)
         return
-    with multiprocessing.Pool(min(jobs, len(seeds))) as pool:
+    with sweep_pool(min(jobs, len(seeds))) as pool:
         yield from pool.imap_unordered(job, seeds, chunksize=4)
 
 

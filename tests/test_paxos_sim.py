@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import multiprocessing
 from collections import Counter
 
 import msgspec
@@ -22,7 +21,7 @@ from chaos.paxos_invariants import (
     PROMISE_KEPT,
     PaxosInvariants,
 )
-from chaos.sim import Simulation, run_seed, sim_core_config
+from chaos.sim import Simulation, run_seed, sim_core_config, sweep_pool
 from chaos.sim_cores import PaxosSim
 from raftctl.sim_cmd import replay_command, sim
 
@@ -32,7 +31,7 @@ PAXOS_FAULTS = PaxosSim.faults
 def _sweep(seeds: range, ticks: int) -> list[object]:
     job = functools.partial(run_seed, nodes=5, faults=PAXOS_FAULTS, ticks=ticks,
                             algorithm="paxos")
-    with multiprocessing.Pool(2) as pool:
+    with sweep_pool(2) as pool:
         return list(pool.map(job, seeds, chunksize=8))
 
 

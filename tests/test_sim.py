@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import shlex
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 
 from chaos.invariants import CORE_ERROR, LIVENESS
 from chaos.invariants_base import RANGE_READS
-from chaos.sim import SIM_FAULT_TICKS, Simulation, run_seed
+from chaos.sim import SIM_FAULT_TICKS, Simulation, run_seed, sweep_pool
 from chaos.sim_nemesis import FAULT_KINDS, format_faults, parse_faults
 from chaos.sim_network import SimNetwork
 from node.raft.core import RaftCore
@@ -54,7 +53,7 @@ def test_sweep_with_all_faults_breaks_nothing() -> None:
     violation, liveness met after healing, and every fault path was
     exercised somewhere."""
     job = functools.partial(run_seed, nodes=5, faults=ALL, ticks=SWEEP_TICKS)
-    with multiprocessing.Pool(2) as pool:
+    with sweep_pool(2) as pool:
         results = pool.map(job, range(SWEEP_SEEDS), chunksize=8)
     failing = [(r.seed, r.violations[0]) for r in results if r.violations]
     assert failing == []
@@ -259,7 +258,7 @@ def test_a_thousand_seeds_of_five_nodes_with_every_fault_break_nothing() -> None
     broken, exactly-once and the quorum check included, and every run live
     again after healing."""
     job = functools.partial(run_seed, nodes=5, faults=ALL, ticks=SIM_FAULT_TICKS)
-    with multiprocessing.Pool(2) as pool:
+    with sweep_pool(2) as pool:
         results = pool.map(job, range(1000), chunksize=16)
     failing = [(r.seed, r.violations[0]) for r in results if r.violations]
     assert failing == []

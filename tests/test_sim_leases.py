@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 from collections import Counter
 
 import pytest
 from click.testing import CliRunner
 
-from chaos.sim import Simulation, run_seed
+from chaos.sim import Simulation, run_seed, sweep_pool
 from chaos.sim_cores import sim_algorithm
 from chaos.sim_leases import BREAK_NEW_LEADER_EXTENSION, LEASE_COVERAGE, LEASE_EARLY_EXPIRY
 from chaos.sim_nemesis import FAULT_KINDS
@@ -43,7 +42,7 @@ def test_long_sweep_with_leases_breaks_nothing() -> None:
 def _sweep(seeds: range) -> None:
     job = functools.partial(run_seed, nodes=5, faults=ALL, ticks=LEASE_TICKS,
                             lease_clients=LEASE_CLIENTS)
-    with multiprocessing.Pool(2) as pool:
+    with sweep_pool(2) as pool:
         results = pool.map(job, seeds, chunksize=8)
     failing = [(r.seed, r.violations[0]) for r in results if r.violations]
     assert failing == []
