@@ -122,7 +122,7 @@ Body = Write | RegisterSession | CloseSession | CompactHistory | ExpireLeases
 ERA = 1
 
 
-class Command(msgspec.Struct, frozen=True, array_like=True):
+class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A log entry's payload: `body`, stamped by the leader that proposed it
     with its clock (`time_ms`, ms of cluster time), by which every replica
     expires idle sessions the same way, and the `era` of the version that

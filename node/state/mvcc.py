@@ -335,6 +335,17 @@ class Mvcc:
             self.log.append(Change(rev, key, rec, prev))
         return prev
 
+    def put_alone(self, key: str, value: bytes) -> Rec | None:
+        """A command whose one change is to set `key`: `begin`, `put` and
+        `retain` in one call (the common write, applied on every replica)."""
+        self._opened = False
+        prev = self.put(key, value)
+        keep = self.history_revisions
+        if self.revision - self.compacted >= keep + keep // _RETAIN_STEPS \
+                or self.log.bytes > self.history_max_bytes:
+            self.retain()
+        return prev
+
     def delete(self, key: str) -> Rec | None:
         """Remove `key`; the record it had (None: absent, nothing changed)."""
         if self.data.get(key) is None:

@@ -56,6 +56,11 @@ def execute(mv: Mvcc, op: Op, leases: LeaseTable | None = None, index: int = 0) 
         if op.lease not in leases:
             return _LEASE_NOT_FOUND
         return Result(ok=True, revision=end_leases(mv, leases, [op.lease]))
+    if type(op) is Put and not op.lease:
+        # The common write: no lease to check, one change.
+        replaced = mv.put_alone(op.key, op.value)
+        leases.attach(op.key, 0)
+        return Result(ok=True, value=replaced.value) if op.prev and replaced else _NOOP
     problem = _lease_problem(op, leases)
     if problem is not None:
         return Result(ok=False, error=problem)
