@@ -48,6 +48,14 @@ class ClientHandling:
         def _bad_request(self, reason: str) -> None: ...
 
     def _receive_clients(self) -> None:
+        # The writes of one drain go into the log together (node/api.py).
+        self.api.begin_batch()
+        try:
+            self._drain_clients()
+        finally:
+            self.api.end_batch()
+
+    def _drain_clients(self) -> None:
         # A time budget as well as a count, checked per request: a batch
         # frame may hold thousands of requests, and a turn of the loop that
         # outlasts an election timeout sends no heartbeat. What is left waits

@@ -21,12 +21,24 @@ class _Core:
         self.leader: str | None = "n1"
         self.leading = True
         self.log: list[tuple[int, bytes]] = []  # (term, data) at index i + 1
+        self.calls: list[int] = []  # how many commands each propose_many had
+        self.room: int | None = None  # how many the next propose_many takes
 
     def propose(self, data: bytes) -> int:
         if not self.leading:
             raise NotLeader(self.leader)
         self.log.append((self.term, data))
         return len(self.log)
+
+    def propose_many(self, datas: list[bytes]) -> tuple[int, int, str | None]:
+        if not self.leading:
+            raise NotLeader(self.leader)
+        self.calls.append(len(datas))
+        first = len(self.log) + 1
+        taken = datas if self.room is None else datas[:self.room]
+        for data in taken:
+            self.propose(data)
+        return first, len(taken), None if len(taken) == len(datas) else "overloaded"
 
     def read_index(self, ctx: bytes) -> None:
         raise NotLeader(self.leader)
@@ -170,3 +182,70 @@ def test_oversized_or_contradictory_transactions_are_refused_unproposed() -> Non
                        {"op": "delete", "key": "", "prefix": True}])
     assert [(r.id, r.error) for r in t.sent] == [(3, "bad_request"), (4, "bad_request")]
     assert "puts and deletes" in (t.sent[1].message or "") and not t.core.log
+
+
+def _session(t: _Api) -> int:
+    t.request(op="register", id=1)
+    t.apply_log()
+    return t.sent.pop().session  # type: ignore[no-any-return]
+
+
+def test_the_writes_of_a_batch_go_into_the_log_together_in_order() -> None:
+    """Between begin_batch and end_batch, writes are proposed with one call, in
+    the order they came; a retry in the batch waits with its first."""
+    t = _Api()
+    sid = _session(t)
+    t.api.begin_batch()
+    for seq in (1, 2, 3):
+        t.request(op="put", id=10 + seq, session=sid, seq=seq, key=f"k{seq}", value=b"v")
+    t.request(op="put", id=20, session=sid, seq=2, key="k2", value=b"v")  # a retry
+    assert len(t.core.log) == 1, "a write was proposed before the batch ended"
+    t.api.end_batch()
+    assert t.core.calls == [3]
+    writes = [decode_command(data).body for _, data in t.core.log[1:]]
+    assert [w.seq for w in writes] == [1, 2, 3]  # type: ignore[union-attr]
+    t.apply_log()
+    assert sorted(r.id for r in t.sent) == [11, 12, 13, 20]
+    assert all(r.ok for r in t.sent)
+
+
+def test_a_batch_the_log_cannot_take_whole_refuses_its_tail_as_busy() -> None:
+    """Past the bound on uncommitted bytes the core takes a prefix: the writes
+    after it are answered `busy`, and none of them waits any more."""
+    t = _Api()
+    sid = _session(t)
+    t.core.room = 1
+    t.api.begin_batch()
+    for seq in (1, 2, 3):
+        t.request(op="put", id=10 + seq, session=sid, seq=seq, key="k", value=b"v")
+    t.api.end_batch()
+    assert sorted((r.id, r.error) for r in t.sent) == [(12, "busy"), (13, "busy")]
+    t.sent.clear()
+    t.apply_log()
+    assert [(r.id, r.ok) for r in t.sent] == [(11, True)]
+
+
+def test_other_proposals_go_after_the_writes_before_them() -> None:
+    """Closing a session after writes of the same batch: the writes enter the
+    log first, as they came, so they are applied and not refused."""
+    t = _Api()
+    sid = _session(t)
+    t.api.begin_batch()
+    t.request(op="put", id=11, session=sid, seq=1, key="k", value=b"v")
+    t.request(op="close_session", id=12, session=sid)
+    t.api.end_batch()
+    kinds = [type(decode_command(data).body).__name__ for _, data in t.core.log[1:]]
+    assert kinds == ["Write", "CloseSession"]
+    t.apply_log()
+    assert [(r.id, r.ok) for r in t.sent] == [(11, True), (12, True)]
+
+
+def test_a_batch_that_finds_no_leader_answers_every_write_not_leader() -> None:
+    t = _Api()
+    sid = _session(t)
+    t.api.begin_batch()
+    for seq in (1, 2):
+        t.request(op="put", id=10 + seq, session=sid, seq=seq, key="k", value=b"v")
+    t.core.leading = False
+    t.api.end_batch()
+    assert [(r.id, r.error) for r in t.sent] == [(11, "not_leader"), (12, "not_leader")]

@@ -65,20 +65,32 @@ class Leader(PaxosState):
     # --- proposals ---------------------------------------------------------------
 
     def _propose(self, data: bytes, kind: EntryKind = EntryKind.NORMAL) -> None:
+        taken, why = self._propose_many([data], kind)
+        if not taken:
+            raise ProposalDropped(why or "dropped")
+
+    def _propose_many(self, datas: list[bytes],
+                      kind: EntryKind = EntryKind.NORMAL) -> tuple[int, str | None]:
+        """Put `datas` in the next free slots, in order, as long as they fit
+        under the bound on uncommitted bytes: how many were taken and, if
+        not all, why the rest were not."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if self.lead_transferee is not None:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
-        entry = Entry(self.ballot, self.log.last_index() + 1, kind, data)
-        size = entry_size(entry)
         limit = self.config.max_uncommitted_bytes
-        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
-            self.counters.proposals_refused += 1
-            raise ProposalDropped(
-                f"overloaded: {self.uncommitted_bytes} bytes of writes wait to be chosen "
-                f"(limit {limit}); retry shortly")
-        self.log.put(entry)
-        self.uncommitted_bytes += size
+        taken = 0
+        for data in datas:
+            entry = Entry(self.ballot, self.log.last_index() + 1, kind, data)
+            size = entry_size(entry)
+            if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
+                self.counters.proposals_refused += len(datas) - taken
+                return taken, (f"overloaded: {self.uncommitted_bytes} bytes of writes wait "
+                               f"to be chosen (limit {limit}); retry shortly")
+            self.log.put(entry)
+            self.uncommitted_bytes += size
+            taken += 1
+        return taken, None
 
     def _propose_decree(self, value: bytes) -> None:
         """The decree goes in the next free slot, as a no-op with a value."""

@@ -139,20 +139,38 @@ class Replication(CoreState):
         self._send(hint)
 
     def _propose(self, data: bytes) -> None:
+        taken, why = self._propose_many([data])
+        if not taken:
+            raise ProposalDropped(why or "dropped")
+
+    def _propose_many(self, datas: list[bytes]) -> tuple[int, str | None]:
+        """Append `datas` as normal entries, in order, as long as they fit
+        under the bound on uncommitted bytes: how many were taken and, if
+        not all, why the rest were not (one log append for them all)."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if self.lead_transferee is not None:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
-        entry = Entry(self.term, self.log.last_index() + 1, EntryKind.NORMAL, data)
-        size = entry_size(entry)
         limit = self.config.max_uncommitted_bytes
-        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
-            self.counters.proposals_refused += 1
-            raise ProposalDropped(
-                f"overloaded: {self.uncommitted_bytes} bytes of writes wait for their commit "
-                f"(limit {limit}); retry shortly")
-        self._append_entries([entry])
-        self.uncommitted_bytes += size
+        used = self.uncommitted_bytes
+        term, index = self.term, self.log.last_index()
+        entries: list[Entry] = []
+        why = None
+        for data in datas:
+            index += 1
+            e = Entry(term, index, EntryKind.NORMAL, data)
+            size = entry_size(e)
+            if used and used + size > limit:
+                self.counters.proposals_refused += len(datas) - len(entries)
+                why = (f"overloaded: {used} bytes of writes wait for their commit "
+                       f"(limit {limit}); retry shortly")
+                break
+            entries.append(e)
+            used += size
+        if entries:
+            self._append_entries(entries)
+            self.uncommitted_bytes = used
+        return len(entries), why
 
     def _append_entries(self, entries: list[Entry]) -> None:
         self.log.append(entries)
