@@ -15,6 +15,7 @@ import zmq
 
 from node.batches import batch_bounds, join_batch
 from node.config import CLIENT_BATCH_MAX_BYTES, CLIENT_STUCK_TIMEOUT_MS, CLIENT_TURN_REPLY_BYTES
+from node.transport.zmqio import send_parts
 
 
 class ClientReplies:
@@ -61,7 +62,7 @@ class ClientReplies:
         if len(route) != 1 or route[0] in self._held or route[0] in self._outbox:
             return False
         try:
-            self._sock.send_multipart([route[0], data], zmq.NOBLOCK)
+            send_parts(self._sock, [route[0], data])
         except zmq.Again:
             return False
         except zmq.ZMQError as e:
@@ -94,7 +95,7 @@ class ClientReplies:
             self.held_bytes += len(msg[-1])
             return
         try:
-            self._sock.send_multipart(msg, zmq.NOBLOCK)
+            send_parts(self._sock, msg)
         except zmq.Again:
             self._held[msg[0]] = (collections.deque([msg]), self._monotonic())
             self.held_bytes += len(msg[-1])
@@ -109,7 +110,7 @@ class ClientReplies:
             queue, since = self._held[rid]
             while queue:
                 try:
-                    self._sock.send_multipart(queue[0], zmq.NOBLOCK)
+                    send_parts(self._sock, queue[0])
                 except zmq.Again:
                     break
                 except zmq.ZMQError as e:

@@ -17,6 +17,7 @@ from node.api import ClientApi, ClientRequest, RequestRefused
 from node.batches import is_batch, split_batch
 from node.control import handle_control
 from node.replies import ClientReplies
+from node.transport.zmqio import recv_parts
 
 if TYPE_CHECKING:
     from node.control import Controlled
@@ -73,7 +74,7 @@ class ClientHandling:
             if time.monotonic() >= until or congested():
                 return
             try:
-                frames = self.client_sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_parts(self.client_sock)
             except zmq.Again:
                 return
             route, payload = _split_envelope(frames)

@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from node.config import MAX_MESSAGE_BYTES, PEER_HEARTBEAT_TIMEOUT_MS
 from node.transport.auth import CurveKeys, ZapHandler, generate_keys
 from node.transport.zmq import ZmqTransport, make_client_socket, set_common_options
+from node.transport.zmqio import recv_parts, send_parts
 
 
 def free_port() -> int:
@@ -452,3 +453,27 @@ def test_a_paused_peer_is_cut_off_within_the_heartbeat_timeout() -> None:
         proc.kill()  # SIGKILL ends a stopped process too
         proc.wait(timeout=10)
         net.close()
+
+
+def test_multipart_helpers_carry_every_frame_and_raise_again_when_empty() -> None:
+    """send_parts/recv_parts (pyzmq's multipart calls without enum flag
+    arithmetic): a ROUTER gets the sender's identity and every frame, in
+    order; the answer reaches that sender alone; an empty socket raises Again."""
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.bind("inproc://zmqio")
+        dealer.setsockopt(zmq.IDENTITY, b"d1")
+        dealer.connect("inproc://zmqio")
+        with pytest.raises(zmq.Again):
+            recv_parts(router)
+        send_parts(dealer, [b"", b"a", b"bc"], 0)
+        assert router.poll(2000), "the router never became readable"
+        assert recv_parts(router) == [b"d1", b"", b"a", b"bc"]
+        send_parts(router, [b"d1", b"answer"])
+        assert dealer.poll(2000), "the answer never arrived"
+        assert recv_parts(dealer) == [b"answer"]
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()

@@ -34,6 +34,7 @@ from node.transport.auth import (
     set_curve_server,
     write_keys,
 )
+from node.transport.zmqio import recv_parts
 
 __all__ = [
     "CurveKeys",
@@ -267,7 +268,7 @@ class ZmqTransport:
         router = self._router
         for _ in range(PEER_RECV_BATCH_MSGS):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frames = recv_parts(router)
             except zmq.Again:
                 break
             if len(frames) != 2:
