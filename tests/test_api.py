@@ -187,7 +187,9 @@ def test_oversized_or_contradictory_transactions_are_refused_unproposed() -> Non
 def _session(t: _Api) -> int:
     t.request(op="register", id=1)
     t.apply_log()
-    return t.sent.pop().session  # type: ignore[no-any-return]
+    sid = t.sent.pop().session
+    assert sid is not None
+    return sid
 
 
 def test_the_writes_of_a_batch_go_into_the_log_together_in_order() -> None:

@@ -201,6 +201,32 @@ def test_leader_refuses_proposals_past_its_uncommitted_limit() -> None:
     assert leader.log.commit == leader.log.last_index()
 
 
+def test_a_batch_of_proposals_takes_the_prefix_that_fits_under_the_limit() -> None:
+    """`propose_many` appends a batch in order, as far as the bound on
+    uncommitted bytes allows: the prefix that fits is in the log at
+    consecutive indexes, the rest is refused with the reason and counted,
+    and a follower refuses the whole batch (not its leader)."""
+    cmd = b"x" * 100
+    net = elected(Network(3, config=small_config(max_uncommitted_bytes=3 * (len(cmd) + 16))))
+    leader = net.core("n1")
+    net.isolate("n2")
+    net.isolate("n3")
+    last = leader.log.last_index()
+    batch = [bytes([c]) * len(cmd) for c in b"abcde"]
+    first, taken, why = leader.propose_many(batch)
+    assert (first, taken) == (last + 1, 3)
+    assert why is not None and "overloaded" in why
+    assert [e.data for e in leader.log.slice(last + 1, last + 4, 1 << 30, 10)] == batch[:3]
+    assert leader.log.last_index() == last + 3
+    assert leader.counters.proposals_refused == 2
+    assert leader.uncommitted_bytes == 3 * (len(cmd) + 16)
+    with pytest.raises(NotLeader):
+        net.core("n2").propose_many([cmd])
+    net.recover()
+    net.stabilize()
+    assert leader.log.commit == leader.log.last_index()
+
+
 def test_one_proposal_larger_than_the_uncommitted_limit_is_taken() -> None:
     """With nothing uncommitted, a proposal is taken whatever its size, so a
     large command can never be refused forever. Reference: etcd raft."""

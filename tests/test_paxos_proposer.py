@@ -390,3 +390,25 @@ def test_a_decree_runs_both_phases_and_every_node_logs_its_part() -> None:
         assert (slot, b"hello") in net.applied[nid]
         e = net.cores[nid].log.at(slot)
         assert e is not None and e.kind is EntryKind.NOOP
+
+
+def test_a_batch_of_proposals_fills_the_next_slots_up_to_the_uncommitted_limit() -> None:
+    """`propose_many` puts a batch in consecutive free slots, as far as the
+    bound on bytes not yet chosen allows; the rest is refused with the
+    reason, and once chosen the batch is applied in order everywhere."""
+    cmd = b"x" * 100
+    net = PaxosNet(3, config={"max_uncommitted_bytes": 3 * (len(cmd) + 16)})
+    net.elect("n1")
+    lead = net.cores["n1"]
+    last = lead.log.last_index()
+    batch = [bytes([c]) * len(cmd) for c in b"abcde"]
+    first, taken, why = lead.propose_many(batch)
+    assert (first, taken) == (last + 1, 3)
+    assert why is not None and "overloaded" in why
+    assert lead.counters.proposals_refused == 2
+    with pytest.raises(NotLeader):
+        net.cores["n2"].propose_many([cmd])
+    net.run(E)
+    for nid in net.ids:
+        assert [(i, d) for i, d in net.applied[nid] if d in batch] == \
+            [(first + k, batch[k]) for k in range(3)], nid
