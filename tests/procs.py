@@ -4,6 +4,7 @@ at the end (pass or fail), and `wait_until` for conditions with deadlines."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
@@ -123,7 +124,13 @@ class RawClient:
             self.sock.close(linger=0)
 
 
+@contextlib.contextmanager
 def make_cluster(tmp_path: Path, n: int = 3, **settings: Any) -> Iterator[TestCluster]:
+    """A cluster of `n` nodes, created, not started; every process it started
+    is killed when the `with` block ends, however it ends. (A generator
+    looped over with `for` would not do it when the block raised: the
+    traceback pytest keeps holds the generator, so its `finally` never ran
+    and a failed test left its nodes running.)"""
     c = TestCluster(tmp_path / "run")
     c.create(make_config(n, name="test", **settings))
     try:
@@ -145,7 +152,7 @@ def start_and_settle(c: TestCluster) -> str:
 @pytest.fixture
 def cluster3(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
     """A running 3-node cluster with a leader, on each peer transport."""
-    for c in make_cluster(tmp_path, 3, transport=transport):
+    with make_cluster(tmp_path, 3, transport=transport) as c:
         start_and_settle(c)
         yield c
 

@@ -236,7 +236,7 @@ def test_failover_counts_trials_and_leaves_the_cluster_whole(cluster3: TestClust
 
 def test_failover_refuses_a_cluster_with_nodes_down(tmp_path: Path) -> None:
     """bench failover needs the whole cluster running and names the nodes that are not."""
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         r = _invoke(c, "failover", "--trials", "1")
         assert r.exit_code != 0 and "n1, n2, n3 not running" in r.output
 

@@ -38,7 +38,7 @@ def _etcd_children() -> list[psutil.Process]:
 def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One raftctl cluster for the module: the comparison does not depend on
     the peer transport, which test_bench.py covers."""
-    for c in make_cluster(tmp_path_factory.mktemp("raftctl3"), 3):
+    with make_cluster(tmp_path_factory.mktemp("raftctl3"), 3) as c:
         start_and_settle(c)
         yield c
 

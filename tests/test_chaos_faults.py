@@ -83,7 +83,7 @@ def _not_acknowledged(cl: Client, key: str, value: bytes) -> bool:
 def slow_lease3(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
     """A 3-node cluster whose election timeout (300-600 ms) leaves an
     isolated leader time to accept a write before CheckQuorum deposes it."""
-    for c in make_cluster(tmp_path, 3, election_ticks=30, transport=transport):
+    with make_cluster(tmp_path, 3, election_ticks=30, transport=transport) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
@@ -216,7 +216,7 @@ def test_killed_majority_acknowledges_nothing_then_recovers(cluster3: TestCluste
 def shared3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One cluster for the command tests: they check what the supervisor
     records and pushes, which is the same on either peer transport."""
-    for c in make_cluster(tmp_path_factory.mktemp("faults"), 3):
+    with make_cluster(tmp_path_factory.mktemp("faults"), 3) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c

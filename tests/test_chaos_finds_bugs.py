@@ -39,7 +39,7 @@ def evicting(request: pytest.FixtureRequest, tmp_path: Path,
         monkeypatch.setenv(UNSAFE_BUGS_ENV, UNSAFE_APPLY_UNKNOWN_SESSIONS)
     else:
         monkeypatch.delenv(UNSAFE_BUGS_ENV, raising=False)
-    for c in make_cluster(tmp_path, 3, transport=transport, max_sessions=MAX_SESSIONS):
+    with make_cluster(tmp_path, 3, transport=transport, max_sessions=MAX_SESSIONS) as c:
         start_and_settle(c)
         yield c
 

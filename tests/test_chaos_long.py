@@ -26,7 +26,7 @@ EXPECTED = set(KINDS) - {"ring", "power-loss"}
 @pytest.fixture(params=["transport-zmq", "kernel-udp"])
 def long_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestCluster]:
     if request.param == "transport-zmq":
-        for c in make_cluster(tmp_path, 3, transport="zmq"):
+        with make_cluster(tmp_path, 3, transport="zmq") as c:
             c.start_all()
             c.wait_for_leader(10.0)
             yield c

@@ -99,7 +99,7 @@ def test_without_the_supervisor_a_membership_fault_fails_visibly() -> None:
 
 @pytest.fixture
 def zmq3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         start_and_settle(c)
         yield c
 

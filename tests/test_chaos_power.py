@@ -46,7 +46,7 @@ def on_mounts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestCl
     """A running 3-node cluster with the fsync policy the test names, each
     data directory on a power-loss mount; nodes are killed, then the mounts
     removed, at the end, pass or fail."""
-    for c in make_cluster(tmp_path, 3, fsync=request.param):
+    with make_cluster(tmp_path, 3, fsync=request.param) as c:
         try:
             mount_data_dirs(c)
             start_and_settle(c)

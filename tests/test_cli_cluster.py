@@ -32,7 +32,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture
 def c(tmp_path: Path) -> Iterator[TestCluster]:
     """A running 3-node cluster whose every node knows the leader."""
-    for cl in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as cl:
         start_and_settle(cl)
         yield cl
 

@@ -28,7 +28,7 @@ from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One 3-node cluster for the tests of this module."""
-    for c in make_cluster(tmp_path_factory.mktemp("aclient"), 3):
+    with make_cluster(tmp_path_factory.mktemp("aclient"), 3) as c:
         start_and_settle(c)
         yield c
 

@@ -25,7 +25,7 @@ SOAK_ROUNDS = 40
 @pytest.fixture
 def single(tmp_path: Path) -> Iterator[TestCluster]:
     # One node: an acknowledged write is exactly one this node made durable.
-    for c in make_cluster(tmp_path, 1, snapshot_entries=200):
+    with make_cluster(tmp_path, 1, snapshot_entries=200) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
@@ -82,7 +82,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(single: TestCluster, rou
 def test_torn_tail_is_cut_and_logged_by_the_node(tmp_path: Path) -> None:
     """A node whose WAL ends in a torn record starts, cuts it, keeps every
     whole record, and logs `wal_tail_truncated` with the byte count."""
-    for c in make_cluster(tmp_path, 1):
+    with make_cluster(tmp_path, 1) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         with c.client() as cl:
@@ -110,7 +110,7 @@ def test_torn_tail_is_cut_and_logged_by_the_node(tmp_path: Path) -> None:
 def test_compaction_triggers_on_bytes_as_well_as_entries(tmp_path: Path) -> None:
     """A node compacts once the commands applied since its last snapshot
     pass `snapshot_bytes`, even far below `snapshot_entries`."""
-    for c in make_cluster(tmp_path, 1, snapshot_entries=1_000_000, snapshot_bytes=50_000):
+    with make_cluster(tmp_path, 1, snapshot_entries=1_000_000, snapshot_bytes=50_000) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         with c.client() as cl:

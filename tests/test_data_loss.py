@@ -18,7 +18,7 @@ from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
 @pytest.fixture
 def c3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, snapshot_entries=40):
+    with make_cluster(tmp_path, 3, snapshot_entries=40) as c:
         start_and_settle(c)
         yield c
 

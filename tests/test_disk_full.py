@@ -215,7 +215,7 @@ def shared_disk(tmp_path: Path) -> Iterator[tuple[TestCluster, Path]]:
     d = tmp_path / "disk"
     _mount(d, 3 * DISK_OK_FREE_BYTES // (1 << 20))
     try:
-        for c in make_cluster(d, 3):
+        with make_cluster(d, 3) as c:
             start_and_settle(c)
             yield c, d
     finally:

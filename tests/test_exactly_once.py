@@ -51,7 +51,7 @@ def _replay(data_dir: Path, max_sessions: int) -> tuple[KVStore, Counter[tuple[i
 def few_sessions(tmp_path: Path) -> Iterator[TestCluster]:
     """A cluster that keeps only 64 sessions, so that thousands of clients
     evict each other's sessions all the time (the old bug's condition)."""
-    for c in make_cluster(tmp_path, 3, max_sessions=64):
+    with make_cluster(tmp_path, 3, max_sessions=64) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
@@ -165,7 +165,7 @@ def _appender(c: TestCluster, stop: threading.Event, acked: list[bytes],
 @pytest.fixture
 def plain(tmp_path: Path) -> Iterator[TestCluster]:
     """A 3-node cluster with the default settings, on ZeroMQ."""
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c

@@ -63,7 +63,7 @@ def _read_once(c: TestCluster, node: str, key: str) -> dict[str, Any]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestCluster, str]]:
     """A running 3-node cluster shared by this module's tests, and its leader."""
     tmp: Path = tmp_path_factory.mktemp("follower_reads")
-    for c in make_cluster(tmp, 3):
+    with make_cluster(tmp, 3) as c:
         yield c, start_and_settle(c)
 
 
@@ -181,7 +181,7 @@ def test_chaos_run_with_lease_reads_is_clean(tmp_path: Path) -> None:
     with reads spread over every node, pauses among the faults (a stalled
     leader must not serve from a lease that ran out meanwhile): the
     linearizability check finds nothing."""
-    for c in make_cluster(tmp_path, 3, read_mode="lease"):
+    with make_cluster(tmp_path, 3, read_mode="lease") as c:
         assert c.config().read_mode == "lease"
         start_and_settle(c)
         code, rep = chaos_run(c, "--duration", "8s", "--interval", "1s", "--nemesis",
@@ -197,7 +197,7 @@ def test_with_follower_reads_off_a_follower_names_the_leader(tmp_path: Path) -> 
     """`follower_reads = false`: a follower answers a linearizable read with
     not_leader and the leader's address, as before follower reads; the
     client library then reads at the leader."""
-    for c in make_cluster(tmp_path, 3, follower_reads=False):
+    with make_cluster(tmp_path, 3, follower_reads=False) as c:
         lead = start_and_settle(c)
         follower = next(n for n in c.node_ids() if n != lead)
         with c.client() as w:

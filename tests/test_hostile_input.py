@@ -36,7 +36,7 @@ LOOP_TURN_BOUND_MS = 75.0
 @pytest.fixture(scope="module")
 def hostile3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One 3-node cluster for every test here: none of them changes its config."""
-    for c in make_cluster(tmp_path_factory.mktemp("hostile"), 3):
+    with make_cluster(tmp_path_factory.mktemp("hostile"), 3) as c:
         start_and_settle(c)
         yield c
 

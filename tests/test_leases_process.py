@@ -37,7 +37,7 @@ EXPIRY_BOUND_S = 2.0
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """A running 3-node cluster for every test of this module."""
-    for c in make_cluster(tmp_path_factory.mktemp("leases"), 3):
+    with make_cluster(tmp_path_factory.mktemp("leases"), 3) as c:
         start_and_settle(c)
         yield c
 
@@ -274,7 +274,7 @@ def test_cli_keepalive_streams_until_ctrl_c(shared: TestCluster) -> None:
 @pytest.fixture
 def small_snapshots(tmp_path: Path) -> Iterator[TestCluster]:
     """A 3-node cluster that snapshots every 50 entries and keeps no tail."""
-    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0):
+    with make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0) as c:
         start_and_settle(c)
         yield c
 
@@ -316,7 +316,7 @@ def test_leases_survive_install_snapshot_and_restart(small_snapshots: TestCluste
 
 @pytest.fixture
 def paxos3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, algorithm="paxos"):
+    with make_cluster(tmp_path, 3, algorithm="paxos") as c:
         start_and_settle(c)
         yield c
 

@@ -19,7 +19,7 @@ from tests.procs import TestCluster, make_cluster, start_and_settle
 def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """A running one-node cluster, shared by the tests below (each leaves
     it with n1 the only voter)."""
-    for c in make_cluster(tmp_path_factory.mktemp("member"), 1):
+    with make_cluster(tmp_path_factory.mktemp("member"), 1) as c:
         start_and_settle(c)
         yield c
 

@@ -100,14 +100,14 @@ def test_grow_shrink_and_replace_under_load_lose_no_acknowledged_write(
 
 @pytest.fixture
 def zmq3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         start_and_settle(c)
         yield c
 
 
 @pytest.fixture
 def udp3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, transport="udp"):
+    with make_cluster(tmp_path, 3, transport="udp") as c:
         start_and_settle(c)
         yield c
 

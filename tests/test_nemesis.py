@@ -340,7 +340,7 @@ class _Liar:
 @pytest.fixture
 def zmq3(tmp_path: Path) -> Iterator[TestCluster]:
     """A running 3-node cluster; the planted lie does not depend on the transport."""
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c

@@ -164,8 +164,8 @@ def test_restarted_node_catches_up_by_log(cluster3: TestCluster) -> None:
 
 @pytest.fixture
 def small_snapshots(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0,
-                          transport=transport):
+    with make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=0,
+                          transport=transport) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
@@ -192,8 +192,8 @@ def test_node_behind_compaction_gets_snapshot(small_snapshots: TestCluster) -> N
 
 @pytest.fixture
 def catchup_tail(tmp_path: Path, transport: str) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=1_000,
-                          transport=transport):
+    with make_cluster(tmp_path, 3, snapshot_entries=50, catchup_entries=1_000,
+                          transport=transport) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
@@ -270,7 +270,7 @@ def test_an_overloaded_leader_answers_busy(tmp_path: Path) -> None:
     max_uncommitted_bytes=300 it takes the first (nothing was waiting) and
     refuses the second with `busy`, counted in its status; the first
     commits, and then the same write is taken again."""
-    for c in make_cluster(tmp_path, 3, max_uncommitted_bytes=300):
+    with make_cluster(tmp_path, 3, max_uncommitted_bytes=300) as c:
         c.start_all()
         lead = c.wait_for_leader(10.0)
         got = _puts_in_batches(c, lead, [b"x" * 200] * 2, 5000)
@@ -291,7 +291,7 @@ def test_a_huge_batch_frame_does_not_stall_the_leader(tmp_path: Path) -> None:
     starts an election, and no turn of the loop lasted two election
     timeouts. (Handled in one turn, 20,000 such writes took 171 ms here.)"""
     n = 60_000
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         c.start_all()
         lead = c.wait_for_leader(10.0)
         term = c.statuses()[lead]["term"]  # reading the status also resets its busy peak

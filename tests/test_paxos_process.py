@@ -41,7 +41,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
 def paxos3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """A running 3-node Paxos cluster (ZeroMQ) shared by the tests that
     leave it as they found it: running, every link whole."""
-    for c in make_cluster(tmp_path_factory.mktemp("paxos3"), 3, algorithm="paxos"):
+    with make_cluster(tmp_path_factory.mktemp("paxos3"), 3, algorithm="paxos") as c:
         start_and_settle(c)
         yield c
 
@@ -177,7 +177,7 @@ def test_bench_write_runs_on_paxos(paxos3: TestCluster) -> None:
 def test_chaos_run_on_paxos(tmp_path: Path, transport: str) -> None:
     """A short `chaos run` against a Paxos cluster finds its history
     linearizable and no acknowledged write or element lost, on each transport."""
-    for c in make_cluster(tmp_path, 3, algorithm="paxos", transport=transport):
+    with make_cluster(tmp_path, 3, algorithm="paxos", transport=transport) as c:
         start_and_settle(c)
         code, rep = chaos_run(c, "--duration", "6s", "--interval", "1s", "--seed", "5",
                               "--nemesis", "kill,isolate,partition,pause,transfer")

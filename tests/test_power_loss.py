@@ -338,7 +338,7 @@ def _cluster_on_mounts(tmp_path: Path, fsync: str) -> Iterator[
     """A running 3-node cluster, each node's data directory on its own mount;
     nodes are killed and mounts removed by pid at the end, pass or fail."""
     # Snapshots every 50 entries: the run also renames snapshot files into place.
-    for c in make_cluster(tmp_path, 3, fsync=fsync, snapshot_entries=50):
+    with make_cluster(tmp_path, 3, fsync=fsync, snapshot_entries=50) as c:
         mounts = {n: PowerLossMount.in_node_dir(node_dir(c.run_dir, n)) for n in c.node_ids()}
         try:
             for m in mounts.values():

@@ -46,7 +46,7 @@ def _loose(root: Path) -> list[str]:
 def test_a_running_cluster_keeps_everything_private(tmp_path: Path, umask: int) -> None:
     """After up, a write, a fault and a restart, nothing under the run
     directory is readable by another user, whatever the umask was."""
-    for c in make_cluster(tmp_path, 1):
+    with make_cluster(tmp_path, 1) as c:
         start_and_settle(c)
         with c.client() as cl:
             assert cl.put("k", b"v").ok

@@ -40,7 +40,7 @@ TTL_S = 1.0
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """A running 3-node cluster for every test of this module."""
-    for c in make_cluster(tmp_path_factory.mktemp("recipes"), 3):
+    with make_cluster(tmp_path_factory.mktemp("recipes"), 3) as c:
         start_and_settle(c)
         yield c
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """A running 3-node cluster for every test of this module."""
-    for c in make_cluster(tmp_path_factory.mktemp("revisions"), 3):
+    with make_cluster(tmp_path_factory.mktemp("revisions"), 3) as c:
         start_and_settle(c)
         yield c
 
@@ -240,7 +240,7 @@ def test_chaos_run_checks_transactions_range_reads_and_watches(shared: TestClust
 @pytest.fixture
 def slow_limit(tmp_path: Path) -> Iterator[TestCluster]:
     """A 3-node cluster whose nodes cancel a watcher 5 revisions behind."""
-    for c in make_cluster(tmp_path, 3, watch_max_lag_revisions=5):
+    with make_cluster(tmp_path, 3, watch_max_lag_revisions=5) as c:
         start_and_settle(c)
         yield c
 

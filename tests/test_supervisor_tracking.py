@@ -65,7 +65,7 @@ def test_a_node_launched_by_a_killed_raftctl_is_adopted(
     command finds n1 running, start does not launch a second one, and
     down stops it."""
     c = Cluster(reaper, "test")
-    for _ in make_cluster(reaper.parent, 1):
+    with make_cluster(reaper.parent, 1):
         pass  # only the run directory: no node started
     saves = Cluster._save
 
@@ -91,7 +91,7 @@ def test_a_node_launched_by_a_killed_raftctl_is_adopted(
 
 @pytest.fixture
 def c1(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 1):
+    with make_cluster(tmp_path, 1) as c:
         start_and_settle(c)
         yield c
 
@@ -134,7 +134,7 @@ def _lose_data(c: TestCluster, node: str) -> None:
 
 @pytest.fixture
 def c3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3):
+    with make_cluster(tmp_path, 3) as c:
         start_and_settle(c)
         yield c
 
@@ -195,7 +195,7 @@ def test_start_records_its_intent_before_launching(
     """If the run directory cannot be written (a full disk), start launches
     nothing and says why in one sentence, instead of leaving a process no
     file names (exit 70, `internal error`, before)."""
-    for _ in make_cluster(reaper.parent, 1):
+    with make_cluster(reaper.parent, 1):
         pass
 
     def full(*_a: Any, **_k: Any) -> None:
@@ -206,3 +206,21 @@ def test_start_records_its_intent_before_launching(
     assert r.exit_code == 1, r.output
     assert "No space left on device" in r.output and "nothing was started" in r.output, r.output
     assert not _node_processes(reaper)
+
+
+class _TestFailed(Exception):
+    pass
+
+
+def test_a_test_cluster_is_reaped_even_when_its_block_fails(tmp_path: Path) -> None:
+    """The harness kills every node a test started when the test fails, even
+    while the failure's traceback is still held (as pytest holds it)."""
+    with pytest.raises(_TestFailed) as failed:
+        with make_cluster(tmp_path, 3) as c:
+            c.start_all()
+            pids = [pid for pid, _ in c.started]
+            raise _TestFailed
+    assert failed.traceback  # the traceback, and the frames in it, are alive here
+    wait_until(lambda: not any(psutil.pid_exists(p) and
+                               psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in pids), 10.0, f"nodes {pids} reaped after the failure")

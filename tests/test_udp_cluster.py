@@ -22,7 +22,7 @@ def _lossy(c: TestCluster, loss: float, duplicate: float) -> None:
 
 @pytest.fixture
 def udp3(tmp_path: Path) -> Iterator[TestCluster]:
-    for c in make_cluster(tmp_path, 3, transport="udp", snapshot_entries=40, catchup_entries=0):
+    with make_cluster(tmp_path, 3, transport="udp", snapshot_entries=40, catchup_entries=0) as c:
         c.start_all()
         c.wait_for_leader(10.0)
         yield c
