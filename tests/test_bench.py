@@ -28,6 +28,13 @@ from tests.procs import TestCluster, cluster3, make_cluster
 __all__ = ["cluster3"]
 
 
+# The load generator and its figures do not depend on the peer transport:
+# the default suite runs these over ZeroMQ, the soak over UDP too.
+@pytest.fixture(params=["zmq", pytest.param("udp", marks=pytest.mark.soak)])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def _invoke(c: Cluster, *args: str) -> Result:
     return CliRunner().invoke(bench, list(args), obj=c, catch_exceptions=False)
 

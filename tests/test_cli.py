@@ -144,7 +144,7 @@ def test_logs_follow_shows_election(cli: Cli, transport: str) -> None:
     follower_ids = [n for n in ("n1", "n2", "n3") if n != old]
     # --since shows the past too, so we can see that the tail is running
     # (it printed the start-up) before we cause the election.
-    tail = cli.popen("logs", "-f", "--json", "--since", "5m", "--for", "10")
+    tail = cli.popen("logs", "-f", "--json", "--since", "5m", "--for", "6")
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(tail.stdout or []), daemon=True)
     reader.start()

@@ -215,11 +215,10 @@ class _TestFailed(Exception):
 def test_a_test_cluster_is_reaped_even_when_its_block_fails(tmp_path: Path) -> None:
     """The harness kills every node a test started when the test fails, even
     while the failure's traceback is still held (as pytest holds it)."""
-    with pytest.raises(_TestFailed) as failed:
-        with make_cluster(tmp_path, 3) as c:
-            c.start_all()
-            pids = [pid for pid, _ in c.started]
-            raise _TestFailed
+    with pytest.raises(_TestFailed) as failed, make_cluster(tmp_path, 3) as c:
+        c.start_all()
+        pids = [pid for pid, _ in c.started]
+        raise _TestFailed
     assert failed.traceback  # the traceback, and the frames in it, are alive here
     wait_until(lambda: not any(psutil.pid_exists(p) and
                                psutil.Process(p).status() != psutil.STATUS_ZOMBIE
