@@ -32,6 +32,7 @@ from chaos.sim_members import Members
 from chaos.sim_nemesis import FAULT_KINDS, Nemesis, format_faults
 from chaos.sim_network import SimNetwork, WireMessage, describe
 from chaos.sim_node import SimNodes
+from chaos.sim_watches import SimWatches
 from node.config import HISTORY_REVISIONS, CoreConfig
 from node.consensus import ConsensusCore
 from node.errors import NotLeader, ProposalDropped
@@ -48,6 +49,7 @@ from node.storage import MemoryStorage
 # The simulator's timing, in ticks of its virtual clock.
 SIM_FAULT_TICKS = 300  # the fault phase of one run
 SIM_LIVENESS_TICKS = 150  # after healing, a fresh entry must commit within this
+SIM_WATCHERS = 3  # clients watching ranges of the keys (chaos/sim_watches.py)
 
 # Applied entries a core holds in memory: few, so that followers that lag are
 # sent entries read back from storage (node/raft/log.py, evict) all the time.
@@ -139,11 +141,13 @@ class Simulation(SimClients, SimNodes):
         forget_promises: bool = False,
         lease_clients: int = 0,
         lease_breaks: frozenset[str] = frozenset(),
+        watchers: int = SIM_WATCHERS,
     ) -> None:
         """`algorithm` is `raft` or `paxos`; `forget_promises` (Paxos, for
         tests) breaks every acceptor's promise, for the checks to catch.
         `lease_clients` clients grant and keep leases (chaos/sim_leases.py);
-        `lease_breaks` names its test-only bugs."""
+        `lease_breaks` names its test-only bugs; `watchers` watch ranges of
+        the keys (chaos/sim_watches.py)."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.seed = seed
@@ -214,6 +218,7 @@ class Simulation(SimClients, SimNodes):
         self._leases = SimLeases(self, seed, ids, lease_clients, tick_ms=SIM_TICK_MS,
                                  extension_ms=_max_election_ms(self.config),
                                  breaks=lease_breaks) if lease_clients else None
+        self._watches = SimWatches(seed, watchers) if watchers else None
         self._log("--", f"seed {seed}, {nodes} nodes, faults {format_faults(faults)}, "
                         f"{self.config}" + ("" if algorithm == "raft" else f", {algorithm}"))
         for n in self._nodes.values():
@@ -259,6 +264,8 @@ class Simulation(SimClients, SimNodes):
         self._stats["messages_dropped"] = self._dropped
         if self._leases is not None:
             self._stats.update(self._leases.stats)
+        if self._watches is not None:
+            self._stats.update(self._watches.stats)
         if not self._violations:
             self._violations.extend(check_linearizable(self._history))
         return SimResult(self.seed, self._violations, self.now, live_after, self._history,
@@ -438,6 +445,12 @@ class Simulation(SimClients, SimNodes):
                 self._client_step(c)
             if self._leases is not None:
                 self._leases.tick()
+            if self._watches is not None:
+                found = self._watches.tick(self.now, [n for n in self._nodes.values()
+                                                      if n.core is not None])
+                if found:
+                    self._violations.extend(found)
+                    raise _Stop
             if faulty and self._history_rng.random() < _COMPACT_HISTORY_CHANCE:
                 self._compact_history()
             if faulty and "snapshot" in self.faults:

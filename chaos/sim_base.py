@@ -24,6 +24,7 @@ from node.storage import MemoryStorage
 
 if TYPE_CHECKING:  # sim_leases.py is built on the simulator, not the other way
     from chaos.sim_leases import SimLeases
+    from chaos.sim_watches import SimWatches
 
 # The simulated cluster clock runs at the runner's default tick.
 SIM_TICK_MS = TICK_MS
@@ -114,6 +115,7 @@ class SimState:
     _revision_checker: RaftInvariants
     _nemesis: Nemesis
     _leases: SimLeases | None
+    _watches: SimWatches | None
     _ids: list[str]
     _nodes: dict[str, _Node]
     _keys: list[str]

@@ -14,6 +14,7 @@ import msgspec
 from chaos.invariants import ConfView, NodeState, RaftInvariants, Violation
 from chaos.paxos_invariants import AcceptorState, PaxosInvariants
 from chaos.sim_nemesis import FAULT_KINDS
+from chaos.sim_watches import WATCH_COVERAGE
 from node.config import CoreConfig
 from node.consensus import ConsensusCore
 from node.paxos.core import PaxosCore
@@ -30,14 +31,14 @@ RAFT_COVERAGE: tuple[str, ...] = (
     "became_leader", "crashes", "compactions", "entries_evicted", "snapshot_installed",
     "leadership_transferred", "append_rejected", "membership_changed", "messages_delivered",
     "messages_dropped", "ops_ok", "ops_unknown", "ops_fail", "follower_reads", "range_reads",
-    "range_reads_compared",
+    "range_reads_compared", *WATCH_COVERAGE,
 )
 _PAXOS_MIN_CHUNK_BYTES = 32
 PAXOS_COVERAGE: tuple[str, ...] = (
     "pre_prepare_sent", "prepare_sent", "promised", "became_leader", "preempted",
     "campaign_abandoned", "crashes", "compactions", "snapshot_installed",
     "leadership_transferred", "messages_delivered", "messages_dropped", "ops_ok", "ops_unknown",
-    "ops_fail", "range_reads", "range_reads_compared",
+    "ops_fail", "range_reads", "range_reads_compared", *WATCH_COVERAGE,
 )
 
 

@@ -76,6 +76,11 @@ class SimNodes(SimState):
         found = [] if self._leases is None else self._leases.before_apply(n, e)
         done = n.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
         self._check_revisions(n)
+        if self._watches is not None:
+            diverged = self._watches.applied(n, self.now)
+            if diverged:
+                self._violations.extend(diverged)
+                raise _Stop
         if self._leases is not None:
             found += self._leases.applied(n, e.index, e.term, done)
         if found:
@@ -209,6 +214,8 @@ class SimNodes(SimState):
         self._algo.node_down(n.id)
         if self._leases is not None:
             self._leases.node_down(n.id)
+        if self._watches is not None:
+            self._watches.node_down(n.id)
         self._stats["crashes"] += 1
         self._log(n.id, f"crashed {how}")
 

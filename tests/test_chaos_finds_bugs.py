@@ -65,6 +65,9 @@ def test_a_short_default_run_finds_the_eviction_bug(evicting: TestCluster) -> No
     assert any("apply_unknown_sessions" in n for n in rep["notes"])
 
 
+# A soak (CI runs it): the default suite's other chaos runs are clean on
+# the real code too, and its time is kept under 10 minutes.
+@pytest.mark.soak
 @pytest.mark.parametrize("evicting", [("zmq", False)], indirect=True)
 def test_the_same_short_run_on_the_real_code_is_clean(evicting: TestCluster) -> None:
     """The control: the same cluster settings and run without the bug are

@@ -63,7 +63,8 @@ def test_sweep_with_all_faults_breaks_nothing() -> None:
         seen.update(r.stats)
     for what in ("became_leader", "crashes", "compactions", "snapshot_installed",
                  "leadership_transferred", "append_rejected", "membership_changed",
-                 "messages_dropped", "ops_ok", "ops_unknown", "follower_reads"):
+                 "messages_dropped", "ops_ok", "ops_unknown", "follower_reads",
+                 "watch_events", "watch_moves"):
         assert seen[what] > 0, f"no run exercised {what}: {dict(seen)}"
 
 
