@@ -67,6 +67,7 @@ from raftctl.clusterfile import (
     load_config_file,
     make_config,
     port_in_use,
+    started_at,
 )
 from raftctl.procscan import data_left, output_since, unrecorded
 
@@ -302,7 +303,7 @@ class Cluster(ClusterFaults):
             return None
         try:
             p = psutil.Process(info.pid)
-            if abs(p.create_time() - info.create_time) > 0.05:
+            if not started_at(p.create_time(), info.create_time):
                 return None
             if p.status() == psutil.STATUS_ZOMBIE and _threads_left(info.pid) <= 1:
                 return None

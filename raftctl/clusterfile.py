@@ -49,6 +49,23 @@ class ProcessInfo(msgspec.Struct, frozen=True):
     create_time: float
 
 
+# How far a process's start time, as psutil reads it, may be from the one
+# recorded when it started and still be the same process. psutil adds the
+# kernel's boot time, in whole seconds of the wall clock, to the ticks since
+# boot: when the clock is adjusted across a second's edge, every start time
+# moves by a second. With a tolerance of 50 ms a live node was once taken
+# for "not running" (a chaos run's pause failed) and a test's reaper skipped
+# its nodes. A pid reused within two seconds of the first start would need
+# the pid counter to wrap around in that time.
+START_TIME_TOLERANCE_S = 2.0
+
+
+def started_at(create_time: float, recorded: float) -> bool:
+    """A process that psutil says started at `create_time` is the one
+    recorded as started at `recorded`."""
+    return abs(create_time - recorded) <= START_TIME_TOLERANCE_S
+
+
 class ClusterFile(msgspec.Struct):
     """`cluster.json`: the config the nodes read, the processes we started,
     and the nodes removed from the cluster (`raftctl member remove`: kept in

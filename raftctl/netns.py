@@ -31,6 +31,7 @@ import psutil
 
 from node.private_files import write_private
 from node.transport.links import LinkRule
+from raftctl.clusterfile import started_at
 
 CHAIN = "RAFTCTL"
 MODES = ("bridge", "sandbox")
@@ -229,7 +230,7 @@ class Sandbox:
         try:
             h = msgspec.json.decode(self._file.read_bytes(), type=_Holder)
             p = psutil.Process(h.pid)
-            if abs(p.create_time() - h.create_time) > 0.05 or \
+            if not started_at(p.create_time(), h.create_time) or \
                     p.status() == psutil.STATUS_ZOMBIE:
                 return None
             return p

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from node.client import Client
 from node.transport.zmq import make_client_socket
 from raftctl.cluster import Cluster, make_config
+from raftctl.clusterfile import started_at
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ class TestCluster(Cluster):
         for pid, ctime in self.started:
             try:
                 p = psutil.Process(pid)
-                if abs(p.create_time() - ctime) > 0.05:
+                if not started_at(p.create_time(), ctime):
                     continue
                 p.send_signal(signal.SIGCONT)
                 p.kill()

@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from raftctl.cli import main
 from raftctl.cluster import Cluster, ClusterFile, free_ports
+from raftctl.clusterfile import ProcessInfo
 from tests.procs import TestCluster, make_cluster, start_and_settle, wait_until
 
 
@@ -223,3 +224,15 @@ def test_a_test_cluster_is_reaped_even_when_its_block_fails(tmp_path: Path) -> N
     wait_until(lambda: not any(psutil.pid_exists(p) and
                                psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                                for p in pids), 10.0, f"nodes {pids} reaped after the failure")
+
+
+def test_a_process_is_still_ours_when_the_clock_moves_its_start_time(tmp_path: Path) -> None:
+    """psutil's start time of a process is the kernel's boot time (whole
+    seconds of the wall clock) plus ticks since boot, so a clock adjustment
+    moves it by a second: the process is still the one recorded; one that
+    started ten seconds apart from the record is not."""
+    me = psutil.Process()
+    c = Cluster(tmp_path, "test")
+    for shift in (-1.0, 1.0):
+        assert c._process(ProcessInfo(me.pid, me.create_time() + shift)) is not None, shift
+    assert c._process(ProcessInfo(me.pid, me.create_time() + 10.0)) is None
