@@ -44,6 +44,13 @@ ENTRIES_FREED_PER_TURN = 4096
 # dicts per turn (of 4,096; a few milliseconds at a million keys): freed at
 # once, 400,000 keys held the installing turn for about 100 ms.
 SHARDS_FREED_PER_TURN = 64
+# An image whose bytes all went (a local snapshot's, a digest's) still holds
+# the shards, index chunks and history chunks the store has replaced since
+# it was frozen: dropped at once, at 400k keys it held the loop 10 to 30 ms
+# in the turn that finished the image. Its shards go SHARDS_FREED_PER_TURN
+# a turn, its index and history chunks (a thousand keys or changes each)
+# this many.
+IMAGE_CHUNKS_FREED_PER_TURN = 8
 # Encoded pieces wait for the writer thread up to this many bytes; past it
 # the loop encodes no more until the disk took some (a slow disk slows the
 # snapshot, not the loop, and bounds the memory of what waits).
@@ -71,6 +78,8 @@ class _ImageJob:
     sink: Callable[[bytes], None]
     done: Callable[[], None]
     snapshot: _LocalSnapshot | None = None
+    # The frozen image the encoder reads, released a slice per turn once done.
+    image: KVImage | None = None
 
 
 class SnapshotHandling:
@@ -98,8 +107,11 @@ class SnapshotHandling:
         self._received_image: KVImage | None = None
         # Entries compacted away and not yet freed (ENTRIES_FREED_PER_TURN).
         self._to_free: list[Entry] = []
-        # Shards of a state machine replaced by a leader's snapshot, to free.
+        # Shards of a state machine replaced by a leader's snapshot, or of a
+        # finished image, to free.
         self._shards_to_free: list[dict[str, Rec]] = []
+        # A finished image's index and history chunks, to free.
+        self._image_chunks_to_free: list[list[Any]] = []
 
     # --- local snapshots ------------------------------------------------------
 
@@ -126,9 +138,10 @@ class SnapshotHandling:
         # slice per turn (_advance_images), the writing to the thread.
         job = _LocalSnapshot(meta, writer, collections.deque())
         self._local_snap = job
-        self._image_jobs.append(_ImageJob(image_encoder(self.kv.freeze()),
+        image = self.kv.freeze()
+        self._image_jobs.append(_ImageJob(image_encoder(image),
                                           lambda piece: self._queue_piece(job, piece),
-                                          lambda: self._finish_local(job), job))
+                                          lambda: self._finish_local(job), job, image))
         self._bytes_since_snapshot = 0
         return True
 
@@ -166,6 +179,8 @@ class SnapshotHandling:
             del self._to_free[-ENTRIES_FREED_PER_TURN:]
         if self._shards_to_free:
             del self._shards_to_free[-SHARDS_FREED_PER_TURN:]
+        if self._image_chunks_to_free:
+            del self._image_chunks_to_free[-IMAGE_CHUNKS_FREED_PER_TURN:]
 
     def _advance_images(self) -> None:
         """One slice of encoding, then see what the writer finished."""
@@ -180,6 +195,7 @@ class SnapshotHandling:
                     piece = job.encoder.next_piece(KV_IMAGE_PIECE_BYTES)
                     if piece is None:
                         self._image_jobs.remove(job)
+                        self._release_image(job)
                         job.done()
                         break
                     job.sink(piece)
@@ -220,8 +236,19 @@ class SnapshotHandling:
                       took_ms=round((started - job.started) * 1000, 1),
                       install_ms=round((time.monotonic() - started) * 1000, 3))
 
+    def _release_image(self, job: _ImageJob) -> None:
+        """Hand what `job`'s frozen image holds to the per-turn freeing."""
+        image, job.image = job.image, None
+        if image is not None:
+            self._shards_to_free.extend(image.shards)
+            self._image_chunks_to_free.extend(image.keys)
+            self._image_chunks_to_free.extend(image.changes.chunks)
+
     def _abandon_local(self, job: _LocalSnapshot, err: BaseException) -> None:
         self._local_snap = None
+        for j in self._image_jobs:
+            if j.snapshot is job:
+                self._release_image(j)
         self._image_jobs = [j for j in self._image_jobs if j.snapshot is not job]
         try:
             self._snapshotter.submit(job.writer.abort)
@@ -242,7 +269,8 @@ class SnapshotHandling:
         fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._image_jobs.append(_ImageJob(
             image_encoder(image), h.update,
-            lambda: fut.set_result({"applied": applied, "digest": h.hexdigest(), "keys": keys})))
+            lambda: fut.set_result({"applied": applied, "digest": h.hexdigest(), "keys": keys}),
+            image=image))
         return fut
 
     # --- a leader's snapshot (§7) ---------------------------------------------

@@ -122,3 +122,35 @@ def test_entries_a_snapshot_compacts_away_are_freed_a_few_per_turn(
         waiting.append(len(r._to_free))
     assert waiting[0] > 150, waiting
     assert all(a - b <= 50 for a, b in itertools.pairwise(waiting)), waiting
+
+
+def test_a_finished_image_is_freed_a_slice_per_turn(leader: NodeRunner) -> None:
+    """What a finished snapshot image alone still holds (shards, index and
+    history chunks the store replaced since it was frozen) is not dropped in
+    the turn that finishes it: the loop frees it a slice per turn."""
+    r = leader
+    r.core.step(Propose(encode_command(Command(0, RegisterSession()))))
+    _settle(r)
+    _propose_puts(r, r.kv.applied_index, 1, 300)
+    applied = r.kv.applied_index
+    assert r._maybe_snapshot(force=True)
+    job = r._image_jobs[-1]
+    assert job.image is not None and job.image.applied_index == applied
+
+    def installed() -> bool:
+        r._advance_images()
+        return r.core.snapshot_meta.index == applied
+
+    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    assert job.image is None, "the finished job still holds its image"
+    shards = [len(r._shards_to_free)]
+    chunks = [len(r._image_chunks_to_free)]
+    assert shards[0] >= runner_snap.SHARDS_FREED_PER_TURN and chunks[0] >= 1, (shards, chunks)
+    while r._shards_to_free or r._image_chunks_to_free:
+        r._release_log_memory()
+        shards.append(len(r._shards_to_free))
+        chunks.append(len(r._image_chunks_to_free))
+    assert len(shards) > 2, shards
+    assert all(a - b <= runner_snap.SHARDS_FREED_PER_TURN for a, b in itertools.pairwise(shards))
+    assert all(a - b <= runner_snap.IMAGE_CHUNKS_FREED_PER_TURN
+               for a, b in itertools.pairwise(chunks))
