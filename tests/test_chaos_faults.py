@@ -21,6 +21,15 @@ from tests.procs import TestCluster, cluster3, make_cluster, wait_until
 __all__ = ["cluster3"]
 
 
+# Over UDP as a soak (CI runs it): the default suite keeps UDP's node and
+# fault paths in tests/test_node_input.py, tests/test_nemesis.py,
+# tests/test_udp_cluster.py and tests/test_transport_udp.py, and stays
+# under 10 minutes.
+@pytest.fixture(params=["zmq", pytest.param("udp", marks=pytest.mark.soak)])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def _offset(c: TestCluster, node: str) -> int:
     p = c.log_path(node)
     return p.stat().st_size if p.exists() else 0

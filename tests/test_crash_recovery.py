@@ -18,7 +18,7 @@ from node.storage.wal import HEADER_BYTES, Wal
 from tests.procs import TestCluster, at_least, make_cluster, wait_until
 
 # Kill-and-restart rounds: a few in the default suite, many as a soak.
-ROUNDS = 4
+ROUNDS = 3
 SOAK_ROUNDS = 40
 
 

@@ -23,6 +23,15 @@ from tests.procs import TestCluster, cluster3, make_cluster, wait_until
 __all__ = ["cluster3"]
 
 
+# Over UDP as a soak (CI runs it): the default suite keeps UDP's node and
+# fault paths in tests/test_node_input.py, tests/test_nemesis.py,
+# tests/test_udp_cluster.py and tests/test_transport_udp.py, and stays
+# under 10 minutes.
+@pytest.fixture(params=["zmq", pytest.param("udp", marks=pytest.mark.soak)])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def _digests(c: TestCluster, nodes: list[str]) -> dict[str, tuple[int, str]]:
     out = {}
     for n in nodes:
