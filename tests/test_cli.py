@@ -82,6 +82,13 @@ class Cli:
         return out
 
 
+# Over UDP as a soak (CI runs it): the default suite's UDP clusters are in
+# tests/test_udp_cluster.py, tests/test_nemesis.py and tests/test_node_input.py.
+@pytest.fixture(params=["zmq", pytest.param("udp", marks=pytest.mark.soak)])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Cli]:
     c = Cli(tmp_path)
