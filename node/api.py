@@ -300,7 +300,7 @@ class ClientApi:
             return
         why: str | None = None
         try:
-            _, taken, why = self.core.propose_many([data for _, data in batch])
+            taken, why = self.core.propose_many([data for _, data in batch])
         except NotLeader:
             taken, why = 0, None
         except ProposalDropped as e:

@@ -30,15 +30,14 @@ class _Core:
         self.log.append((self.term, data))
         return len(self.log)
 
-    def propose_many(self, datas: list[bytes]) -> tuple[int, int, str | None]:
+    def propose_many(self, datas: list[bytes]) -> tuple[int, str | None]:
         if not self.leading:
             raise NotLeader(self.leader)
         self.calls.append(len(datas))
-        first = len(self.log) + 1
         taken = datas if self.room is None else datas[:self.room]
         for data in taken:
             self.propose(data)
-        return first, len(taken), None if len(taken) == len(datas) else "overloaded"
+        return len(taken), None if len(taken) == len(datas) else "overloaded"
 
     def read_index(self, ctx: bytes) -> None:
         raise NotLeader(self.leader)

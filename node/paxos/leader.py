@@ -65,11 +65,11 @@ class Leader(PaxosState):
     # --- proposals ---------------------------------------------------------------
 
     def _propose(self, data: bytes, kind: EntryKind = EntryKind.NORMAL) -> None:
-        taken, why = self._propose_many([data], kind)
+        taken, why = self.propose_many([data], kind)
         if not taken:
             raise ProposalDropped(why or "dropped")
 
-    def _propose_many(self, datas: list[bytes],
+    def propose_many(self, datas: list[bytes],
                       kind: EntryKind = EntryKind.NORMAL) -> tuple[int, str | None]:
         """Put `datas` in the next free slots, in order, as long as they fit
         under the bound on uncommitted bytes: how many were taken and, if

@@ -139,14 +139,6 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         self.step(Propose(data))
         return self.log.last_index()
 
-    def propose_many(self, datas: list[bytes]) -> tuple[int, int, str | None]:
-        """Propose each of `datas`, in order, if this node leads: the index
-        of the first, how many were taken (a prefix: the rest would pass
-        the bound on uncommitted bytes) and why the rest were not."""
-        first = self.log.last_index() + 1
-        taken, why = self._propose_many(datas)
-        return first, taken, why
-
     def propose_conf_change(self, cc: ConfChange) -> int:
         """Start a membership change if this node leads and no other is under
         way (raises `NotLeader`, `ConfChangeRefused`); returns its index."""

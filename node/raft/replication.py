@@ -139,11 +139,11 @@ class Replication(CoreState):
         self._send(hint)
 
     def _propose(self, data: bytes) -> None:
-        taken, why = self._propose_many([data])
+        taken, why = self.propose_many([data])
         if not taken:
             raise ProposalDropped(why or "dropped")
 
-    def _propose_many(self, datas: list[bytes]) -> tuple[int, str | None]:
+    def propose_many(self, datas: list[bytes]) -> tuple[int, str | None]:
         """Append `datas` as normal entries, in order, as long as they fit
         under the bound on uncommitted bytes: how many were taken and, if
         not all, why the rest were not (one log append for them all)."""
