@@ -129,7 +129,7 @@ class Cluster(ClusterFaults):
             raise ClusterError(f"{self.file} is damaged ({e}); `raftctl down --purge` "
                                "removes the run directory") from None
         if cf.launching:
-            self._adopt_launched(cf)
+            return self._adopt_launched(cf)
         return cf
 
     def _not_set_up(self) -> ClusterError:
@@ -158,10 +158,36 @@ class Cluster(ClusterFaults):
             recorded = set()
         return unrecorded(self.run_dir, recorded)
 
-    def _adopt_launched(self, cf: ClusterFile) -> None:
+    def _adopt_launched(self, cf: ClusterFile) -> ClusterFile:
         """Nodes recorded as launching: the process of each that runs is
-        taken into `cf`, and the record is cleared; saved if the run
-        directory's lock is free now (else the next change saves it)."""
+        taken into the record, and the intent is cleared. Saved only if the
+        run directory's lock is free now, and then into the file as it is
+        under the lock, never `cf`: that was read before, and a `start`
+        that finished since (recording another node's new pid) would be
+        undone by saving it. Returns what to use: the saved file, or `cf`
+        adopted in memory when the lock is held (the next change saves it)."""
+        try:
+            fd = open_private(self.run_dir / "lock", os.O_RDWR)
+        except OSError:
+            return self._adopt_into(cf)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._adopt_into(cf)
+            try:
+                fresh = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
+            except (OSError, msgspec.DecodeError):
+                return self._adopt_into(cf)
+            if fresh.launching:
+                self._adopt_into(fresh)
+                with contextlib.suppress(OSError):
+                    self._save(fresh)
+            return fresh
+        finally:
+            os.close(fd)
+
+    def _adopt_into(self, cf: ClusterFile) -> ClusterFile:
         found = unrecorded(self.run_dir, {i.pid for i in cf.processes.values()})
         for node in list(cf.launching):
             p = found.get(node)
@@ -169,13 +195,7 @@ class Cluster(ClusterFaults):
                 with contextlib.suppress(psutil.Error):
                     cf.processes[node] = ProcessInfo(p.pid, p.create_time())
             del cf.launching[node]
-        with contextlib.suppress(OSError, BlockingIOError):
-            fd = open_private(self.run_dir / "lock", os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._save(cf)
-            finally:
-                os.close(fd)
+        return cf
 
     def _save(self, cf: ClusterFile) -> None:
         write_private(self.file, msgspec.json.format(msgspec.json.encode(cf)), sync=True)

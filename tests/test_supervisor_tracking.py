@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 from click.testing import CliRunner, Result
@@ -236,3 +237,26 @@ def test_a_process_is_still_ours_when_the_clock_moves_its_start_time(tmp_path: P
     for shift in (-1.0, 1.0):
         assert c._process(ProcessInfo(me.pid, me.create_time() + shift)) is not None, shift
     assert c._process(ProcessInfo(me.pid, me.create_time() + 10.0)) is None
+
+
+def test_adopting_a_launch_never_undoes_a_start_that_finished_since(tmp_path: Path) -> None:
+    """A reader that found a launch in progress (a chaos run's monitor
+    reading status while the nemesis restarts nodes) adopts it into the
+    file as it is when it takes the lock, not into the copy it read
+    before: saving that copy once undid the record of a node started in
+    between, and the next start of it found its own node as a stray."""
+    with make_cluster(tmp_path, 2) as c:
+        cf = c.load()
+        cf.launching["n1"] = 1.0
+        c._save(cf)
+        stale = msgspec.json.decode(c.file.read_bytes(), type=ClusterFile)
+        # Meanwhile, start(n1) ends (its launch recorded, the intent cleared)
+        # and start(n2) records its node.
+        me = psutil.Process()
+        with c.edit() as now:
+            now.launching.clear()
+            now.processes["n2"] = ProcessInfo(me.pid, me.create_time())
+        seen = c._adopt_launched(stale)
+        kept = msgspec.json.decode(c.file.read_bytes(), type=ClusterFile)
+        assert kept.processes.get("n2") == ProcessInfo(me.pid, me.create_time()), kept.processes
+        assert seen.processes == kept.processes and not kept.launching
