@@ -400,3 +400,40 @@ def test_data_of_an_earlier_version_gains_revisions_with_the_first_new_command()
     assert _kvs(kv.mvcc, Span.prefix("")) == [("new", b"n", 2, 2, 1), ("old", b"v", 1, 1, 1)]
     kv.apply(10, encode_command(Command(0, Write(8, 2, 2, kv_encode_op(Put("old", b"w"))))))
     assert _kvs(kv.mvcc, Span("old")) == [("old", b"w", 1, 3, 2)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete", "start"]),
+                          st.sampled_from(["a", "b", "c", "d"]), st.binary(max_size=6)),
+                max_size=60),
+       st.sampled_from([3, 17]), st.sampled_from([400, 1 << 20]))
+def test_put_alone_is_begin_put_retain(ops: list[tuple[str, str, bytes]], revisions: int,
+                                       max_bytes: int) -> None:
+    """The common write's one call (`put_alone`, inlined for speed) leaves
+    the store as `begin`, `put` and `retain` would: data, revisions and
+    versions, the key index, the history and its bounds, before and after
+    revisions begin (small bounds, so retention runs by either)."""
+    fast = Mvcc(history_revisions=revisions, history_max_bytes=max_bytes)
+    slow = Mvcc(history_revisions=revisions, history_max_bytes=max_bytes)
+    for kind, key, value in ops:
+        if kind == "start":
+            fast.start_revisions()
+            slow.start_revisions()
+            continue
+        if kind == "delete":
+            for mv in (fast, slow):
+                mv.begin()
+                mv.delete(key)
+                mv.retain()
+            continue
+        got = fast.put_alone(key, value)
+        slow.begin()
+        want = slow.put(key, value)
+        slow.retain()
+        assert got == want
+        assert (fast.revision, fast.compacted, len(fast)) == \
+            (slow.revision, slow.compacted, len(slow))
+    assert dict(fast.data.items()) == dict(slow.data.items())
+    assert list(fast.index) == list(slow.index)
+    assert list(fast.log.since(0)) == list(slow.log.since(0))
+    assert fast.log.bytes == slow.log.bytes

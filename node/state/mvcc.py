@@ -120,7 +120,7 @@ class CowMap:
 
     def writable(self, key: str) -> dict[str, Rec]:
         """The shard of `key`, to write in (keep `len` right)."""
-        i = shard_of(key)
+        i = zlib.crc32(key.encode("utf-8", "surrogatepass")) % SHARDS  # shard_of(key)
         if self._shared[i]:
             self._shards[i] = self._shards[i].copy()
             self._shared[i] = False
@@ -337,13 +337,30 @@ class Mvcc:
 
     def put_alone(self, key: str, value: bytes) -> Rec | None:
         """A command whose one change is to set `key`: `begin`, `put` and
-        `retain` in one call (the common write, applied on every replica)."""
-        self._opened = False
-        prev = self.put(key, value)
-        keep = self.history_revisions
-        if self.revision - self.compacted >= keep + keep // _RETAIN_STEPS \
-                or self.log.bytes > self.history_max_bytes:
-            self.retain()
+        `retain` in one call (the common write, applied on every replica,
+        so `put` and `_rev` are inlined here)."""
+        self._opened = True
+        rev = self.revision
+        if rev:
+            rev = self.revision = rev + 1
+        shard = self.data.writable(key)
+        prev = shard.get(key)
+        if prev is None:
+            rec = Rec(value, rev, rev, 1) if rev else Rec(value, 0, 0, 0)
+            shard[key] = rec
+            self.data.len += 1
+            self.index.add(key)
+        else:
+            rec = (Rec(value, prev.create, rev, prev.version + 1) if prev.create
+                   else Rec(value, 1, rev, 2)) if rev else Rec(value, 0, 0, 0)
+            shard[key] = rec
+        if rev:
+            log = self.log
+            log.append(Change(rev, key, rec, prev))
+            keep = self.history_revisions
+            if rev - self.compacted >= keep + keep // _RETAIN_STEPS \
+                    or log.bytes > self.history_max_bytes:
+                self.retain()
         return prev
 
     def delete(self, key: str) -> Rec | None:

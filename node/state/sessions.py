@@ -168,10 +168,14 @@ class SessionTable:
             self.evicted += 1
         return s
 
-    def touch(self, s: Session) -> None:
-        """The client of `s` was heard from at the current log time."""
-        s.last_ms = self.clock_ms
-        self._by_activity.move_to_end(s.id)
+    def heard(self, sid: int) -> Session | None:
+        """Session `sid`, its client heard from at the current log time (so
+        it expires last); None if it is not open."""
+        s = self._by_activity.get(sid)
+        if s is not None:
+            s.last_ms = self.clock_ms
+            self._by_activity.move_to_end(sid)
+        return s
 
     def close(self, sid: int) -> bool:
         """End a session at its client's request; False if it was not open."""
