@@ -214,6 +214,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self._control_deferred: list[tuple[list[bytes], concurrent.futures.Future[bytes]]] = []
         self._last_progress_log = time.monotonic()
         self._max_busy_s = 0.0
+        self._sync_max_s = 0.0
         self._max_cpu_s = 0.0
         self.gc = GcPauses()
         # The leader last heard from and when; the longest silence of a
@@ -432,8 +433,10 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         max_busy_ms, self._max_busy_s = round(self._max_busy_s * 1000, 3), 0.0
         max_cpu_ms, self._max_cpu_s = round(self._max_cpu_s * 1000, 3), 0.0
         leader_gap_ms, self._leader_gap_max_s = round(self._leader_gap_max_s * 1000, 3), 0.0
+        sync_ms, self._sync_max_s = round(self._sync_max_s * 1000, 3), 0.0
         return {
             "loop_max_busy_ms": max_busy_ms, "loop_max_cpu_ms": max_cpu_ms,
+            "wal_sync_max_ms": sync_ms,
             **self.gc.status(),
             "leader_gap_max_ms": leader_gap_ms,
             "id": self.id, "role": c.role.value, "term": c.term, "leader": c.leader,

@@ -65,6 +65,8 @@ class DiskHandling:
         _stalled_on_snapshot: bool
         _persisted: set[str]
         _stall_retry_at: float
+        # The longest write + fdatasync of the WAL since status last read it.
+        _sync_max_s: float
 
     def _tick(self, n: int) -> None:
         if self._stalled is None:  # a stalled log is frozen, as a paused process is
@@ -164,7 +166,11 @@ class DiskHandling:
                 self.storage.set_hard_state(rd.hard_state)
                 done.add("hard_state")
             if rd.must_sync():
+                began = time.monotonic()
                 self.storage.sync()
+                took = time.monotonic() - began
+                if took > self._sync_max_s:
+                    self._sync_max_s = took
                 if not self._member_marked and self.core.term > 0:
                     # Before the vote or acknowledgement this sync was for leaves.
                     index, term = self.storage.durable_floor(self.core.log.commit)

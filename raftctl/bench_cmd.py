@@ -140,8 +140,9 @@ def write(ctx: click.Context, clients: int, duration_s: float, value_size: int, 
       loadgen_cpu_s, loadgen_cpu_percent, loadgen_saturated (bool),
       heartbeat_gap_max_ms (the longest silence of the leader a follower saw),
       node_loop [{node, loop_max_busy_ms, loop_max_cpu_ms, leader_gap_max_ms, snapshots,
-      keys, rss_mib, gc_max_ms}]  (sampled from status during the run; memory at its
-      end; gc_max_ms: CPU of the longest garbage collection),
+      keys, rss_mib, gc_max_ms, wal_sync_max_ms}]  (sampled from status during the run;
+      memory at its end; gc_max_ms: CPU of the longest garbage collection;
+      wal_sync_max_ms: the longest WAL write + fdatasync, on the loop),
       server_cpu_us_per_op (every node's CPU per acknowledged operation),
       against (null without --against): {rounds [{raftctl_ops_per_s, other_ops_per_s,
       ratio}], ratio_median, cpu_per_op_ratio, other {system, version, endpoints, leader,
@@ -277,6 +278,8 @@ def write_table(r: WriteReport) -> Table:
             "most CPU in a turn " + ("—" if lp.loop_max_cpu_ms is None
                                      else f"{lp.loop_max_cpu_ms:.1f} ms"),
             "longest GC " + ("—" if lp.gc_max_ms is None else f"{lp.gc_max_ms:.1f} ms"),
+            "longest WAL sync " + ("—" if lp.wal_sync_max_ms is None
+                                   else f"{lp.wal_sync_max_ms:.1f} ms"),
             f"{lp.snapshots} snapshots",
             ("—" if lp.keys is None else f"{lp.keys:,} keys"),
             ("—" if lp.rss_mib is None else f"{lp.rss_mib:,.0f} MiB")])))

@@ -150,6 +150,8 @@ def test_write_reports_committed_ops_and_ordered_latency(cluster3: TestCluster) 
     assert set(loops) == set(cluster3.node_ids())
     assert all(n["keys"] is not None and n["rss_mib"] > 0 for n in loops.values())
     assert all(0 < n["loop_max_cpu_ms"] <= n["loop_max_busy_ms"] + 1 for n in loops.values())
+    # Every node wrote the entries to its WAL, within a loop turn.
+    assert all(0 < n["wal_sync_max_ms"] <= n["loop_max_busy_ms"] for n in loops.values()), loops
     followers = [n for n in loops.values() if n["leader_gap_max_ms"] is not None]
     assert len(followers) >= 2, "each follower reports its leader's longest silence"
     assert out["heartbeat_gap_max_ms"] == max(n["leader_gap_max_ms"] for n in followers)

@@ -87,6 +87,9 @@ class NodeLoop(msgspec.Struct, frozen=True):
     keys: int | None
     rss_mib: float | None
     gc_max_ms: float | None = None  # the longest garbage collection (node/gc_pauses.py)
+    # The longest write + fdatasync of its WAL, on the loop thread: a disk
+    # that makes the loop wait holds back its heartbeats too.
+    wal_sync_max_ms: float | None = None
 
 
 class OtherRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -300,6 +303,7 @@ class _NodeSamples:
         self.gap_ms: float | None = None
         self.snapshot_index: int | None = None
         self.gc_ms: float | None = None
+        self.sync_ms: float | None = None
         self.snapshots = 0
         self.keys: int | None = None
         self.pid: int | None = None
@@ -309,6 +313,7 @@ class _NodeSamples:
         self.cpu_ms = _max_of(self.cpu_ms, st.get("loop_max_cpu_ms"))
         self.gap_ms = _max_of(self.gap_ms, st.get("leader_gap_max_ms"))
         self.gc_ms = _max_of(self.gc_ms, st.get("gc_max_ms"))
+        self.sync_ms = _max_of(self.sync_ms, st.get("wal_sync_max_ms"))
         index = st.get("snapshot_index")
         if isinstance(index, int):
             if self.snapshot_index is not None and index > self.snapshot_index:
@@ -384,7 +389,7 @@ class _LeaderWatch(threading.Thread):
         for n in self._cluster.node_ids():
             got = self.nodes.get(n, _NodeSamples())
             out.append(NodeLoop(n, got.busy_ms, got.cpu_ms, got.gap_ms, got.snapshots, got.keys,
-                                _rss_mib(got.pid), got.gc_ms))
+                                _rss_mib(got.pid), got.gc_ms, got.sync_ms))
         return out
 
     def wait_ready(self) -> None:
