@@ -80,6 +80,10 @@ __all__ = ["CLUSTER_ENV", "CLUSTER_NAME", "CONTROL_TIMEOUT_S", "DEFAULT_CLUSTER"
     "leader_of", "load_config_file", "make_config", "port_in_use"]
 
 CONTROL_TIMEOUT_S = 1.0
+# How long a SIGKILLed node may take to be gone before the supervisor says
+# so: a process inside a request to a stalled disk (or FUSE mount) exits
+# only when the request ends.
+KILL_WAIT_S = 5.0
 
 
 def _threads_left(pid: int) -> int:
@@ -454,9 +458,24 @@ class Cluster(ClusterFaults):
         return int(p.pid)
 
     def kill(self, node_id: str) -> int:
+        """SIGKILL, then wait until the process is gone (its threads too:
+        only then are its files and sockets closed); raise if it is not
+        within KILL_WAIT_S, saying what holds it."""
         pid = self.signal(node_id, signal.SIGKILL)
-        self._wait_gone(node_id, 5.0)
+        self._wait_killed(node_id, pid)
         return pid
+
+    def _wait_killed(self, node_id: str, pid: int) -> None:
+        if self._wait_gone(node_id, KILL_WAIT_S):
+            return
+        try:
+            state = psutil.Process(pid).status()
+        except psutil.Error:
+            state = "gone"
+        why = " (in the kernel, waiting for its disk)" if state == psutil.STATUS_DISK_SLEEP else ""
+        raise ClusterError(f"node {node_id} (pid {pid}) was sent SIGKILL but has not exited "
+                           f"after {KILL_WAIT_S:g} s: its state is {state}{why}; it is not "
+                           "safe to start it again until it has")
 
     def stop(self, node_id: str, timeout_s: float = 10.0) -> int:
         """SIGTERM (the node hands over leadership and flushes), then wait;
@@ -467,7 +486,7 @@ class Cluster(ClusterFaults):
         pid = self.signal(node_id, signal.SIGTERM)
         if not self._wait_gone(node_id, timeout_s):
             self.signal(node_id, signal.SIGKILL)
-            self._wait_gone(node_id, 5.0)
+            self._wait_killed(node_id, pid)
         return pid
 
     def pause(self, node_id: str) -> int:

@@ -227,6 +227,19 @@ def test_kill_goes_on_past_a_node_already_down(c: TestCluster) -> None:
     assert all(s.process == "down" for s in c.status())
 
 
+def test_kill_says_so_when_the_node_does_not_exit(
+        c: TestCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed node still there after the wait (a process inside a
+    request to a stalled disk exits only when it ends) is reported as
+    such, not as killed: a start of it now would find it running."""
+    monkeypatch.setattr(Cluster, "_wait_gone", lambda self, node, timeout_s: False)
+    r = cli(c, "kill", "n1", "n2")
+    assert r.exit_code == Exit.FAILED, r.output
+    for n in ("n1", "n2"):
+        assert f"node {n} (pid" in r.stderr and "has not exited after 5 s" in r.stderr, r.stderr
+    assert "killed" not in r.stdout, r.stdout
+
+
 def test_unpause_is_resume(c: TestCluster) -> None:
     """`unpause` (docker's word) resumes a paused node; with no names, every
     paused one."""
