@@ -485,7 +485,10 @@ class Cluster(ClusterFaults):
             self.signal(node_id, signal.SIGCONT)
         pid = self.signal(node_id, signal.SIGTERM)
         if not self._wait_gone(node_id, timeout_s):
-            self.signal(node_id, signal.SIGKILL)
+            try:
+                self.signal(node_id, signal.SIGKILL)
+            except ClusterUnavailable:
+                return pid  # it exited just after the wait
             self._wait_killed(node_id, pid)
         return pid
 
