@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from node.config import KV_IMAGE_PIECE_BYTES
+from node.config import KV_IMAGE_PIECE_BYTES, SNAPSHOT_RATIO_FLOOR_BYTES
 from node.raft.messages import Entry, Snapshot, SnapshotMeta
 from node.state.image_stream import ImageEncoder
 from node.state.kv import KVImage, KVStore, decode_image, image_encoder
@@ -95,6 +95,9 @@ class SnapshotHandling:
         log: structlog.typing.FilteringBoundLogger
         _snapshotter: concurrent.futures.ThreadPoolExecutor
         _bytes_since_snapshot: int
+        # The size of this node's last local snapshot image (0: none made
+        # since it started).
+        _last_image_bytes: int
 
         def _log_event(self, emit: Callable[..., Any], event: str,
                        kw: dict[str, Any]) -> None: ...
@@ -115,14 +118,23 @@ class SnapshotHandling:
 
     # --- local snapshots ------------------------------------------------------
 
+    def _snapshot_due(self) -> bool:
+        """The bounds of the cluster file say a local snapshot is due."""
+        since = self.kv.applied_index - self.core.snapshot_meta.index
+        due = (since >= self.cfg.snapshot_entries
+               or self._bytes_since_snapshot >= self.cfg.snapshot_bytes)
+        if due and self._last_image_bytes >= SNAPSHOT_RATIO_FLOOR_BYTES:
+            # A big image costs more than the log it replaces: wait for
+            # that log (node/config.py, SNAPSHOT_LOG_RATIO).
+            due = self._bytes_since_snapshot >= \
+                self.cfg.snapshot_log_ratio * self._last_image_bytes
+        return due
+
     def _maybe_snapshot(self, force: bool = False) -> bool:
         if self._local_snap is not None or self.disk.state != "ok":
             return False  # a snapshot is the whole state written once more
         applied = self.kv.applied_index
-        since = applied - self.core.snapshot_meta.index
-        due = (since >= self.cfg.snapshot_entries
-               or self._bytes_since_snapshot >= self.cfg.snapshot_bytes)
-        if since <= 0 or not (force or due):
+        if applied <= self.core.snapshot_meta.index or not (force or self._snapshot_due()):
             return False
         term = self.core.log.term(applied)
         if term is None:
@@ -230,6 +242,7 @@ class SnapshotHandling:
         if meta.index <= self.core.snapshot_meta.index:
             return  # a leader's snapshot overtook ours
         self.storage.install_local_snapshot(meta)
+        self._last_image_bytes = job.writer.size
         self._to_free.extend(self.core.compact(meta))
         self.log.info("snapshot_created", index=meta.index, snapshot_term=meta.term,
                       bytes=job.writer.size,

@@ -9,6 +9,7 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 import node.runner_snap as runner_snap
@@ -154,3 +155,43 @@ def test_a_finished_image_is_freed_a_slice_per_turn(leader: NodeRunner) -> None:
     assert all(a - b <= runner_snap.SHARDS_FREED_PER_TURN for a, b in itertools.pairwise(shards))
     assert all(a - b <= runner_snap.IMAGE_CHUNKS_FREED_PER_TURN
                for a, b in itertools.pairwise(chunks))
+
+
+def test_a_big_image_waits_for_as_much_log_as_it_weighs(
+        leader: NodeRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the floor, a snapshot is due only once the commands applied
+    since the last one weigh its image times `snapshot_log_ratio`, even
+    past `snapshot_entries`; below the floor (or with the ratio 0) the
+    entry bound alone decides, as before."""
+    r = leader
+    r.core.step(Propose(encode_command(Command(0, RegisterSession()))))
+    _settle(r)
+    session = r.kv.applied_index
+    _propose_puts(r, session, 1, 300)
+    r.cfg = msgspec.structs.replace(r.cfg, snapshot_entries=10)
+    applied = r.kv.applied_index
+    assert r._maybe_snapshot(force=True)
+
+    def installed() -> bool:
+        r._advance_images()
+        return r.core.snapshot_meta.index == applied
+
+    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    image = r._last_image_bytes
+    assert image == len(r.storage.snapshot().data) > 0, image
+    # 50 writes of 50-byte values: far past 10 entries, far below the image.
+    _propose_puts(r, session, 301, 50)
+    assert r._bytes_since_snapshot < image
+    monkeypatch.setattr(runner_snap, "SNAPSHOT_RATIO_FLOOR_BYTES", image + 1)
+    assert r._snapshot_due(), "below the floor, the entry bound decides"
+    monkeypatch.setattr(runner_snap, "SNAPSHOT_RATIO_FLOOR_BYTES", 1)
+    assert not r._snapshot_due(), "the log since is lighter than the image"
+    r.cfg = msgspec.structs.replace(r.cfg, snapshot_log_ratio=0.0)
+    assert r._snapshot_due(), "ratio 0: off"
+    r.cfg = msgspec.structs.replace(r.cfg, snapshot_log_ratio=1.0)
+    seq = 351
+    while r._bytes_since_snapshot < image:
+        assert not r._snapshot_due()
+        _propose_puts(r, session, seq, 20)
+        seq += 20
+    assert r._snapshot_due(), "the log since weighs the image"
