@@ -51,6 +51,16 @@ def _settle(r: NodeRunner) -> None:
         r._handle_ready()
 
 
+def _turn_until_installed(r: NodeRunner, index: int) -> None:
+    """Turn the images' part of the loop until the snapshot at `index` is installed."""
+
+    def installed() -> bool:
+        r._advance_images()
+        return r.core.snapshot_meta.index == index
+
+    wait_until(installed, 30.0, f"the snapshot at {index} installed", interval_s=0.0)
+
+
 def _propose_puts(r: NodeRunner, session: int, first_seq: int, n: int,
                   value: bytes = b"v" * 50) -> None:
     """Session `session`'s writes `first_seq`.. of `value` to key/<seq % 400>."""
@@ -110,12 +120,7 @@ def test_entries_a_snapshot_compacts_away_are_freed_a_few_per_turn(
     monkeypatch.setattr(runner_snap, "ENTRIES_FREED_PER_TURN", 50)
     applied = r.kv.applied_index
     assert r._maybe_snapshot(force=True)
-
-    def installed() -> bool:
-        r._advance_images()
-        return r.core.snapshot_meta.index == applied
-
-    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    _turn_until_installed(r, applied)
     assert r.core.log.first_index() == applied - 100 + 1
     waiting = [len(r._to_free)]
     while r._to_free:
@@ -137,12 +142,7 @@ def test_a_finished_image_is_freed_a_slice_per_turn(leader: NodeRunner) -> None:
     assert r._maybe_snapshot(force=True)
     job = r._image_jobs[-1]
     assert job.image is not None and job.image.applied_index == applied
-
-    def installed() -> bool:
-        r._advance_images()
-        return r.core.snapshot_meta.index == applied
-
-    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    _turn_until_installed(r, applied)
     assert job.image is None, "the finished job still holds its image"
     shards = [len(r._shards_to_free)]
     chunks = [len(r._image_chunks_to_free)]
@@ -171,12 +171,7 @@ def test_a_big_image_waits_for_as_much_log_as_it_weighs(
     r.cfg = msgspec.structs.replace(r.cfg, snapshot_entries=10)
     applied = r.kv.applied_index
     assert r._maybe_snapshot(force=True)
-
-    def installed() -> bool:
-        r._advance_images()
-        return r.core.snapshot_meta.index == applied
-
-    wait_until(installed, 30.0, "the snapshot installed", interval_s=0.0)
+    _turn_until_installed(r, applied)
     image = r._last_image_bytes
     assert image == len(r.storage.snapshot().data) > 0, image
     # 50 writes of 50-byte values: far past 10 entries, far below the image.
