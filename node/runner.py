@@ -391,11 +391,13 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
             self._flush_replies()
 
     def _apply_entries(self, entries: Sequence[Entry]) -> None:
+        apply, answer, normal = self.kv.apply, self.api.applied, EntryKind.NORMAL
+        weight = 0
         for e in entries:
-            self._bytes_since_snapshot += len(e.data)
+            weight += len(e.data)
             # A no-op entry (empty data) only advances the applied index.
-            done = self.kv.apply(e.index, e.data if e.kind is EntryKind.NORMAL else b"")
-            self.api.applied(done, e.index, e.term)
+            answer(apply(e.index, e.data if e.kind is normal else b""), e.index, e.term)
+        self._bytes_since_snapshot += weight
 
     def _apply_reads(self, rd: Ready[Any]) -> None:
         for rs in rd.read_states:
