@@ -177,7 +177,7 @@ class Cluster(ClusterFaults):
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError:  # held (BlockingIOError), or no lock to be had
                 return self._adopt_into(cf)
             try:
                 fresh = msgspec.json.decode(self.file.read_bytes(), type=ClusterFile)
