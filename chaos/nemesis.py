@@ -28,7 +28,10 @@ class NodeStateLike(Protocol):
 
 
 class ClusterLike(Protocol):
-    """What a nemesis run needs of a cluster (raftctl's Cluster fits)."""
+    """What a nemesis run needs of a cluster (raftctl's Cluster fits). A
+    `kill` or `stop` that raises an exception whose `still_exiting` is true
+    sent its signal, but the node (its `node`) is not gone yet: a process
+    inside a request to a stalled disk exits only when the request ends."""
 
     def node_ids(self) -> list[str]: ...
     def kill(self, node_id: str) -> int: ...
@@ -72,6 +75,13 @@ class MembersLike(Protocol):
 
 # A member added back at a heal must catch up within this to be promoted.
 CHAOS_CATCH_UP_S = 30.0
+
+
+def _still_exiting(e: BaseException) -> str | None:
+    """The node a failed kill or stop signalled but that is not gone yet
+    (see ClusterLike), or None."""
+    node = getattr(e, "node", None)
+    return node if getattr(e, "still_exiting", False) and isinstance(node, str) else None
 
 
 class ChaosError(Exception):
@@ -171,7 +181,18 @@ class Nemesis:
             if snap:
                 return snap[0]
         detail, action = actions[how]
-        errs = self._do(kind, detail, [node], action)
+
+        def noting_exit() -> object:
+            try:
+                return action()
+            except Exception as e:
+                if _still_exiting(e) == node:
+                    # Signalled: it goes once its I/O ends, and the heal
+                    # starts it again (or retries until it can).
+                    self._down[node] = how
+                raise
+
+        errs = self._do(kind, detail, [node], noting_exit)
         if errs:
             return errs[0]
         self._down[node] = how
@@ -238,6 +259,7 @@ class Nemesis:
             self.log.add(POWER_LOSS, step.label, list(step.targets), error=err)
             # Whatever was killed before the failure must come back.
             up = {s.id for s in self.cluster.status(timeout_s=0.3) if s.process != "down"}
+            up.discard(_still_exiting(e) or "")  # killed, not gone yet
             self._down.update({n: "power" for n in step.targets if n not in up})
             return [f"{step.label}: {err}"]
         self._down.update({n: "power" for n in step.targets})

@@ -57,6 +57,7 @@ from raftctl.clusterfile import (
     ClusterFile,
     ClusterUnavailable,
     NodeState,
+    NotYetExited,
     ProcessInfo,
     UnknownNode,
     check_cluster_name,
@@ -468,14 +469,21 @@ class Cluster(ClusterFaults):
     def _wait_killed(self, node_id: str, pid: int) -> None:
         if self._wait_gone(node_id, KILL_WAIT_S):
             return
+        _, state = self.process_state(node_id)
+        if state == "down":
+            return  # gone just after the wait
+        raise NotYetExited(node_id, (
+            f"node {node_id} (pid {pid}) was sent SIGKILL but has not exited within "
+            f"{KILL_WAIT_S:g} s: it is {state}{self._stuck_detail(node_id, pid)}; it is not "
+            "safe to start it again until it has"))
+
+    def _stuck_detail(self, node_id: str, pid: int) -> str:
+        """Why a killed process on this machine is still there, if psutil says."""
         try:
-            state = psutil.Process(pid).status()
+            stuck = psutil.Process(pid).status() == psutil.STATUS_DISK_SLEEP
         except psutil.Error:
-            state = "gone"
-        why = " (in the kernel, waiting for its disk)" if state == psutil.STATUS_DISK_SLEEP else ""
-        raise ClusterError(f"node {node_id} (pid {pid}) was sent SIGKILL but has not exited "
-                           f"after {KILL_WAIT_S:g} s: its state is {state}{why}; it is not "
-                           "safe to start it again until it has")
+            return ""
+        return ", in the kernel, waiting for its disk" if stuck else ""
 
     def stop(self, node_id: str, timeout_s: float = 10.0) -> int:
         """SIGTERM (the node hands over leadership and flushes), then wait;
@@ -621,10 +629,20 @@ class Cluster(ClusterFaults):
             if self.process_state(n)[1] == "paused":
                 self.signal(n, signal.SIGCONT)
             self.signal(n, signal.SIGTERM)
+        stuck: list[str] = []
         for n in running:
-            if not self._wait_gone(n, 10.0):
-                self.signal(n, signal.SIGKILL)
-                self._wait_gone(n, 5.0)
+            if self._wait_gone(n, 10.0):
+                continue
+            try:
+                pid = self.signal(n, signal.SIGKILL)
+            except ClusterUnavailable:
+                continue  # it exited just after the wait
+            try:
+                self._wait_killed(n, pid)
+            except NotYetExited as e:
+                stuck.append(str(e))
+        if stuck:
+            raise ClusterError("; ".join(stuck))
         return running
 
     def client_addrs(self) -> dict[str, str]:

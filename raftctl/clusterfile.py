@@ -44,6 +44,19 @@ class UnknownNode(ClusterError):
     """A node name that is not in the cluster."""
 
 
+class NotYetExited(ClusterError):
+    """`node` was sent SIGKILL but is still there: a process inside a
+    request to a stalled disk (or FUSE mount) exits only when it ends. It
+    will go; until then it must not be started again."""
+
+    # How a chaos run's nemesis tells it from a failed kill (chaos/nemesis.py).
+    still_exiting = True
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
 class ProcessInfo(msgspec.Struct, frozen=True):
     pid: int
     create_time: float

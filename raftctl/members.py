@@ -155,8 +155,10 @@ def add(c: Cluster, name: str | None = None) -> Outcome:
         started = _start(c, node)
         index = _change(c, [MemberChange(type="add_learner", node=node, spec=spec)])
         conf = _settled(c, index, lambda cf: node in cf.learners, f"{node} added as a learner")
-    except ClusterError:
-        _undo_start(c, node, fresh)
+    except ClusterError as e:
+        left = _undo_start(c, node, fresh)
+        if left is not None:
+            raise ClusterError(f"{e}; undoing it: {left}") from e
         raise
     return Outcome(c.name, "add", node, index, joined=node, started=started,
                    voters=conf.voters, learners=conf.learners)
@@ -219,8 +221,10 @@ def replace(c: Cluster, node: str, force: bool = False, by: str | None = None) -
         started = _start(c, new)
         _settled(c, _change(c, [MemberChange(type="add_learner", node=new, spec=spec)]),
                  lambda cf: new in cf.learners, f"{new} added as a learner")
-    except ClusterError:
-        _undo_start(c, new, fresh)
+    except ClusterError as e:
+        left = _undo_start(c, new, fresh)
+        if left is not None:
+            raise ClusterError(f"{e}; undoing it: {left}") from e
         raise
     index = _change(c, [MemberChange(type="remove", node=node),
                         MemberChange(type="promote", node=new)], CATCH_UP_TIMEOUT_S)
@@ -351,11 +355,16 @@ def _start(c: Cluster, node: str) -> list[str]:
     return [node]
 
 
-def _undo_start(c: Cluster, node: str, fresh: bool) -> None:
+def _undo_start(c: Cluster, node: str, fresh: bool) -> str | None:
     """A change that failed leaves nothing behind: the node stopped, and
-    forgotten (new) or removed again (come back)."""
+    forgotten (new) or removed again (come back). Returns what could not be
+    undone (a node that would not stop), for the failure's message."""
+    stuck: ClusterError | None = None
     if c.process_state(node)[1] != "down":
-        c.stop(node)
+        try:
+            c.stop(node)
+        except ClusterError as e:  # forgotten or removed all the same
+            stuck = e
     with c.edit() as cf:
         if fresh:
             cf.config = msgspec.structs.replace(
@@ -363,6 +372,7 @@ def _undo_start(c: Cluster, node: str, fresh: bool) -> None:
             cf.processes.pop(node, None)
         elif node not in cf.removed:
             cf.removed.append(node)
+    return None if stuck is None else str(stuck)
 
 
 def _retire(c: Cluster, node: str) -> list[str]:

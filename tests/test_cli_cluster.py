@@ -233,11 +233,31 @@ def test_kill_says_so_when_the_node_does_not_exit(
     request to a stalled disk exits only when it ends) is reported as
     such, not as killed: a start of it now would find it running."""
     monkeypatch.setattr(Cluster, "_wait_gone", lambda self, node, timeout_s: False)
+    monkeypatch.setattr(Cluster, "process_state", lambda self, node: (1, "running"))
     r = cli(c, "kill", "n1", "n2")
     assert r.exit_code == Exit.FAILED, r.output
     for n in ("n1", "n2"):
-        assert f"node {n} (pid" in r.stderr and "has not exited after 5 s" in r.stderr, r.stderr
+        assert f"node {n} (pid" in r.stderr and "has not exited within 5 s: it is running" \
+            in r.stderr, r.stderr
     assert "killed" not in r.stdout, r.stdout
+
+
+def test_kill_of_a_node_gone_just_after_the_wait_is_a_kill(
+        c: TestCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait gave up, but the node is down when looked at again: killed."""
+    monkeypatch.setattr(Cluster, "_wait_gone", lambda self, node, timeout_s: False)
+    sent: list[str] = []
+    signal = Cluster.signal
+
+    def signalled(self: Cluster, node: str, sig: int) -> int:
+        sent.append(node)
+        return signal(self, node, sig)
+
+    monkeypatch.setattr(Cluster, "signal", signalled)
+    monkeypatch.setattr(Cluster, "process_state",
+                        lambda self, node: (None, "down") if node in sent else (1, "running"))
+    r = cli(c, "kill", "n1")
+    assert r.exit_code == 0 and "n1: killed" in r.stdout, r.output
 
 
 def test_unpause_is_resume(c: TestCluster) -> None:

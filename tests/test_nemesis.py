@@ -164,6 +164,38 @@ def test_heal_all_brings_back_what_a_failed_heal_left_down() -> None:
     assert fake.down() == 0 and fake.faults.is_clear()
 
 
+class _StillExiting(Exception):
+    """What raftctl's kill raises for a node that was signalled but is not
+    gone yet (NotYetExited): the duck-typed marks ClusterLike names."""
+
+    still_exiting = True
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"node {node} was sent SIGKILL but has not exited")
+        self.node = node
+
+
+def test_a_killed_node_still_exiting_is_noted_down_and_started_at_the_heal() -> None:
+    """A kill whose node is not gone yet fails as an action, but the node
+    was signalled: it is noted as down, so the heal starts it again once
+    it has gone (before, it stayed down for the rest of the run)."""
+    fake = FakeCluster(3)
+    nem = Nemesis(fake, EventLog(lambda: 0.0))
+    step = next(s for s in _steps(3, "kill", seed=5))
+    (node,) = step.targets
+
+    def kill(n: str) -> int:
+        fake.calls.append(("kill", n))
+        fake.proc[n] = "down"  # it goes, after the supervisor gave up waiting
+        raise _StillExiting(n)
+
+    fake.kill = kill  # type: ignore[method-assign]
+    w = nem.inject(step)
+    assert w.error is not None and "has not exited" in w.error
+    nem.heal(step, w)
+    assert ("start", node) in fake.calls and fake.down() == 0
+
+
 def test_link_faults_reach_the_cluster_as_one_fault_state() -> None:
     """A partition blocks its links and a netem step sets rates; heals clear both."""
     fake = FakeCluster(5)

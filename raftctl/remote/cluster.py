@@ -286,6 +286,10 @@ class HostCluster(Cluster):
                                     f"{r.stderr.strip()}")
         return rec.pid
 
+    def _stuck_detail(self, node_id: str, pid: int) -> str:
+        # A pid on another host: this machine's psutil knows nothing of it.
+        return super()._stuck_detail(node_id, pid) if self.host(node_id) is None else ""
+
     def _wait_gone(self, node_id: str, timeout_s: float) -> bool:
         if self.host(node_id) is None:
             return super()._wait_gone(node_id, timeout_s)
