@@ -223,7 +223,7 @@ class NodeRunner(ClientHandling, DiskHandling, SnapshotHandling):
         self._leader_heard: tuple[str, float] | None = None
         self._leader_gap_max_s = 0.0
         self._bytes_since_snapshot = 0
-        self._last_image_bytes = 0
+        self._last_image_bytes = self.storage.snapshot_image_size()
         self._reservation_logged = False
         self._logged_commit = self.core.log.commit
         self._ready_io = _ReadyIO(self)

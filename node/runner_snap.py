@@ -64,6 +64,9 @@ class _LocalSnapshot:
     # Writes handed to the thread and not yet done, with their sizes.
     pending: collections.deque[tuple[concurrent.futures.Future[Any], int]]
     queued_bytes: int = 0
+    # The commands' bytes since the last snapshot when it began: counted
+    # again if it is abandoned, so a retry is not held back a whole image.
+    log_bytes: int = 0
     finished: concurrent.futures.Future[Any] | None = None
     failed: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
@@ -95,8 +98,8 @@ class SnapshotHandling:
         log: structlog.typing.FilteringBoundLogger
         _snapshotter: concurrent.futures.ThreadPoolExecutor
         _bytes_since_snapshot: int
-        # The size of this node's last local snapshot image (0: none made
-        # since it started).
+        # The size of the snapshot image this node holds (its own last, or a
+        # leader's): what the next local one waits for (_snapshot_due).
         _last_image_bytes: int
 
         def _log_event(self, emit: Callable[..., Any], event: str,
@@ -148,7 +151,8 @@ class SnapshotHandling:
             return False
         # Freezing is cheap (copy-on-write shards); the encoding goes a
         # slice per turn (_advance_images), the writing to the thread.
-        job = _LocalSnapshot(meta, writer, collections.deque())
+        job = _LocalSnapshot(meta, writer, collections.deque(),
+                             log_bytes=self._bytes_since_snapshot)
         self._local_snap = job
         image = self.kv.freeze()
         self._image_jobs.append(_ImageJob(image_encoder(image),
@@ -259,6 +263,7 @@ class SnapshotHandling:
 
     def _abandon_local(self, job: _LocalSnapshot, err: BaseException) -> None:
         self._local_snap = None
+        self._bytes_since_snapshot += job.log_bytes
         for j in self._image_jobs:
             if j.snapshot is job:
                 self._release_image(j)
@@ -320,5 +325,6 @@ class SnapshotHandling:
         self._shards_to_free.extend(replaced)
         del replaced
         self._bytes_since_snapshot = 0
+        self._last_image_bytes = len(snap.data)
         # The whole state was just made; it lives long: out of later collections.
         gc.freeze()

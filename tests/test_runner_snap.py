@@ -4,6 +4,7 @@ in-process, a one-node cluster, its loop turned by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 from collections.abc import Iterator
@@ -30,11 +31,13 @@ from raftctl.cluster import Cluster, make_config
 from tests.procs import wait_until
 
 
-@pytest.fixture
-def leader(tmp_path: Path) -> Iterator[NodeRunner]:
-    """The one node of a one-node cluster, in this process, leading."""
-    c = Cluster(tmp_path / "run", "t")
-    c.create(make_config(1, name="t", catchup_entries=100))
+@contextlib.contextmanager
+def _lone_leader(run_dir: Path) -> Iterator[NodeRunner]:
+    """The one node of the one-node cluster in `run_dir` (made if it is not
+    there), in this process, leading; closed at the end."""
+    c = Cluster(run_dir, "t")
+    if not c.exists():
+        c.create(make_config(1, name="t", catchup_entries=100))
     r = NodeRunner(c.run_dir, "n1", io.StringIO())
     try:
         r.core.step(Hup(transfer=True))
@@ -43,6 +46,12 @@ def leader(tmp_path: Path) -> Iterator[NodeRunner]:
         yield r
     finally:
         r._close()
+
+
+@pytest.fixture
+def leader(tmp_path: Path) -> Iterator[NodeRunner]:
+    with _lone_leader(tmp_path / "run") as r:
+        yield r
 
 
 def _settle(r: NodeRunner) -> None:
@@ -168,15 +177,16 @@ def test_a_big_image_waits_for_as_much_log_as_it_weighs(
     _settle(r)
     session = r.kv.applied_index
     _propose_puts(r, session, 1, 300)
-    r.cfg = msgspec.structs.replace(r.cfg, snapshot_entries=10)
     applied = r.kv.applied_index
     assert r._maybe_snapshot(force=True)
     _turn_until_installed(r, applied)
     image = r._last_image_bytes
     assert image == len(r.storage.snapshot().data) > 0, image
-    # 50 writes of 50-byte values: far past 10 entries, far below the image.
+    # 50 writes of 50-byte values: far below the image. No snapshot may start
+    # on its own meanwhile (the loop's apply asks): the bound is far away.
     _propose_puts(r, session, 301, 50)
-    assert r._bytes_since_snapshot < image
+    assert r._local_snap is None and 0 < r._bytes_since_snapshot < image
+    r.cfg = msgspec.structs.replace(r.cfg, snapshot_entries=10)  # now far past it
     monkeypatch.setattr(runner_snap, "SNAPSHOT_RATIO_FLOOR_BYTES", image + 1)
     assert r._snapshot_due(), "below the floor, the entry bound decides"
     monkeypatch.setattr(runner_snap, "SNAPSHOT_RATIO_FLOOR_BYTES", 1)
@@ -184,9 +194,33 @@ def test_a_big_image_waits_for_as_much_log_as_it_weighs(
     r.cfg = msgspec.structs.replace(r.cfg, snapshot_log_ratio=0.0)
     assert r._snapshot_due(), "ratio 0: off"
     r.cfg = msgspec.structs.replace(r.cfg, snapshot_log_ratio=1.0)
+    r.cfg = msgspec.structs.replace(r.cfg, snapshot_entries=10**9)
     seq = 351
     while r._bytes_since_snapshot < image:
-        assert not r._snapshot_due()
+        assert not r._snapshot_due() and r._local_snap is None
         _propose_puts(r, session, seq, 20)
         seq += 20
+    r.cfg = msgspec.structs.replace(r.cfg, snapshot_entries=10)
     assert r._snapshot_due(), "the log since weighs the image"
+    # A snapshot that fails gives back the log it counted: its retry is due
+    # at once, not after another image's weight.
+    counted = r._bytes_since_snapshot
+    assert r._maybe_snapshot() and r._bytes_since_snapshot == 0
+    job = r._local_snap
+    assert job is not None
+    r._abandon_local(job, OSError(5, "Input/output error"))
+    assert r._bytes_since_snapshot == counted and r._snapshot_due()
+
+
+def test_a_restarted_node_waits_for_the_image_it_holds(tmp_path: Path) -> None:
+    """The image a node starts from counts as its last one."""
+    with _lone_leader(tmp_path / "run") as r:
+        r.core.step(Propose(encode_command(Command(0, RegisterSession()))))
+        _settle(r)
+        _propose_puts(r, r.kv.applied_index, 1, 300)
+        applied = r.kv.applied_index
+        assert r._maybe_snapshot(force=True)
+        _turn_until_installed(r, applied)
+        image = r._last_image_bytes
+    with _lone_leader(tmp_path / "run") as again:
+        assert again._last_image_bytes == image > 0
