@@ -431,7 +431,8 @@ def test_decode_image_raises_only_image_error(data: bytes) -> None:
 # --- properties -----------------------------------------------------------------
 
 _keys = st.sampled_from(["a", "b", "c", "d/1", "d/2", "\u00e9"])
-_values = st.binary(max_size=8)
+# Large values too: an answer keeps a small write's bytes, a large one's fingerprint.
+_values = st.binary(max_size=8) | st.binary(min_size=300, max_size=302)
 _ops: st.SearchStrategy[Op] = st.one_of(
     st.builds(Put, _keys, _values, st.booleans()),
     st.builds(Delete, _keys, st.booleans()),

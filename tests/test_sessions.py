@@ -25,12 +25,13 @@ from node.state.kv import (
     Put,
     RegisterSession,
     Write,
+    decode_image,
     encode_command,
     encode_image,
     encode_op,
     parse_unsafe_bugs,
 )
-from node.state.sessions import Result
+from node.state.sessions import Result, fingerprint
 
 
 class _Log:
@@ -106,6 +107,31 @@ def test_same_seq_with_another_op_is_refused_and_changes_nothing() -> None:
     got = log.write(sid, 1, Put("k", b"b"))
     assert got.result == Result(ok=False, error=SEQUENCE_REUSED)
     assert log.kv.get("k") == b"a"
+
+
+@pytest.mark.parametrize("size", [1, 1000], ids=["small", "large"])
+@pytest.mark.parametrize("restored", [False, True], ids=["applied", "restored"])
+def test_a_retry_is_told_from_another_write_however_its_answer_is_kept(
+        size: int, restored: bool) -> None:
+    """An answer keeps a small write's bytes and a large one's fingerprint,
+    and an image holds fingerprints only: every way, the retry gets its
+    answer back and another write under its seq is refused, and the image
+    is the same bytes as one made from fingerprints alone."""
+    log = _Log(KVStore())
+    sid = log.register()
+    first = log.write(sid, 1, Put("k", b"a" * size))
+    image = encode_image(log.kv.freeze())
+    (kept,) = decode_image(image).sessions[0].answers
+    assert kept.op is None and kept.fingerprint == fingerprint(encode_op(Put("k", b"a" * size)))
+    if restored:
+        log.kv = KVStore()
+        log.kv.restore(image)
+        assert encode_image(log.kv.freeze()) == image
+    again = log.write(sid, 1, Put("k", b"a" * size))
+    assert not again.executed and (again.result, again.index) == (first.result, first.index)
+    other = log.write(sid, 1, Put("k", b"b" * size))
+    assert not other.executed and other.result == Result(ok=False, error=SEQUENCE_REUSED)
+    assert log.kv.get("k") == b"a" * size
 
 
 def test_write_of_an_unknown_session_is_never_applied() -> None:

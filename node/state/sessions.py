@@ -10,7 +10,9 @@ clock, byte for byte, so a retried write gets the same answer everywhere.
 from __future__ import annotations
 
 import collections
+import zlib
 from collections.abc import Iterable
+from operator import attrgetter
 
 import msgspec
 
@@ -62,15 +64,40 @@ class Result(msgspec.Struct, frozen=True, omit_defaults=True):
     ttl_ms: int | None = None
 
 
-class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False):
+def fingerprint(op: msgspec.Raw) -> int:
+    """What tells a retry of a write from another write under the same seq:
+    the length and CRC-32 of the operation's bytes."""
+    return (len(op) << 32) | zlib.crc32(op)
+
+
+class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):
     """What a session's write `seq` got when it was applied at `index`.
     `fingerprint` identifies the operation, so a different write reusing
-    the same seq is told apart from a retry."""
+    the same seq is told apart from a retry.
+
+    A replica that applied a small write keeps the operation's bytes in
+    `op` instead (and 0 in `fingerprint`): most answers are released unread, so
+    their fingerprint is worked out only when asked for (`fingerprinted`)
+    and when an image is made (`sealed`). An image's answers never hold
+    `op`, so they encode as the four fields they always were."""
 
     seq: U64
     index: U64
     fingerprint: U64
     result: Result
+    op: msgspec.Raw | None = None
+
+    def fingerprinted(self) -> int:
+        return self.fingerprint if self.op is None else fingerprint(self.op)
+
+    def sealed(self) -> Answer:
+        """This answer as an image holds it."""
+        if self.op is None:
+            return self
+        return Answer(self.seq, self.index, fingerprint(self.op), self.result)
+
+
+_seq = attrgetter("seq")
 
 
 class Session:
@@ -183,7 +210,7 @@ class SessionTable:
 
     def image(self) -> list[SessionImage]:
         return [SessionImage(s.id, s.last_ms, s.first_outstanding,
-                             sorted(s.answers.values(), key=lambda a: a.seq))
+                             [a.sealed() for a in sorted(s.answers.values(), key=_seq)])
                 for s in self._by_activity.values()]
 
     def load(self, clock_ms: int, sessions: Iterable[SessionImage]) -> None:
