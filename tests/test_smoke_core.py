@@ -50,3 +50,26 @@ def test_three_cores_elect_and_replicate() -> None:
     run(20)
     want = [b"v%d" % k for k in range(10)]
     assert all(applied[i] == want for i in ids), applied
+
+
+def test_every_change_of_role_leader_or_term_is_reported() -> None:
+    """A node whose peers never answer goes follower -> pre-candidate in the
+    same term with no leader: a change of the role alone must still make a
+    Ready and be reported in its soft state, as must every later change."""
+    store = MemoryStorage()
+    core = RaftCore("n1", ["n2", "n3"], store, CoreConfig(), random.Random(1))
+    seen: list[str] = []
+    for _ in range(200):
+        core.tick()
+        while core.has_ready():
+            rd = core.ready()
+            store.append(rd.entries)
+            if rd.hard_state:
+                store.set_hard_state(rd.hard_state)
+            if rd.soft_state is not None:
+                seen.append(rd.soft_state.role)
+            core.advance(rd)
+        assert not core.has_ready()
+        # What was reported last is what the node is now.
+        assert (seen or ["follower"])[-1] == core.role.value
+    assert "pre_candidate" in seen, seen

@@ -186,9 +186,9 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
             or self.log.stable_index < self.log.last_index()
             or self.log.commit > self.log.applied
             or self._read_round_due
-            or self._hard_state() != self._prev_hs
-            or self._soft_state() != self._prev_soft
-            or self.conf != self._prev_conf
+            or self._hard_state_changed()
+            or self._soft_state_changed()
+            or (self.conf is not self._prev_conf and self.conf != self._prev_conf)
             or (self.role is Role.LEADER and self._any_append_due())
         )
 
@@ -201,8 +201,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
         rd = Ready()
         if self.conf != self._prev_conf:
             rd.conf_state = self.conf
-        hs = self._hard_state()
-        if hs != self._prev_hs:
+        if self._hard_state_changed():
+            hs = self._hard_state()
             rd.hard_state = hs
             rd.term_or_vote_changed = (hs.term, hs.vote) != (self._prev_hs.term, self._prev_hs.vote)
         rd.entries = self.log.unstable()
@@ -224,8 +224,8 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
                 rd.apply_early = n
         rd.read_states, self._ready_reads = self._ready_reads, []
         rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
-        soft = self._soft_state()
-        if soft != self._prev_soft:
+        if self._soft_state_changed():
+            soft = self._soft_state()
             rd.soft_state = soft
             self._prev_soft = soft
         rd.events, self._events = self._events, []
@@ -259,6 +259,17 @@ class RaftCore(Elections, Replication, ReadsAndTransfer, Snapshots, Reconfigurat
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.role.value, self.leader, self.term)
+
+    # What `has_ready` asks on every turn of the loop, and mostly hears no
+    # to: the fields compared where they are, not new states built to compare.
+    def _hard_state_changed(self) -> bool:
+        p = self._prev_hs
+        return self.log.commit != p.commit or self.term != p.term or self.vote != p.vote
+
+    def _soft_state_changed(self) -> bool:
+        p = self._prev_soft
+        # A Role is a str: equal to its value, which SoftState holds.
+        return p is None or self.term != p.term or self.leader != p.leader or p.role != self.role
 
     # --- role changes -------------------------------------------------------
 
