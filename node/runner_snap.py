@@ -149,7 +149,8 @@ class SnapshotHandling:
             self._log_event(self.log.error, "snapshot_failed",
                             {"index": meta.index, "error": str(e)})
             return False
-        # Freezing is cheap (copy-on-write shards); the encoding goes a
+        # Freezing is cheap (copy-on-write shards, a CRC-32 per kept session
+        # answer: node/state/sessions.py); the encoding goes a
         # slice per turn (_advance_images), the writing to the thread.
         job = _LocalSnapshot(meta, writer, collections.deque(),
                              log_bytes=self._bytes_since_snapshot)
@@ -320,7 +321,7 @@ class SnapshotHandling:
         image, self._received_image = self._received_image, None
         if image is None or image.applied_index != snap.meta.index:
             image = decode_image(snap.data)
-        replaced = self.kv.freeze().shards
+        replaced = self.kv.mvcc.data.freeze()  # the shards alone, not a whole image
         self.kv.install(image)
         self._shards_to_free.extend(replaced)
         del replaced

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.state.kv import (
+    _KEEP_OP_BYTES,
     SEQUENCE_REUSED,
     SESSION_EXPIRED,
     STALE_SEQUENCE,
@@ -31,7 +32,7 @@ from node.state.kv import (
     encode_op,
     parse_unsafe_bugs,
 )
-from node.state.sessions import Result, fingerprint
+from node.state.sessions import Answer, KeptAnswer, Result, fingerprint
 
 
 class _Log:
@@ -109,29 +110,72 @@ def test_same_seq_with_another_op_is_refused_and_changes_nothing() -> None:
     assert log.kv.get("k") == b"a"
 
 
-@pytest.mark.parametrize("size", [1, 1000], ids=["small", "large"])
+def _value_for_op_of(size: int) -> bytes:
+    """A value whose put of key "k" encodes to an operation of `size` bytes."""
+    for n in range(size):
+        if len(encode_op(Put("k", b"a" * n))) == size:
+            return b"a" * n
+    raise AssertionError(f"no put encodes to {size} bytes")
+
+
+@pytest.mark.parametrize("op_bytes", [_KEEP_OP_BYTES, _KEEP_OP_BYTES + 1, 1000],
+                         ids=["at-bound", "past-bound", "large"])
 @pytest.mark.parametrize("restored", [False, True], ids=["applied", "restored"])
 def test_a_retry_is_told_from_another_write_however_its_answer_is_kept(
-        size: int, restored: bool) -> None:
+        op_bytes: int, restored: bool) -> None:
     """An answer keeps a small write's bytes and a large one's fingerprint,
-    and an image holds fingerprints only: every way, the retry gets its
-    answer back and another write under its seq is refused, and the image
-    is the same bytes as one made from fingerprints alone."""
+    and an image holds fingerprints only, as four-field answers: every way,
+    the retry gets its answer back and another write under its seq is
+    refused."""
+    value = _value_for_op_of(op_bytes)
     log = _Log(KVStore())
     sid = log.register()
-    first = log.write(sid, 1, Put("k", b"a" * size))
+    first = log.write(sid, 1, Put("k", value))
+    sess = log.kv.sessions.get(sid)
+    assert sess is not None
+    assert isinstance(sess.answers[1], KeptAnswer) == (op_bytes <= _KEEP_OP_BYTES)
     image = encode_image(log.kv.freeze())
     (kept,) = decode_image(image).sessions[0].answers
-    assert kept.op is None and kept.fingerprint == fingerprint(encode_op(Put("k", b"a" * size)))
+    assert type(kept) is Answer and kept.fingerprint == fingerprint(encode_op(Put("k", value)))
+    # The image's answer is the array it always was: seq, index, fingerprint, result.
+    assert msgspec.msgpack.encode(kept) == msgspec.msgpack.encode(
+        [kept.seq, kept.index, kept.fingerprint, kept.result])
+    assert msgspec.msgpack.encode(kept) in image
     if restored:
         log.kv = KVStore()
         log.kv.restore(image)
         assert encode_image(log.kv.freeze()) == image
-    again = log.write(sid, 1, Put("k", b"a" * size))
+    again = log.write(sid, 1, Put("k", value))
     assert not again.executed and (again.result, again.index) == (first.result, first.index)
-    other = log.write(sid, 1, Put("k", b"b" * size))
+    other = log.write(sid, 1, Put("k", value + b"b"))
     assert not other.executed and other.result == Result(ok=False, error=SEQUENCE_REUSED)
-    assert log.kv.get("k") == b"a" * size
+    assert log.kv.get("k") == value
+
+
+def test_moving_on_by_one_releases_the_last_answer() -> None:
+    """A client that moves on by one (first = the new seq) has released its
+    last answer: resending that write is refused, never applied again."""
+    log = _Log(KVStore())
+    sid = log.register()
+    log.write(sid, 1, Append("k", b"1,"))
+    log.write(sid, 2, Append("k", b"2,"), first=2)
+    sess = log.kv.sessions.get(sid)
+    assert sess is not None and sess.first_outstanding == 2 and sorted(sess.answers) == [2]
+    got = log.write(sid, 1, Append("k", b"1,"), first=1)
+    assert not got.executed and got.result == Result(ok=False, error=STALE_SEQUENCE)
+    assert log.kv.get("k") == b"1,2,"
+
+
+def test_moving_on_by_several_keeps_the_answer_it_still_needs() -> None:
+    """A client that moves on past several seqs at once keeps the answer of
+    the write it moved on to: its retry gets that answer, not a second apply."""
+    log = _Log(KVStore())
+    sid = log.register()
+    log.write(sid, 1, Append("k", b"1,"))
+    first = log.write(sid, 4, Append("k", b"4,"), first=4)
+    again = log.write(sid, 4, Append("k", b"4,"), first=4)
+    assert first.executed and not again.executed and again.result == first.result
+    assert log.kv.get("k") == b"1,4,"
 
 
 def test_write_of_an_unknown_session_is_never_applied() -> None:

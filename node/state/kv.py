@@ -34,7 +34,7 @@ from node.state.index import prefix_end
 from node.state.leases import LeaseTable
 from node.state.mvcc import Mvcc
 from node.state.ops import Append, Cas, Delete, DeleteRange, Key, Op, Put, Txn, Value
-from node.state.sessions import Answer, Result, SessionTable, fingerprint
+from node.state.sessions import Answer, KeptAnswer, Result, SessionTable, fingerprint
 from node.state.txn import CAS_FAILED, VALUE_TOO_LARGE, end_leases, execute
 
 __all__ = [
@@ -191,9 +191,13 @@ def decode_op(raw: msgspec.Raw) -> Op:
 
 # An answer keeps its write's bytes (the whole entry's, which they are a
 # view of) instead of their fingerprint up to this size: a CRC-32 of a small
-# write is a fifth of what its session costs an apply, and most answers are
-# released unread; past it an idle session would hold a large value alive.
-_KEEP_OP_BYTES = 256
+# write was a fifth of what its session cost an apply, and most answers are
+# released unread. The price: a kept answer holds its entry's bytes alive,
+# 84 bytes more than a fingerprinted answer (about 165) for a 16-byte
+# operation, 253 more for a 185-byte one (tracemalloc), and on a leader up to
+# half as much again (its encoder's buffers are larger than what they hold).
+# Past the bound an idle session would hold a large value alive.
+_KEEP_OP_BYTES = 192
 
 _NOOP = Result(ok=True)
 _BAD = Result(ok=False, error=BAD_COMMAND)
@@ -337,7 +341,7 @@ class KVStore:
         else:
             result = execute(self.mvcc, op, self.leases, index)
         if len(raw) <= _KEEP_OP_BYTES:
-            answers[seq] = Answer(seq, index, 0, result, raw)
+            answers[seq] = KeptAnswer(seq, index, 0, result, raw)
         else:
             answers[seq] = Answer(seq, index, fingerprint(raw), result)
         return Applied(w.session, seq, result, index, executed=True)

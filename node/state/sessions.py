@@ -70,30 +70,38 @@ def fingerprint(op: msgspec.Raw) -> int:
     return (len(op) << 32) | zlib.crc32(op)
 
 
-class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):
+class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What a session's write `seq` got when it was applied at `index`.
     `fingerprint` identifies the operation, so a different write reusing
-    the same seq is told apart from a retry.
-
-    A replica that applied a small write keeps the operation's bytes in
-    `op` instead (and 0 in `fingerprint`): most answers are released unread, so
-    their fingerprint is worked out only when asked for (`fingerprinted`)
-    and when an image is made (`sealed`). An image's answers never hold
-    `op`, so they encode as the four fields they always were."""
+    the same seq is told apart from a retry. What an image holds."""
 
     seq: U64
     index: U64
     fingerprint: U64
     result: Result
-    op: msgspec.Raw | None = None
 
     def fingerprinted(self) -> int:
-        return self.fingerprint if self.op is None else fingerprint(self.op)
+        return self.fingerprint
 
     def sealed(self) -> Answer:
         """This answer as an image holds it."""
-        if self.op is None:
-            return self
+        return self
+
+
+class KeptAnswer(Answer, frozen=True, array_like=True, gc=False):
+    """An answer as the replica that applied a small write keeps it: the
+    operation's bytes (`op`, a view of the entry's own bytes) instead of
+    their fingerprint (0 here). Most answers are released unread, so the
+    fingerprint is worked out only when a retry asks (`fingerprinted`) and
+    when an image is made (`sealed`): never encoded itself, so images hold
+    the four fields they always did."""
+
+    op: msgspec.Raw
+
+    def fingerprinted(self) -> int:
+        return fingerprint(self.op)
+
+    def sealed(self) -> Answer:
         return Answer(self.seq, self.index, fingerprint(self.op), self.result)
 
 
