@@ -412,3 +412,39 @@ def test_a_batch_of_proposals_fills_the_next_slots_up_to_the_uncommitted_limit()
     for nid in net.ids:
         assert [(i, d) for i, d in net.applied[nid] if d in batch] == \
             [(last + 1 + k, batch[k]) for k in range(3)], nid
+
+
+def test_every_change_of_role_leader_or_ballot_is_reported() -> None:
+    """A proposer whose acceptors never answer campaigns again and again:
+    after every Ready, the soft state it reported last is what it is now,
+    and nothing is left unreported."""
+    c = lone()
+    seen: list[tuple[str, str | None, int]] = []
+    for _ in range(300):
+        c.tick()
+        while c.has_ready():
+            rd = drain(c)
+            if rd.soft_state is not None:
+                s = rd.soft_state
+                seen.append((s.role, s.leader, s.term))
+        assert not c.has_ready()
+        assert (seen or [("follower", None, 0)])[-1] == (c.role.value, c.leader, c.promised)
+    # follower -> pre-candidate: the role alone changes (same ballot, no leader).
+    assert ("pre_candidate", None, 0) in seen, seen
+
+
+def test_a_new_commit_index_alone_is_written_in_the_next_ready() -> None:
+    """A commit that moves with nothing else changing still makes a Ready
+    whose hard state carries it (written, not synced: node/raft/ready.py)."""
+    c = lone("n1")
+    b = campaign(c)
+    promise(c, "n2", b, [])
+    drain(c)
+    c.propose(b"x")
+    drain(c)
+    assert c.log.commit == 0 and not c.has_ready()
+    c.step(Accepted(term=b, src="n2", dst="n1", lo=1, hi=1, commit=0))
+    assert c.log.commit == 1 and c.has_ready()
+    rd = drain(c)
+    assert rd.hard_state is not None and rd.hard_state.commit == 1
+    assert not rd.term_or_vote_changed

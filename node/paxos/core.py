@@ -247,8 +247,8 @@ class PaxosCore(Acceptor, Proposer, Leader):
             or self.log.stable_index < self.log.last_index()
             or self.log.commit > self.log.applied
             or self._read_round_due
-            or self._hard_state() != self._prev_hs
-            or self._soft_state() != self._prev_soft
+            or self._hard_state_changed()
+            or self._soft_state_changed()
             or (self.role is Role.LEADER and self._any_append_due())
         )
 
@@ -257,8 +257,8 @@ class PaxosCore(Acceptor, Proposer, Leader):
         if self.role is Role.LEADER:
             self._flush_leader()
         rd: Ready[PaxosMessage] = Ready()
-        hs = self._hard_state()
-        if hs != self._prev_hs:
+        if self._hard_state_changed():
+            hs = self._hard_state()
             rd.hard_state = hs
             # A new promise must be durable before any answer leaves.
             rd.term_or_vote_changed = hs.term != self._prev_hs.term
@@ -280,8 +280,8 @@ class PaxosCore(Acceptor, Proposer, Leader):
                 rd.apply_early = n
         rd.read_states, self._ready_reads = self._ready_reads, []
         rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
-        soft = self._soft_state()
-        if soft != self._prev_soft:
+        if self._soft_state_changed():
+            soft = self._soft_state()
             rd.soft_state = soft
             self._prev_soft = soft
         rd.events, self._events = self._events, []
@@ -309,6 +309,18 @@ class PaxosCore(Acceptor, Proposer, Leader):
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.role.value, self.leader, self.promised)
+
+    # Asked by `has_ready` on every turn (as in the Raft core): the fields
+    # compared where they are, not new states built to compare.
+    def _hard_state_changed(self) -> bool:
+        p = self._prev_hs
+        return self.log.commit != p.commit or self.promised != p.term or p.vote is not None
+
+    def _soft_state_changed(self) -> bool:
+        p = self._prev_soft
+        # A Role is a str: equal to its value, which SoftState holds.
+        return p is None or self.promised != p.term or self.leader != p.leader \
+            or p.role != self.role
 
     # --- helpers ----------------------------------------------------------------------
 
