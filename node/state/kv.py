@@ -313,16 +313,9 @@ class KVStore:
         first = w.first_outstanding
         if first > seq:
             first = seq
+        if first > sess.first_outstanding:
+            sess.release_below(first)
         answers = sess.answers
-        below = sess.first_outstanding
-        if first > below:
-            if first == below + 1:
-                # A client with one write in flight, moving on (release_below).
-                sess.first_outstanding = first
-                answers.pop(below, None)
-            else:
-                sess.release_below(first)
-                answers = sess.answers
         raw = w.op
         done = answers.get(seq)
         if done is not None:
